@@ -1,0 +1,273 @@
+"""Pure loss functions: tensors in, ``(loss, nll_loss)`` out. No fairseq import.
+
+Common convention (fairseq's): ``lprobs`` is ``(N, V)`` log-probabilities, ``target`` is ``(N,)``;
+positions whose target equals ``ignore_index`` contribute exactly 0 to value and gradient. ``reduce=True`` sums over tokens and returns scalars; ``reduce=False``
+returns per-token ``(N,)`` tensors. ``nll_loss`` is always the plain ``-log p_y``, so perplexity
+means the same thing under every criterion. Internals run in at least float32 (fp16/bf16 inputs are
+promoted); the results have the input dtype.
+"""
+
+import math
+from typing import Dict, Optional, Tuple
+
+import torch
+from torch import Tensor
+
+__all__ = [
+    "labo_loss",
+    "confidence_penalty_loss",
+    "focal_loss",
+    "anti_focal_loss",
+    "check_range",
+]
+
+
+def check_range(name: str, value: float, lo: float, hi: float, lo_open=False, hi_open=False):
+    """Raise ``ValueError`` naming ``name`` and the allowed range unless ``lo (<|<=) value (<|<=) hi``."""
+    ok_lo = value > lo if lo_open else value >= lo
+    ok_hi = value < hi if hi_open else value <= hi
+    if not (ok_lo and ok_hi) or math.isnan(value):
+        rng = f"{'(' if lo_open else '['}{lo}, {hi}{')' if hi_open else ']'}"
+        raise ValueError(f"{name} must be in {rng}, got {value}")
+
+
+def _pad_mask(target: Tensor, ignore_index: Optional[int]) -> Optional[Tensor]:
+    return None if ignore_index is None else target.eq(ignore_index)
+
+
+def _finish(loss: Tensor, nll: Tensor, pad: Optional[Tensor], reduce: bool, dtype) -> Tuple[Tensor, Tensor]:
+    """Zero padded positions (with ``where``, so NaN/inf there cannot leak) and optionally sum."""
+    if pad is not None:
+        zero = loss.new_zeros(())
+        loss = torch.where(pad, zero, loss)
+        nll = torch.where(pad, zero, nll)
+    if reduce:
+        loss, nll = loss.sum(), nll.sum()
+    return loss.to(dtype), nll.to(dtype)
+
+
+def _work(lprobs: Tensor) -> Tensor:
+    """The working precision: at least float32."""
+    return lprobs.float() if lprobs.element_size() < 4 else lprobs
+
+
+def _rowdot(a: Tensor, b: Tensor) -> Tensor:
+    """``(a * b).sum(-1)`` for 2-D ``a >= 0`` without an (N, V) temporary (a batched dot product).
+
+    Where ``b`` is -inf and ``a`` is 0 (an impossible class), the term counts as 0, not NaN; that
+    slower path runs only when a NaN shows up in the (N,) result.
+    """
+    out = torch.bmm(a.unsqueeze(1), b.unsqueeze(2)).view(-1)
+    if torch.isnan(out).any():
+        out = torch.where(a > 0, a * b, 0.0).sum(-1)
+    return out
+
+
+def _gold(x: Tensor, target: Tensor) -> Tensor:
+    """``x[i, target[i]]``; targets outside ``[0, V)`` (e.g. a pad index of -100) read column 0."""
+    safe = target.clamp(0, x.size(-1) - 1)
+    return x.gather(-1, safe.unsqueeze(-1)).squeeze(-1)
+
+
+# ----------------------------------------------------------------------------------------- LABO
+
+
+class _LaboFunction(torch.autograd.Function):
+    """Token loss of Eq. 14 with P*, alpha, beta held constant; grad w.r.t. ``lprobs`` is ``-P_hat``.
+
+    Nothing of size (N, V) is kept for backward beyond ``lprobs`` itself (which log_softmax keeps
+    anyway); backward rebuilds P* = exp(lprobs/tau - logZ) from the saved row normaliser.
+    """
+
+    @staticmethod
+    def forward(ctx, lprobs, target, keep, tau, rho, alpha_fixed):
+        x = _work(lprobs.detach())
+        n, vocab = x.shape
+        log_v = math.log(vocab)
+        buf = torch.empty_like(x)  # the one (N, V) scratch buffer, reused
+        if alpha_fixed is None:
+            # alpha = (log V - rho H(p)) / log V  (Eq. 16)
+            entropy = -_rowdot(torch.exp(x, out=buf), x)
+            alpha = ((log_v - rho * entropy) / log_v).clamp_(0.0, 1.0)
+        else:
+            alpha = x.new_full((n,), float(alpha_fixed))
+        # P* = softmax(x / tau) = e / Z with e = exp(x/tau - m). max_j x_j >= -log V, so m = 0
+        # cannot underflow a whole row unless log V / tau is large; then shift by the row max.
+        m = x.amax(-1) / tau if log_v / tau > 60.0 else x.new_zeros(n)
+        e = torch.mul(x, 1.0 / tau, out=buf)
+        if log_v / tau > 60.0:
+            e.sub_(m.unsqueeze(-1))
+        e.exp_()
+        z = e.sum(-1)
+        log_z = m + z.log()
+        pstar_dot_lp = _rowdot(e, x) / z  # sum_j P*_j log p_j
+        del e, buf
+        # sum_j P*_j log P*_j = (1/tau) sum_j P*_j log p_j - logZ ; KL(P*||U) = log V + that >= 0.
+        pstar_logpstar = pstar_dot_lp / tau - log_z
+        kl = (log_v + pstar_logpstar).clamp_(min=0.0)
+        lp_gold = _gold(x, target)
+        beta = tau * alpha
+        loss = -(1.0 - alpha) * lp_gold - alpha * pstar_dot_lp + beta * kl
+        nll = -lp_gold
+        # Entropy of the smoothed target P_hat (for logging), from per-row scalars only.
+        pstar_gold = (lp_gold / tau - log_z).exp()
+        p_hat_gold = 1.0 - alpha + alpha * pstar_gold
+        rest_plogp = pstar_logpstar - torch.special.xlogy(pstar_gold, pstar_gold)
+        target_entropy = -(
+            alpha * rest_plogp
+            + torch.special.xlogy(alpha, alpha) * (1.0 - pstar_gold)
+            + torch.special.xlogy(p_hat_gold, p_hat_gold)
+        )
+        ctx.save_for_backward(lprobs.detach(), target, keep, alpha, log_z)
+        ctx.tau = tau
+        ctx.mark_non_differentiable(nll, alpha, target_entropy)
+        return loss, nll, alpha, target_entropy
+
+    @staticmethod
+    def backward(ctx, grad_loss, grad_nll, _grad_alpha, _grad_ent):
+        lprobs, target, keep, alpha, log_z = ctx.saved_tensors
+        x = _work(lprobs)
+        g = torch.where(keep, grad_loss.to(x.dtype), 0.0)
+        if grad_nll is not None:
+            g_nll = torch.where(keep, grad_nll.to(x.dtype), 0.0)
+        else:
+            g_nll = torch.zeros_like(g)
+        # d loss / d lprobs = -P_hat = -(alpha P* + (1 - alpha) onehot(y)); d nll / d lprobs = -onehot(y).
+        grad = x.div(ctx.tau).sub_(log_z.unsqueeze(-1)).exp_()
+        grad.mul_((-alpha * g).unsqueeze(-1))
+        gold = -((1.0 - alpha) * g + g_nll)
+        grad.scatter_add_(-1, target.clamp(0, grad.size(-1) - 1).unsqueeze(-1), gold.unsqueeze(-1))
+        return grad.to(lprobs.dtype), None, None, None, None, None
+
+
+def labo_terms(
+    lprobs: Tensor,
+    target: Tensor,
+    tau: float,
+    rho: float = 0.5,
+    alpha: Optional[float] = None,
+    ignore_index: Optional[int] = None,
+    reduce: bool = True,
+) -> Tuple[Tensor, Tensor, Dict[str, Tensor]]:
+    """:func:`labo_loss` plus per-token statistics ``{"alpha", "target_entropy", "ntokens"}``.
+
+    Statistics are sums over non-padding tokens (``reduce=True``) or per-token (``reduce=False``),
+    in nats; they carry no gradient.
+    """
+    check_range("tau", tau, 0.0, math.inf, lo_open=True, hi_open=True)
+    check_range("rho", rho, 0.0, 1.0)
+    if alpha is not None:
+        check_range("alpha", alpha, 0.0, 1.0)
+    pad = _pad_mask(target, ignore_index)
+    keep = torch.ones_like(target, dtype=torch.bool) if pad is None else ~pad
+    loss, nll, a, ent = _LaboFunction.apply(lprobs, target, keep, float(tau), float(rho), alpha)
+    loss, nll = _finish(loss, nll, pad, reduce, lprobs.dtype)
+    a, ent = (torch.where(keep, t, 0.0) for t in (a, ent))
+    stats = {"alpha": a, "target_entropy": ent, "ntokens": keep.float()}
+    if reduce:
+        stats = {k: v.sum() for k, v in stats.items()}
+    return loss, nll, stats
+
+
+def labo_loss(lprobs, target, tau, rho=0.5, alpha=None, ignore_index=None, reduce=True):
+    """LABO token loss (Lu et al., Eq. 14), summed over non-padding tokens.
+
+    ``loss = sum_j -P_hat_j log p_j + beta * KL(P* || U)``, with
+    ``P* = softmax(log p / tau)`` (Theorem 1; tau = beta/alpha), ``P_hat = (1-alpha) onehot(y) + alpha P*``
+    (Eq. 6), ``beta = tau * alpha``, and ``alpha = (log V - rho H(p)) / log V`` (Eq. 16, natural logs)
+    when ``alpha`` is None, else the fixed float ``alpha`` (``rho`` unused).
+
+    ``P*``, ``alpha`` and ``beta`` are detached (constants for backward), so the KL term has no
+    gradient and the gradient w.r.t. the logits is exactly ``p - P_hat``. The returned ``loss``
+    includes the KL term (it equals Eq. 14); ``nll_loss`` is the plain NLL. ``V = lprobs.size(-1)``.
+    P* is computed in log space in float32, so fp16/bf16 inputs and huge logits stay finite.
+    Limits: alpha=0 gives NLL; tau -> inf gives uniform smoothing with mass alpha over all V classes;
+    tau=1 gives P* = p.
+    """
+    loss, nll, _ = labo_terms(lprobs, target, tau, rho, alpha, ignore_index, reduce)
+    return loss, nll
+
+
+# ------------------------------------------------------------------------------------ baselines
+
+
+class _ConfidencePenaltyFunction(torch.autograd.Function):
+    """``-log p_y - beta H(p)`` per token; backward rebuilds ``p`` from the saved ``lprobs``.
+
+    d/d log p_j = -[j=y] + beta p_j (log p_j + 1), which through log_softmax is the usual
+    ``p - onehot + beta p (log p + H)`` w.r.t. the logits.
+    """
+
+    @staticmethod
+    def forward(ctx, lprobs, target, keep, beta):
+        x = _work(lprobs.detach())
+        entropy = -_rowdot(torch.exp(x), x)
+        nll = -_gold(x, target)
+        ctx.save_for_backward(lprobs.detach(), target, keep)
+        ctx.beta = beta
+        ctx.mark_non_differentiable(nll)
+        return nll - beta * entropy, nll
+
+    @staticmethod
+    def backward(ctx, grad_loss, grad_nll):
+        lprobs, target, keep = ctx.saved_tensors
+        x = _work(lprobs)
+        g = torch.where(keep, grad_loss.to(x.dtype), 0.0)
+        g_nll = torch.where(keep, grad_nll.to(x.dtype), 0.0) if grad_nll is not None else torch.zeros_like(g)
+        log_p = x if torch.isfinite(x).all() else x.nan_to_num(neginf=0.0)  # p log p := 0 at p = 0
+        grad = torch.exp(x)
+        grad.addcmul_(grad, log_p)  # p (log p + 1)
+        grad.mul_((ctx.beta * g).unsqueeze(-1))
+        grad.scatter_add_(-1, target.clamp(0, grad.size(-1) - 1).unsqueeze(-1), -(g + g_nll).unsqueeze(-1))
+        return grad.to(lprobs.dtype), None, None, None
+
+
+def confidence_penalty_loss(lprobs, target, beta, ignore_index=None, reduce=True):
+    """Confidence penalty (Pereyra et al., 2017): ``sum_tokens -log p_y - beta * H(p)``.
+
+    ``H(p) = -sum_j p_j log p_j`` in nats, differentiated (the penalty's gradient pushes towards
+    higher entropy). beta=0 gives NLL.
+    """
+    check_range("beta", beta, 0.0, math.inf, hi_open=True)
+    pad = _pad_mask(target, ignore_index)
+    keep = torch.ones_like(target, dtype=torch.bool) if pad is None else ~pad
+    loss, nll = _ConfidencePenaltyFunction.apply(lprobs, target, keep, float(beta))
+    return _finish(loss, nll, pad, reduce, lprobs.dtype)
+
+
+def _weighted_nll(lprobs, target, weight_fn, detach_weight, ignore_index, reduce):
+    """``sum_tokens -w(p_y) log p_y``; ``w`` sees a detached ``p_y`` when ``detach_weight``."""
+    pad = _pad_mask(target, ignore_index)
+    lp_gold = _gold(_work(lprobs), target)
+    p_gold = lp_gold.exp()
+    weight = weight_fn(p_gold.detach() if detach_weight else p_gold)
+    nll = -lp_gold
+    return _finish(weight * nll, nll, pad, reduce, lprobs.dtype)
+
+
+def focal_loss(lprobs, target, gamma, ignore_index=None, reduce=True, detach_weight=False):
+    """Focal loss (Lin et al., 2017): ``sum_tokens -(1 - p_y)^gamma log p_y``.
+
+    ``detach_weight=False`` (default, Lin et al.'s form) differentiates through the weight;
+    ``True`` treats it as a constant (a re-weighted NLL). gamma=0 gives NLL.
+    """
+    check_range("gamma", gamma, 0.0, math.inf, hi_open=True)
+    return _weighted_nll(
+        lprobs, target, lambda p: (1.0 - p).pow(gamma), detach_weight, ignore_index, reduce
+    )
+
+
+def anti_focal_loss(
+    lprobs, target, gamma, alpha=1.0, ignore_index=None, reduce=True, detach_weight=True
+):
+    """Anti-focal loss (Raunak et al., 2020): ``sum_tokens -(1 + alpha * p_y)^gamma log p_y``.
+
+    ``detach_weight=True`` (default) matches the authors' public code, where ``p_y`` in the weight
+    is detached (a re-weighted NLL); ``False`` differentiates through it. Their NMT setting is
+    gamma=1, alpha=0.5; gamma=0 or alpha=0 gives NLL.
+    """
+    check_range("gamma", gamma, 0.0, math.inf, hi_open=True)
+    check_range("alpha", alpha, 0.0, math.inf, hi_open=True)
+    return _weighted_nll(
+        lprobs, target, lambda p: (1.0 + alpha * p).pow(gamma), detach_weight, ignore_index, reduce
+    )

@@ -1,0 +1,77 @@
+#!/usr/bin/env bash
+# Install fairseq (fairseq-fixed 0.12.3.1, built from source against the pinned torch and numpy<2)
+# and the labo_fairseq plugin into a virtual environment.
+set -euo pipefail
+
+usage() {
+  cat <<USAGE
+usage: scripts/install.sh [--venv DIR] [--python PYTHON] [--torch SPEC] [--no-fairseq] [--dry-run]
+
+  --venv DIR       virtual environment to create or reuse (default: .venv in the repository)
+  --python PYTHON  interpreter that creates the venv (default: python3; tested: Python 3.11)
+  --torch SPEC     torch requirement (default: the pin in constraints.txt, torch==2.13.0, CPU on
+                   the CI machine); a GPU user passes e.g. 'torch==2.13.0' with their own index
+                   via PIP_EXTRA_INDEX_URL
+  --no-fairseq     do not build fairseq-fixed (you already have fairseq, e.g. official 0.12.2)
+  --dry-run        print the commands, run nothing
+
+Afterwards: source DIR/bin/activate, or call DIR/bin/fairseq-train directly.
+USAGE
+}
+
+repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+venv="$repo/.venv"
+python=python3
+torch_spec=""
+with_fairseq=1
+dry=0
+while [[ $# -gt 0 ]]; do
+  case "$1" in
+    --venv) venv=$2; shift 2 ;;
+    --python) python=$2; shift 2 ;;
+    --torch) torch_spec=$2; shift 2 ;;
+    --no-fairseq) with_fairseq=0; shift ;;
+    --dry-run) dry=1; shift ;;
+    -h|--help) usage; exit 0 ;;
+    *) echo "install.sh: unknown argument '$1' (see --help)" >&2; exit 2 ;;
+  esac
+done
+
+run() {
+  printf '+'; printf ' %q' "$@"; printf '\n'  # copy-pasteable
+  if [[ $dry -eq 0 ]]; then "$@"; fi
+}
+
+constraints="$repo/constraints.txt"
+[[ -n "$torch_spec" ]] || torch_spec=$(grep -E '^torch==' "$constraints")
+pip=("$venv/bin/python" -m pip)
+
+if [[ ! -x "$venv/bin/python" ]]; then
+  run "$python" -m venv "$venv"
+fi
+run "${pip[@]}" install --upgrade pip "setuptools<81" wheel
+# Build requirements of fairseq-fixed first, so that its extensions compile against exactly these.
+run "${pip[@]}" install -c "$constraints" "$torch_spec" "numpy<2" cython
+
+fairseq_ok() {
+  # The Cython extension fails to import when built against another numpy major version.
+  "$venv/bin/python" -c 'import fairseq, fairseq.data.data_utils_fast, fairseq.data.token_block_utils_fast' \
+    >/dev/null 2>&1
+}
+if [[ $with_fairseq -eq 1 ]]; then
+  if [[ $dry -eq 0 ]] && fairseq_ok; then
+    echo "fairseq already importable in $venv: not rebuilding"
+  else
+    # --no-build-isolation: an isolated build would fetch an unpinned (CUDA, multi-GB) torch.
+    # --no-deps: fairseq-fixed requires torchaudio, which fairseq does not need for translation
+    #            and which pins another torch; its real dependencies are in pyproject.toml.
+    # --no-cache-dir: pip caches the wheel by sdist, not by the numpy it was built against.
+    run "${pip[@]}" install -c "$constraints" --no-build-isolation --no-deps --no-cache-dir \
+      "$(grep -E '^fairseq-fixed==' "$constraints")"
+  fi
+fi
+run "${pip[@]}" install -c "$constraints" -e "$repo[test]"
+echo "note: pip's complaint that fairseq-fixed requires torchaudio is expected: translation does not use it"
+if [[ $dry -eq 0 ]]; then
+  "$venv/bin/python" -c 'import fairseq, torch, numpy, labo_fairseq; print("fairseq", fairseq.__version__, "| torch", torch.__version__, "| numpy", numpy.__version__, "| labo_fairseq", labo_fairseq.__version__)'
+fi
