@@ -51,16 +51,20 @@ def _work(lprobs: Tensor) -> Tensor:
     return lprobs.float() if lprobs.element_size() < 4 else lprobs
 
 
-def _rowdot(a: Tensor, b: Tensor) -> Tensor:
-    """``(a * b).sum(-1)`` for 2-D ``a >= 0`` without an (N, V) temporary (a batched dot product).
+def _rowdot_checked(a: Tensor, b: Tensor) -> Tuple[Tensor, bool]:
+    """``((a * b).sum(-1), no_inf)`` for 2-D ``a >= 0`` without an (N, V) temporary.
 
-    Where ``b`` is -inf and ``a`` is 0 (an impossible class), the term counts as 0, not NaN; that
-    slower path runs only when a NaN shows up in the (N,) result.
+    Where ``b`` is -inf and ``a`` is 0 (an impossible class) the term counts as 0, not NaN; that
+    slower path runs only when a NaN shows up in the (N,) result, and ``no_inf`` is then False.
     """
     out = torch.bmm(a.unsqueeze(1), b.unsqueeze(2)).view(-1)
     if torch.isnan(out).any():
-        out = torch.where(a > 0, a * b, 0.0).sum(-1)
-    return out
+        return torch.where(a > 0, a * b, 0.0).sum(-1), False
+    return out, True
+
+
+def _rowdot(a: Tensor, b: Tensor) -> Tensor:
+    return _rowdot_checked(a, b)[0]
 
 
 def _gold(x: Tensor, target: Tensor) -> Tensor:
@@ -72,11 +76,21 @@ def _gold(x: Tensor, target: Tensor) -> Tensor:
 # ----------------------------------------------------------------------------------------- LABO
 
 
+def _take_buffer(ctx, name: str) -> Tensor:
+    """The (N, V) buffer that forward kept for backward, handed over once to become the gradient."""
+    buf = getattr(ctx, name, None)
+    if buf is None:
+        raise RuntimeError("this loss's backward reuses its buffer in place and can run only once "
+                           "(retain_graph=True with a second backward is not supported)")
+    setattr(ctx, name, None)
+    return buf
+
+
 class _LaboFunction(torch.autograd.Function):
     """Token loss of Eq. 14 with P*, alpha, beta held constant; grad w.r.t. ``lprobs`` is ``-P_hat``.
 
-    Nothing of size (N, V) is kept for backward beyond ``lprobs`` itself (which log_softmax keeps
-    anyway); backward rebuilds P* = exp(lprobs/tau - logZ) from the saved row normaliser.
+    Forward needs one (N, V) float32 scratch buffer; it ends holding P* and backward turns it into
+    the gradient in place, so backward allocates nothing of size (N, V).
     """
 
     @staticmethod
@@ -101,6 +115,8 @@ class _LaboFunction(torch.autograd.Function):
         z = e.sum(-1)
         log_z = m + z.log()
         pstar_dot_lp = _rowdot(e, x) / z  # sum_j P*_j log p_j
+        if ctx.needs_input_grad[0]:
+            ctx.pstar = e.div_(z.unsqueeze(-1))  # P*, turned into the gradient in place by backward
         del e, buf
         # sum_j P*_j log P*_j = (1/tau) sum_j P*_j log p_j - logZ ; KL(P*||U) = log V + that >= 0.
         pstar_logpstar = pstar_dot_lp / tau - log_z
@@ -118,26 +134,22 @@ class _LaboFunction(torch.autograd.Function):
             + torch.special.xlogy(alpha, alpha) * (1.0 - pstar_gold)
             + torch.special.xlogy(p_hat_gold, p_hat_gold)
         )
-        ctx.save_for_backward(lprobs.detach(), target, keep, alpha, log_z)
-        ctx.tau = tau
+        ctx.save_for_backward(target, keep, alpha)
+        ctx.input_dtype = lprobs.dtype
         ctx.mark_non_differentiable(nll, alpha, target_entropy)
         return loss, nll, alpha, target_entropy
 
     @staticmethod
     def backward(ctx, grad_loss, grad_nll, _grad_alpha, _grad_ent):
-        lprobs, target, keep, alpha, log_z = ctx.saved_tensors
-        x = _work(lprobs)
-        g = torch.where(keep, grad_loss.to(x.dtype), 0.0)
-        if grad_nll is not None:
-            g_nll = torch.where(keep, grad_nll.to(x.dtype), 0.0)
-        else:
-            g_nll = torch.zeros_like(g)
+        target, keep, alpha = ctx.saved_tensors
+        grad = _take_buffer(ctx, "pstar")
+        g = torch.where(keep, grad_loss.to(grad.dtype), 0.0)
+        g_nll = torch.where(keep, grad_nll.to(grad.dtype), 0.0) if grad_nll is not None else torch.zeros_like(g)
         # d loss / d lprobs = -P_hat = -(alpha P* + (1 - alpha) onehot(y)); d nll / d lprobs = -onehot(y).
-        grad = x.div(ctx.tau).sub_(log_z.unsqueeze(-1)).exp_()
         grad.mul_((-alpha * g).unsqueeze(-1))
         gold = -((1.0 - alpha) * g + g_nll)
         grad.scatter_add_(-1, target.clamp(0, grad.size(-1) - 1).unsqueeze(-1), gold.unsqueeze(-1))
-        return grad.to(lprobs.dtype), None, None, None, None, None
+        return grad.to(ctx.input_dtype), None, None, None, None, None
 
 
 def labo_terms(
@@ -192,7 +204,7 @@ def labo_loss(lprobs, target, tau, rho=0.5, alpha=None, ignore_index=None, reduc
 
 
 class _ConfidencePenaltyFunction(torch.autograd.Function):
-    """``-log p_y - beta H(p)`` per token; backward rebuilds ``p`` from the saved ``lprobs``.
+    """``-log p_y - beta H(p)`` per token; forward's ``p`` buffer becomes the gradient in backward.
 
     d/d log p_j = -[j=y] + beta p_j (log p_j + 1), which through log_softmax is the usual
     ``p - onehot + beta p (log p + H)`` w.r.t. the logits.
@@ -201,25 +213,27 @@ class _ConfidencePenaltyFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, lprobs, target, keep, beta):
         x = _work(lprobs.detach())
-        entropy = -_rowdot(torch.exp(x), x)
+        p = torch.exp(x)
+        plogp, no_inf = _rowdot_checked(p, x)
+        entropy = -plogp
         nll = -_gold(x, target)
-        ctx.save_for_backward(lprobs.detach(), target, keep)
-        ctx.beta = beta
+        if ctx.needs_input_grad[0]:
+            # p (log p + 1), with p log p := 0 at p = 0; backward only scales it and adds the gold term.
+            ctx.grad_buf = p.addcmul_(p, x if no_inf else x.nan_to_num(neginf=0.0))
+        ctx.save_for_backward(target, keep)
+        ctx.beta, ctx.input_dtype = beta, lprobs.dtype
         ctx.mark_non_differentiable(nll)
         return nll - beta * entropy, nll
 
     @staticmethod
     def backward(ctx, grad_loss, grad_nll):
-        lprobs, target, keep = ctx.saved_tensors
-        x = _work(lprobs)
-        g = torch.where(keep, grad_loss.to(x.dtype), 0.0)
-        g_nll = torch.where(keep, grad_nll.to(x.dtype), 0.0) if grad_nll is not None else torch.zeros_like(g)
-        log_p = x if torch.isfinite(x).all() else x.nan_to_num(neginf=0.0)  # p log p := 0 at p = 0
-        grad = torch.exp(x)
-        grad.addcmul_(grad, log_p)  # p (log p + 1)
+        target, keep = ctx.saved_tensors
+        grad = _take_buffer(ctx, "grad_buf")
+        g = torch.where(keep, grad_loss.to(grad.dtype), 0.0)
+        g_nll = torch.where(keep, grad_nll.to(grad.dtype), 0.0) if grad_nll is not None else torch.zeros_like(g)
         grad.mul_((ctx.beta * g).unsqueeze(-1))
         grad.scatter_add_(-1, target.clamp(0, grad.size(-1) - 1).unsqueeze(-1), -(g + g_nll).unsqueeze(-1))
-        return grad.to(lprobs.dtype), None, None, None
+        return grad.to(ctx.input_dtype), None, None, None
 
 
 def confidence_penalty_loss(lprobs, target, beta, ignore_index=None, reduce=True):

@@ -2,7 +2,8 @@
 """Benchmark (not a test): forward+backward time and peak memory of each criterion's loss, from the
 logits (log_softmax included, as fairseq computes it), against fairseq's label smoothing.
 
-Prints one table per device with ratios to LS measured in the same run. Peak memory is the extra
+Prints one table per device with ratios to LS measured in the same run: the criteria run
+interleaved, round by round, and the ratio is the median of the per-round ratios. Peak memory is the extra
 memory a single forward+backward needs beyond the logits, in MiB and in units of one
 (tokens x V) float32 buffer: on CUDA from the allocator's peak, on CPU (Linux) as the peak RSS of
 a fresh subprocess above its RSS before the step (large tensors are mmap-backed there, so RSS
@@ -68,16 +69,25 @@ def sync(device):
         torch.cuda.synchronize()
 
 
-def time_ms(fn, logits, target, repeats, device):
-    step(fn, logits, target)  # warm-up
-    times = []
+def time_ms(fn, logits, target, device):
+    sync(device)
+    t0 = time.perf_counter()
+    step(fn, logits, target)
+    sync(device)
+    return (time.perf_counter() - t0) * 1e3
+
+
+def time_rounds(logits, target, repeats, device):
+    """Per criterion: median time and median of per-round ratios to LS. The criteria run
+    interleaved, round by round, so that drift of the machine's speed hits all of them alike."""
+    for fn in CRITERIA.values():
+        step(fn, logits, target)  # warm-up
+    times = {name: [] for name in CRITERIA}
     for _ in range(repeats):
-        sync(device)
-        t0 = time.perf_counter()
-        step(fn, logits, target)
-        sync(device)
-        times.append((time.perf_counter() - t0) * 1e3)
-    return statistics.median(times)
+        for name, fn in CRITERIA.items():
+            times[name].append(time_ms(fn, logits, target, device))
+    base = times["ls (fairseq)"]
+    return {name: (statistics.median(t), statistics.median(a / b for a, b in zip(t, base))) for name, t in times.items()}
 
 
 def peak_bytes_cuda(fn, logits, target):
@@ -119,14 +129,15 @@ def bench(device, tokens, vocabs, repeats):
     for vocab in vocabs:
         logits, target = make_inputs(tokens, vocab, device)
         buffer = tokens * vocab * 4
-        base_t = base_m = None
+        timing = time_rounds(logits, target, repeats, device)
+        base_m = None
         for name, fn in CRITERIA.items():
-            t = time_ms(fn, logits, target, repeats, device)
+            t, ratio = timing[name]
             m = peak_bytes_cuda(fn, logits, target) if device.type == "cuda" else peak_bytes_cpu(name, tokens, vocab)
-            if base_t is None:
-                base_t, base_m = t, m
+            if base_m is None:
+                base_m = m
             rows.append({
-                "device": device.type, "V": vocab, "criterion": name, "ms": t, "time_vs_ls": t / base_t,
+                "device": device.type, "V": vocab, "criterion": name, "ms": t, "time_vs_ls": ratio,
                 "peak_mib": m / 2**20, "peak_buffers": m / buffer, "extra_buffers_vs_ls": (m - base_m) / buffer,
             })
     return rows
@@ -142,7 +153,8 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--tokens", type=int, default=4096, help="target tokens per batch (default 4096)")
     ap.add_argument("--vocab", type=int, nargs="+", default=[10000, 40000], help="vocabulary sizes")
-    ap.add_argument("--repeats", type=int, default=7, help="timed repetitions per cell; the median is shown")
+    ap.add_argument("--repeats", type=int, default=11,
+                    help="timed rounds (every criterion once per round, interleaved); medians are shown")
     ap.add_argument("--device", choices=["cpu", "cuda", "all"], default="all",
                     help="'all': CPU, and CUDA when present (default)")
     ap.add_argument("--json", type=Path, help="also write the rows to this JSON file")
@@ -156,8 +168,9 @@ def main():
     all_rows = []
     for device in devices:
         print(f"\n## {device.type}: {machine(device)} | torch {torch.__version__} | "
-              f"{args.tokens} tokens, median of {args.repeats}")
-        print("| criterion | V | fwd+bwd ms | time / LS | peak MiB | peak buffers | extra buffers vs LS |")
+              f"{args.tokens} tokens, {args.repeats} interleaved rounds")
+        print("| criterion | V | fwd+bwd ms (median) | time / LS (median of per-round ratios) | peak MiB | "
+              "peak buffers | extra buffers vs LS |")
         print("|---|---|---|---|---|---|---|")
         rows = bench(device, args.tokens, args.vocab, args.repeats)
         for r in rows:

@@ -318,3 +318,23 @@ def test_invalid_hyperparameters_raise(call, match):
     logits, y = make_batch()
     with pytest.raises(ValueError, match=match):
         call(torch.log_softmax(logits.detach(), -1), y)
+
+
+@pytest.mark.parametrize("name", ["labo", "cp"])
+def test_second_backward_through_reused_buffer_is_an_error(name):
+    """LABO and CP turn their forward buffer into the gradient: a second backward must fail loudly."""
+    fn, kw = LOSSES[name]
+    logits, y = make_batch()
+    loss, _ = fn(torch.log_softmax(logits, -1), y, ignore_index=PAD, **kw)
+    loss.backward(retain_graph=True)
+    with pytest.raises(RuntimeError, match="only once"):
+        loss.backward()
+
+
+@pytest.mark.parametrize("name", ["labo", "cp"])
+def test_no_grad_forward_keeps_no_buffer(name):
+    fn, kw = LOSSES[name]
+    logits, y = make_batch()
+    with torch.no_grad():
+        loss, nll = fn(torch.log_softmax(logits, -1), y, ignore_index=PAD, **kw)
+    assert loss.grad_fn is None and torch.isfinite(loss)
