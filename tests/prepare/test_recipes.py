@@ -1,0 +1,240 @@
+"""Data preparation on the real files in ../shared/data: conformance with fairseq's IWSLT'14 output,
+the IWSLT'17/WMT'14 test-set readers, and each recipe end to end on small stand-in inputs built from
+real dev/test text (the training corpora are not available here)."""
+
+import gzip
+import json
+import lzma
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tarfile
+from pathlib import Path
+
+import pytest
+
+from labo_fairseq.prepare import recipes
+from labo_fairseq.prepare.sources import SourceError, Sources
+from labo_fairseq.prepare.text import xml_segments
+
+REPO = Path(__file__).resolve().parents[2]
+SHARED = Path(os.environ.get("LABO_SHARED_DATA", REPO.parent / "shared" / "data"))
+IWSLT14 = SHARED / "iwslt14.de-en"
+IWSLT17 = SHARED / "iwslt17" / "2017-01-ted-test"
+WMT14 = SHARED / "wmt14.en-de"
+pytestmark = pytest.mark.skipif(not SHARED.is_dir(), reason=f"real data not found at {SHARED} (set LABO_SHARED_DATA)")
+def _have_fairseq():
+    try:
+        import fairseq  # noqa: F401
+        return True
+    except ImportError:
+        return False
+
+
+binarizes = pytest.mark.skipif(not _have_fairseq(), reason="fairseq is not installed (scripts/install.sh)")
+
+
+def xz_lines(path):
+    with lzma.open(path, "rt", encoding="utf-8", newline="\n") as f:
+        return f.read().split("\n")[:-1]
+
+
+def run_script(*args):
+    return subprocess.run([sys.executable, *map(str, args)], cwd=REPO, capture_output=True, text=True, timeout=900)
+
+
+# ---------------------------------------------------------------------------- conformance
+
+
+def test_iwslt14_conformance_with_fairseqs_recipe():
+    proc = run_script("scripts/iwslt14_conformance.py", "--data", SHARED)
+    assert proc.returncode == 0, proc.stderr
+    last = proc.stdout.strip().splitlines()[-1]
+    m = re.fullmatch(r"identical lines: tok\.de=([\d.]+)% tok\.en=([\d.]+)% bpe\.de=([\d.]+)% bpe\.en=([\d.]+)%", last)
+    assert m, last
+    assert all(float(v) >= 99.5 for v in m.groups()), last
+
+
+# -------------------------------------------------------------------------------- readers
+
+
+@pytest.mark.parametrize("src,test_set,n", [("de", "tst2016", 1133), ("de", "tst2017", 1138),
+                                            ("fr", "tst2016", 1159), ("fr", "tst2017", 1455)])
+def test_iwslt17_official_test_archives(src, test_set, n):
+    sources = Sources([IWSLT17], offline=True)
+    src_lines, ref_lines = recipes.iwslt17_test_lines(sources, src, "en", test_set)
+    assert len(src_lines) == len(ref_lines) == n
+    assert all(line.strip() for line in src_lines + ref_lines)
+    # the archives were md5-verified against sacrebleu's values
+    assert all(v["verified"] == "md5" for k, v in sources.used.items())
+
+
+def test_wmt14_newstest2014_sgm():
+    sources = Sources([WMT14], offline=True)
+    en, de = recipes.newstest2014(sources, "en"), recipes.newstest2014(sources, "de")
+    assert len(en) == len(de) == 3003
+    assert en[0] == "Gutach: Increased safety for pedestrians"
+    assert de[0] == "Gutach: Noch mehr Sicherheit für Fußgänger"
+
+
+# ------------------------------------------------------------------------ stand-in inputs
+
+
+def talk_text(segments, name):
+    """Lines in train.tags format: the metadata lines fairseq's script filters, then the text."""
+    return [f"<url>http://www.ted.com/talks/{name}</url>", "<keywords>talks, science</keywords>",
+            "<talkid>42</talkid>", f"<title>{name}: a title</title>", f"<description>About {name}.</description>",
+            *segments]
+
+
+def write(path, lines):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+@pytest.fixture(scope="module")
+def iwslt14_standin(tmp_path_factory):
+    """train.tags.de-en.{de,en} from the real tst2010-2012 segments; the real XML dev/test files."""
+    d = tmp_path_factory.mktemp("iwslt14_src")
+    for lang in ("de", "en"):
+        lines = []
+        for s in ("IWSLT14.TED.tst2010", "IWSLT14.TED.tst2011", "IWSLT14.TED.tst2012"):
+            lines += talk_text(list(xml_segments(xz_lines(IWSLT14 / "orig" / "de-en" / f"{s}.de-en.{lang}.xml.xz"))), s)
+        write(d / "de-en" / f"train.tags.de-en.{lang}", lines)
+    return [d, IWSLT14 / "orig"]
+
+
+@binarizes
+def test_iwslt14_pipeline_end_to_end_resume_and_no_clobber(iwslt14_standin, tmp_path):
+    out, dest = tmp_path / "text", tmp_path / "bin"
+    args = ["scripts/prepare_data.py", "iwslt14.de-en", "--offline", "--cache", tmp_path / "cache",
+            "--out", out, "--dest", dest, "--bpe-merges", "800", "--workers", "2"]
+    for s in iwslt14_standin:
+        args += ["--source", s]
+    proc = run_script(*args)
+    assert proc.returncode == 0, proc.stderr
+    # The test set is fairseq's own, byte for byte (tokenized, lowercased).
+    for lang in ("de", "en"):
+        assert (out / "tmp" / f"test.{lang}").read_text(encoding="utf-8").split("\n")[:-1] == \
+            xz_lines(IWSLT14 / "fairseq-tokenized" / "tmp" / f"test.{lang}.xz")
+    m = json.loads((out / "manifest.json").read_text())
+    raw = sum(1 for _ in (out / "tmp" / "train.tags.de-en.de").open())
+    assert m["counts"]["test"] == 6750
+    assert m["counts"]["valid"] == raw // 23 and m["counts"]["train"] == raw - raw // 23
+    assert m["counts_vs_paper"]["checked"] is False  # stand-in data and 800 merges
+    assert m["bpe"]["merges"] == 800 and m["tools"]["sacremoses"]
+    assert all(len(v["sha256"]) == 64 for v in m["inputs"].values())
+    for f in ("dict.de.txt", "dict.en.txt", "train.de-en.de.bin", "valid.de-en.en.idx", "test.de-en.de.bin"):
+        assert (dest / f).exists(), f
+    assert len(open(out / "code", encoding="utf-8").read().splitlines()) == 801  # header + 800 merges
+
+    # Re-running finishes nothing again and touches nothing.
+    stamp = {p: p.stat().st_mtime_ns for p in list(out.rglob("*")) + list(dest.rglob("*")) if p.is_file()}
+    again = run_script(*args)
+    assert again.returncode == 0 and "already prepared" in again.stdout
+    assert stamp == {p: p.stat().st_mtime_ns for p in stamp}
+
+    # An interrupted run resumes: remove the last steps' markers and outputs, re-run.
+    (out / ".done" / "binarize").unlink()
+    (out / "manifest.json").unlink()
+    shutil.rmtree(dest)
+    resumed = run_script(*args)
+    assert resumed.returncode == 0, resumed.stderr
+    assert "[skip] bpe (done)" in resumed.stderr and "[run] binarize" in resumed.stderr
+    assert (dest / "train.de-en.de.bin").exists()
+
+    # A directory this tool did not make is never touched, --force or not.
+    foreign = tmp_path / "foreign"
+    write(foreign / "precious.txt", ["keep me"])
+    refused = run_script(*args[:-8], "--out", foreign, "--dest", tmp_path / "bin2", "--bpe-merges", "800", "--force")
+    assert refused.returncode != 0 and "was not made by this tool" in refused.stderr
+    assert (foreign / "precious.txt").read_text() == "keep me\n"
+
+
+def test_dry_run_writes_nothing(iwslt14_standin, tmp_path):
+    proc = run_script("scripts/prepare_data.py", "iwslt14.de-en", "--dry-run", "--offline", "--out", tmp_path / "t",
+                      "--dest", tmp_path / "b", "--source", iwslt14_standin[0])
+    assert proc.returncode == 0, proc.stderr
+    for step in ("extract", "tokenize", "clean", "split", "bpe", "binarize"):
+        assert f"[dry-run] {step}:" in proc.stdout
+    assert not (tmp_path / "t").exists() and not (tmp_path / "b").exists()
+
+
+@binarizes
+def test_iwslt17_pipeline_end_to_end(tmp_path):
+    """Stand-in 2017-01-trnted members from the real tst2016 talks (train and valid); the real,
+    md5-verified 2017 evaluation archives for the tst2017 test sets."""
+    d = tmp_path / "src"
+    for src in ("de", "fr"):
+        pair = f"{src}-en"
+        for lang, archive in ((src, f"{src}-en"), ("en", f"en-{src}")):
+            with tarfile.open(IWSLT17 / f"{archive}.tgz") as tar:
+                xml = tar.extractfile(f"{archive}/IWSLT17.TED.tst2016.{archive}.{lang}.xml").read().decode()
+            write(d / pair / f"train.tags.{pair}.{lang}", talk_text(list(xml_segments(xml.split("\n"))), "tst2016"))
+            write(d / pair / f"IWSLT17.TED.tst2016.{pair}.{lang}.xml", xml.split("\n"))
+    opt = recipes.Options(sources=Sources([d, IWSLT17], cache=tmp_path / "cache", offline=True),
+                          out=tmp_path / "text", dest=tmp_path / "bin", workers=2, bpe_merges=1000,
+                          extra={"valid_sets": ["tst2016"], "stand_in": True})
+    ws = recipes.prepare_iwslt17(opt)
+    m = json.loads(ws.manifest_path.read_text())
+    assert m["counts"]["test.de-en"] == 1138 and m["counts"]["test.fr-en"] == 1455
+    assert m["counts"]["valid.de-en"] == 1133 and m["counts"]["valid.fr-en"] == 1159
+    # 1133 segments + the title and description lines (their text stays, as in fairseq's recipe),
+    # less pairs with an empty side or over 250 pieces
+    assert 1100 <= m["counts"]["train.de-en"] <= 1135
+    assert m["sentencepiece"]["vocab_size"] == 1000
+    for f in ("dict.de.txt", "dict.fr.txt", "dict.en.txt", "train.de-en.de.bin", "train.fr-en.en.bin",
+              "valid.fr-en.fr.bin", "test.de-en.en.idx"):
+        assert (tmp_path / "bin" / f).exists(), f
+    # raw, detokenized references are kept for sacrebleu
+    assert len((tmp_path / "text" / "raw" / "test0.de-en.en").read_text(encoding="utf-8").splitlines()) == 1138
+
+
+@binarizes
+def test_wmt14_pipeline_end_to_end(tmp_path):
+    """Stand-in training corpora cut from the real newstest2014 text; the real test-full SGM files."""
+    d = tmp_path / "src"
+    sources = Sources([WMT14], offline=True)
+    text = {lang: recipes.newstest2014(sources, lang) for lang in ("en", "de")}
+    cuts = [(0, 1000), (1000, 2000), (2000, 3003)]
+    for (_, corpus), (lo, hi) in zip(recipes.WMT14_CORPORA, cuts):
+        for lang in ("en", "de"):
+            write(d / f"{corpus}.{lang}", text[lang][lo:hi])
+    opt = recipes.Options(sources=Sources([d, WMT14], cache=tmp_path / "cache", offline=True),
+                          out=tmp_path / "text", dest=tmp_path / "bin", workers=2, bpe_merges=500,
+                          extra={"stand_in": True})
+    ws = recipes.prepare_wmt14(opt)
+    m = json.loads(ws.manifest_path.read_text())
+    assert m["counts"]["test"] == 3003
+    assert 0 < m["counts"]["valid"] <= 30 and 2800 < m["counts"]["train"] <= 2973  # every 100th, then cleaned
+    assert "@-@" in (tmp_path / "text" / "tmp" / "test.en").read_text(encoding="utf-8")  # tokenizer -a
+    assert (tmp_path / "bin" / "train.en-de.en.bin").exists() and (tmp_path / "bin" / "dict.de.txt").exists()
+
+
+# ---------------------------------------------------------------------------- bad inputs
+
+
+def test_corrupt_archive_with_published_checksum_is_rejected(tmp_path):
+    bad = tmp_path / "2017-01-ted-test" / "de-en.tgz"
+    bad.parent.mkdir()
+    data = (IWSLT17 / "de-en.tgz").read_bytes()
+    bad.write_bytes(data[: len(data) // 2])
+    sources = Sources([tmp_path], cache=tmp_path / "cache", offline=True)
+    with pytest.raises(SourceError, match="de-en.tgz"):
+        recipes.iwslt17_test_lines(sources, "de", "en", "tst2017")
+
+
+def test_truncated_archive_without_checksum_is_rejected(tmp_path):
+    with open(tmp_path / "test-full.tgz", "wb") as f:
+        f.write(gzip.compress(b"not a tar archive" * 100)[:200])
+    with pytest.raises(SourceError, match=r"test-full.tgz: not a readable archive"):
+        recipes.newstest2014(Sources([tmp_path], cache=tmp_path / "cache", offline=True), "en")
+
+
+def test_missing_input_offline_names_the_file(tmp_path):
+    proc = run_script("scripts/prepare_data.py", "wmt14.en-de", "--offline", "--source", tmp_path,
+                      "--cache", tmp_path / "cache", "--out", tmp_path / "t", "--dest", tmp_path / "b")
+    assert proc.returncode == 1
+    assert "training-parallel-europarl-v7.tgz" in proc.stderr and "--offline" in proc.stderr
