@@ -4,75 +4,22 @@ Data: fairseq's tokenized+BPE IWSLT'14 de-en valid/test files from ../shared/dat
 is not available here): 2,000 lines stand in for training data, then 100 for validation, 50 for test.
 """
 
-import json
-import lzma
 import os
 import re
 import socket
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
 pytest.importorskip("fairseq", reason="fairseq is not installed (scripts/install.sh)")
 
-REPO = Path(__file__).resolve().parents[1]
-SHARED = Path(os.environ.get("LABO_SHARED_DATA", REPO.parent / "shared" / "data"))
-IWSLT = SHARED / "iwslt14.de-en" / "fairseq-tokenized"
+from conftest import IWSLT, REPO, TINY, fairseq, train_log  # noqa: F401
+
 pytestmark = [
     pytest.mark.slow,
     pytest.mark.skipif(not IWSLT.is_dir(), reason=f"real data not found at {IWSLT} (set LABO_SHARED_DATA)"),
 ]
-
-TINY = ("--arch transformer --encoder-layers 1 --decoder-layers 1 --encoder-embed-dim 32 "
-        "--decoder-embed-dim 32 --encoder-ffn-embed-dim 64 --decoder-ffn-embed-dim 64 "
-        "--encoder-attention-heads 2 --decoder-attention-heads 2 --share-all-embeddings "
-        "--optimizer adam --lr 2e-3 --max-tokens 1000 --log-format json --log-interval 1 "
-        "--cpu --seed 1 --no-epoch-checkpoints --num-workers 0").split()
-
-
-def fairseq(tool, *args, check=True, env=None):
-    proc = subprocess.run([sys.executable, "-m", f"fairseq_cli.{tool}", *map(str, args)], cwd=REPO,
-                          capture_output=True, text=True, env=env, timeout=900)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"fairseq {tool} failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
-    return proc
-
-
-def _is_number(v):
-    try:
-        float(v)
-        return True
-    except (TypeError, ValueError):
-        return False
-
-
-def train_log(proc):
-    """The per-update ``train_inner`` records of a --log-format json run, by num_updates."""
-    out = {}
-    for line in (proc.stdout + proc.stderr).splitlines():
-        m = re.search(r"\| train_inner \| (\{.*\})", line)
-        if m:
-            rec = json.loads(m.group(1))
-            out[int(rec["num_updates"])] = {k: float(v) for k, v in rec.items() if _is_number(v)}
-    return out
-
-
-@pytest.fixture(scope="module")
-def data_bin(tmp_path_factory):
-    root = tmp_path_factory.mktemp("iwslt14_small")
-    spans = {"train": (0, 2000, "valid"), "valid": (0, 100, "test"), "test": (100, 150, "test")}
-    for split, (lo, hi, source) in spans.items():
-        for lang in ("de", "en"):
-            with lzma.open(IWSLT / f"{source}.{lang}.xz", "rt", encoding="utf-8") as f:
-                lines = f.read().splitlines()[lo:hi]
-            (root / f"{split}.{lang}").write_text("\n".join(lines) + "\n", encoding="utf-8")
-    dest = root / "bin"
-    fairseq("preprocess", "--source-lang", "de", "--target-lang", "en", "--trainpref", root / "train",
-            "--validpref", root / "valid", "--testpref", root / "test", "--destdir", dest,
-            "--joined-dictionary", "--workers", "2")
-    return dest
 
 
 @pytest.mark.parametrize(
@@ -124,6 +71,15 @@ def test_labo_warmup_resume_and_generate(data_bin, tmp_path):
     assert "Translated 50 sentences" in out
     assert len(re.findall(r"^H-\d+\t", gen.stdout, flags=re.M)) == 50
     assert re.search(r"Generate test with beam=5: BLEU4 = \d+\.\d+", out)
+
+    # fairseq-interactive loads the same checkpoint and translates from standard input.
+    inter = subprocess.run([sys.executable, "-m", "fairseq_cli.interactive", str(data_bin), "--user-dir", "labo_fairseq",
+                            "--path", str(ck / "checkpoint_best.pt"), "--beam", "5", "--remove-bpe", "--cpu",
+                            "--source-lang", "de", "--target-lang", "en", "--max-len-b", "20"],
+                           cwd=REPO, input="das ist ein test .\nwir sind hier .\n", capture_output=True, text=True,
+                           timeout=600)
+    assert inter.returncode == 0, inter.stderr[-3000:]
+    assert len(re.findall(r"^H-\d+\t", inter.stdout, flags=re.M)) == 2
 
     # The same checkpoint without the plugin is refused by torch's weights_only loader, as documented.
     refused = fairseq("generate", data_bin, "--path", ck / "checkpoint_best.pt", "--cpu", check=False)

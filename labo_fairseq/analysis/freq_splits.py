@@ -1,0 +1,136 @@
+"""Table 4: BLEU on splits of a test/valid set by the source sentence's average training-token frequency.
+
+Frequency score of a source sentence (Raunak et al., 2020): the mean, over its tokens, of each token's
+count in the training source text. Sentences are ordered from most to least frequent and cut into
+parts: ``--split-size N`` takes N sentences per part from the top (the last part may be shorter; the
+paper uses 3 parts of 2,400 for IWSLT'14 de-en), otherwise ``--parts K`` equal parts. Use the same
+tokenization (e.g. BPE'd text) for --train-src and --src.
+
+  python -m labo_fairseq.analysis.freq_splits --train-src data/iwslt14.de-en/train.de \\
+      --src data/iwslt14.de-en/test.de --ref ref.en --system LS=ls.hyp --system LABO=labo.hyp \\
+      --tokenize none --split-size 2400 --out analysis/freq
+
+Systems are plain hypothesis files (one line per source line) or fairseq-generate outputs (their
+H- lines, BPE removed, are used, ordered by sentence id; --ref may then be omitted: the T- lines are used).
+"""
+
+import argparse
+import json
+import sys
+from collections import Counter
+from pathlib import Path
+from typing import Dict, List, Sequence, Tuple
+
+import sacrebleu
+
+from labo_fairseq.analysis.fairseq_io import parse_generate
+
+SPLIT_NAMES = ("most frequent", "medium", "least frequent")
+
+
+def frequency_scores(src_lines: Sequence[str], train_src_lines: Sequence[str]) -> List[float]:
+    counts = Counter(tok for line in train_src_lines for tok in line.split())
+    scores = []
+    for line in src_lines:
+        toks = line.split()
+        scores.append(sum(counts[t] for t in toks) / len(toks) if toks else 0.0)
+    return scores
+
+
+def make_splits(scores: Sequence[float], parts: int = 3, split_size: int = 0) -> List[List[int]]:
+    """Sentence indices per part, most frequent first (ties keep the original order)."""
+    order = sorted(range(len(scores)), key=lambda i: -scores[i])
+    if split_size:
+        return [order[k * split_size:(k + 1) * split_size] for k in range(parts) if order[k * split_size:(k + 1) * split_size]]
+    base, extra = divmod(len(order), parts)
+    out, start = [], 0
+    for k in range(parts):
+        end = start + base + (1 if k < extra else 0)
+        out.append(order[start:end])
+        start = end
+    return out
+
+
+def split_names(n: int) -> List[str]:
+    return list(SPLIT_NAMES) if n == 3 else [f"part {k + 1}" for k in range(n)]
+
+
+def read_system(path: Path) -> Tuple[List[str], List[str]]:
+    """(hypotheses, references-or-empty) from a plain file or a fairseq-generate output."""
+    text = path.read_text(encoding="utf-8")
+    if any(line.startswith("H-") for line in text.splitlines()[:200]):
+        gen = parse_generate(text)
+        return gen.ordered(gen.hypothesis), gen.ordered(gen.reference)
+    return text.split("\n")[:-1] if text.endswith("\n") else text.split("\n"), []
+
+
+def bleu_table(splits: List[List[int]], systems: Dict[str, List[str]], refs: List[str], tokenize: str) -> Dict:
+    table = {}
+    for name, hyps in systems.items():
+        row = []
+        for idx in splits:
+            b = sacrebleu.corpus_bleu([hyps[i] for i in idx], [[refs[i] for i in idx]], tokenize=tokenize)
+            row.append(b.score)
+        table[name] = row
+    return table
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--train-src", type=Path, required=True, help="training source text (token counts)")
+    ap.add_argument("--src", type=Path, required=True, help="source side of the evaluated set, same tokenization")
+    ap.add_argument("--ref", type=Path, help="reference file (default: T- lines of the first fairseq-generate output)")
+    ap.add_argument("--system", action="append", required=True, metavar="NAME=FILE",
+                    help="hypotheses of a system (repeatable); the first is the baseline of the delta row")
+    ap.add_argument("--parts", type=int, default=3)
+    ap.add_argument("--split-size", type=int, default=0, help="sentences per part (default: equal parts)")
+    ap.add_argument("--tokenize", default="13a", help="sacrebleu tokenizer ('none' for pre-tokenized text)")
+    ap.add_argument("--out", type=Path, required=True, help="output directory (freq_splits.json)")
+    ap.add_argument("--force", action="store_true")
+    args = ap.parse_args(argv)
+    if args.parts < 1 or args.split_size < 0:
+        ap.error("--parts must be >= 1 and --split-size >= 0")
+    out_json = args.out / "freq_splits.json"
+    if out_json.exists() and not args.force:
+        ap.error(f"{out_json} exists; --force to overwrite")
+    src = args.src.read_text(encoding="utf-8").splitlines()
+    systems, refs = {}, []
+    for spec in args.system:
+        name, _, path = spec.partition("=")
+        if not path or not Path(path).is_file():
+            ap.error(f"--system {spec}: expected NAME=FILE with an existing file")
+        hyps, sys_refs = read_system(Path(path))
+        if len(hyps) != len(src):
+            ap.error(f"--system {name}: {len(hyps)} hypotheses for {len(src)} source lines")
+        systems[name] = hyps
+        refs = refs or sys_refs
+    if args.ref:
+        refs = args.ref.read_text(encoding="utf-8").splitlines()
+    if len(refs) != len(src):
+        ap.error(f"{len(refs)} references for {len(src)} source lines (give --ref)")
+    scores = frequency_scores(src, args.train_src.read_text(encoding="utf-8").splitlines())
+    splits = make_splits(scores, args.parts, args.split_size)
+    names = split_names(len(splits))
+    table = bleu_table(splits, systems, refs, args.tokenize)
+    base = next(iter(table))
+    result = {
+        "src": str(args.src), "train_src": str(args.train_src), "tokenize": args.tokenize,
+        "splits": [{"name": n, "size": len(idx), "mean_frequency": sum(scores[i] for i in idx) / max(len(idx), 1),
+                    "ids": idx} for n, idx in zip(names, splits)],
+        "bleu": table, "delta_vs": base,
+        "delta": {k: [a - b for a, b in zip(v, table[base])] for k, v in table.items() if k != base},
+    }
+    args.out.mkdir(parents=True, exist_ok=True)
+    out_json.write_text(json.dumps(result, indent=1) + "\n")
+    print("| system | " + " | ".join(f"{n} ({len(i)})" for n, i in zip(names, splits)) + " |")
+    print("|---" * (len(splits) + 1) + "|")
+    for k, row in table.items():
+        print(f"| {k} | " + " | ".join(f"{b:.2f}" for b in row) + " |")
+    for k, row in result["delta"].items():
+        print(f"| Δ {k} − {base} | " + " | ".join(f"{d:+.2f}" for d in row) + " |")
+    print(f"wrote {out_json}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

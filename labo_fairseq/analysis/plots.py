@@ -1,0 +1,83 @@
+"""PNG figures of the analyses (matplotlib, Agg backend: no display needed)."""
+
+import logging
+from pathlib import Path
+from typing import Dict, List, Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+logging.getLogger("matplotlib").setLevel(logging.WARNING)  # fairseq/hydra may set the root logger to DEBUG
+import matplotlib.pyplot as plt  # noqa: E402
+
+DPI = 100
+SIZE = (6.4, 4.8)  # inches: 640 x 480 pixels at DPI
+
+
+def _save(fig, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=DPI)
+    plt.close(fig)
+    return path
+
+
+def reliability_diagram(rel: Dict[str, List[float]], path: Path, title: str, ece: float) -> Path:
+    """Accuracy per confidence bin (bars), the diagonal, the gap to each bin's mean confidence
+    (shaded), and the bin counts (lower panel, log scale)."""
+    edges, counts = rel["edges"], rel["count"]
+    width = edges[1] - edges[0]
+    lefts = edges[:-1]
+    fig, (ax, axc) = plt.subplots(2, 1, figsize=SIZE, gridspec_kw={"height_ratios": [3, 1]}, sharex=True)
+    acc = [a if c > 0 else 0.0 for a, c in zip(rel["accuracy"], counts)]
+    conf = [m if c > 0 else 0.0 for m, c in zip(rel["confidence"], counts)]
+    ax.bar(lefts, acc, width=width, align="edge", edgecolor="black", color="tab:blue", label="accuracy")
+    filled = [i for i, c in enumerate(counts) if c > 0]
+    ax.bar([lefts[i] for i in filled], [conf[i] - acc[i] for i in filled], bottom=[acc[i] for i in filled],
+           width=width, align="edge", color="tab:red", alpha=0.3, edgecolor="tab:red", hatch="//",
+           label="gap to mean confidence")
+    ax.plot([0, 1], [0, 1], "k--", linewidth=1, label="perfect calibration")
+    ax.set_ylim(0, 1)
+    ax.set_ylabel("accuracy")
+    ax.set_title(f"{title}  (ECE {ece:.4f}, {int(sum(counts)):,} tokens)")
+    ax.legend(loc="upper left", fontsize=8)
+    axc.bar(lefts, [max(c, 0) for c in counts], width=width, align="edge", color="gray", edgecolor="black")
+    axc.set_yscale("symlog")
+    axc.set_ylabel("tokens")
+    axc.set_xlabel("confidence (max probability)")
+    axc.set_xlim(0, 1)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def curves(x: Sequence[float], series: Dict[str, Sequence[float]], path: Path, title: str, xlabel: str,
+           marks: Dict[str, float] = None) -> Path:
+    """One panel per series against ``x``; optional vertical marks (name -> x)."""
+    fig, axes = plt.subplots(len(series), 1, figsize=SIZE, sharex=True, squeeze=False)
+    for ax, (name, ys) in zip(axes[:, 0], series.items()):
+        ax.plot(list(x), list(ys), marker="." if len(x) < 30 else None)
+        ax.set_ylabel(name)
+        for label, xm in (marks or {}).items():
+            ax.axvline(xm, linestyle="--", color="gray", linewidth=1)
+            ax.annotate(label, (xm, ax.get_ylim()[1]), fontsize=7, rotation=90, va="top", ha="right")
+    axes[0, 0].set_title(title)
+    axes[-1, 0].set_xlabel(xlabel)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def histograms(data: Dict[str, Dict[str, Sequence[float]]], path: Path, title: str, bins: int = 20) -> Path:
+    """Figure 2 layout: one panel per split, one histogram per system, of probabilities in [0, 1]."""
+    splits = list(data)
+    cols = len(splits)
+    fig, axes = plt.subplots(1, cols, figsize=(max(SIZE[0], 3.2 * cols), SIZE[1]), squeeze=False, sharey=True)
+    for ax, split in zip(axes[0], splits):
+        for system, values in data[split].items():
+            if len(values):
+                ax.hist(values, bins=bins, range=(0, 1), alpha=0.5, density=True, label=f"{system} (n={len(values):,})")
+        ax.set_title(split)
+        ax.set_xlabel("probability of the chosen token")
+        ax.legend(fontsize=7)
+    axes[0, 0].set_ylabel("density")
+    fig.suptitle(title)
+    fig.tight_layout()
+    return _save(fig, path)

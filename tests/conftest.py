@@ -1,0 +1,85 @@
+"""Shared test helpers: the real-data location, fairseq's command-line tools, a small real data-bin,
+and a tiny checkpoint trained on it (session-scoped: built once)."""
+
+import json
+import lzma
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = Path(os.environ.get("LABO_SHARED_DATA", REPO.parent / "shared" / "data"))
+IWSLT = SHARED / "iwslt14.de-en" / "fairseq-tokenized"
+
+TINY = ("--arch transformer --encoder-layers 1 --decoder-layers 1 --encoder-embed-dim 32 "
+        "--decoder-embed-dim 32 --encoder-ffn-embed-dim 64 --decoder-ffn-embed-dim 64 "
+        "--encoder-attention-heads 2 --decoder-attention-heads 2 --share-all-embeddings "
+        "--optimizer adam --lr 2e-3 --max-tokens 1000 --log-format json --log-interval 1 "
+        "--cpu --seed 1 --no-epoch-checkpoints --num-workers 0").split()
+
+
+def fairseq(tool, *args, check=True, env=None):
+    proc = subprocess.run([sys.executable, "-m", f"fairseq_cli.{tool}", *map(str, args)], cwd=REPO,
+                          capture_output=True, text=True, env=env, timeout=900)
+    if check and proc.returncode != 0:
+        raise AssertionError(f"fairseq {tool} failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
+    return proc
+
+
+def _is_number(v):
+    try:
+        float(v)
+        return True
+    except (TypeError, ValueError):
+        return False
+
+
+def train_log(proc):
+    """The per-update ``train_inner`` records of a --log-format json run, by num_updates."""
+    out = {}
+    for line in (proc.stdout + proc.stderr).splitlines():
+        m = re.search(r"\| train_inner \| (\{.*\})", line)
+        if m:
+            rec = json.loads(m.group(1))
+            out[int(rec["num_updates"])] = {k: float(v) for k, v in rec.items() if _is_number(v)}
+    return out
+
+
+@pytest.fixture(scope="session")
+def small_text(tmp_path_factory):
+    """fairseq's tokenized+BPE'd IWSLT'14 text: 2,000 valid lines as training data, then 100 test
+    lines for validation and 50 for test."""
+    if not IWSLT.is_dir():
+        pytest.skip(f"real data not found at {IWSLT} (set LABO_SHARED_DATA)")
+    root = tmp_path_factory.mktemp("iwslt14_small")
+    spans = {"train": (0, 2000, "valid"), "valid": (0, 100, "test"), "test": (100, 150, "test")}
+    for split, (lo, hi, source) in spans.items():
+        for lang in ("de", "en"):
+            with lzma.open(IWSLT / f"{source}.{lang}.xz", "rt", encoding="utf-8") as f:
+                lines = f.read().splitlines()[lo:hi]
+            (root / f"{split}.{lang}").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return root
+
+
+@pytest.fixture(scope="session")
+def data_bin(small_text):
+    pytest.importorskip("fairseq", reason="fairseq is not installed (scripts/install.sh)")
+    dest = small_text / "bin"
+    fairseq("preprocess", "--source-lang", "de", "--target-lang", "en", "--trainpref", small_text / "train",
+            "--validpref", small_text / "valid", "--testpref", small_text / "test", "--destdir", dest,
+            "--joined-dictionary", "--workers", "2")
+    return dest
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(data_bin, tmp_path_factory):
+    """A tiny transformer trained with LABO for 40 updates (warm-up 20) on the small data-bin."""
+    ck = tmp_path_factory.mktemp("tiny_ck")
+    fairseq("train", data_bin, "--user-dir", "labo_fairseq", "--task", "translation", *TINY,
+            "--criterion", "label_smoothed_labo", "--labo-warmup-updates", "20", "--max-update", "40",
+            "--save-dir", ck, "--disable-validation")
+    return ck / "checkpoint_last.pt"
