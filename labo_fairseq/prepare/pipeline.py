@@ -106,8 +106,10 @@ class Workspace:
                 if d.exists():
                     print(f"--force: removing {d}", file=sys.stderr)
                     shutil.rmtree(d)
-        self.finished = self.manifest_path.exists()
-        if not dry_run and not self.finished:
+        self.finished = self.manifest_path.exists()  # False after --force removed it
+        if self.finished:
+            print(f"{dataset}: already prepared ({self.manifest_path}); --force to rebuild")
+        elif not dry_run:
             for d in (self.root, self.dest):
                 d.mkdir(parents=True, exist_ok=True)
                 (d / MARKER).write_text(json.dumps({"dataset": dataset}) + "\n")

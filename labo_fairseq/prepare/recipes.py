@@ -88,6 +88,31 @@ def apply_bpe(code: Path, src: Path, dst: Path, workers: int) -> None:
     write_lines(dst, parallel_map(_BpeFactory(str(code)), read_lines(src), workers, desc=f"bpe {src.name}"))
 
 
+def joint_bpe(langs, text_dir: Path, out_dir: Path, code: Path, merges: int, workers: int, prefix: str = "") -> None:
+    """``learn_bpe.py -s MERGES`` on the concatenated ``train.*`` of ``langs``; ``apply_bpe.py`` to
+    train/valid/test of each language, written to ``out_dir/PREFIXsplit.lang``."""
+    learn_bpe([text_dir / f"train.{lang}" for lang in langs], code, merges)
+    for lang in langs:
+        for split_ in ("train", "valid", "test"):
+            apply_bpe(code, text_dir / f"{split_}.{lang}", out_dir / f"{prefix}{split_}.{lang}", workers)
+
+
+def binarize_joined(src: str, tgt: str, opt: "Options") -> None:
+    """``fairseq-preprocess --joined-dictionary`` of ``--out/{train,valid,test}.{src,tgt}``."""
+    fairseq_preprocess(["--source-lang", src, "--target-lang", tgt, "--joined-dictionary",
+                        "--trainpref", opt.out / "train", "--validpref", opt.out / "valid",
+                        "--testpref", opt.out / "test", "--destdir", opt.dest, "--workers", opt.workers])
+
+
+def run_steps(ws: Workspace, steps) -> None:
+    for fn in steps:
+        ws.step(fn.__name__, fn)
+
+
+def bilingual_counts(opt: "Options", src: str) -> Dict[str, int]:
+    return {s: count_lines(opt.out / f"{s}.{src}") for s in ("train", "valid", "test")}
+
+
 def _check_counts(name: str, counts: Dict[str, int], full: bool) -> Dict:
     paper = PAPER_COUNTS.get(name, {})
     if not full:
@@ -121,8 +146,7 @@ def prepare_iwslt14(src: str, opt: Options) -> Workspace:
     tgt, pair = "en", f"{src}-en"
     name = f"iwslt14.{pair}"
     ws = Workspace(opt.out, opt.dest, name, opt.force, opt.dry_run)
-    if ws.finished and not opt.force:
-        print(f"{name}: already prepared ({ws.manifest_path}); --force to rebuild")
+    if ws.finished:
         return ws
     archive = iwslt14_archive(src)
     tmp, merges = opt.out / "tmp", opt.bpe_merges or 10000
@@ -168,22 +192,15 @@ def prepare_iwslt14(src: str, opt: Options) -> Workspace:
 
     def bpe():
         """learn_bpe.py -s MERGES on train.SRC + train.TGT; apply_bpe.py to train/valid/test"""
-        learn_bpe([tmp / f"train.{lang}" for lang in langs], opt.out / "code", merges)
-        for lang in langs:
-            for split_ in ("train", "valid", "test"):
-                apply_bpe(opt.out / "code", tmp / f"{split_}.{lang}", opt.out / f"{split_}.{lang}", opt.workers)
+        joint_bpe(langs, tmp, opt.out, opt.out / "code", merges, opt.workers)
 
     def binarize():
         """fairseq-preprocess --joined-dictionary"""
-        fairseq_preprocess(["--source-lang", src, "--target-lang", tgt, "--joined-dictionary",
-                            "--trainpref", opt.out / "train", "--validpref", opt.out / "valid",
-                            "--testpref", opt.out / "test", "--destdir", opt.dest, "--workers", opt.workers])
+        binarize_joined(src, tgt, opt)
 
-    for step_name, fn in (("extract", extract), ("tokenize", tokenize), ("clean", clean), ("split", split),
-                          ("bpe", bpe), ("binarize", binarize)):
-        ws.step(step_name, fn)
+    run_steps(ws, (extract, tokenize, clean, split, bpe, binarize))
     if not opt.dry_run:
-        counts = {s: count_lines(opt.out / f"{s}.{src}") for s in ("train", "valid", "test")}
+        counts = bilingual_counts(opt, src)
         full = merges == 10000 and not opt.extra.get("stand_in")
         ws.write_manifest({
             "dataset": name, "recipe": "fairseq examples/translation/prepare-iwslt14.sh",
@@ -232,8 +249,7 @@ def prepare_iwslt17(opt: Options) -> Workspace:
 
     name, srcs, tgt = "iwslt17.de_fr-en", ("de", "fr"), "en"
     ws = Workspace(opt.out, opt.dest, name, opt.force, opt.dry_run)
-    if ws.finished and not opt.force:
-        print(f"{name}: already prepared ({ws.manifest_path}); --force to rebuild")
+    if ws.finished:
         return ws
     raw, vocab = opt.out / "raw", opt.bpe_merges or 16384
     valid_sets = opt.extra.get("valid_sets", IWSLT17_VALID)
@@ -299,8 +315,7 @@ def prepare_iwslt17(opt: Options) -> Workspace:
                                 "--trainpref", opt.out / f"train.bpe.{pair}", "--validpref", valid, "--testpref", test,
                                 "--destdir", opt.dest, "--workers", opt.workers])
 
-    for step_name, fn in (("extract", extract), ("spm_train", spm_train), ("spm_encode", spm_encode), ("binarize", binarize)):
-        ws.step(step_name, fn)
+    run_steps(ws, (extract, spm_train, spm_encode, binarize))
     if not opt.dry_run:
         counts = {}
         for src in srcs:
@@ -342,8 +357,7 @@ def newstest2014(sources: Sources, lang: str) -> List[str]:
 def prepare_wmt14(opt: Options) -> Workspace:
     name, src, tgt = "wmt14.en-de", "en", "de"
     ws = Workspace(opt.out, opt.dest, name, opt.force, opt.dry_run)
-    if ws.finished and not opt.force:
-        print(f"{name}: already prepared ({ws.manifest_path}); --force to rebuild")
+    if ws.finished:
         return ws
     tmp, merges, langs = opt.out / "tmp", opt.bpe_merges or 40000, (src, tgt)
 
@@ -366,10 +380,7 @@ def prepare_wmt14(opt: Options) -> Workspace:
 
     def bpe():
         """learn_bpe.py -s 40000 on train.en + train.de; apply_bpe.py to train/valid/test"""
-        learn_bpe([tmp / f"train.{lang}" for lang in langs], opt.out / "code", merges)
-        for lang in langs:
-            for split_ in ("train", "valid", "test"):
-                apply_bpe(opt.out / "code", tmp / f"{split_}.{lang}", tmp / f"bpe.{split_}.{lang}", opt.workers)
+        joint_bpe(langs, tmp, tmp, opt.out / "code", merges, opt.workers, prefix="bpe.")
 
     def clean():
         """clean-corpus-n.perl -ratio 1.5 bpe.{train,valid} en de ... 1 250; test copied"""
@@ -383,14 +394,11 @@ def prepare_wmt14(opt: Options) -> Workspace:
 
     def binarize():
         """fairseq-preprocess --joined-dictionary"""
-        fairseq_preprocess(["--source-lang", src, "--target-lang", tgt, "--joined-dictionary",
-                            "--trainpref", opt.out / "train", "--validpref", opt.out / "valid",
-                            "--testpref", opt.out / "test", "--destdir", opt.dest, "--workers", opt.workers])
+        binarize_joined(src, tgt, opt)
 
-    for step_name, fn in (("tokenize", tokenize), ("split", split), ("bpe", bpe), ("clean", clean), ("binarize", binarize)):
-        ws.step(step_name, fn)
+    run_steps(ws, (tokenize, split, bpe, clean, binarize))
     if not opt.dry_run:
-        counts = {s: count_lines(opt.out / f"{s}.{src}") for s in ("train", "valid", "test")}
+        counts = bilingual_counts(opt, src)
         full = merges == 40000 and not opt.extra.get("stand_in")
         ws.write_manifest({
             "dataset": name, "recipe": "fairseq examples/translation/prepare-wmt14en2de.sh",
