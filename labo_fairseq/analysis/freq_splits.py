@@ -69,7 +69,9 @@ def bleu_table(splits: List[List[int]], systems: Dict[str, List[str]], refs: Lis
     for name, hyps in systems.items():
         row = []
         for idx in splits:
-            b = sacrebleu.corpus_bleu([hyps[i] for i in idx], [[refs[i] for i in idx]], tokenize=tokenize)
+            # force: with --tokenize none the text is pre-tokenized on purpose (no "forgot to detokenize" warning)
+            b = sacrebleu.corpus_bleu([hyps[i] for i in idx], [[refs[i] for i in idx]], tokenize=tokenize,
+                                      force=tokenize == "none")
             row.append(b.score)
         table[name] = row
     return table

@@ -4,10 +4,10 @@ import logging
 from pathlib import Path
 from typing import Dict, List, Sequence
 
-import matplotlib
+logging.getLogger("matplotlib").setLevel(logging.WARNING)  # fairseq/hydra may set the root logger to DEBUG
+import matplotlib  # noqa: E402
 
 matplotlib.use("Agg")
-logging.getLogger("matplotlib").setLevel(logging.WARNING)  # fairseq/hydra may set the root logger to DEBUG
 import matplotlib.pyplot as plt  # noqa: E402
 
 DPI = 100
