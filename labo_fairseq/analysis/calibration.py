@@ -28,22 +28,30 @@ def bin_index(confidences, n_bins: int = 15) -> Tensor:
     return torch.searchsorted(upper, c.contiguous(), right=False).clamp_(0, n_bins - 1)
 
 
-def reliability(confidences, correct, n_bins: int = 15) -> Dict[str, List[float]]:
-    """Per bin: ``count``, mean ``confidence`` and ``accuracy`` (NaN for empty bins), and bin edges."""
-    c, k = _as_tensor(confidences), _as_tensor(correct)
-    if c.shape != k.shape:
-        raise ValueError(f"confidences and correct differ in size: {c.numel()} vs {k.numel()}")
-    idx = bin_index(c, n_bins)
-    count = torch.zeros(n_bins, dtype=torch.float64).index_add_(0, idx, torch.ones_like(c))
-    conf_sum = torch.zeros(n_bins, dtype=torch.float64).index_add_(0, idx, c)
-    acc_sum = torch.zeros(n_bins, dtype=torch.float64).index_add_(0, idx, k)
-    nan = torch.full((n_bins,), float("nan"), dtype=torch.float64)
+def _bin_sums(idx: Tensor, conf: Tensor, correct: Tensor, n_bins: int):
+    """Per bin: token count, sum of confidences, sum of correctness."""
+    zeros = torch.zeros(n_bins, dtype=torch.float64)
+    return (zeros.index_add(0, idx, torch.ones_like(conf)), zeros.index_add(0, idx, conf),
+            zeros.index_add(0, idx, correct))
+
+
+def _reliability_from_sums(count: Tensor, conf_sum: Tensor, acc_sum: Tensor) -> Dict[str, List[float]]:
+    n_bins = count.numel()
+    nan = torch.full_like(count, float("nan"))
     return {
         "edges": [i / n_bins for i in range(n_bins + 1)],
         "count": count.tolist(),
         "confidence": torch.where(count > 0, conf_sum / count.clamp(min=1), nan).tolist(),
         "accuracy": torch.where(count > 0, acc_sum / count.clamp(min=1), nan).tolist(),
     }
+
+
+def reliability(confidences, correct, n_bins: int = 15) -> Dict[str, List[float]]:
+    """Per bin: ``count``, mean ``confidence`` and ``accuracy`` (NaN for empty bins), and bin edges."""
+    c, k = _as_tensor(confidences), _as_tensor(correct)
+    if c.shape != k.shape:
+        raise ValueError(f"confidences and correct differ in size: {c.numel()} vs {k.numel()}")
+    return _reliability_from_sums(*_bin_sums(bin_index(c, n_bins), c, k, n_bins))
 
 
 def ece_from_reliability(rel: Dict[str, List[float]]) -> float:
@@ -86,30 +94,24 @@ class TemperatureScan:
     def update(self, logits: Tensor, target: Tensor) -> None:
         z = logits.detach().float().reshape(-1, logits.size(-1))
         y = target.reshape(-1)
-        correct = z.argmax(-1).eq(y).double()
+        correct = z.argmax(-1).eq(y).double().cpu()
         z_gold = z.gather(-1, y.unsqueeze(-1)).squeeze(-1)
         z_max = z.max(-1).values
         for i, temp in enumerate(self.temperatures):
             lse = torch.logsumexp(z / temp, -1)
             self.nll[i] += (lse - z_gold / temp).double().sum().cpu()
-            conf = (z_max / temp - lse).exp().double().clamp_(0, 1)
-            idx = bin_index(conf, self.n_bins)
-            self.count[i].index_add_(0, idx.cpu(), torch.ones_like(conf).cpu())
-            self.conf[i].index_add_(0, idx.cpu(), conf.cpu())
-            self.acc[i].index_add_(0, idx.cpu(), correct.cpu())
+            conf = (z_max / temp - lse).exp().double().clamp_(0, 1).cpu()
+            count, conf_sum, acc_sum = _bin_sums(bin_index(conf, self.n_bins), conf, correct, self.n_bins)
+            self.count[i] += count
+            self.conf[i] += conf_sum
+            self.acc[i] += acc_sum
         self.tokens += y.numel()
 
-    def ece(self, i: int) -> float:
-        cnt = self.count[i]
-        gap = (self.acc[i] - self.conf[i]).abs()  # |sum acc - sum conf| per bin = |B| * |acc - conf|
-        return float(gap.sum() / cnt.sum()) if cnt.sum() > 0 else float("nan")
-
     def reliability_at(self, i: int) -> Dict[str, List[float]]:
-        cnt = self.count[i]
-        nan = torch.full_like(cnt, float("nan"))
-        return {"edges": [b / self.n_bins for b in range(self.n_bins + 1)], "count": cnt.tolist(),
-                "confidence": torch.where(cnt > 0, self.conf[i] / cnt.clamp(min=1), nan).tolist(),
-                "accuracy": torch.where(cnt > 0, self.acc[i] / cnt.clamp(min=1), nan).tolist()}
+        return _reliability_from_sums(self.count[i], self.conf[i], self.acc[i])
+
+    def ece(self, i: int) -> float:
+        return ece_from_reliability(self.reliability_at(i))
 
     def result(self) -> Dict:
         """Best temperatures for NLL and for ECE on the grid, with the T = 1 baseline."""

@@ -94,7 +94,4 @@ def generate(data_bin: Path, checkpoint: Path, subset: str = "test", beam: int =
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
         raise RuntimeError(f"fairseq-generate failed:\n{proc.stderr[-3000:]}")
-    gen = parse_generate(proc.stdout + "\n" + proc.stderr)
-    if gen.bleu_line is None:
-        gen.bleu_line = parse_generate(proc.stderr).bleu_line
-    return gen
+    return parse_generate(proc.stdout + "\n" + proc.stderr)  # the BLEU line may be on either stream

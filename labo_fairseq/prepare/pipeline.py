@@ -114,10 +114,10 @@ class Workspace:
                 d.mkdir(parents=True, exist_ok=True)
                 (d / MARKER).write_text(json.dumps({"dataset": dataset}) + "\n")
 
-    def step(self, name: str, fn: Callable[[], None], describe: str = "") -> None:
+    def step(self, name: str, fn: Callable[[], None]) -> None:
         marker = self.root / ".done" / name
         if self.dry_run:
-            print(f"[dry-run] {name}: {describe or fn.__doc__ or ''}".rstrip())
+            print(f"[dry-run] {name}: {fn.__doc__ or ''}".rstrip())
             return
         if marker.exists():
             print(f"[skip] {name} (done)", file=sys.stderr)

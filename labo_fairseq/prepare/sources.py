@@ -42,6 +42,10 @@ class Archive:
     def label(self) -> str:
         return f"{self.key}/{self.name}" if self.key else self.name
 
+    def published(self) -> Dict[str, str]:
+        """The checksums published for this archive, by kind (md5, sha256, git_sha1)."""
+        return {k: getattr(self, k) for k in ("md5", "sha256", "git_sha1") if getattr(self, k)}
+
 
 def file_digests(path: Path) -> Dict[str, str]:
     md5, sha256, sha1 = hashlib.md5(), hashlib.sha256(), hashlib.sha1()
@@ -69,6 +73,13 @@ class Sources:
     _archives: Dict[str, Path] = field(default_factory=dict)
     _found: Dict[str, Optional[Path]] = field(default_factory=dict)
     _rejected: Dict[str, List[Path]] = field(default_factory=dict)
+    _digests: Dict[Path, Dict[str, str]] = field(default_factory=dict)
+
+    def digests(self, path: Path) -> Dict[str, str]:
+        """:func:`file_digests`, computed once per file (choosing and verifying both need them)."""
+        if path not in self._digests:
+            self._digests[path] = file_digests(path)
+        return self._digests[path]
 
     # ------------------------------------------------------------------ archives
 
@@ -98,10 +109,12 @@ class Sources:
         cands = self._candidates(archive)
         if not cands:
             return None
-        if not any(getattr(archive, k) for k in ("md5", "sha256", "git_sha1")):
+        published = archive.published()
+        if not published:
             return cands[0]
         for c in cands:
-            if self._matches(archive, c):
+            got = self.digests(c)
+            if all(got[k] == v for k, v in published.items()):
                 return c
         # None verifies. A file whose path names this archive's key (e.g. .../2017-01-ted-test/) is
         # meant to be it: use it, so that it is reported as corrupt. Others are another year's
@@ -110,16 +123,11 @@ class Sources:
         self._rejected[archive.label] = [c for c in cands if c not in keyed]
         return keyed[0] if keyed else None
 
-    @staticmethod
-    def _matches(archive: Archive, path: Path) -> bool:
-        got = file_digests(path)
-        return all(got[k] == getattr(archive, k) for k in ("md5", "sha256", "git_sha1") if getattr(archive, k))
-
     def _download(self, archive: Archive) -> Path:
         dest = self.cache / (archive.key or "") / archive.name
         rejected = self._rejected.get(archive.label)
         if rejected:
-            sums = ", ".join(f"{k} {getattr(archive, k)}" for k in ("md5", "sha256", "git_sha1") if getattr(archive, k))
+            sums = ", ".join(f"{k} {v}" for k, v in archive.published().items())
             hint = f" (skipped {', '.join(map(str, rejected))}: not its published {sums})"
         else:
             hint = ""
@@ -150,10 +158,9 @@ class Sources:
                           + "\ndownload it yourself and pass --source DIR_OR_FILE")
 
     def _verify(self, archive: Archive, path: Path) -> Dict[str, str]:
-        got = file_digests(path)
-        for kind in ("md5", "sha256", "git_sha1"):
-            want = getattr(archive, kind)
-            if want and got[kind] != want:
+        got = self.digests(path)
+        for kind, want in archive.published().items():
+            if got[kind] != want:
                 raise SourceError(f"{path}: {kind} {got[kind]} does not match the published {want} of "
                                   f"{archive.label}: a corrupt download or another release; replace the file")
         try:
@@ -161,9 +168,8 @@ class Sources:
                 tar.getmembers()
         except (tarfile.TarError, EOFError, OSError, lzma.LZMAError) as err:
             raise SourceError(f"{path}: not a readable archive ({err}): a corrupt or truncated copy of {archive.label}")
-        verified = [k for k in ("md5", "sha256", "git_sha1") if getattr(archive, k)]
-        return {"path": str(path), "sha256": got["sha256"],
-                "verified": ",".join(verified) if verified else "no published checksum"}
+        verified = ",".join(archive.published()) or "no published checksum"
+        return {"path": str(path), "sha256": got["sha256"], "verified": verified}
 
     def archive(self, archive: Archive) -> Path:
         if archive.label not in self._archives:
@@ -208,11 +214,3 @@ class Sources:
                 data = tar.extractfile(match[0]).read()
             text = data.decode("utf-8")
         return text.split("\n")[:-1] if text.endswith("\n") else text.split("\n")
-
-    def has(self, archive: Archive, member: str) -> bool:
-        """Whether ``member`` can be read without downloading."""
-        found = self._find_archive(archive)
-        if found:
-            with tarfile.open(found) as tar:
-                return any(n == member or n.endswith("/" + member) for n in tar.getnames())
-        return self._find_unpacked(member) is not None
