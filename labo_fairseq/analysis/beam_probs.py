@@ -46,6 +46,9 @@ def main(argv=None) -> int:
     ap.add_argument("--out", type=Path, required=True, help="output directory (beam_probs.json, beam_probs.png)")
     ap.add_argument("--force", action="store_true")
     args = ap.parse_args(argv)
+    from labo_fairseq.analysis.fairseq_io import generate, require_inputs
+
+    require_inputs(ap, dirs=[args.data_bin], files=[args.splits])
     out_json = args.out / "beam_probs.json"
     if out_json.exists() and not args.force:
         ap.error(f"{out_json} exists; --force to overwrite")
@@ -55,8 +58,6 @@ def main(argv=None) -> int:
         if not path or not Path(path).is_file():
             ap.error(f"--system {spec}: expected NAME=CHECKPOINT with an existing file")
         systems[name] = Path(path)
-
-    from labo_fairseq.analysis.fairseq_io import generate
 
     gens = {}
     for name, ckpt in systems.items():

@@ -61,13 +61,12 @@ def main(argv=None) -> int:
         ap.error("need --n-bins >= 1 and 0 < --t-min < --t-max, --t-step > 0")
     if any(t <= 0 for t in args.bleu_temperatures):
         ap.error("--bleu-temperatures must be positive")
-    if not args.path.is_file():
-        ap.error(f"--path {args.path}: no such checkpoint")
+    from labo_fairseq.analysis.fairseq_io import generate, load, require_inputs
+
+    require_inputs(ap, dirs=[args.data_bin], files=[args.path])
     out_json = args.out / "calibration.json"
     if out_json.exists() and not args.force:
         ap.error(f"{out_json} exists; --force to overwrite")
-
-    from labo_fairseq.analysis.fairseq_io import generate, load
 
     model, task = load(args.path, args.data_bin, args.cpu)
     grid = sorted(set(temperature_grid(args.t_min, args.t_max, args.t_step)) | {1.0})

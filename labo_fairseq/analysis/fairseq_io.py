@@ -12,6 +12,16 @@ import torch
 REPO_USER_DIR = Path(__file__).resolve().parents[1]  # the labo_fairseq package directory
 
 
+def require_inputs(ap, dirs: Sequence = (), files: Sequence = ()) -> None:
+    """Stop the command with a message naming the first missing input (argparse exits with 2)."""
+    for d in dirs:
+        if not Path(d).is_dir():
+            ap.error(f"{d}: no such directory")
+    for f in files:
+        if f is not None and not Path(f).is_file():
+            ap.error(f"{f}: no such file")
+
+
 def device(cpu: bool) -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() and not cpu else "cpu")
 

@@ -23,7 +23,7 @@ from typing import Dict, List, Sequence, Tuple
 
 import sacrebleu
 
-from labo_fairseq.analysis.fairseq_io import parse_generate
+from labo_fairseq.analysis.fairseq_io import parse_generate, require_inputs
 
 SPLIT_NAMES = ("most frequent", "medium", "least frequent")
 
@@ -92,6 +92,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
     if args.parts < 1 or args.split_size < 0:
         ap.error("--parts must be >= 1 and --split-size >= 0")
+    require_inputs(ap, files=[args.train_src, args.src, args.ref])
     out_json = args.out / "freq_splits.json"
     if out_json.exists() and not args.force:
         ap.error(f"{out_json} exists; --force to overwrite")

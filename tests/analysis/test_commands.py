@@ -102,3 +102,19 @@ def test_beam_probs_command_with_frequency_splits(small_text, data_bin, tiny_che
     assert sum(per["LABO"]["steps"] for per in res["stats"].values()) > 50  # every sentence has >= 1 step
     assert png_size(out / "beam_probs.png") == (960, 480)
     assert "mode bin" in proc.stdout
+
+
+@pytest.mark.parametrize("module,args,missing", [
+    ("calibrate", ["/no/such/bin", "--path", "{ck}", "--out", "{tmp}/o"], "/no/such/bin: no such directory"),
+    ("calibrate", ["{bin}", "--path", "/no/ck.pt", "--out", "{tmp}/o"], "/no/ck.pt: no such file"),
+    ("beam_probs", ["/no/such/bin", "--system", "A={ck}", "--out", "{tmp}/o"], "/no/such/bin: no such directory"),
+    ("freq_splits", ["--train-src", "/no/train.de", "--src", "{tmp}/x", "--system", "A={tmp}/x", "--out", "{tmp}/o"],
+     "/no/train.de: no such file"),
+])
+def test_missing_inputs_are_named(module, args, missing, data_bin, tmp_path):
+    (tmp_path / "x").write_text("a\n")
+    fill = {"ck": tmp_path / "x", "bin": data_bin, "tmp": tmp_path}
+    proc = subprocess.run([sys.executable, "-m", f"labo_fairseq.analysis.{module}",
+                           *[a.format(**fill) for a in args]], cwd=REPO, capture_output=True, text=True)
+    assert proc.returncode == 2 and missing in proc.stderr and "Traceback" not in proc.stderr
+    assert not (tmp_path / "o").exists()
