@@ -14,8 +14,12 @@ import json
 import os
 import shlex
 import shutil
+import socket
 import subprocess
 import sys
+import threading
+import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
@@ -73,16 +77,49 @@ def run_dir(runs_root: Path, dataset: str, method: str, seed: int, tau: Optional
     return runs_root / dataset / tag / f"seed{seed}"
 
 
+@dataclass
+class Launch:
+    """How to start one run on this node: the fairseq-train argv (what fairseq parses), and the
+    processes to start, each a full command line (CPU ranks, or torchrun for several nodes)."""
+
+    train_argv: List[str]
+    processes: List[List[str]]
+    run_dir: Path
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def train_command(dataset: str, method: str, seed: int, tau: Optional[float] = None, gpus: int = 0,
                   update_freq: int = 1, data_root: Path = Path("data-bin"), runs_root: Path = Path("runs"),
-                  extra: Tuple[str, ...] = ()) -> Tuple[List[str], Path]:
-    """(fairseq-train argv, run directory). ``gpus=0`` trains on CPU; ``gpus>1`` uses fairseq's own
-    multi-GPU spawning (``--distributed-world-size``); fp16 on GPU."""
-    if seed < 0 or gpus < 0 or update_freq < 1:
-        raise ValueError("need seed >= 0, --gpus >= 0, --update-freq >= 1")
+                  extra: Tuple[str, ...] = (), procs: int = 1, nodes: int = 1, node_rank: int = 0,
+                  master_addr: Optional[str] = None, master_port: int = 0) -> Launch:
+    """The fairseq-train command of DATASET x METHOD x SEED and how to launch it.
+
+    - ``gpus=0``: CPU; ``procs>1`` starts that many ranks with fairseq's gloo backend
+      (``--distributed-no-spawn --distributed-rank R``, the only multi-process setup fairseq runs on CPU).
+    - ``gpus=G``, one node: fp16, fairseq spawns G processes (``--distributed-world-size G``).
+    - ``gpus=G``, ``nodes=M``: ``torchrun`` on each node (``--node-rank``), world size M*G.
+    ``master_port=0`` picks a free port (CPU ranks) or torchrun's default 29500 (nodes).
+    """
+    if seed < 0 or gpus < 0 or update_freq < 1 or procs < 1 or nodes < 1:
+        raise ValueError("need seed >= 0, --gpus >= 0, --update-freq >= 1, --procs >= 1, --nodes >= 1")
+    if procs > 1 and gpus:
+        raise ValueError("--procs is for CPU ranks; with --gpus, fairseq starts one process per GPU")
+    if nodes > 1 and not gpus:
+        raise ValueError("--nodes needs --gpus (GPUs per node): multi-node training is GPU-only")
+    if nodes > 1 and not master_addr:
+        raise ValueError("--nodes > 1 needs --master-addr (the host name or address of node rank 0)")
+    if not 0 <= node_rank < nodes:
+        raise ValueError(f"--node-rank must be in [0, {nodes - 1}]")
     ds, me = dataset_config(dataset), method_config(method)
     if tau is not None and method != "labo":
         raise ValueError("--tau applies to the labo method only")
+    if tau is not None and tau <= 0:
+        raise ValueError(f"--tau must be > 0, got {tau}")
     args = {**_read(CONFIGS / "common.yaml").get("args", {}), **ds.get("args", {}), **me.get("args", {})}
     if method == "labo":
         args["--labo-warmup-updates"] = ds["labo_warmup_updates"]
@@ -94,76 +131,162 @@ def train_command(dataset: str, method: str, seed: int, tau: Optional[float] = N
         argv += ["--source-lang", ds["source_lang"], "--target-lang", ds["target_lang"]]
     argv += _flags(args) + ["--seed", str(seed), "--save-dir", str(out / "checkpoints")]
     argv += ["--fp16"] if gpus else ["--cpu"]
-    if gpus > 1:
-        argv += ["--distributed-world-size", str(gpus)]
+    world = gpus * nodes if gpus else procs
+    if world > 1:
+        argv += ["--distributed-world-size", str(world)]
     if update_freq > 1:
         argv += ["--update-freq", str(update_freq)]
-    return argv + list(extra), out
+    argv += list(extra)
+    exe = shutil.which("fairseq-train") or str(Path(sys.executable).parent / "fairseq-train")
+    if not gpus and procs > 1:
+        port = master_port or _free_port()
+        gloo = ["--distributed-backend", "gloo", "--ddp-backend", "legacy_ddp", "--distributed-init-method",
+                f"tcp://127.0.0.1:{port}", "--distributed-no-spawn"]
+        processes = [[exe, *argv[1:], *gloo, "--distributed-rank", str(r)] for r in range(procs)]
+    elif nodes > 1:
+        processes = [["torchrun", "--nnodes", str(nodes), "--node-rank", str(node_rank), "--nproc-per-node", str(gpus),
+                      "--master-addr", master_addr, "--master-port", str(master_port or 29500), exe, *argv[1:]]]
+    else:
+        processes = [[exe, *argv[1:]]]
+    return Launch(argv, processes, out)
 
 
-def git_commit() -> Optional[str]:
+def git_state() -> Dict:
+    """The checkout's commit and whether tracked files differ from it (None outside a git checkout)."""
+    def git(*args):
+        return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True, check=True).stdout.strip()
     try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO, capture_output=True, text=True,
-                              check=True).stdout.strip()
+        return {"commit": git("rev-parse", "HEAD"), "dirty": bool(git("status", "--porcelain", "--untracked-files=no"))}
     except (OSError, subprocess.CalledProcessError):
-        return None
+        return {"commit": None, "dirty": None}
+
+
+def hardware() -> Dict:
+    """What this process runs on: CPU model and cores, GPUs, torch and CUDA versions."""
+    import platform
+
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            cpu = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), cpu)
+    except OSError:
+        pass
+    gpus = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] if torch.cuda.is_available() else []
+    return {"host": platform.node(), "cpu": cpu, "cpu_cores": os.cpu_count(), "gpus": gpus,
+            "torch": torch.__version__, "cuda": torch.version.cuda, "python": platform.python_version()}
+
+
+def _stream(proc: subprocess.Popen, log_path: Path, echo: bool) -> None:
+    with open(log_path, "a", encoding="utf-8") as log:
+        for line in proc.stdout:
+            if echo:
+                sys.stdout.write(line)
+            log.write(line)
+            log.flush()
+
+
+def run_processes(processes: List[List[str]], logs: List[Path]) -> int:
+    """Start every process (the first echoed to the terminal), each into its log; if one fails,
+    stop the others. Returns the first non-zero exit status, else 0."""
+    env = dict(os.environ, PYTHONWARNINGS="ignore")
+    procs = [subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
+             for cmd in processes]
+    threads = [threading.Thread(target=_stream, args=(p, log, i == 0), daemon=True)
+               for i, (p, log) in enumerate(zip(procs, logs))]
+    for t in threads:
+        t.start()
+    status = 0
+    try:
+        while any(p.poll() is None for p in procs):
+            failed = [p.returncode for p in procs if p.returncode not in (None, 0)]
+            if failed:
+                status = failed[0]
+                for p in procs:
+                    if p.poll() is None:
+                        p.terminate()
+            time.sleep(0.2)
+    except KeyboardInterrupt:
+        for p in procs:
+            p.terminate()
+        raise
+    finally:
+        for t in threads:
+            t.join()
+    return status or next((p.returncode for p in procs if p.returncode), 0)
 
 
 def cmd_train(a) -> int:
     try:
-        argv, out = train_command(a.dataset, a.method, a.seed, a.tau, a.gpus, a.update_freq, a.data_root,
-                                  a.runs_root, tuple(a.fairseq_args))
+        launch = train_command(a.dataset, a.method, a.seed, a.tau, a.gpus, a.update_freq, a.data_root, a.runs_root,
+                               tuple(a.fairseq_args), a.procs, a.nodes, a.node_rank, a.master_addr, a.master_port)
     except ValueError as err:
         print(f"train: error: {err}", file=sys.stderr)
         return 2
+    out = launch.run_dir
     exists = out.exists()
-    if exists and a.force and not (out / RUN_MARKER).exists():
+    lead = a.node_rank == 0  # on several nodes, only node 0 manages the run directory
+    if exists and a.force and lead and not (out / RUN_MARKER).exists():
         print(f"train: error: {out} was not made by this command; not deleting it", file=sys.stderr)
         return 2
     if a.dry_run:
         if exists:
-            print(f"# {out} exists: " + ("--force would delete it first" if a.force else
+            print(f"# {out} exists: " + ("--force would delete it first" if a.force and lead else
                                           "fairseq would resume from its checkpoint_last.pt"))
-        print(shlex.join(argv))
+        for cmd in launch.processes:
+            print(shlex.join(cmd))
         return 0
-    if exists and a.force:
+    if exists and a.force and lead:
         shutil.rmtree(out)
     elif exists:
         print(f"{out} exists: resuming (fairseq continues from checkpoint_last.pt); --force to start over",
               file=sys.stderr)
     out.mkdir(parents=True, exist_ok=True)
-    (out / RUN_MARKER).write_text(json.dumps({
-        "dataset": a.dataset, "method": a.method, "seed": a.seed, "tau": a.tau, "gpus": a.gpus,
-        "update_freq": a.update_freq, "command": argv, "commit": git_commit(),
-        "started": datetime.datetime.now(datetime.timezone.utc).isoformat(),
-    }, indent=1) + "\n")
-    exe = shutil.which("fairseq-train") or str(Path(sys.executable).parent / "fairseq-train")
-    with open(out / "train.log", "a", encoding="utf-8") as log:
-        proc = subprocess.Popen([exe, *argv[1:]], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                text=True, env=dict(os.environ, PYTHONWARNINGS="ignore"))
-        for line in proc.stdout:
-            sys.stdout.write(line)
-            log.write(line)
-    return proc.wait()
+    if lead:
+        previous = json.loads((out / RUN_MARKER).read_text()) if (out / RUN_MARKER).exists() else {}
+        record = {
+            "dataset": a.dataset, "method": a.method, "seed": a.seed, "tau": a.tau, "gpus": a.gpus, "procs": a.procs,
+            "nodes": a.nodes, "update_freq": a.update_freq, "command": launch.train_argv,
+            "launch": launch.processes, "extra_args": list(a.fairseq_args), **git_state(), "hardware": hardware(),
+            "started": datetime.datetime.now(datetime.timezone.utc).isoformat(),
+        }
+        record["sessions"] = previous.get("sessions", []) + [
+            {k: record[k] for k in ("started", "commit", "dirty", "hardware", "command")}]
+        (out / RUN_MARKER).write_text(json.dumps(record, indent=1) + "\n")
+    if len(launch.processes) > 1:
+        logs = [out / ("train.log" if r == 0 else f"train.rank{r}.log") for r in range(len(launch.processes))]
+    else:
+        logs = [out / ("train.log" if lead else f"train.node{a.node_rank}.log")]
+    return run_processes(launch.processes, logs)
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
-    t = sub.add_parser("train", help="train one dataset x method x seed (fairseq-train)")
+    t = sub.add_parser("train", help="train one dataset x method x seed (fairseq-train)",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     t.add_argument("dataset", help=f"one of: {', '.join(names('datasets'))}")
     t.add_argument("method", help=f"one of: {', '.join(names('methods'))}")
     t.add_argument("seed", type=int)
     t.add_argument("--tau", type=float, help="LABO's tau (default from configs/methods/labo.yaml: 1.15)")
-    t.add_argument("--gpus", type=int, default=0, help="GPUs on this node (0: CPU); >1 spawns one process per GPU")
+    t.add_argument("--gpus", type=int, default=0, help="GPUs per node (0: CPU); >1 spawns one process per GPU; fp16")
+    t.add_argument("--procs", type=int, default=1,
+                   help="CPU only: ranks to start on this machine (fairseq's gloo backend, legacy_ddp)")
+    t.add_argument("--nodes", type=int, default=1, help="nodes (with --gpus): run this command on each, via torchrun")
+    t.add_argument("--node-rank", type=int, default=0, help="this node's rank, 0..NODES-1")
+    t.add_argument("--master-addr", help="address of node rank 0 (--nodes > 1)")
+    t.add_argument("--master-port", type=int, default=0,
+                   help="rendezvous port (default: a free port for CPU ranks, 29500 for torchrun)")
     t.add_argument("--update-freq", type=int, default=1,
                    help="gradient accumulation: keep 4096 tokens per GPU batch and raise this when you have "
                         "fewer GPUs than the effective batch you want")
     t.add_argument("--data-root", type=Path, default=Path("data-bin"))
     t.add_argument("--runs-root", type=Path, default=Path("runs"))
     t.add_argument("--force", action="store_true", help="delete an existing run directory (made by this command) first")
-    t.add_argument("--dry-run", action="store_true", help="print the fairseq-train command, run nothing")
-    t.epilog = "Extra fairseq-train flags go after --, e.g. -- --max-update 100 (they come last, so they win)."
+    t.add_argument("--dry-run", action="store_true", help="print the command(s) this would start, run nothing")
+    t.epilog = ("Extra fairseq-train flags go after --, e.g. -- --max-update 100 (they come last, so they win).\n"
+                "An existing run directory is resumed from its checkpoint_last.pt; --force starts over.")
     argv = list(sys.argv[1:] if argv is None else argv)
     extra = argv[argv.index("--") + 1:] if "--" in argv else []
     a = ap.parse_args(argv[:argv.index("--")] if "--" in argv else argv)

@@ -6,6 +6,7 @@ Datasets (one binarized directory serves both directions of a pair):
   iwslt14.fr-en     IWSLT'14 fr<->en   (same recipe)
   iwslt17.de_fr-en  IWSLT'17 {de,fr}->en multilingual (prepare-iwslt17-multilingual.sh: sentencepiece 16k)
   wmt14.en-de       WMT'14 en<->de     (prepare-wmt14en2de.sh: Moses -a, BPE 40k)
+  multi30k.de-en    Multi30k task 1 de<->en, not in the paper: the quickstart's small real corpus (Moses, lowercase, BPE 5k)
 
 Sources: by default the original archives are downloaded (checksums verified where published)
 into --cache. Offline, pass --source DIR_OR_ARCHIVE (repeatable): a directory holding the archives

@@ -7,6 +7,7 @@ import os
 import re
 import subprocess
 import sys
+import tarfile
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,7 @@ import pytest
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("LABO_SHARED_DATA", REPO.parent / "shared" / "data"))
 IWSLT = SHARED / "iwslt14.de-en" / "fairseq-tokenized"
+IWSLT17 = SHARED / "iwslt17" / "2017-01-ted-test"
 
 TINY = ("--arch transformer --encoder-layers 1 --decoder-layers 1 --encoder-embed-dim 32 "
         "--decoder-embed-dim 32 --encoder-ffn-embed-dim 64 --decoder-ffn-embed-dim 64 "
@@ -83,3 +85,44 @@ def tiny_checkpoint(data_bin, tmp_path_factory):
             "--criterion", "label_smoothed_labo", "--labo-warmup-updates", "20", "--max-update", "40",
             "--save-dir", ck, "--disable-validation")
     return ck / "checkpoint_last.pt"
+
+
+def talk_text(segments, name):
+    """Lines in train.tags format: the metadata lines fairseq's script filters, then the text."""
+    return [f"<url>http://www.ted.com/talks/{name}</url>", "<keywords>talks, science</keywords>",
+            "<talkid>42</talkid>", f"<title>{name}: a title</title>", f"<description>About {name}.</description>",
+            *segments]
+
+
+def write(path, lines):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+@pytest.fixture(scope="session")
+def iwslt17_standin(tmp_path_factory):
+    """``prepare_iwslt17`` on stand-in 2017-01-trnted members cut from the real tst2016 talks (train
+    and valid) and the real, md5-verified 2017 evaluation archives (test = tst2017: 1,138 de-en,
+    1,455 fr-en). Returns (text dir, data-bin dir, workspace), named as the recipe names them."""
+    pytest.importorskip("fairseq", reason="fairseq is not installed (scripts/install.sh)")
+    if not IWSLT17.is_dir():
+        pytest.skip(f"real data not found at {IWSLT17} (set LABO_SHARED_DATA)")
+    from labo_fairseq.prepare import recipes
+    from labo_fairseq.prepare.sources import Sources
+    from labo_fairseq.prepare.text import xml_segments
+
+    root = tmp_path_factory.mktemp("iwslt17")
+    d = root / "src"
+    for src in ("de", "fr"):
+        pair = f"{src}-en"
+        for lang, archive in ((src, f"{src}-en"), ("en", f"en-{src}")):
+            with tarfile.open(IWSLT17 / f"{archive}.tgz") as tar:
+                xml = tar.extractfile(f"{archive}/IWSLT17.TED.tst2016.{archive}.{lang}.xml").read().decode()
+            write(d / pair / f"train.tags.{pair}.{lang}", talk_text(list(xml_segments(xml.split("\n"))), "tst2016"))
+            write(d / pair / f"IWSLT17.TED.tst2016.{pair}.{lang}.xml", xml.split("\n"))
+    name = "iwslt17.de_fr-en"
+    opt = recipes.Options(sources=Sources([d, IWSLT17], cache=root / "cache", offline=True),
+                          out=root / "data" / name, dest=root / "data-bin" / name, workers=2, bpe_merges=1000,
+                          extra={"valid_sets": ["tst2016"], "stand_in": True})
+    ws = recipes.prepare_iwslt17(opt)
+    return opt.out, opt.dest, ws

@@ -18,7 +18,7 @@ from fairseq.dataclass.utils import convert_namespace_to_omegaconf  # noqa: E402
 from labo_fairseq.experiments import names, train_command  # noqa: E402
 
 DATASETS = ["iwslt14_de_en", "iwslt14_en_de", "iwslt14_en_fr", "iwslt14_fr_en", "iwslt17_multi",
-            "wmt14_en_de", "wmt14_de_en"]
+            "wmt14_en_de", "wmt14_de_en", "multi30k_de_en"]  # the last: the quickstart's, not the paper's
 METHODS = ["afl", "ce", "cp", "fl", "labo", "ls"]
 
 
@@ -29,8 +29,9 @@ def test_every_dataset_and_method_has_a_config():
 @pytest.mark.parametrize("dataset", DATASETS)
 @pytest.mark.parametrize("method,tau", [(m, None) for m in METHODS] + [("labo", 1.25)])
 def test_config_parses_with_fairseq_and_builds_its_criterion(dataset, method, tau, tmp_path):
-    argv, run = train_command(dataset, method, 1, tau=tau, gpus=2, runs_root=tmp_path)
-    assert argv[0] == "fairseq-train"
+    launch = train_command(dataset, method, 1, tau=tau, gpus=2, runs_root=tmp_path)
+    argv, run = launch.train_argv, launch.run_dir
+    assert argv[0] == "fairseq-train" and launch.processes == [[launch.processes[0][0], *argv[1:]]]
     args = options.parse_args_and_arch(options.get_training_parser(), argv[1:])  # SystemExit on a bad flag
     assert args.criterion in CRITERION_REGISTRY
     cfg = convert_namespace_to_omegaconf(args)
@@ -39,8 +40,8 @@ def test_config_parses_with_fairseq_and_builds_its_criterion(dataset, method, ta
     assert args.save_dir == str(run / "checkpoints")
     if method == "labo":
         assert criterion.tau == (tau or 1.15)
-        assert criterion.warmup_updates == (10000 if dataset.startswith("wmt") else 5000)
-    if dataset != "iwslt17_multi":
+        assert criterion.warmup_updates == {"wmt": 10000, "iws": 5000, "mul": 200}[dataset[:3]]
+    if dataset.startswith(("iwslt14", "wmt")):
         assert args.eval_bleu and args.best_checkpoint_metric == "bleu"
         src, tgt = dataset.split("_")[1:]
         assert (args.source_lang, args.target_lang) == (src, tgt)
@@ -55,7 +56,8 @@ def test_dry_run_prints_the_command_and_writes_nothing(tmp_path):
     proc = run("wmt14_en_de", "labo", 3, "--runs-root", tmp_path / "runs", "--dry-run", "--", "--max-update", "7")
     assert proc.returncode == 0, proc.stderr
     line = proc.stdout.strip().splitlines()[-1]
-    assert line.startswith("fairseq-train data-bin/wmt14.en-de ") and line.endswith("--cpu --max-update 7")
+    exe, data = line.split()[:2]
+    assert exe.endswith("fairseq-train") and data == "data-bin/wmt14.en-de" and line.endswith("--cpu --max-update 7")
     assert "--labo-warmup-updates 10000" in line and "--seed 3" in line
     assert not (tmp_path / "runs").exists()
 
@@ -65,6 +67,12 @@ def test_dry_run_prints_the_command_and_writes_nothing(tmp_path):
     (("iwslt14_de_en", "nope", 1), "unknown method 'nope'"),
     (("iwslt14_de_en", "ls", 1, "--tau", "1.25"), "--tau applies to the labo method only"),
     (("iwslt14_de_en", "ls", 1, "--update-freq", "0"), "--update-freq >= 1"),
+    (("iwslt14_de_en", "labo", 1, "--tau", "0"), "--tau must be > 0"),
+    (("iwslt14_de_en", "ls", 1, "--gpus", "2", "--procs", "2"), "--procs is for CPU ranks"),
+    (("wmt14_en_de", "ls", 1, "--nodes", "2"), "--nodes needs --gpus"),
+    (("wmt14_en_de", "ls", 1, "--gpus", "8", "--nodes", "2"), "needs --master-addr"),
+    (("wmt14_en_de", "ls", 1, "--gpus", "8", "--nodes", "2", "--node-rank", "2", "--master-addr", "n0"),
+     "--node-rank must be in [0, 1]"),
 ])
 def test_bad_arguments_are_clear_errors(args, message):
     proc = run(*args, "--dry-run")
@@ -72,7 +80,7 @@ def test_bad_arguments_are_clear_errors(args, message):
 
 
 def test_existing_run_directory_is_resumed_and_foreign_one_never_deleted(tmp_path):
-    _, out = train_command("iwslt14_de_en", "ls", 1, runs_root=tmp_path)
+    out = train_command("iwslt14_de_en", "ls", 1, runs_root=tmp_path).run_dir
     out.mkdir(parents=True)
     (out / "precious.txt").write_text("keep")
     resumed = run("iwslt14_de_en", "ls", 1, "--runs-root", tmp_path, "--dry-run")
@@ -80,3 +88,27 @@ def test_existing_run_directory_is_resumed_and_foreign_one_never_deleted(tmp_pat
     refused = run("iwslt14_de_en", "ls", 1, "--runs-root", tmp_path, "--force")
     assert refused.returncode == 2 and "not made by this command" in refused.stderr
     assert (out / "precious.txt").read_text() == "keep"
+
+
+def _parse(train_args):
+    return options.parse_args_and_arch(options.get_training_parser(), train_args)
+
+
+def test_cpu_ranks_get_fairseqs_gloo_flags_and_one_rendezvous():
+    launch = train_command("iwslt14_de_en", "labo", 1, procs=3, master_port=12345)
+    assert len(launch.processes) == 3
+    for rank, cmd in enumerate(launch.processes):
+        args = _parse(cmd[1:])
+        assert (args.cpu, args.distributed_backend, args.ddp_backend) == (True, "gloo", "legacy_ddp")
+        assert args.distributed_world_size == 3 and args.distributed_rank == rank and args.distributed_no_spawn
+        assert args.distributed_init_method == "tcp://127.0.0.1:12345"
+
+
+def test_several_nodes_launch_fairseq_train_under_torchrun():
+    launch = train_command("wmt14_en_de", "labo", 2, gpus=8, nodes=2, node_rank=1, master_addr="node0")
+    (cmd,) = launch.processes
+    assert cmd[:12] == ["torchrun", "--nnodes", "2", "--node-rank", "1", "--nproc-per-node", "8",
+                        "--master-addr", "node0", "--master-port", "29500", cmd[11]]
+    assert cmd[11].endswith("fairseq-train")
+    args = _parse(cmd[12:])  # fairseq takes rank and world size from torchrun's environment (env://)
+    assert args.distributed_world_size == 16 and args.fp16 and args.seed == 2

@@ -37,6 +37,7 @@ class Archive:
     sha256: Optional[str] = None
     git_sha1: Optional[str] = None  # git blob SHA-1 (``git hash-object``), e.g. from fairseq's repository
     key: str = ""  # distinguishes archives with the same file name (WIT3 uses de-en.tgz every year)
+    single: bool = False  # the download is one (optionally .gz/.xz-compressed) text file, not a tarball
 
     @property
     def label(self) -> str:
@@ -164,9 +165,14 @@ class Sources:
                 raise SourceError(f"{path}: {kind} {got[kind]} does not match the published {want} of "
                                   f"{archive.label}: a corrupt download or another release; replace the file")
         try:
-            with tarfile.open(path) as tar:
-                tar.getmembers()
-        except (tarfile.TarError, EOFError, OSError, lzma.LZMAError) as err:
+            if archive.single:
+                with _open_text(path) as f:
+                    while f.read(1 << 20):
+                        pass
+            else:
+                with tarfile.open(path) as tar:
+                    tar.getmembers()
+        except (tarfile.TarError, EOFError, OSError, lzma.LZMAError, UnicodeDecodeError) as err:
             raise SourceError(f"{path}: not a readable archive ({err}): a corrupt or truncated copy of {archive.label}")
         verified = ",".join(archive.published()) or "no published checksum"
         return {"path": str(path), "sha256": got["sha256"], "verified": verified}
@@ -197,9 +203,12 @@ class Sources:
         return None
 
     def lines(self, archive: Archive, member: str) -> List[str]:
-        """The text lines (without newlines) of ``member`` of ``archive``."""
-        unpacked = None if self._find_archive(archive) else self._find_unpacked(member)
-        if unpacked is not None:
+        """The text lines (without newlines) of ``member`` of ``archive`` (of the file, if ``archive.single``)."""
+        unpacked = None if archive.single or self._find_archive(archive) else self._find_unpacked(member)
+        if archive.single:
+            with _open_text(self.archive(archive)) as f:
+                text = f.read()
+        elif unpacked is not None:
             with _open_text(unpacked) as f:
                 text = f.read()
             self.used[f"{archive.label}:{member}"] = {"path": str(unpacked),

@@ -10,7 +10,6 @@ import re
 import shutil
 import subprocess
 import sys
-import tarfile
 from pathlib import Path
 
 import pytest
@@ -18,6 +17,8 @@ import pytest
 from labo_fairseq.prepare import recipes
 from labo_fairseq.prepare.sources import SourceError, Sources
 from labo_fairseq.prepare.text import xml_segments
+
+from conftest import talk_text, write
 
 REPO = Path(__file__).resolve().parents[2]
 SHARED = Path(os.environ.get("LABO_SHARED_DATA", REPO.parent / "shared" / "data"))
@@ -80,18 +81,6 @@ def test_wmt14_newstest2014_sgm():
 
 
 # ------------------------------------------------------------------------ stand-in inputs
-
-
-def talk_text(segments, name):
-    """Lines in train.tags format: the metadata lines fairseq's script filters, then the text."""
-    return [f"<url>http://www.ted.com/talks/{name}</url>", "<keywords>talks, science</keywords>",
-            "<talkid>42</talkid>", f"<title>{name}: a title</title>", f"<description>About {name}.</description>",
-            *segments]
-
-
-def write(path, lines):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
 @pytest.fixture(scope="module")
@@ -163,21 +152,10 @@ def test_dry_run_writes_nothing(iwslt14_standin, tmp_path):
 
 
 @binarizes
-def test_iwslt17_pipeline_end_to_end(tmp_path):
+def test_iwslt17_pipeline_end_to_end(iwslt17_standin):
     """Stand-in 2017-01-trnted members from the real tst2016 talks (train and valid); the real,
-    md5-verified 2017 evaluation archives for the tst2017 test sets."""
-    d = tmp_path / "src"
-    for src in ("de", "fr"):
-        pair = f"{src}-en"
-        for lang, archive in ((src, f"{src}-en"), ("en", f"en-{src}")):
-            with tarfile.open(IWSLT17 / f"{archive}.tgz") as tar:
-                xml = tar.extractfile(f"{archive}/IWSLT17.TED.tst2016.{archive}.{lang}.xml").read().decode()
-            write(d / pair / f"train.tags.{pair}.{lang}", talk_text(list(xml_segments(xml.split("\n"))), "tst2016"))
-            write(d / pair / f"IWSLT17.TED.tst2016.{pair}.{lang}.xml", xml.split("\n"))
-    opt = recipes.Options(sources=Sources([d, IWSLT17], cache=tmp_path / "cache", offline=True),
-                          out=tmp_path / "text", dest=tmp_path / "bin", workers=2, bpe_merges=1000,
-                          extra={"valid_sets": ["tst2016"], "stand_in": True})
-    ws = recipes.prepare_iwslt17(opt)
+    md5-verified 2017 evaluation archives for the tst2017 test sets (built in conftest)."""
+    text, bin_dir, ws = iwslt17_standin
     m = json.loads(ws.manifest_path.read_text())
     assert m["counts"]["test.de-en"] == 1138 and m["counts"]["test.fr-en"] == 1455
     assert m["counts"]["valid.de-en"] == 1133 and m["counts"]["valid.fr-en"] == 1159
@@ -187,9 +165,9 @@ def test_iwslt17_pipeline_end_to_end(tmp_path):
     assert m["sentencepiece"]["vocab_size"] == 1000
     for f in ("dict.de.txt", "dict.fr.txt", "dict.en.txt", "train.de-en.de.bin", "train.fr-en.en.bin",
               "valid.fr-en.fr.bin", "test.de-en.en.idx"):
-        assert (tmp_path / "bin" / f).exists(), f
+        assert (bin_dir / f).exists(), f
     # raw, detokenized references are kept for sacrebleu
-    assert len((tmp_path / "text" / "raw" / "test0.de-en.en").read_text(encoding="utf-8").splitlines()) == 1138
+    assert len((text / "raw" / "test0.de-en.en").read_text(encoding="utf-8").splitlines()) == 1138
 
 
 @binarizes

@@ -1,0 +1,100 @@
+"""The tables command: mean ± sample std per cell, seeds counted, the paper's number and Δ beside it,
+missing cells said to be missing, τ rows for LABO, † for runs off the paper's protocol."""
+
+import json
+import re
+import statistics
+import subprocess
+import sys
+
+import pytest
+
+from conftest import REPO, SHARED
+from labo_fairseq import tables as T
+
+SIG = "nrefs:1|case:mixed|eff:no|tok:none|smooth:exp|version:2.6.0"
+
+
+def result(dataset, method, seed, scores, tau=None, extra=()):
+    """A results JSON as the evaluate command writes it (the fields the tables read)."""
+    return {"dataset": dataset, "method": method, "seed": seed, "tau": tau, "extra_train_args": list(extra),
+            "directions": {pair: {"bleu": b, "sacrebleu": b - 1, "convention": "tokenized",
+                                  "paper_metric": {"signature": SIG},
+                                  "sacrebleu_signature": SIG.replace("tok:none", "tok:13a")}
+                           for pair, b in scores.items()}}
+
+
+def row(text, title):
+    line = next(ln for ln in text.splitlines() if ln.startswith(f"| {title} |"))
+    return [c.strip() for c in line.strip("|").split("|")][1:]
+
+
+def test_cells_mean_std_n_paper_and_delta():
+    rs = [result("iwslt14_de_en", "ls", s, {"de-en": b}) for s, b in ((1, 34.0), (2, 34.6), (3, 34.3))]
+    rs.append(result("wmt14_de_en", "ls", 1, {"de-en": 31.0}))
+    text = T.build(rs)
+    cells = row(text, "LS")
+    mean, std = statistics.fmean([34.0, 34.6, 34.3]), statistics.stdev([34.0, 34.6, 34.3])
+    assert cells[0] == f"{mean:.2f} ± {std:.2f} (n=3) · paper 34.5±0.14 · Δ {mean - 34.5:+.2f}"
+    assert cells[5] == "31.00 (n=1) · paper 31.9±0.09 · Δ -0.90"  # one seed: no std
+    assert cells[1] == "missing · paper 28.3±0.16"  # never filled in
+    assert row(text, "Transformer (CE)")[0] == "missing · paper 33.9±0.09"
+    assert f"`tokenized: {SIG}`" in text and "†" not in text
+
+
+def test_labo_gets_a_row_per_tau_and_sacrebleu_is_selectable():
+    rs = [result("iwslt14_en_de", "labo", 1, {"en-de": 29.0}, tau=1.15),
+          result("iwslt14_en_de", "labo", 1, {"en-de": 28.0}, tau=1.25)]
+    text = T.build(rs)
+    assert row(text, "LABO τ=1.15")[1].startswith("29.00 (n=1) · paper 28.8±0.15 · Δ +0.20")
+    assert row(text, "LABO τ=1.25")[1].startswith("28.00 (n=1) · paper 28.8±0.15 · Δ -0.80")
+    assert row(T.build(rs, metric="sacrebleu"), "LABO τ=1.15")[1].startswith("28.00 (n=1)")
+
+
+def test_table2_runs_off_protocol_and_other_datasets():
+    rs = [result("iwslt17_multi", "labo", s, {"de-en": 28.0 + s, "fr-en": 37.0}, tau=1.15, extra=["--max-update", "9"])
+          for s in (1, 2)]
+    rs.append(result("multi30k_de_en", "ls", 1, {"de-en": 20.5}))
+    text = T.build(rs)
+    table2 = text[text.index("### Table 2"):]
+    assert row(table2, "LABO τ=1.15") == [f"29.50 ± {statistics.stdev([29, 30]):.2f} (n=2) † · paper 28.4 · Δ +1.10",
+                                         "37.00 ± 0.00 (n=2) † · paper 37.2 · Δ -0.20"]
+    assert "`train: --max-update 9`" in table2
+    other = text[text.index("### multi30k_de_en (not a table of the paper)"):]
+    assert row(other, "LS") == ["20.50 (n=1)"]  # no paper number for a dataset outside the paper
+    only = T.build(rs, only="multi30k_de_en")
+    assert "Table 1" not in only and row(only, "LS") == ["20.50 (n=1)"]
+
+
+def test_paper_numbers_are_method_mds():
+    method_md = SHARED.parent / "design" / "method.md"
+    if not method_md.is_file():
+        pytest.skip(f"{method_md} not found")
+    text = method_md.read_text(encoding="utf-8")
+    names = {"ce": "Transformer (CE)", "ls": "LS", "cp": "CP", "fl": "FL", "afl": "AFL", "labo": "LABO"}
+    for key, name in names.items():
+        line = next(ln for ln in text.splitlines() if ln.startswith(f"| {name} |"))
+        assert [c.strip() for c in line.strip("|").split("|")][1:] == T.PAPER_TABLE1[key]
+    m = re.search(r"Transformer ([\d.]+) / ([\d.]+), LS ([\d.]+) / ([\d.]+),\s+LABO ([\d.]+) / (\d+\.\d)", text)
+    assert list(m.groups()) == T.PAPER_TABLE2["ce"] + T.PAPER_TABLE2["ls"] + T.PAPER_TABLE2["labo"]
+
+
+def test_command_reads_a_results_tree_and_never_overwrites_its_output(tmp_path):
+    res = tmp_path / "results" / "iwslt14_de_en" / "ls"
+    res.mkdir(parents=True)
+    for s, b in ((1, 34.1), (2, 34.3)):
+        (res / f"seed{s}.json").write_text(json.dumps(result("iwslt14_de_en", "ls", s, {"de-en": b})))
+    (tmp_path / "results" / "notes.json").write_text("[]")  # not a result: ignored
+
+    def run(*args):
+        return subprocess.run([sys.executable, "-m", "labo_fairseq.tables", "--results", tmp_path / "results", *args],
+                              cwd=REPO, capture_output=True, text=True)
+    out = tmp_path / "tables.md"
+    proc = run("--out", out)
+    assert proc.returncode == 0, proc.stderr
+    assert "34.20 ± 0.14 (n=2)" in proc.stdout and out.read_text() == proc.stdout
+    again = run("--out", out)
+    assert again.returncode == 2 and "exists; --force" in again.stderr
+    missing = subprocess.run([sys.executable, "-m", "labo_fairseq.tables", "--results", tmp_path / "nope"],
+                             cwd=REPO, capture_output=True, text=True)
+    assert missing.returncode == 2 and "no such directory" in missing.stderr
