@@ -26,20 +26,24 @@ while [[ $# -gt 0 ]]; do
     *) echo "analysis_demo.sh: unknown argument '$1' (see --help)" >&2; exit 2 ;;
   esac
 done
-for f in "$work/ls.test.out" "$work/labo.test.out" "$work/checkpoints/labo/checkpoint_last.pt"; do
+data_bin="$work/data-bin/multi30k.de-en"
+text="$work/data/multi30k.de-en"
+run() { echo "$work/runs/multi30k_de_en/$1/seed1"; }
+for f in "$(run ls)/eval/generate-test.de-en.txt" "$(run labo)/eval/generate-test.de-en.txt" \
+         "$(run ls)/checkpoints/checkpoint_best.pt" "$(run labo)/checkpoints/checkpoint_best.pt"; do
   [[ -f "$f" ]] || { echo "analysis_demo.sh: $f is missing: run scripts/quickstart.sh first" >&2; exit 1; }
 done
-py=$(dirname "$(command -v python)")/python
-[[ -x "$repo/.venv/bin/python" ]] && py="$repo/.venv/bin/python"
+source "$repo/scripts/lib.sh"
+py=$(labo_python)
 cd "$repo"
 
-"$py" -m labo_fairseq.analysis.freq_splits --train-src "$work/text/train.de" --src "$work/text/test.de" \
-  --system "LS=$work/ls.test.out" --system "LABO=$work/labo.test.out" --tokenize none \
-  --out "$out/freq" "${force[@]}"
-"$py" -m labo_fairseq.analysis.beam_probs "$work/data-bin" --system "LS=$work/checkpoints/ls/checkpoint_last.pt" \
-  --system "LABO=$work/checkpoints/labo/checkpoint_last.pt" --splits "$out/freq/freq_splits.json" \
+"$py" -m labo_fairseq.analysis.freq_splits --train-src "$text/train.de" --src "$text/test.de" \
+  --system "LS=$(run ls)/eval/generate-test.de-en.txt" --system "LABO=$(run labo)/eval/generate-test.de-en.txt" \
+  --tokenize none --out "$out/freq" "${force[@]}"
+"$py" -m labo_fairseq.analysis.beam_probs "$data_bin" --system "LS=$(run ls)/checkpoints/checkpoint_best.pt" \
+  --system "LABO=$(run labo)/checkpoints/checkpoint_best.pt" --splits "$out/freq/freq_splits.json" \
   --out "$out/beam" "${force[@]}"
 for method in ls labo; do
-  "$py" -m labo_fairseq.analysis.calibrate "$work/data-bin" --path "$work/checkpoints/$method/checkpoint_last.pt" \
+  "$py" -m labo_fairseq.analysis.calibrate "$data_bin" --path "$(run $method)/checkpoints/checkpoint_best.pt" \
     --subset valid --out "$out/calibration_$method" --bleu-temperatures 0.8 1.0 1.3 "${force[@]}"
 done

@@ -95,7 +95,7 @@ for method in ls labo; do
   fi
 done
 tables=("$repo/scripts/tables.sh" --results "$work/results" --dataset multi30k_de_en)
-if [[ $dry -eq 1 ]]; then printf '+'; printf ' %q' "${tables[@]}"; printf '\n'; exit 0; fi
+if [[ $dry -eq 1 ]]; then { printf '+'; printf ' %q' "${tables[@]}"; printf '\n'; } >&2; exit 0; fi
 run "${tables[@]}"
 echo
 echo "DEMONSTRATION ONLY: Multi30k de-en (29k caption pairs), a 2-layer transformer, few updates, one seed:"

@@ -134,3 +134,20 @@ def test_iwslt17_multilingual_is_scored_with_sacrebleu_on_raw_references(iwslt17
         assert d["bleu"] == d["sacrebleu"] == B.sacrebleu_13a(hyps, refs)["bleu"]
     table = ok(script("tables", "--results", results)).stdout
     assert "(n=1) † · paper 28.4" in table and "(n=1) † · paper 37.2" in table
+
+
+def test_quickstart_dry_run_prints_every_command_and_writes_nothing(tmp_path):
+    work = tmp_path / "qs"
+    proc = ok(script("quickstart", "--work", work, "--updates", 50, "--labo-warmup", 10, "--dry-run"))
+    printed = proc.stderr.splitlines()
+    assert [ln.split()[2 if "prepare_data" in ln else 1].rsplit("/", 1)[-1] for ln in printed if ln.startswith("+ ")] == [
+        "prepare_data.py", "train.sh", "evaluate.sh", "train.sh", "evaluate.sh", "tables.sh"]
+    train = [ln for ln in proc.stdout.splitlines() if ln.split()[0].endswith("fairseq-train")]
+    assert len(train) == 2 and all("--max-update 50" in ln for ln in train)
+    assert "--criterion label_smoothed_labo" in train[1] and train[1].endswith("--labo-warmup-updates 10")
+    assert "--labo-warmup-updates" not in train[0]
+    generate = [ln for ln in proc.stdout.splitlines() if ln.split()[0].endswith("fairseq-generate")]
+    assert len(generate) == 2 and all("--beam 5" in ln for ln in generate)
+    assert not work.exists()
+    bad = script("quickstart", "--updates", "many")
+    assert bad.returncode == 2 and "integers" in bad.stderr

@@ -216,3 +216,41 @@ def test_missing_input_offline_names_the_file(tmp_path):
                       "--cache", tmp_path / "cache", "--out", tmp_path / "t", "--dest", tmp_path / "b")
     assert proc.returncode == 1
     assert "training-parallel-europarl-v7.tgz" in proc.stderr and "--offline" in proc.stderr
+
+
+# ------------------------------------------------------------------------------ Multi30k
+
+MULTI30K = SHARED / "multi30k" / "task1" / "raw"
+
+
+@binarizes
+def test_multi30k_recipe_on_the_official_files(tmp_path):
+    out, dest = tmp_path / "text", tmp_path / "bin"
+    proc = run_script("scripts/prepare_data.py", "multi30k.de-en", "--source", MULTI30K, "--offline",
+                      "--cache", tmp_path / "cache", "--out", out, "--dest", dest, "--workers", 2)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["counts"] == {"train": 29000, "valid": 1014, "test": 1000}
+    assert len(m["inputs"]) == 6 and all(v["verified"] == "git_sha1" for v in m["inputs"].values())
+    assert xz_free_first_line(out / "tmp" / "train.en") == "two young , white males are outside near many bushes ."
+    assert xz_free_first_line(out / "tmp" / "test.de") == "ein mann mit einem orangefarbenen hut , der etwas anstarrt ."
+    assert "@@ " in (out / "train.de").read_text(encoding="utf-8")
+    assert (dest / "train.de-en.de.bin").is_file() and (dest / "test.de-en.en.idx").is_file()
+    again = run_script("scripts/prepare_data.py", "multi30k.de-en", "--source", MULTI30K, "--offline",
+                       "--out", out, "--dest", dest)
+    assert again.returncode == 0 and "already" in (again.stdout + again.stderr).lower()
+
+
+def xz_free_first_line(path):
+    with open(path, encoding="utf-8") as f:
+        return f.readline().rstrip("\n")
+
+
+def test_multi30k_file_with_the_right_name_but_other_content_is_rejected(tmp_path):
+    d = tmp_path / "multi30k"
+    d.mkdir()
+    (d / "train.de.gz").write_bytes((MULTI30K / "val.de.gz").read_bytes())  # a wrong file named right
+    sources = Sources([d], cache=tmp_path / "cache", offline=True)
+    with pytest.raises(SourceError, match=r"train.de.gz: git_sha1 0907cab7\S+ does not match the published "
+                                          r"3869154c\S+ of multi30k/train.de.gz"):
+        sources.lines(recipes.multi30k_file("train", "de"), "")
