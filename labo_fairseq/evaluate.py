@@ -214,7 +214,7 @@ def evaluate(a) -> int:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(prog="scripts/evaluate.sh", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("dataset", help=f"one of: {', '.join(names('datasets'))}")
     ap.add_argument("method", help=f"one of: {', '.join(names('methods'))}")
     ap.add_argument("seed", type=int)

@@ -264,7 +264,7 @@ def cmd_train(a) -> int:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = ap.add_subparsers(dest="cmd", required=True)
-    t = sub.add_parser("train", help="train one dataset x method x seed (fairseq-train)",
+    t = sub.add_parser("train", help="train one dataset x method x seed (fairseq-train)", prog="scripts/train.sh",
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     t.add_argument("dataset", help=f"one of: {', '.join(names('datasets'))}")
     t.add_argument("method", help=f"one of: {', '.join(names('methods'))}")
