@@ -75,6 +75,7 @@ class Sources:
     _found: Dict[str, Optional[Path]] = field(default_factory=dict)
     _rejected: Dict[str, List[Path]] = field(default_factory=dict)
     _digests: Dict[Path, Dict[str, str]] = field(default_factory=dict)
+    _tars: Dict[Path, tarfile.TarFile] = field(default_factory=dict)
 
     def digests(self, path: Path) -> Dict[str, str]:
         """:func:`file_digests`, computed once per file (choosing and verifying both need them)."""
@@ -170,8 +171,7 @@ class Sources:
                     while f.read(1 << 20):
                         pass
             else:
-                with tarfile.open(path) as tar:
-                    tar.getmembers()
+                self._tar(path)  # indexes every member: a truncated archive fails here
         except (tarfile.TarError, EOFError, OSError, lzma.LZMAError, UnicodeDecodeError) as err:
             raise SourceError(f"{path}: not a readable archive ({err}): a corrupt or truncated copy of {archive.label}")
         verified = ",".join(archive.published()) or "no published checksum"
@@ -202,6 +202,14 @@ class Sources:
                     return hits[0]
         return None
 
+    def _tar(self, path: Path) -> tarfile.TarFile:
+        """The archive, opened once: its member index is read once (a full pass through a .tgz), and
+        each member is then read from its offset instead of re-indexing the archive per member."""
+        if path not in self._tars:
+            self._tars[path] = tarfile.open(path)
+            self._tars[path].getmembers()
+        return self._tars[path]
+
     def lines(self, archive: Archive, member: str) -> List[str]:
         """The text lines (without newlines) of ``member`` of ``archive`` (of the file, if ``archive.single``)."""
         unpacked = None if archive.single or self._find_archive(archive) else self._find_unpacked(member)
@@ -215,11 +223,9 @@ class Sources:
                                                       "sha256": hashlib.sha256(text.encode()).hexdigest()}
         else:
             path = self.archive(archive)
-            with tarfile.open(path) as tar:
-                names = tar.getnames()
-                match = [n for n in names if n == member or n.endswith("/" + member)]
-                if not match:
-                    raise SourceError(f"{path}: has no member {member} (is it {archive.label}?)")
-                data = tar.extractfile(match[0]).read()
-            text = data.decode("utf-8")
+            tar = self._tar(path)
+            match = [m for m in tar.getmembers() if m.name == member or m.name.endswith("/" + member)]
+            if not match:
+                raise SourceError(f"{path}: has no member {member} (is it {archive.label}?)")
+            text = tar.extractfile(match[0]).read().decode("utf-8")
         return text.split("\n")[:-1] if text.endswith("\n") else text.split("\n")
