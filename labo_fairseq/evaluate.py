@@ -31,6 +31,7 @@ from labo_fairseq import bleu as B
 from labo_fairseq.experiments import (
     REPO, RUN_MARKER, USER_DIR, dataset_config, git_state, hardware, method_config, names, run_dir,
 )
+from labo_fairseq.prepare.pipeline import atomic_open, write_lines
 
 # The criterion hyper-parameters worth recording, by fairseq-train flag.
 HPARAM_FLAGS = ("--criterion", "--label-smoothing", "--labo-tau", "--labo-rho", "--labo-alpha",
@@ -125,14 +126,14 @@ def score_direction(ds: Dict, gen_text: str, n_test: int, src: str, tgt: str, re
             refs = f.read().splitlines()
         if len(refs) != n_test:
             raise EvalError(f"{references}: {len(refs)} lines but the test set has {n_test} sentences")
-        detok_hyps, detok_refs = hyps, refs
+        detok_hyps, detok_refs = hyps, refs  # (the paper's metric is then sacrebleu on them: computed once)
         ref_source = str(references)
     else:  # tokenized text: fairseq's references (T- lines, BPE removed), Moses-detokenized for sacrebleu
         refs = g.ordered(g.reference)
         detok_hyps, detok_refs = B.detokenize(hyps, tgt), B.detokenize(refs, tgt)
         ref_source = "fairseq-generate T- lines (the prepared test text, BPE removed)"
     paper = B.paper_bleu(convention, hyps, refs)
-    sacre = B.sacrebleu_13a(detok_hyps, detok_refs)
+    sacre = paper if convention == "sacrebleu" else B.sacrebleu_13a(detok_hyps, detok_refs)
     return {
         "bleu": paper["bleu"], "convention": convention, "paper_metric": paper,
         "sacrebleu": sacre["bleu"], "sacrebleu_signature": sacre["signature"], "sacrebleu_detail": sacre,
@@ -140,12 +141,6 @@ def score_direction(ds: Dict, gen_text: str, n_test: int, src: str, tgt: str, re
                             "Moses-detokenized output vs Moses-detokenized references"),
         "references": ref_source, "fairseq_bleu_line": g.bleu_line, "sentences": n_test,
     }, hyps
-
-
-def write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".part")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def evaluate(a) -> int:
@@ -183,32 +178,35 @@ def evaluate(a) -> int:
         print(f"evaluate: {a.dataset} {a.method} seed {a.seed} {pair}: beam 5 on {n_test} test sentences", file=sys.stderr)
         proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, env=dict(os.environ, PYTHONWARNINGS="ignore"))
         gen_file = eval_dir / f"generate-test.{pair}.txt"
-        write_atomic(gen_file, proc.stdout)
+        with atomic_open(gen_file) as f:
+            f.write(proc.stdout)
         if proc.returncode != 0:
             raise EvalError(f"fairseq-generate failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
         refs = a.text_root / ds["data"] / "raw" / f"test0.{pair}.{tgt}" if ds["bleu"] == "sacrebleu" else None
         score, hyps = score_direction(ds, proc.stdout + "\n" + proc.stderr, n_test, src, tgt, refs)
         hyp_file = out.with_name(f"{out.stem}.{pair}.hyp")
-        write_atomic(hyp_file, "".join(h + "\n" for h in hyps))
+        write_lines(hyp_file, hyps)
         scores[pair] = {**score, "hypotheses": hyp_file.name, "generate_output": str(gen_file), "command": cmd}
         print(f"  {pair}: BLEU {score['bleu']:.2f} ({score['convention']}), sacrebleu {score['sacrebleu']:.2f}",
               file=sys.stderr)
     last = rd / "checkpoints" / "checkpoint_last.pt"
+    hparams, chosen = hyper_parameters(run["command"]), checkpoint_state(ck)
+    last_state = chosen if last.is_file() and last.samefile(ck) else checkpoint_state(last) if last.is_file() else None
     result = {
         "dataset": a.dataset, "method": a.method, "seed": a.seed,
-        "tau": float(hyper_parameters(run["command"]).get("labo_tau", 0)) or None,
-        "hyper_parameters": hyper_parameters(run["command"]), "extra_train_args": run.get("extra_args", []),
+        "tau": float(hparams.get("labo_tau", 0)) or None,
+        "hyper_parameters": hparams, "extra_train_args": run.get("extra_args", []),
         "extra_generate_args": list(a.generate_args),
         "bleu_convention": ds["bleu"], "directions": scores,
-        "checkpoint": {"path": str(ck), **checkpoint_state(ck)},
+        "checkpoint": {"path": str(ck), **chosen},
         "train": {"run_dir": str(rd), "command": run["command"], "commit": run.get("commit"), "dirty": run.get("dirty"),
                   "hardware": run.get("hardware"), "gpus": run.get("gpus"), "procs": run.get("procs"),
                   "nodes": run.get("nodes"), "sessions": len(run.get("sessions", [])) or 1,
-                  "last_checkpoint": checkpoint_state(last) if last.is_file() else None},
+                  "last_checkpoint": last_state},
         "evaluate": {**git_state(), "hardware": hardware(), "started": started, "wall_s": round(time.time() - t0, 1),
                      "beam": 5, "device": "cpu" if cpu else "cuda"},
     }
-    write_atomic(out, json.dumps(result, indent=1) + "\n")
+    write_lines(out, [json.dumps(result, indent=1)])
     print(f"evaluate: wrote {out}", file=sys.stderr)
     return 0
 

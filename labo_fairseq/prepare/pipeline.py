@@ -7,8 +7,9 @@ import os
 import shutil
 import subprocess
 import sys
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Dict, Iterable, List, Optional, Sequence
+from typing import Callable, Dict, Iterable, Iterator, List, Optional, Sequence, TextIO
 
 MARKER = ".labo_prepare"
 
@@ -17,16 +18,24 @@ class PrepareError(RuntimeError):
     pass
 
 
-def write_lines(path: Path, lines: Iterable[str]) -> int:
-    """Write lines atomically (``path.tmp`` then rename); returns the line count."""
+@contextmanager
+def atomic_open(path: Path) -> Iterator[TextIO]:
+    """A UTF-8 text file written as ``path.tmp`` and renamed to ``path`` only when the block
+    completes: a reader never sees a half-written output."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(path.name + ".tmp")
-    n = 0
     with open(tmp, "w", encoding="utf-8", newline="\n") as f:
+        yield f
+    tmp.replace(path)
+
+
+def write_lines(path: Path, lines: Iterable[str]) -> int:
+    """Write lines atomically (:func:`atomic_open`); returns the line count."""
+    n = 0
+    with atomic_open(path) as f:
         for line in lines:
             f.write(line + "\n")
             n += 1
-    tmp.replace(path)
     return n
 
 
@@ -128,9 +137,8 @@ class Workspace:
         marker.write_text(datetime.datetime.now(datetime.timezone.utc).isoformat() + "\n")
 
     def write_manifest(self, data: Dict) -> None:
-        tmp = self.manifest_path.with_name("manifest.json.tmp")
-        tmp.write_text(json.dumps(data, indent=1, sort_keys=False) + "\n")
-        tmp.replace(self.manifest_path)
+        with atomic_open(self.manifest_path) as f:
+            f.write(json.dumps(data, indent=1, sort_keys=False) + "\n")
 
 
 def tool_versions() -> Dict[str, Optional[str]]:

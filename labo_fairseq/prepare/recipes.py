@@ -14,7 +14,7 @@ from typing import Dict, List, Optional, Tuple
 
 from labo_fairseq.prepare import text as T
 from labo_fairseq.prepare.pipeline import (
-    PrepareError, Workspace, count_lines, fairseq_preprocess, parallel_map, read_lines, tool_versions, write_lines,
+    PrepareError, Workspace, atomic_open, count_lines, fairseq_preprocess, parallel_map, read_lines, tool_versions, write_lines,
 )
 from labo_fairseq.prepare.sources import Archive, Sources
 
@@ -65,10 +65,8 @@ def learn_bpe(train_files: List[Path], code: Path, merges: int) -> None:
     from subword_nmt.learn_bpe import learn_bpe as _learn
 
     joined = io.StringIO("".join(p.read_text(encoding="utf-8") for p in train_files))
-    tmp = code.with_name(code.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as out:
+    with atomic_open(code) as out:
         _learn(joined, out, merges)
-    tmp.replace(code)
 
 
 @dataclass(frozen=True)
