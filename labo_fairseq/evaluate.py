@@ -233,6 +233,10 @@ def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     a = ap.parse_args(argv[:argv.index("--")] if "--" in argv else argv)
     a.generate_args = argv[argv.index("--") + 1:] if "--" in argv else []
+    if a.batch_size < 1:
+        ap.error(f"--batch-size must be >= 1, got {a.batch_size}")
+    if a.tau is not None and a.method != "labo":
+        ap.error("--tau applies to the labo method only")
     try:
         return evaluate(a)
     except (EvalError, ValueError) as err:

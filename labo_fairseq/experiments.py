@@ -113,6 +113,8 @@ def train_command(dataset: str, method: str, seed: int, tau: Optional[float] = N
         raise ValueError("--nodes needs --gpus (GPUs per node): multi-node training is GPU-only")
     if nodes > 1 and not master_addr:
         raise ValueError("--nodes > 1 needs --master-addr (the host name or address of node rank 0)")
+    if not 0 <= master_port <= 65535:
+        raise ValueError(f"--master-port must be in [0, 65535] (0: pick one), got {master_port}")
     if not 0 <= node_rank < nodes:
         raise ValueError(f"--node-rank must be in [0, {nodes - 1}]")
     ds, me = dataset_config(dataset), method_config(method)

@@ -24,7 +24,7 @@ is finished (a trained run, an evaluation) and prints the table again.
   --updates N       optimizer updates per method (default: the config's 800)
   --labo-warmup N   LABO's uniform-LS warm-up in updates (default: the config's 200; paper: 5000)
   --seed S          training seed (default: 1)
-  --force           delete an earlier --work directory first (otherwise finished steps are reused)
+  --force           delete an earlier --work directory of this script first (otherwise finished steps are reused)
   --dry-run         print the commands, run nothing
 USAGE
 }
@@ -81,7 +81,12 @@ run() {  # print a command (copy-pasteable), then run it
 }
 
 start=$SECONDS
-if [[ $force -eq 1 && -d "$work" && $dry -eq 0 ]]; then run rm -rf "$work"; fi
+marker="$work/.labo_quickstart"  # --force deletes only a directory this script made
+if [[ $force -eq 1 && -d "$work" && $dry -eq 0 ]]; then
+  [[ -f "$marker" ]] || { echo "quickstart.sh: $work was not made by this script; not deleting it" >&2; exit 2; }
+  run rm -rf "$work"
+fi
+if [[ $dry -eq 0 ]]; then mkdir -p "$work" && touch "$marker"; fi
 cd "$repo"
 run "${prepare[@]}" "${dryflag[@]}"
 for method in ls labo; do

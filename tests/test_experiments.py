@@ -71,6 +71,7 @@ def test_dry_run_prints_the_command_and_writes_nothing(tmp_path):
     (("iwslt14_de_en", "ls", 1, "--gpus", "2", "--procs", "2"), "--procs is for CPU ranks"),
     (("wmt14_en_de", "ls", 1, "--nodes", "2"), "--nodes needs --gpus"),
     (("wmt14_en_de", "ls", 1, "--gpus", "8", "--nodes", "2"), "needs --master-addr"),
+    (("iwslt14_de_en", "ls", 1, "--procs", "2", "--master-port", "70000"), "--master-port must be in [0, 65535]"),
     (("wmt14_en_de", "ls", 1, "--gpus", "8", "--nodes", "2", "--node-rank", "2", "--master-addr", "n0"),
      "--node-rank must be in [0, 1]"),
 ])

@@ -113,6 +113,10 @@ def test_evaluate_errors_name_what_is_missing(roots):
     assert no_run.returncode == 2 and "no run here" in no_run.stderr and "scripts/train.sh iwslt14_en_de cp 1" in no_run.stderr
     unknown = script("evaluate", "iwslt99", "ls", 1)
     assert unknown.returncode == 2 and "unknown dataset 'iwslt99'" in unknown.stderr
+    for args, message in ((("--batch-size", 0), "--batch-size must be >= 1, got 0"),
+                          (("--tau", 1.25), "--tau applies to the labo method only")):
+        bad = script("evaluate", "iwslt14_de_en", "ls", 1, *where(roots), *args)
+        assert bad.returncode == 2 and message in bad.stderr
 
 
 def test_iwslt17_multilingual_is_scored_with_sacrebleu_on_raw_references(iwslt17_standin, tmp_path):
@@ -151,3 +155,9 @@ def test_quickstart_dry_run_prints_every_command_and_writes_nothing(tmp_path):
     assert not work.exists()
     bad = script("quickstart", "--updates", "many")
     assert bad.returncode == 2 and "integers" in bad.stderr
+    foreign = tmp_path / "mine"
+    foreign.mkdir()
+    (foreign / "precious.txt").write_text("keep")
+    refused = script("quickstart", "--work", foreign, "--force")
+    assert refused.returncode == 2 and "not made by this script" in refused.stderr
+    assert (foreign / "precious.txt").read_text() == "keep"
