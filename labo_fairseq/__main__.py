@@ -1,10 +1,8 @@
-"""``python -m labo_fairseq user-dir`` prints the directory to pass as ``--user-dir`` (useful after
-``pip install``, when the working directory is not the repository)."""
+"""``python -m labo_fairseq COMMAND ...`` is ``labo-fairseq COMMAND ...`` (see :mod:`labo_fairseq.cli`)."""
 
-import os
 import sys
 
+from labo_fairseq.cli import main
+
 if __name__ == "__main__":
-    if sys.argv[1:] != ["user-dir"]:
-        sys.exit("usage: python -m labo_fairseq user-dir")
-    print(os.path.dirname(os.path.abspath(__file__)))
+    sys.exit(main())

@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
 from labo_fairseq import bleu as B
-from labo_fairseq.experiments import (
+from labo_fairseq.train import (
     REPO, RUN_MARKER, USER_DIR, dataset_config, git_state, hardware, method_config, names, run_dir,
 )
 from labo_fairseq.prepare.pipeline import atomic_open, write_lines
@@ -211,8 +211,8 @@ def evaluate(a) -> int:
     return 0
 
 
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="scripts/evaluate.sh", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def main(argv=None, prog="labo-fairseq evaluate") -> int:
+    ap = argparse.ArgumentParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("dataset", help=f"one of: {', '.join(names('datasets'))}")
     ap.add_argument("method", help=f"one of: {', '.join(names('methods'))}")
     ap.add_argument("seed", type=int)

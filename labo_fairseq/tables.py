@@ -163,8 +163,8 @@ def build(results: List[Dict], metric: str = "bleu", only: Optional[str] = None)
     return "\n\n".join(parts) + "\n"
 
 
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="scripts/tables.sh", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def main(argv=None, prog="labo-fairseq tables") -> int:
+    ap = argparse.ArgumentParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--results", type=Path, default=Path("results"), help="directory of results JSONs (default: results/)")
     ap.add_argument("--metric", choices=("bleu", "sacrebleu"), default="bleu",
                     help="bleu: the paper's convention per dataset (default); sacrebleu: 13a on detokenized text")

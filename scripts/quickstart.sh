@@ -9,7 +9,7 @@ usage: scripts/quickstart.sh [--data DIR] [--work DIR] [--updates N] [--labo-war
 A DEMONSTRATION of the project, not the paper's setting. It runs the project's own commands on
 Multi30k task 1 de-en (29,000 real image-caption pairs; test = test_2016_flickr, 1,000 sentences):
 
-  1. scripts/prepare_data.py multi30k.de-en   Moses tokenization, lowercase, joint BPE 5k, fairseq-preprocess
+  1. labo-fairseq prepare multi30k.de-en         Moses tokenization, lowercase, joint BPE 5k, fairseq-preprocess
   2. scripts/train.sh multi30k_de_en ls|labo  a 2-layer transformer (configs/datasets/multi30k_de_en.yaml),
                                               800 updates, LABO's warm-up 200 updates
   3. scripts/evaluate.sh ...                  beam 5 on the test set, tokenized BLEU + sacrebleu
@@ -58,7 +58,7 @@ source "$repo/scripts/lib.sh"  # labo_python: the project's Python (.venv if pre
 py=$(labo_python)
 "$py" -c 'import fairseq' 2>/dev/null || [[ $dry -eq 1 ]] || { echo "quickstart.sh: fairseq is not installed; run scripts/install.sh" >&2; exit 1; }
 
-prepare=("$py" "$repo/scripts/prepare_data.py" multi30k.de-en --out "$work/data/multi30k.de-en" --dest "$work/data-bin/multi30k.de-en")
+prepare=("$py" -m labo_fairseq prepare multi30k.de-en --out "$work/data/multi30k.de-en" --dest "$work/data-bin/multi30k.de-en")
 if [[ -z "$data" && -d "$repo/../shared/data/multi30k/task1/raw" ]]; then data="$repo/../shared/data/multi30k/task1/raw"; fi
 if [[ -n "$data" ]]; then
   [[ -d "$data" ]] || { echo "quickstart.sh: --data $data: no such directory" >&2; exit 1; }

@@ -1,55 +1,12 @@
-"""Shared test helpers: the real-data location, fairseq's command-line tools, a small real data-bin,
-and a tiny checkpoint trained on it (session-scoped: built once)."""
+"""Session fixtures: a small real data-bin and a tiny checkpoint trained on it (built once);
+plain helpers live in :mod:`tests.helpers`."""
 
-import json
 import lzma
-import os
-import re
-import subprocess
-import sys
 import tarfile
-from pathlib import Path
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-SHARED = Path(os.environ.get("LABO_SHARED_DATA", REPO.parent / "shared" / "data"))
-IWSLT = SHARED / "iwslt14.de-en" / "fairseq-tokenized"
-IWSLT17 = SHARED / "iwslt17" / "2017-01-ted-test"
-
-TINY = ("--arch transformer --encoder-layers 1 --decoder-layers 1 --encoder-embed-dim 32 "
-        "--decoder-embed-dim 32 --encoder-ffn-embed-dim 64 --decoder-ffn-embed-dim 64 "
-        "--encoder-attention-heads 2 --decoder-attention-heads 2 --share-all-embeddings "
-        "--optimizer adam --lr 2e-3 --max-tokens 1000 --log-format json --log-interval 1 "
-        "--cpu --seed 1 --no-epoch-checkpoints --num-workers 0").split()
-
-
-def fairseq(tool, *args, check=True, env=None):
-    proc = subprocess.run([sys.executable, "-m", f"fairseq_cli.{tool}", *map(str, args)], cwd=REPO,
-                          capture_output=True, text=True, env=env, timeout=900)
-    if check and proc.returncode != 0:
-        raise AssertionError(f"fairseq {tool} failed ({proc.returncode}):\n{proc.stderr[-4000:]}")
-    return proc
-
-
-def _is_number(v):
-    try:
-        float(v)
-        return True
-    except (TypeError, ValueError):
-        return False
-
-
-def train_log(proc):
-    """The per-update ``train_inner`` records of a --log-format json run, by num_updates."""
-    out = {}
-    for line in (proc.stdout + proc.stderr).splitlines():
-        m = re.search(r"\| train_inner \| (\{.*\})", line)
-        if m:
-            rec = json.loads(m.group(1))
-            out[int(rec["num_updates"])] = {k: float(v) for k, v in rec.items() if _is_number(v)}
-    return out
-
+from tests.helpers import IWSLT, IWSLT17, TINY, fairseq, talk_text, write
 
 @pytest.fixture(scope="session")
 def small_text(tmp_path_factory):
@@ -85,18 +42,6 @@ def tiny_checkpoint(data_bin, tmp_path_factory):
             "--criterion", "label_smoothed_labo", "--labo-warmup-updates", "20", "--max-update", "40",
             "--save-dir", ck, "--disable-validation")
     return ck / "checkpoint_last.pt"
-
-
-def talk_text(segments, name):
-    """Lines in train.tags format: the metadata lines fairseq's script filters, then the text."""
-    return [f"<url>http://www.ted.com/talks/{name}</url>", "<keywords>talks, science</keywords>",
-            "<talkid>42</talkid>", f"<title>{name}: a title</title>", f"<description>About {name}.</description>",
-            *segments]
-
-
-def write(path, lines):
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
 @pytest.fixture(scope="session")

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from conftest import IWSLT, REPO, SHARED
+from tests.helpers import IWSLT, REPO, SHARED
 from labo_fairseq import bleu as B
 
 

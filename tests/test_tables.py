@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from conftest import REPO, SHARED
+from tests.helpers import REPO, SHARED
 from labo_fairseq import tables as T
 
 SIG = "nrefs:1|case:mixed|eff:no|tok:none|smooth:exp|version:2.6.0"

@@ -33,8 +33,8 @@ def step_probabilities(positional_scores: Dict[int, List[float]], ids: Sequence[
     return [2.0 ** s for i in ids for s in positional_scores.get(i, [])]
 
 
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def main(argv=None, prog="labo-fairseq analyze beam-probs") -> int:
+    ap = argparse.ArgumentParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("data_bin", type=Path)
     ap.add_argument("--system", action="append", required=True, metavar="NAME=CHECKPOINT", help="repeatable")
     ap.add_argument("--subset", default="test")

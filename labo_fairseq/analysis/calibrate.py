@@ -39,8 +39,8 @@ def bleu_of(gen) -> float:
     return float(m.group(1))
 
 
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def main(argv=None, prog="labo-fairseq analyze calibrate") -> int:
+    ap = argparse.ArgumentParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("data_bin", type=Path)
     ap.add_argument("--path", type=Path, required=True, help="checkpoint")
     ap.add_argument("--subset", default="valid", help="split for teacher forcing and temperature fitting (default valid)")

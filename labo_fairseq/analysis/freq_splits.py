@@ -77,8 +77,8 @@ def bleu_table(splits: List[List[int]], systems: Dict[str, List[str]], refs: Lis
     return table
 
 
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def main(argv=None, prog="labo-fairseq analyze freq-splits") -> int:
+    ap = argparse.ArgumentParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--train-src", type=Path, required=True, help="training source text (token counts)")
     ap.add_argument("--src", type=Path, required=True, help="source side of the evaluated set, same tokenization")
     ap.add_argument("--ref", type=Path, help="reference file (default: T- lines of the first fairseq-generate output)")

@@ -7,7 +7,7 @@ import sys
 import pytest
 import sacrebleu
 
-from conftest import REPO
+from tests.helpers import REPO
 
 pytest.importorskip("fairseq", reason="fairseq is not installed (scripts/install.sh)")
 pytest.importorskip("matplotlib")

@@ -18,7 +18,7 @@ from labo_fairseq.prepare import recipes
 from labo_fairseq.prepare.sources import SourceError, Sources
 from labo_fairseq.prepare.text import xml_segments
 
-from conftest import talk_text, write
+from tests.helpers import talk_text, write
 
 REPO = Path(__file__).resolve().parents[2]
 SHARED = Path(os.environ.get("LABO_SHARED_DATA", REPO.parent / "shared" / "data"))
@@ -98,7 +98,7 @@ def iwslt14_standin(tmp_path_factory):
 @binarizes
 def test_iwslt14_pipeline_end_to_end_resume_and_no_clobber(iwslt14_standin, tmp_path):
     out, dest = tmp_path / "text", tmp_path / "bin"
-    args = ["scripts/prepare_data.py", "iwslt14.de-en", "--offline", "--cache", tmp_path / "cache",
+    args = ["-m", "labo_fairseq", "prepare", "iwslt14.de-en", "--offline", "--cache", tmp_path / "cache",
             "--out", out, "--dest", dest, "--bpe-merges", "800", "--workers", "2"]
     for s in iwslt14_standin:
         args += ["--source", s]
@@ -143,7 +143,7 @@ def test_iwslt14_pipeline_end_to_end_resume_and_no_clobber(iwslt14_standin, tmp_
 
 
 def test_dry_run_writes_nothing(iwslt14_standin, tmp_path):
-    proc = run_script("scripts/prepare_data.py", "iwslt14.de-en", "--dry-run", "--offline", "--out", tmp_path / "t",
+    proc = run_script("-m", "labo_fairseq", "prepare", "iwslt14.de-en", "--dry-run", "--offline", "--out", tmp_path / "t",
                       "--dest", tmp_path / "b", "--source", iwslt14_standin[0])
     assert proc.returncode == 0, proc.stderr
     for step in ("extract", "tokenize", "clean", "split", "bpe", "binarize"):
@@ -212,7 +212,7 @@ def test_truncated_archive_without_checksum_is_rejected(tmp_path):
 
 
 def test_missing_input_offline_names_the_file(tmp_path):
-    proc = run_script("scripts/prepare_data.py", "wmt14.en-de", "--offline", "--source", tmp_path,
+    proc = run_script("-m", "labo_fairseq", "prepare", "wmt14.en-de", "--offline", "--source", tmp_path,
                       "--cache", tmp_path / "cache", "--out", tmp_path / "t", "--dest", tmp_path / "b")
     assert proc.returncode == 1
     assert "training-parallel-europarl-v7.tgz" in proc.stderr and "--offline" in proc.stderr
@@ -226,7 +226,7 @@ MULTI30K = SHARED / "multi30k" / "task1" / "raw"
 @binarizes
 def test_multi30k_recipe_on_the_official_files(tmp_path):
     out, dest = tmp_path / "text", tmp_path / "bin"
-    proc = run_script("scripts/prepare_data.py", "multi30k.de-en", "--source", MULTI30K, "--offline",
+    proc = run_script("-m", "labo_fairseq", "prepare", "multi30k.de-en", "--source", MULTI30K, "--offline",
                       "--cache", tmp_path / "cache", "--out", out, "--dest", dest, "--workers", 2)
     assert proc.returncode == 0, proc.stderr[-3000:]
     m = json.loads((out / "manifest.json").read_text())
@@ -236,7 +236,7 @@ def test_multi30k_recipe_on_the_official_files(tmp_path):
     assert xz_free_first_line(out / "tmp" / "test.de") == "ein mann mit einem orangefarbenen hut , der etwas anstarrt ."
     assert "@@ " in (out / "train.de").read_text(encoding="utf-8")
     assert (dest / "train.de-en.de.bin").is_file() and (dest / "test.de-en.en.idx").is_file()
-    again = run_script("scripts/prepare_data.py", "multi30k.de-en", "--source", MULTI30K, "--offline",
+    again = run_script("-m", "labo_fairseq", "prepare", "multi30k.de-en", "--source", MULTI30K, "--offline",
                        "--out", out, "--dest", dest)
     assert again.returncode == 0 and "already" in (again.stdout + again.stderr).lower()
 

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from conftest import REPO
+from tests.helpers import REPO
 
 pytest.importorskip("fairseq", reason="fairseq is not installed (scripts/install.sh)")
 
@@ -15,7 +15,7 @@ from fairseq import options  # noqa: E402
 from fairseq.criterions import CRITERION_REGISTRY  # noqa: E402
 from fairseq.dataclass.utils import convert_namespace_to_omegaconf  # noqa: E402
 
-from labo_fairseq.experiments import names, train_command  # noqa: E402
+from labo_fairseq.train import names, train_command  # noqa: E402
 
 DATASETS = ["iwslt14_de_en", "iwslt14_en_de", "iwslt14_en_fr", "iwslt14_fr_en", "iwslt17_multi",
             "wmt14_en_de", "wmt14_de_en", "multi30k_de_en"]  # the last: the quickstart's, not the paper's
@@ -48,7 +48,7 @@ def test_config_parses_with_fairseq_and_builds_its_criterion(dataset, method, ta
 
 
 def run(*args):
-    return subprocess.run([sys.executable, "-m", "labo_fairseq.experiments", "train", *map(str, args)], cwd=REPO,
+    return subprocess.run([sys.executable, "-m", "labo_fairseq", "train", *map(str, args)], cwd=REPO,
                           capture_output=True, text=True)
 
 

@@ -1,4 +1,3 @@
-#!/usr/bin/env python
 """Prepare a dataset of the paper as fairseq's recipes do: text under --out, binarized data under --dest.
 
 Datasets (one binarized directory serves both directions of a pair):
@@ -14,23 +13,22 @@ into --cache. Offline, pass --source DIR_OR_ARCHIVE (repeatable): a directory ho
 resumes an interrupted run; a finished dataset is left alone unless --force.
 
 Examples:
-  python scripts/prepare_data.py iwslt14.de-en
-  python scripts/prepare_data.py iwslt14.de-en --source ~/Downloads/de-en.tgz --offline
-  python scripts/prepare_data.py wmt14.en-de --source /data/wmt14_archives --workers 16
+  labo-fairseq prepare iwslt14.de-en
+  labo-fairseq prepare iwslt14.de-en --source ~/Downloads/de-en.tgz --offline
+  labo-fairseq prepare wmt14.en-de --source /data/wmt14_archives --workers 16
 """
 
 import argparse
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from labo_fairseq.prepare.pipeline import PrepareError  # noqa: E402
-from labo_fairseq.prepare.recipes import DATASETS, Options  # noqa: E402
-from labo_fairseq.prepare.sources import SourceError, Sources  # noqa: E402
+from labo_fairseq.prepare.pipeline import PrepareError
+from labo_fairseq.prepare.recipes import DATASETS, Options
+from labo_fairseq.prepare.sources import SourceError, Sources
 
 
-def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def main(argv=None, prog="labo-fairseq prepare"):
+    ap = argparse.ArgumentParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("dataset", choices=sorted(DATASETS))
     ap.add_argument("--source", type=Path, action="append", default=[],
                     help="local archive or directory with archives / unpacked files (repeatable)")
@@ -63,7 +61,7 @@ def main(argv=None):
     try:
         ws = DATASETS[args.dataset](opt)
     except (SourceError, PrepareError) as err:
-        print(f"prepare_data.py {args.dataset}: error: {err}", file=sys.stderr)
+        print(f"{prog} {args.dataset}: error: {err}", file=sys.stderr)
         return 1
     if not args.dry_run:
         print(f"{args.dataset}: text in {opt.out}, binarized in {opt.dest}, manifest {ws.manifest_path}")

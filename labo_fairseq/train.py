@@ -5,7 +5,7 @@ may name a ``base:`` dataset config it overrides) and ``configs/methods/METHOD.y
 fairseq-train flags under ``args:``, later files override earlier ones, and a ``null`` value removes
 a flag. The run directory is ``RUNS/DATASET/METHOD[-tauT]/seedS``.
 
-  python -m labo_fairseq.experiments train iwslt14_de_en labo 1 --dry-run
+  labo-fairseq train iwslt14_de_en labo 1 --dry-run
 """
 
 import argparse
@@ -26,7 +26,7 @@ from typing import Dict, List, Optional, Tuple
 import yaml
 
 REPO = Path(__file__).resolve().parents[1]
-CONFIGS = REPO / "configs"
+CONFIGS = Path(__file__).resolve().parent / "configs"
 USER_DIR = Path(__file__).resolve().parent
 RUN_MARKER = "run.json"
 
@@ -263,11 +263,8 @@ def cmd_train(a) -> int:
     return run_processes(launch.processes, logs)
 
 
-def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = ap.add_subparsers(dest="cmd", required=True)
-    t = sub.add_parser("train", help="train one dataset x method x seed (fairseq-train)", prog="scripts/train.sh",
-                       formatter_class=argparse.RawDescriptionHelpFormatter)
+def main(argv=None, prog="labo-fairseq train") -> int:
+    t = argparse.ArgumentParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     t.add_argument("dataset", help=f"one of: {', '.join(names('datasets'))}")
     t.add_argument("method", help=f"one of: {', '.join(names('methods'))}")
     t.add_argument("seed", type=int)
@@ -291,7 +288,7 @@ def main(argv=None) -> int:
                 "An existing run directory is resumed from its checkpoint_last.pt; --force starts over.")
     argv = list(sys.argv[1:] if argv is None else argv)
     extra = argv[argv.index("--") + 1:] if "--" in argv else []
-    a = ap.parse_args(argv[:argv.index("--")] if "--" in argv else argv)
+    a = t.parse_args(argv[:argv.index("--")] if "--" in argv else argv)
     a.fairseq_args = extra
     return cmd_train(a)
 

@@ -1,0 +1,87 @@
+"""``labo-fairseq``: the project's one command.
+
+  labo-fairseq prepare DATASET           data preparation as fairseq's recipes (text + data-bin)
+  labo-fairseq train DATASET METHOD SEED the paper's fairseq-train command for one run
+  labo-fairseq evaluate DATASET METHOD SEED   beam-5 test BLEU into results/
+  labo-fairseq tables                    Tables 1 and 2 from results/
+  labo-fairseq analyze WHAT              freq-splits | beam-probs | calibrate
+  labo-fairseq user-dir                  the directory to pass to fairseq as --user-dir
+
+Every subcommand has ``--help``; those that start fairseq have ``--dry-run``. Relative paths are
+taken from the working directory (or ``--root`` where a command has it), never from the checkout.
+Subcommands are imported only when run, so ``tables`` and ``--help`` need neither torch nor fairseq.
+"""
+
+import importlib
+import os
+import sys
+from typing import Dict, List, Optional, Tuple
+
+PROG = "labo-fairseq"
+
+# name -> (module with main(argv, prog), one-line help)
+COMMANDS: Dict[str, Tuple[str, str]] = {
+    "prepare": ("labo_fairseq.prepare.cli", "prepare a dataset as fairseq's recipes do (text and data-bin)"),
+    "train": ("labo_fairseq.train", "train one dataset x method x seed with the paper's settings"),
+    "evaluate": ("labo_fairseq.evaluate", "beam-5 test BLEU of a trained run into results/"),
+    "tables": ("labo_fairseq.tables", "Tables 1 and 2 (mean ± std over seeds) from results/"),
+    "user-dir": ("labo_fairseq.cli", "print the directory to pass to fairseq as --user-dir"),
+}
+ANALYZE: Dict[str, Tuple[str, str]] = {
+    "freq-splits": ("labo_fairseq.analysis.freq_splits", "BLEU on token-frequency splits (Table 4)"),
+    "beam-probs": ("labo_fairseq.analysis.beam_probs", "probability of the chosen token in beam search (Figure 2)"),
+    "calibrate": ("labo_fairseq.analysis.calibrate", "ECE, reliability diagrams, temperature scaling (Müller et al.)"),
+}
+
+
+def _listing(table: Dict[str, Tuple[str, str]]) -> str:
+    width = max(len(k) for k in table)
+    return "\n".join(f"  {k.ljust(width)}  {h}" for k, (_, h) in table.items())
+
+
+def usage() -> str:
+    return (f"usage: {PROG} COMMAND [options]   ({PROG} COMMAND --help for its options)\n\ncommands:\n"
+            f"{_listing(COMMANDS)}\n  analyze   {' | '.join(ANALYZE)}\n\nanalyze:\n{_listing(ANALYZE)}\n")
+
+
+def user_dir_main(argv: List[str], prog: str) -> int:
+    if argv and argv[0] in ("-h", "--help"):
+        print(f"usage: {prog}\n\nPrints the directory to pass to fairseq as --user-dir.")
+        return 0
+    if argv:
+        print(f"{prog}: error: unexpected arguments {' '.join(argv)}", file=sys.stderr)
+        return 2
+    print(os.path.dirname(os.path.abspath(__file__)))
+    return 0
+
+
+def _run(module: str, argv: List[str], prog: str) -> int:
+    if module == __name__:
+        return user_dir_main(argv, prog)
+    return importlib.import_module(module).main(argv, prog=prog) or 0
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        sys.stdout.write(usage())
+        return 0 if argv else 2
+    name, rest = argv[0], argv[1:]
+    if name == "analyze":
+        if not rest or rest[0] in ("-h", "--help"):
+            print(f"usage: {PROG} analyze WHAT [options]\n\n{_listing(ANALYZE)}")
+            return 0 if rest else 2
+        if rest[0] not in ANALYZE:
+            print(f"{PROG} analyze: error: unknown analysis {rest[0]!r}; choose from {', '.join(ANALYZE)}",
+                  file=sys.stderr)
+            return 2
+        return _run(ANALYZE[rest[0]][0], rest[1:], f"{PROG} analyze {rest[0]}")
+    if name not in COMMANDS:
+        print(f"{PROG}: error: unknown command {name!r}; choose from {', '.join(list(COMMANDS) + ['analyze'])}",
+              file=sys.stderr)
+        return 2
+    return _run(COMMANDS[name][0], rest, f"{PROG} {name}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
