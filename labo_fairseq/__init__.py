@@ -1,20 +1,45 @@
 """labo-fairseq: learned label regularization (LABO) and baselines as a fairseq ``--user-dir`` plugin.
 
-Importing the package (what ``--user-dir labo_fairseq`` does) registers the criteria
-``label_smoothed_labo``, ``confidence_penalty``, ``focal_loss`` and ``anti_focal_loss`` and lets
-fairseq load its checkpoints on torch >= 2.6 (:mod:`labo_fairseq.checkpoints`), and repairs the
-fairseq-fixed fork's dropped final batch (:mod:`labo_fairseq.fairseq_fixes`). The pure loss
-functions in :mod:`labo_fairseq.losses` need torch only.
+Under ``--user-dir labo_fairseq`` (and whenever fairseq is imported before this package),
+importing it runs :func:`register`: the criteria ``label_smoothed_labo``, ``confidence_penalty``,
+``focal_loss`` and ``anti_focal_loss`` are registered, fairseq checkpoints load on torch >= 2.6
+(:mod:`labo_fairseq.checkpoints`) and known fairseq defects are repaired
+(:mod:`labo_fairseq.fairseq_fixes`). Code that imports this package first calls :func:`register`
+itself. Without fairseq loaded, importing it loads neither torch nor fairseq, so the
+``labo-fairseq`` command's tables and ``--dry-run`` start fast on a machine without them; the pure
+losses in :mod:`labo_fairseq.losses` need torch only.
 """
 
-__version__ = "0.1.0"
+import logging
+import sys
 
-import importlib.util
+__version__ = "0.2.0"
+_registered = False
 
-if importlib.util.find_spec("fairseq") is not None:  # without fairseq, losses stay usable
-    from labo_fairseq import criteria  # noqa: F401  (registers the criteria)
-    from labo_fairseq.checkpoints import allow_fairseq_checkpoints
-    from labo_fairseq.fairseq_fixes import keep_final_batch
 
-    allow_fairseq_checkpoints()
-    keep_final_batch()
+def register() -> None:
+    """Register the criteria, the checkpoint allow-list and the fairseq fixes (once).
+
+    fairseq's import configures the root logger (some of its modules call ``logging.basicConfig``,
+    one at DEBUG level); it is put back as it was, so a user's own logging stays theirs.
+    """
+    global _registered
+    if _registered:
+        return
+    root = logging.getLogger()
+    level, handlers = root.level, list(root.handlers)
+    try:
+        from labo_fairseq import criteria  # noqa: F401  (registers the criteria)
+        from labo_fairseq.checkpoints import allow_fairseq_checkpoints
+        from labo_fairseq.fairseq_fixes import apply_fixes
+
+        allow_fairseq_checkpoints()
+        apply_fixes()
+        _registered = True
+    finally:
+        root.setLevel(level)
+        root.handlers[:] = handlers
+
+
+if "fairseq" in sys.modules:  # --user-dir: fairseq imports the plugin
+    register()

@@ -147,7 +147,11 @@ class LaboCriterion(RegularizedCriterion):
     def set_num_updates(self, num_updates: int) -> None:
         """Completed optimizer updates; LABO's target is used from update ``warmup_updates`` on."""
         if num_updates >= self.warmup_updates > self.num_updates:
-            logger.info("label_smoothed_labo: warm-up over at update %d, LABO target from now on", num_updates)
+            if num_updates == self.warmup_updates:
+                logger.info("label_smoothed_labo: warm-up over at update %d, LABO target from now on", num_updates)
+            else:  # a resumed run starts past the warm-up
+                logger.info("label_smoothed_labo: resumed at update %d, past the warm-up (over at update %d): "
+                            "LABO target", num_updates, self.warmup_updates)
         self.num_updates = int(num_updates)
 
     @property

@@ -1,14 +1,14 @@
 """Evaluate a trained run: beam-5 fairseq-generate on the test set, BLEU as the paper reports it.
 
-  python -m labo_fairseq.evaluate DATASET METHOD SEED [--tau T] [--checkpoint best|last|PATH]
+  labo-fairseq evaluate DATASET METHOD SEED [--tau T] [--checkpoint best|last|PATH]
 
-The run is ``RUNS/DATASET/METHOD[-tauT]/seedS`` (made by ``scripts/train.sh``). Decoding goes
+The run is ``RUNS/DATASET/METHOD[-tauT]/seedS`` (made by ``labo-fairseq train``). Decoding goes
 through ``--user-dir labo_fairseq`` (every test sentence is translated; checked). Per direction:
 
 - the paper's BLEU for the dataset (``bleu:`` in its config): ``tokenized`` (IWSLT'14: tokenized,
   lowercased text after ``--remove-bpe``, as fairseq's recipe), ``compound_split`` (WMT'14, as
   fairseq's ``compound_split_bleu.sh``) or ``sacrebleu`` (IWSLT'17: detokenized output against the
-  raw references kept by ``prepare_data.py`` in ``TEXT_ROOT/DATA/raw/``);
+  raw references kept by ``labo-fairseq prepare`` in ``TEXT_ROOT/DATA/raw/``);
 - always also sacrebleu's default BLEU (13a) on detokenized text, with its signature.
 
 Writes ``RESULTS/DATASET/METHOD[-tauT]/seedS.json`` and the hypotheses beside it
@@ -19,19 +19,17 @@ Writes ``RESULTS/DATASET/METHOD[-tauT]/seedS.json`` and the hypotheses beside it
 import argparse
 import datetime
 import json
-import os
 import shlex
-import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 from labo_fairseq import bleu as B
-from labo_fairseq.train import (
-    REPO, RUN_MARKER, USER_DIR, dataset_config, git_state, hardware, method_config, names, run_dir,
+from labo_fairseq.io import ToolError, atomic_open, cuda_visible, generate_command, parse_generate, run_tool, write_lines
+from labo_fairseq.protocol import (
+    RUN_MARKER, Roots, absolute, add_root_arguments, dataset_config, directions, method_config, names, result_path, run_dir,
 )
-from labo_fairseq.prepare.pipeline import atomic_open, write_lines
 
 # The criterion hyper-parameters worth recording, by fairseq-train flag.
 HPARAM_FLAGS = ("--criterion", "--label-smoothing", "--labo-tau", "--labo-rho", "--labo-alpha",
@@ -43,18 +41,6 @@ HPARAM_FLAGS = ("--criterion", "--label-smoothing", "--labo-tau", "--labo-rho", 
 
 class EvalError(RuntimeError):
     """A missing run, checkpoint or reference, or an incomplete translation; the message says which."""
-
-
-def result_path(results_root: Path, dataset: str, method: str, seed: int, tau: Optional[float]) -> Path:
-    rd = run_dir(Path("."), dataset, method, seed, tau)
-    return results_root / rd.parent / f"{rd.name}.json"
-
-
-def directions(ds: Dict) -> List[tuple]:
-    """(source, target) pairs the dataset's test set is scored on."""
-    if ds.get("task") == "multilingual_translation":
-        return [tuple(p.split("-")) for p in ds["args"]["--lang-pairs"].split(",")]
-    return [(ds["source_lang"], ds["target_lang"])]
 
 
 def hyper_parameters(argv: List[str]) -> Dict:
@@ -82,7 +68,9 @@ def checkpoint_state(path: Path) -> Dict:
     """Updates, epoch, training wall time and validation metric stored in a fairseq checkpoint."""
     import torch
 
-    import labo_fairseq  # noqa: F401  (allow-list for weights_only loading)
+    from labo_fairseq import register
+
+    register()  # checkpoint allow-list (and criteria)
 
     state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
     extra = state.get("extra_state") or {}
@@ -98,21 +86,20 @@ def checkpoint_state(path: Path) -> Dict:
     }
 
 
-def generate_command(ds: Dict, data: Path, checkpoint: Path, src: str, tgt: str, cpu: bool, batch_size: int,
-                     extra: Sequence[str] = ()) -> List[str]:
-    exe = str(Path(sys.executable).parent / "fairseq-generate")
-    sp = ds.get("bpe") == "sentencepiece"
-    cmd = [exe, str(data), "--user-dir", str(USER_DIR), "--path", str(checkpoint), "--gen-subset", "test",
-           "--beam", "5", "--batch-size", str(batch_size), "--remove-bpe", "sentencepiece" if sp else "subword_nmt",
-           "--source-lang", src, "--target-lang", tgt]
+def decode_command(ds: Dict, data: Path, checkpoint: Path, src: str, tgt: str, cpu: bool, batch_size: int,
+                   extra: Sequence[str] = ()) -> List[str]:
+    """Beam 5 on the test set, BPE removed the dataset's way, the multilingual task where it is one."""
+    task = ["--source-lang", src, "--target-lang", tgt]
     if ds.get("task") == "multilingual_translation":
-        cmd += ["--task", "multilingual_translation", "--lang-pairs", ds["args"]["--lang-pairs"]]
-    return cmd + (["--cpu"] if cpu else ["--fp16"]) + list(extra)
+        task += ["--task", "multilingual_translation", "--lang-pairs", ds["args"]["--lang-pairs"]]
+    return generate_command(data, checkpoint, "test", 5, batch_size=batch_size,
+                            remove_bpe="sentencepiece" if ds.get("bpe") == "sentencepiece" else "subword_nmt",
+                            task_args=task, cpu=cpu, extra=extra)
 
 
-def score_direction(ds: Dict, gen_text: str, n_test: int, src: str, tgt: str, references: Optional[Path]) -> Dict:
-    from labo_fairseq.analysis.fairseq_io import parse_generate
-
+def score_direction(ds: Dict, gen_text: str, n_test: int, src: str, tgt: str,
+                    references: Optional[Path]) -> Tuple[Dict, List[str]]:
+    """(the direction's scores, the hypotheses in test-set order) from fairseq-generate's output."""
     g = parse_generate(gen_text)
     if sorted(g.hypothesis) != list(range(n_test)):
         raise EvalError(f"{src}-{tgt}: fairseq-generate translated {len(g.hypothesis)} of {n_test} test sentences")
@@ -120,7 +107,7 @@ def score_direction(ds: Dict, gen_text: str, n_test: int, src: str, tgt: str, re
     convention = ds["bleu"]
     if convention == "sacrebleu":  # the output is detokenized text: score against the raw references
         if references is None or not references.is_file():
-            raise EvalError(f"{src}-{tgt}: raw references not found at {references} (kept by scripts/prepare_data.py "
+            raise EvalError(f"{src}-{tgt}: raw references not found at {references} (kept by labo-fairseq prepare "
                             f"under data/DATASET/raw/; pass --text-root)")
         with open(references, encoding="utf-8") as f:
             refs = f.read().splitlines()
@@ -145,29 +132,31 @@ def score_direction(ds: Dict, gen_text: str, n_test: int, src: str, tgt: str, re
 
 def evaluate(a) -> int:
     ds, _ = dataset_config(a.dataset), method_config(a.method)
-    rd = run_dir(a.runs_root, a.dataset, a.method, a.seed, a.tau)
-    ck = Path(a.checkpoint) if a.checkpoint not in ("best", "last") else rd / "checkpoints" / f"checkpoint_{a.checkpoint}.pt"
-    out = result_path(a.results_root, a.dataset, a.method, a.seed, a.tau)
-    data = a.data_root / ds["data"]
-    import torch
-
-    cpu = a.cpu or not torch.cuda.is_available()
-    cmds = {f"{s}-{t}": generate_command(ds, data, ck, s, t, cpu, a.batch_size, a.generate_args) for s, t in directions(ds)}
+    roots = Roots.from_args(a)
+    rd = run_dir(roots.runs, a.dataset, a.method, a.seed, a.tau)
+    ck = (rd / "checkpoints" / f"checkpoint_{a.checkpoint}.pt" if a.checkpoint in ("best", "last")
+          else absolute(Path(a.checkpoint)))
+    out = result_path(roots.results, a.dataset, a.method, a.seed, a.tau)
+    data = roots.data_bin / ds["data"]
+    cpu = a.cpu or not cuda_visible(probe_torch=not a.dry_run)  # a dry run imports neither torch nor fairseq
+    cmds = {f"{s}-{t}": decode_command(ds, data, ck, s, t, cpu, a.batch_size, a.generate_args)
+            for s, t in directions(ds)}
     if a.dry_run:
+        print(f"# result {out} (hypotheses beside it; fairseq-generate output in {rd / 'eval'})")
         for cmd in cmds.values():
             print(shlex.join(cmd))
         return 0
     marker = rd / RUN_MARKER
     if not marker.is_file():
         raise EvalError(f"{rd}: no run here ({RUN_MARKER} missing); train it first: "
-                        f"scripts/train.sh {a.dataset} {a.method} {a.seed}" + (f" --tau {a.tau:g}" if a.tau else ""))
+                        f"labo-fairseq train {a.dataset} {a.method} {a.seed}" + (f" --tau {a.tau:g}" if a.tau else ""))
     run = json.loads(marker.read_text())
     if not ck.is_file():
         raise EvalError(f"{ck}: no such checkpoint (training not finished? --checkpoint last|PATH)")
     if out.exists() and not a.force:
         raise EvalError(f"{out} exists: a finished result is kept; --force to evaluate again and replace it")
     if not data.is_dir():
-        raise EvalError(f"{data}: no such data-bin directory (--data-root; scripts/prepare_data.py makes it)")
+        raise EvalError(f"{data}: no such data-bin directory (--data-root; labo-fairseq prepare makes it)")
     eval_dir = rd / "eval"
     eval_dir.mkdir(exist_ok=True)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -176,19 +165,22 @@ def evaluate(a) -> int:
         src, tgt = pair.split("-")
         n_test = test_size(data, src, tgt)
         print(f"evaluate: {a.dataset} {a.method} seed {a.seed} {pair}: beam 5 on {n_test} test sentences", file=sys.stderr)
-        proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, env=dict(os.environ, PYTHONWARNINGS="ignore"))
+        try:
+            proc = run_tool(cmd, cwd=roots.root, what="fairseq-generate")
+        except ToolError as err:
+            raise EvalError(str(err)) from None
         gen_file = eval_dir / f"generate-test.{pair}.txt"
         with atomic_open(gen_file) as f:
             f.write(proc.stdout)
-        if proc.returncode != 0:
-            raise EvalError(f"fairseq-generate failed ({proc.returncode}):\n{proc.stderr[-3000:]}")
-        refs = a.text_root / ds["data"] / "raw" / f"test0.{pair}.{tgt}" if ds["bleu"] == "sacrebleu" else None
+        refs = roots.text / ds["data"] / "raw" / f"test0.{pair}.{tgt}" if ds["bleu"] == "sacrebleu" else None
         score, hyps = score_direction(ds, proc.stdout + "\n" + proc.stderr, n_test, src, tgt, refs)
         hyp_file = out.with_name(f"{out.stem}.{pair}.hyp")
         write_lines(hyp_file, hyps)
         scores[pair] = {**score, "hypotheses": hyp_file.name, "generate_output": str(gen_file), "command": cmd}
         print(f"  {pair}: BLEU {score['bleu']:.2f} ({score['convention']}), sacrebleu {score['sacrebleu']:.2f}",
               file=sys.stderr)
+    from labo_fairseq.provenance import git_state, hardware
+
     last = rd / "checkpoints" / "checkpoint_last.pt"
     hparams, chosen = hyper_parameters(run["command"]), checkpoint_state(ck)
     last_state = chosen if last.is_file() and last.samefile(ck) else checkpoint_state(last) if last.is_file() else None
@@ -219,11 +211,7 @@ def main(argv=None, prog="labo-fairseq evaluate") -> int:
     ap.add_argument("--tau", type=float, help="LABO's tau, as given to the train command")
     ap.add_argument("--checkpoint", default="best",
                     help="best (chosen by validation BLEU, or NLL for IWSLT'17; default), last, or a path")
-    ap.add_argument("--runs-root", type=Path, default=Path("runs"))
-    ap.add_argument("--data-root", type=Path, default=Path("data-bin"))
-    ap.add_argument("--text-root", type=Path, default=Path("data"),
-                    help="prepared text (raw IWSLT'17 references under DATA/raw/); default data/")
-    ap.add_argument("--results-root", type=Path, default=Path("results"))
+    add_root_arguments(ap, "data", "text", "runs", "results")
     ap.add_argument("--batch-size", type=int, default=128, help="sentences per decoding batch (fairseq's recipe: 128)")
     ap.add_argument("--cpu", action="store_true", help="decode on CPU even if a GPU is there")
     ap.add_argument("--force", action="store_true", help="replace an existing result")

@@ -252,7 +252,7 @@ def confidence_penalty_loss(lprobs, target, beta, ignore_index=None, reduce=True
 def _weighted_nll(lprobs, target, weight_fn, detach_weight, ignore_index, reduce):
     """``sum_tokens -w(p_y) log p_y``; ``w`` sees a detached ``p_y`` when ``detach_weight``."""
     pad = _pad_mask(target, ignore_index)
-    lp_gold = _gold(_work(lprobs), target)
+    lp_gold = _work(_gold(lprobs, target))  # gather first: only the (N,) gold column is promoted
     p_gold = lp_gold.exp()
     weight = weight_fn(p_gold.detach() if detach_weight else p_gold)
     nll = -lp_gold

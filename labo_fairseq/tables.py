@@ -1,6 +1,6 @@
 """Rebuild the paper's Table 1 and Table 2 (markdown) from the results JSONs of the evaluate command.
 
-  python -m labo_fairseq.tables [--results results] [--out tables.md] [--metric bleu|sacrebleu]
+  labo-fairseq tables [--results results] [--out tables.md] [--metric bleu|sacrebleu]
 
 Each cell is the mean ± sample standard deviation (n − 1) over the seeds found, the number of
 seeds, the paper's number and our difference to it. A cell without results says "missing"; it is
@@ -17,6 +17,8 @@ import sys
 from collections import defaultdict
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
+
+from labo_fairseq.protocol import absolute
 
 # The paper's numbers (Lu et al., Table 1 and Table 2; restated in ../shared/design/method.md):
 # BLEU, beam 5, mean ± std over seeds (Table 2 gives means only).
@@ -165,13 +167,15 @@ def build(results: List[Dict], metric: str = "bleu", only: Optional[str] = None)
 
 def main(argv=None, prog="labo-fairseq tables") -> int:
     ap = argparse.ArgumentParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--results", type=Path, default=Path("results"), help="directory of results JSONs (default: results/)")
+    ap.add_argument("--root", type=Path, help="directory holding results/ (default: the working directory)")
+    ap.add_argument("--results", type=Path, help="directory of results JSONs (default: ROOT/results)")
     ap.add_argument("--metric", choices=("bleu", "sacrebleu"), default="bleu",
                     help="bleu: the paper's convention per dataset (default); sacrebleu: 13a on detokenized text")
     ap.add_argument("--dataset", help="only this dataset's own table (a dataset outside Tables 1 and 2)")
     ap.add_argument("--out", type=Path, help="also write the markdown here")
     ap.add_argument("--force", action="store_true", help="replace an existing --out file")
     a = ap.parse_args(argv)
+    a.results = absolute(a.results) if a.results else absolute(a.root or ".") / "results"
     if not a.results.is_dir():
         ap.error(f"{a.results}: no such directory (the evaluate command writes results there)")
     if a.out and a.out.exists() and not a.force:

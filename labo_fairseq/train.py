@@ -1,9 +1,8 @@
-"""The paper's training runs as fairseq-train commands built from ``configs/``.
+"""Train one dataset x method x seed with the paper's settings (``labo-fairseq train``).
 
-``configs/common.yaml`` (the protocol of Appendix E), then ``configs/datasets/DATASET.yaml`` (which
-may name a ``base:`` dataset config it overrides) and ``configs/methods/METHOD.yaml``; each holds
-fairseq-train flags under ``args:``, later files override earlier ones, and a ``null`` value removes
-a flag. The run directory is ``RUNS/DATASET/METHOD[-tauT]/seedS``.
+The fairseq-train command comes from the configs (:mod:`labo_fairseq.protocol`); the run directory
+is ``RUNS/DATASET/METHOD[-tauT]/seedS`` (run.json, train.log, checkpoints/). Paths are absolute,
+under ``--root`` (default: the working directory), and fairseq runs in that directory.
 
   labo-fairseq train iwslt14_de_en labo 1 --dry-run
 """
@@ -11,70 +10,18 @@ a flag. The run directory is ``RUNS/DATASET/METHOD[-tauT]/seedS``.
 import argparse
 import datetime
 import json
-import os
 import shlex
 import shutil
 import socket
-import subprocess
 import sys
-import threading
-import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
+from typing import List, Optional, Tuple
 
-import yaml
-
-REPO = Path(__file__).resolve().parents[1]
-CONFIGS = Path(__file__).resolve().parent / "configs"
-USER_DIR = Path(__file__).resolve().parent
-RUN_MARKER = "run.json"
-
-
-def names(kind: str) -> List[str]:
-    return sorted(p.stem for p in (CONFIGS / kind).glob("*.yaml"))
-
-
-def _read(path: Path) -> Dict:
-    with open(path, encoding="utf-8") as f:
-        return yaml.safe_load(f) or {}
-
-
-def dataset_config(name: str) -> Dict:
-    """The dataset's config with its ``base:`` chain applied (keys and ``args`` both override)."""
-    if name not in names("datasets"):
-        raise ValueError(f"unknown dataset {name!r}; choose from {', '.join(names('datasets'))}")
-    cfg = _read(CONFIGS / "datasets" / f"{name}.yaml")
-    base = cfg.pop("base", None)
-    if base is None:
-        return cfg
-    merged = dataset_config(base)
-    args = {**merged.get("args", {}), **cfg.pop("args", {})}
-    merged.update(cfg)
-    merged["args"] = args
-    return merged
-
-
-def method_config(name: str) -> Dict:
-    if name not in names("methods"):
-        raise ValueError(f"unknown method {name!r}; choose from {', '.join(names('methods'))}")
-    return _read(CONFIGS / "methods" / f"{name}.yaml")
-
-
-def _flags(args: Dict) -> List[str]:
-    out: List[str] = []
-    for flag, value in args.items():
-        if value is None or value is False:
-            continue
-        out.append(flag)
-        if value is not True:
-            out.append(str(value))
-    return out
-
-
-def run_dir(runs_root: Path, dataset: str, method: str, seed: int, tau: Optional[float]) -> Path:
-    tag = method if tau is None else f"{method}-tau{tau:g}"
-    return runs_root / dataset / tag / f"seed{seed}"
+from labo_fairseq.io import USER_DIR, atomic_open, fairseq_command, run_logged
+from labo_fairseq.protocol import (
+    RUN_MARKER, Roots, add_root_arguments, common_config, dataset_config, flags, method_config, names, run_dir,
+)
 
 
 @dataclass
@@ -122,16 +69,17 @@ def train_command(dataset: str, method: str, seed: int, tau: Optional[float] = N
         raise ValueError("--tau applies to the labo method only")
     if tau is not None and tau <= 0:
         raise ValueError(f"--tau must be > 0, got {tau}")
-    args = {**_read(CONFIGS / "common.yaml").get("args", {}), **ds.get("args", {}), **me.get("args", {})}
+    args = {**common_config().get("args", {}), **ds.get("args", {}), **me.get("args", {})}
     if method == "labo":
         args["--labo-warmup-updates"] = ds["labo_warmup_updates"]
         if tau is not None:
             args["--labo-tau"] = tau
     out = run_dir(runs_root, dataset, method, seed, tau)
-    argv = ["fairseq-train", str(data_root / ds["data"]), "--user-dir", str(USER_DIR), "--task", ds.get("task", "translation")]
+    argv = ["fairseq-train", str(Path(data_root) / ds["data"]), "--user-dir", str(USER_DIR),
+            "--task", ds.get("task", "translation")]
     if "source_lang" in ds:
         argv += ["--source-lang", ds["source_lang"], "--target-lang", ds["target_lang"]]
-    argv += _flags(args) + ["--seed", str(seed), "--save-dir", str(out / "checkpoints")]
+    argv += flags(args) + ["--seed", str(seed), "--save-dir", str(out / "checkpoints")]
     argv += ["--fp16"] if gpus else ["--cpu"]
     world = gpus * nodes if gpus else procs
     if world > 1:
@@ -139,89 +87,46 @@ def train_command(dataset: str, method: str, seed: int, tau: Optional[float] = N
     if update_freq > 1:
         argv += ["--update-freq", str(update_freq)]
     argv += list(extra)
-    exe = shutil.which("fairseq-train") or str(Path(sys.executable).parent / "fairseq-train")
+    exe = fairseq_command("train")
     if not gpus and procs > 1:
         port = master_port or _free_port()
         gloo = ["--distributed-backend", "gloo", "--ddp-backend", "legacy_ddp", "--distributed-init-method",
                 f"tcp://127.0.0.1:{port}", "--distributed-no-spawn"]
-        processes = [[exe, *argv[1:], *gloo, "--distributed-rank", str(r)] for r in range(procs)]
+        processes = [[*exe, *argv[1:], *gloo, "--distributed-rank", str(r)] for r in range(procs)]
     elif nodes > 1:
-        processes = [["torchrun", "--nnodes", str(nodes), "--node-rank", str(node_rank), "--nproc-per-node", str(gpus),
-                      "--master-addr", master_addr, "--master-port", str(master_port or 29500), exe, *argv[1:]]]
+        torchrun = shutil.which("torchrun") or str(Path(sys.executable).parent / "torchrun")
+        processes = [[torchrun, "--nnodes", str(nodes), "--node-rank", str(node_rank), "--nproc-per-node", str(gpus),
+                      "--master-addr", master_addr, "--master-port", str(master_port or 29500), *exe, *argv[1:]]]
     else:
-        processes = [[exe, *argv[1:]]]
+        processes = [[*exe, *argv[1:]]]
     return Launch(argv, processes, out)
 
 
-def git_state() -> Dict:
-    """The checkout's commit and whether tracked files differ from it (None outside a git checkout)."""
-    def git(*args):
-        return subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True, check=True).stdout.strip()
-    try:
-        return {"commit": git("rev-parse", "HEAD"), "dirty": bool(git("status", "--porcelain", "--untracked-files=no"))}
-    except (OSError, subprocess.CalledProcessError):
-        return {"commit": None, "dirty": None}
+def log_paths(out: Path, n_processes: int, node_rank: int) -> List[Path]:
+    """train.log for the lead process; one file per other CPU rank or node."""
+    if n_processes > 1:
+        return [out / ("train.log" if r == 0 else f"train.rank{r}.log") for r in range(n_processes)]
+    return [out / ("train.log" if node_rank == 0 else f"train.node{node_rank}.log")]
 
 
-def hardware() -> Dict:
-    """What this process runs on: CPU model and cores, GPUs, torch and CUDA versions."""
-    import platform
+def _record(a, launch: Launch, previous: dict) -> dict:
+    from labo_fairseq.provenance import git_state, hardware
 
-    import torch
-
-    cpu = platform.processor() or platform.machine()
-    try:
-        with open("/proc/cpuinfo", encoding="utf-8") as f:
-            cpu = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), cpu)
-    except OSError:
-        pass
-    gpus = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] if torch.cuda.is_available() else []
-    return {"host": platform.node(), "cpu": cpu, "cpu_cores": os.cpu_count(), "gpus": gpus,
-            "torch": torch.__version__, "cuda": torch.version.cuda, "python": platform.python_version()}
-
-
-def _stream(proc: subprocess.Popen, log_path: Path, echo: bool) -> None:
-    with open(log_path, "a", encoding="utf-8") as log:
-        for line in proc.stdout:
-            if echo:
-                sys.stdout.write(line)
-            log.write(line)
-            log.flush()
-
-
-def run_processes(processes: List[List[str]], logs: List[Path]) -> int:
-    """Start every process (the first echoed to the terminal), each into its log; if one fails,
-    stop the others. Returns the first non-zero exit status, else 0."""
-    env = dict(os.environ, PYTHONWARNINGS="ignore")
-    procs = [subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env)
-             for cmd in processes]
-    threads = [threading.Thread(target=_stream, args=(p, log, i == 0), daemon=True)
-               for i, (p, log) in enumerate(zip(procs, logs))]
-    for t in threads:
-        t.start()
-    status = 0
-    try:
-        while any(p.poll() is None for p in procs):
-            failed = [p.returncode for p in procs if p.returncode not in (None, 0)]
-            if failed:
-                status = failed[0]
-                for p in procs:
-                    if p.poll() is None:
-                        p.terminate()
-            time.sleep(0.2)
-    except KeyboardInterrupt:
-        for p in procs:
-            p.terminate()
-        raise
-    finally:
-        for t in threads:
-            t.join()
-    return status or next((p.returncode for p in procs if p.returncode), 0)
+    record = {
+        "dataset": a.dataset, "method": a.method, "seed": a.seed, "tau": a.tau, "gpus": a.gpus, "procs": a.procs,
+        "nodes": a.nodes, "update_freq": a.update_freq, "command": launch.train_argv,
+        "launch": launch.processes, "extra_args": list(a.fairseq_args), **git_state(), "hardware": hardware(),
+        "started": datetime.datetime.now(datetime.timezone.utc).isoformat(),
+    }
+    record["sessions"] = previous.get("sessions", []) + [
+        {k: record[k] for k in ("started", "commit", "dirty", "hardware", "command")}]
+    return record
 
 
 def cmd_train(a) -> int:
+    roots = Roots.from_args(a)
     try:
-        launch = train_command(a.dataset, a.method, a.seed, a.tau, a.gpus, a.update_freq, a.data_root, a.runs_root,
+        launch = train_command(a.dataset, a.method, a.seed, a.tau, a.gpus, a.update_freq, roots.data_bin, roots.runs,
                                tuple(a.fairseq_args), a.procs, a.nodes, a.node_rank, a.master_addr, a.master_port)
     except ValueError as err:
         print(f"train: error: {err}", file=sys.stderr)
@@ -232,10 +137,12 @@ def cmd_train(a) -> int:
     if exists and a.force and lead and not (out / RUN_MARKER).exists():
         print(f"train: error: {out} was not made by this command; not deleting it", file=sys.stderr)
         return 2
+    logs = log_paths(out, len(launch.processes), a.node_rank)
     if a.dry_run:
         if exists:
             print(f"# {out} exists: " + ("--force would delete it first" if a.force and lead else
                                           "fairseq would resume from its checkpoint_last.pt"))
+        print(f"# run directory {out}: {RUN_MARKER}, checkpoints/, log " + ", ".join(p.name for p in logs))
         for cmd in launch.processes:
             print(shlex.join(cmd))
         return 0
@@ -246,21 +153,11 @@ def cmd_train(a) -> int:
               file=sys.stderr)
     out.mkdir(parents=True, exist_ok=True)
     if lead:
-        previous = json.loads((out / RUN_MARKER).read_text()) if (out / RUN_MARKER).exists() else {}
-        record = {
-            "dataset": a.dataset, "method": a.method, "seed": a.seed, "tau": a.tau, "gpus": a.gpus, "procs": a.procs,
-            "nodes": a.nodes, "update_freq": a.update_freq, "command": launch.train_argv,
-            "launch": launch.processes, "extra_args": list(a.fairseq_args), **git_state(), "hardware": hardware(),
-            "started": datetime.datetime.now(datetime.timezone.utc).isoformat(),
-        }
-        record["sessions"] = previous.get("sessions", []) + [
-            {k: record[k] for k in ("started", "commit", "dirty", "hardware", "command")}]
-        (out / RUN_MARKER).write_text(json.dumps(record, indent=1) + "\n")
-    if len(launch.processes) > 1:
-        logs = [out / ("train.log" if r == 0 else f"train.rank{r}.log") for r in range(len(launch.processes))]
-    else:
-        logs = [out / ("train.log" if lead else f"train.node{a.node_rank}.log")]
-    return run_processes(launch.processes, logs)
+        marker = out / RUN_MARKER
+        previous = json.loads(marker.read_text()) if marker.exists() else {}
+        with atomic_open(marker) as f:
+            f.write(json.dumps(_record(a, launch, previous), indent=1) + "\n")
+    return run_logged(launch.processes, logs, cwd=roots.root)
 
 
 def main(argv=None, prog="labo-fairseq train") -> int:
@@ -280,8 +177,7 @@ def main(argv=None, prog="labo-fairseq train") -> int:
     t.add_argument("--update-freq", type=int, default=1,
                    help="gradient accumulation: keep 4096 tokens per GPU batch and raise this when you have "
                         "fewer GPUs than the effective batch you want")
-    t.add_argument("--data-root", type=Path, default=Path("data-bin"))
-    t.add_argument("--runs-root", type=Path, default=Path("runs"))
+    add_root_arguments(t, "data", "runs")
     t.add_argument("--force", action="store_true", help="delete an existing run directory (made by this command) first")
     t.add_argument("--dry-run", action="store_true", help="print the command(s) this would start, run nothing")
     t.epilog = ("Extra fairseq-train flags go after --, e.g. -- --max-update 100 (they come last, so they win).\n"

@@ -16,7 +16,8 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from labo_fairseq.prepare.recipes import _BpeFactory, iwslt14_test_sets  # noqa: E402
+from labo_fairseq.prepare.common import _BpeFactory  # noqa: E402
+from labo_fairseq.prepare.iwslt14 import iwslt14_test_sets  # noqa: E402
 from labo_fairseq.prepare.text import MosesTokenizer, xml_segments  # noqa: E402
 
 

@@ -52,7 +52,7 @@ def iwslt17_standin(tmp_path_factory):
     pytest.importorskip("fairseq", reason="fairseq is not installed (scripts/install.sh)")
     if not IWSLT17.is_dir():
         pytest.skip(f"real data not found at {IWSLT17} (set LABO_SHARED_DATA)")
-    from labo_fairseq.prepare import recipes
+    from labo_fairseq.prepare.iwslt17 import Iwslt17Options, prepare_iwslt17
     from labo_fairseq.prepare.sources import Sources
     from labo_fairseq.prepare.text import xml_segments
 
@@ -66,8 +66,8 @@ def iwslt17_standin(tmp_path_factory):
             write(d / pair / f"train.tags.{pair}.{lang}", talk_text(list(xml_segments(xml.split("\n"))), "tst2016"))
             write(d / pair / f"IWSLT17.TED.tst2016.{pair}.{lang}.xml", xml.split("\n"))
     name = "iwslt17.de_fr-en"
-    opt = recipes.Options(sources=Sources([d, IWSLT17], cache=root / "cache", offline=True),
+    opt = Iwslt17Options(sources=Sources([d, IWSLT17], cache=root / "cache", offline=True),
                           out=root / "data" / name, dest=root / "data-bin" / name, workers=2, bpe_merges=1000,
-                          extra={"valid_sets": ["tst2016"], "stand_in": True})
-    ws = recipes.prepare_iwslt17(opt)
+                          valid_sets=["tst2016"], stand_in=True)
+    ws = prepare_iwslt17(opt)
     return opt.out, opt.dest, ws

@@ -27,6 +27,13 @@ def fairseq(tool, *args, check=True, env=None):
     return proc
 
 
+def cli(*args, cwd=None, timeout=900):
+    """``labo-fairseq ARGS`` (as ``python -m labo_fairseq``) of this checkout, run in ``cwd``."""
+    env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    return subprocess.run([sys.executable, "-m", "labo_fairseq", *map(str, args)], cwd=cwd or REPO,
+                          capture_output=True, text=True, env=env, timeout=timeout)
+
+
 def _is_number(v):
     try:
         float(v)

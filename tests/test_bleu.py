@@ -24,7 +24,7 @@ def test_compound_split_is_non_overlapping_left_to_right():
 def test_compound_split_equals_fairseqs_perl_on_newstest2014():
     if not (SHARED / "wmt14.en-de").is_dir():
         pytest.skip(f"real data not found at {SHARED}")
-    from labo_fairseq.prepare.recipes import newstest2014
+    from labo_fairseq.prepare.wmt14 import newstest2014
     from labo_fairseq.prepare.sources import Sources
     from labo_fairseq.prepare.text import MosesTokenizer
 

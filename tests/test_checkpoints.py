@@ -64,7 +64,9 @@ def test_distributed_broadcast_of_a_real_fairseq_state_loads(tmp_path):
     pytest.importorskip("fairseq")
     import io
 
-    import labo_fairseq  # noqa: F401
+    from labo_fairseq import register
+
+    register()  # checkpoint allow-list (and criteria)
     from fairseq import options
     from fairseq.dataclass.utils import convert_namespace_to_omegaconf
     from fairseq.distributed.utils import _split_tensors_from_obj

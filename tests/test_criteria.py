@@ -11,7 +11,9 @@ import torch
 
 fairseq = pytest.importorskip("fairseq", reason="fairseq is not installed (scripts/install.sh)")
 
-import labo_fairseq  # noqa: E402,F401  (registers the criteria)
+from labo_fairseq import register  # noqa: E402
+
+register()  # criteria, fixes, checkpoint allow-list
 from fairseq import options, tasks  # noqa: E402
 from fairseq.criterions.label_smoothed_cross_entropy import label_smoothed_nll_loss  # noqa: E402
 from fairseq.data import Dictionary  # noqa: E402

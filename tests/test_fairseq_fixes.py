@@ -4,7 +4,9 @@ import numpy as np
 import pytest
 
 pytest.importorskip("fairseq", reason="fairseq is not installed (scripts/install.sh)")
-import labo_fairseq  # noqa: E402,F401  (applies the fixes)
+from labo_fairseq import register  # noqa: E402
+
+register()  # criteria, fixes, checkpoint allow-list
 from fairseq.data import data_utils  # noqa: E402
 
 

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from labo_fairseq.losses import anti_focal_loss, confidence_penalty_loss, focal_loss, labo_loss
+from labo_fairseq.losses import anti_focal_loss, confidence_penalty_loss, focal_loss, labo_loss, labo_terms
 
 PAD = 1
 V = 37
@@ -94,7 +94,19 @@ def test_labo_reference_gradient_via_autograd():
 
 def test_labo_adaptive_alpha_in_range_and_rho_zero_is_full_smoothing():
     logits, y = make_batch(n_pad=0)
-    lp = torch.log_softmax(logits.detach(), -1)
+    # Rows from peaked (H ~ 0, alpha ~ 1) to uniform (H = log V, alpha = 1 - rho).
+    logits = torch.cat([logits.detach(), torch.zeros(1, logits.size(1)), 1e3 * torch.eye(logits.size(1))[:1]])
+    y = torch.cat([y, y[:2]])
+    lp = torch.log_softmax(logits, -1)
+    log_v = math.log(lp.size(1))
+    entropy = -(lp.exp() * lp).sum(-1)
+    for rho in (0.5, 1.0):
+        _, _, st = labo_terms(lp, y, tau=1.15, rho=rho, reduce=False)
+        alpha = st["alpha"]
+        assert bool(((alpha >= 0) & (alpha <= 1)).all())
+        torch.testing.assert_close(alpha, (log_v - rho * entropy) / log_v)
+        torch.testing.assert_close(alpha[-2].item(), 1.0 - rho)  # uniform row
+        torch.testing.assert_close(alpha[-1].item(), 1.0)  # one-hot row
     # rho=0 -> alpha=1: target is P* alone (no one-hot part).
     loss, _ = labo_loss(lp, y, tau=2.0, rho=0.0, reduce=False)
     ref, _ = ref_labo(lp, y, 2.0, alpha=1.0)
@@ -331,10 +343,33 @@ def test_second_backward_through_reused_buffer_is_an_error(name):
         loss.backward()
 
 
-@pytest.mark.parametrize("name", ["labo", "cp"])
-def test_no_grad_forward_keeps_no_buffer(name):
-    fn, kw = LOSSES[name]
+class _Ctx:
+    """A stand-in for autograd's context, to see what forward keeps for backward."""
+
+    def __init__(self, needs_grad):
+        self.needs_input_grad = (needs_grad,) + (False,) * 5
+
+    def save_for_backward(self, *tensors):
+        self.saved = tensors
+
+    def mark_non_differentiable(self, *tensors):
+        pass
+
+
+@pytest.mark.parametrize("name,attr", [("labo", "pstar"), ("cp", "grad_buf")])
+def test_forward_keeps_its_vocabulary_buffer_only_when_a_gradient_is_needed(name, attr):
+    from labo_fairseq.losses import _ConfidencePenaltyFunction, _LaboFunction
+
     logits, y = make_batch()
-    with torch.no_grad():
-        loss, nll = fn(torch.log_softmax(logits, -1), y, ignore_index=PAD, **kw)
-    assert loss.grad_fn is None and torch.isfinite(loss)
+    lp = torch.log_softmax(logits.detach(), -1)
+    keep = y.ne(PAD)
+    args = (1.15, 0.5, None) if name == "labo" else (0.1,)
+    fn = _LaboFunction if name == "labo" else _ConfidencePenaltyFunction
+    for needs_grad in (False, True):
+        ctx = _Ctx(needs_grad)
+        fn.forward(ctx, lp, y, keep, *args)
+        kept = getattr(ctx, attr, None)
+        assert (kept is not None) == needs_grad
+        assert all(t.numel() < lp.numel() for t in ctx.saved)  # nothing else of size (N, V)
+        if needs_grad:
+            assert kept.shape == lp.shape

@@ -1,6 +1,7 @@
-"""The reproduction pipeline on real text: scripts/train.sh -> scripts/evaluate.sh -> scripts/tables.sh,
-two seeds, resume, refusal to overwrite, 2 CPU ranks through the train command, and the IWSLT'17
-multilingual evaluation (sacrebleu against the raw references)."""
+"""The reproduction pipeline on real text: train -> evaluate -> tables run from a directory outside
+the checkout (everything lands under it), two seeds, resume, refusal to overwrite, 2 CPU ranks
+through the checkout's scripts/train.sh, and the IWSLT'17 multilingual evaluation (sacrebleu
+against the raw references)."""
 
 import json
 import statistics
@@ -8,10 +9,11 @@ import subprocess
 
 import pytest
 
-from tests.helpers import REPO
+from tests.helpers import REPO, cli
 from labo_fairseq import bleu as B
 
 pytest.importorskip("fairseq", reason="fairseq is not installed (scripts/install.sh)")
+pytestmark = pytest.mark.slow
 
 MODEL = ("--encoder-layers 1 --decoder-layers 1 --encoder-embed-dim 32 --decoder-embed-dim 32 "
          "--encoder-ffn-embed-dim 64 --decoder-ffn-embed-dim 64 --encoder-attention-heads 2 "
@@ -45,10 +47,14 @@ def where(root):
 
 
 def test_train_evaluate_tables_over_two_seeds_with_resume_and_no_clobber(roots, small_text):
+    """Run in the user's directory (``roots``, outside the checkout) with no path flags: the run, its
+    checkpoints and its results all land under it, none in the checkout."""
     results = roots / "results"
     for seed in (1, 2):
-        ok(script("train", "iwslt14_de_en", "ls", seed, *where(roots), "--", *TINY, "--max-update", 12))
-        ok(script("evaluate", "iwslt14_de_en", "ls", seed, *where(roots), "--results-root", results))
+        ok(cli("train", "iwslt14_de_en", "ls", seed, "--", *TINY, "--max-update", 12, cwd=roots))
+        ok(cli("evaluate", "iwslt14_de_en", "ls", seed, cwd=roots))
+    assert (roots / "runs" / "iwslt14_de_en" / "ls" / "seed1" / "checkpoints" / "checkpoint_best.pt").is_file()
+    assert not (REPO / "runs").exists() and not (REPO / "results").exists()
 
     refs = [(ln + " ").replace("@@ ", "").rstrip() for ln in (small_text / "test.en").read_text().splitlines()]
     scores = []
@@ -71,7 +77,7 @@ def test_train_evaluate_tables_over_two_seeds_with_resume_and_no_clobber(roots, 
         assert len(hyps) == 50 and d["bleu"] == B.tokenized_bleu(hyps, refs)["bleu"]
         scores.append(d["bleu"])
 
-    table = ok(script("tables", "--results", results)).stdout
+    table = ok(cli("tables", cwd=roots)).stdout
     ls_row = next(ln for ln in table.splitlines() if ln.startswith("| LS |"))
     mean, std = statistics.fmean(scores), statistics.stdev(scores)
     assert f"{mean:.2f} ± {std:.2f} (n=2) † · paper 34.5±0.14 · Δ {mean - 34.5:+.2f}" in ls_row
@@ -79,17 +85,16 @@ def test_train_evaluate_tables_over_two_seeds_with_resume_and_no_clobber(roots, 
 
     # A finished result is never overwritten without --force.
     first = (results / "iwslt14_de_en" / "ls" / "seed1.json").read_bytes()
-    again = script("evaluate", "iwslt14_de_en", "ls", 1, *where(roots), "--results-root", results)
+    again = cli("evaluate", "iwslt14_de_en", "ls", 1, cwd=roots)
     assert again.returncode == 2 and "exists" in again.stderr and "--force" in again.stderr
     assert (results / "iwslt14_de_en" / "ls" / "seed1.json").read_bytes() == first
 
     # Resume: the same run directory continues from checkpoint_last.pt.
-    resumed = ok(script("train", "iwslt14_de_en", "ls", 1, *where(roots), "--", *TINY, "--max-update", 15))
+    resumed = ok(cli("train", "iwslt14_de_en", "ls", 1, "--", *TINY, "--max-update", 15, cwd=roots))
     assert "resuming" in resumed.stderr and "Loaded checkpoint" in resumed.stdout
     run = json.loads((roots / "runs" / "iwslt14_de_en" / "ls" / "seed1" / "run.json").read_text())
     assert len(run["sessions"]) == 2
-    ok(script("evaluate", "iwslt14_de_en", "ls", 1, *where(roots), "--results-root", results, "--checkpoint", "last",
-              "--force"))
+    ok(cli("evaluate", "iwslt14_de_en", "ls", 1, "--checkpoint", "last", "--force", cwd=roots))
     r = json.loads((results / "iwslt14_de_en" / "ls" / "seed1.json").read_text())
     assert r["checkpoint"]["updates"] == 15 and r["train"]["sessions"] == 2
 
@@ -110,7 +115,7 @@ def test_two_cpu_ranks_through_the_train_command(roots):
 
 def test_evaluate_errors_name_what_is_missing(roots):
     no_run = script("evaluate", "iwslt14_en_de", "cp", 1, *where(roots))
-    assert no_run.returncode == 2 and "no run here" in no_run.stderr and "scripts/train.sh iwslt14_en_de cp 1" in no_run.stderr
+    assert no_run.returncode == 2 and "no run here" in no_run.stderr and "labo-fairseq train iwslt14_en_de cp 1" in no_run.stderr
     unknown = script("evaluate", "iwslt99", "ls", 1)
     assert unknown.returncode == 2 and "unknown dataset 'iwslt99'" in unknown.stderr
     for args, message in ((("--batch-size", 0), "--batch-size must be >= 1, got 0"),

@@ -1,6 +1,7 @@
 """configs/ and the train command: every dataset x method builds a fairseq-train command that
 fairseq's own parser accepts, with a registered criterion whose flags pass its checks."""
 
+import os
 import subprocess
 import sys
 
@@ -10,7 +11,9 @@ from tests.helpers import REPO
 
 pytest.importorskip("fairseq", reason="fairseq is not installed (scripts/install.sh)")
 
-import labo_fairseq  # noqa: E402,F401
+from labo_fairseq import register  # noqa: E402
+
+register()  # criteria, fixes, checkpoint allow-list
 from fairseq import options  # noqa: E402
 from fairseq.criterions import CRITERION_REGISTRY  # noqa: E402
 from fairseq.dataclass.utils import convert_namespace_to_omegaconf  # noqa: E402
@@ -47,19 +50,25 @@ def test_config_parses_with_fairseq_and_builds_its_criterion(dataset, method, ta
         assert (args.source_lang, args.target_lang) == (src, tgt)
 
 
-def run(*args):
-    return subprocess.run([sys.executable, "-m", "labo_fairseq", "train", *map(str, args)], cwd=REPO,
-                          capture_output=True, text=True)
+def run(*args, cwd=REPO):
+    return subprocess.run([sys.executable, "-m", "labo_fairseq", "train", *map(str, args)], cwd=cwd,
+                          capture_output=True, text=True, env=dict(os.environ, PYTHONPATH=str(REPO)))
 
 
 def test_dry_run_prints_the_command_and_writes_nothing(tmp_path):
-    proc = run("wmt14_en_de", "labo", 3, "--runs-root", tmp_path / "runs", "--dry-run", "--", "--max-update", "7")
+    """Run from a directory outside the checkout: data, checkpoints and logs all lie under it."""
+    proc = run("wmt14_en_de", "labo", 3, "--dry-run", "--", "--max-update", "7", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
-    line = proc.stdout.strip().splitlines()[-1]
+    comment, line = proc.stdout.strip().splitlines()[-2:]
     exe, data = line.split()[:2]
-    assert exe.endswith("fairseq-train") and data == "data-bin/wmt14.en-de" and line.endswith("--cpu --max-update 7")
+    assert exe.endswith("fairseq-train") and data == str(tmp_path / "data-bin" / "wmt14.en-de")
+    assert line.endswith("--cpu --max-update 7")
+    assert f"--save-dir {tmp_path}/runs/wmt14_en_de/labo/seed3/checkpoints " in line
+    assert comment.startswith(f"# run directory {tmp_path}/runs/wmt14_en_de/labo/seed3:") and "train.log" in comment
     assert "--labo-warmup-updates 10000" in line and "--seed 3" in line
     assert not (tmp_path / "runs").exists()
+    rooted = run("wmt14_en_de", "labo", 3, "--dry-run", "--root", "elsewhere", cwd=tmp_path)
+    assert f" {tmp_path}/elsewhere/data-bin/wmt14.en-de " in rooted.stdout
 
 
 @pytest.mark.parametrize("args,message", [
@@ -108,7 +117,8 @@ def test_cpu_ranks_get_fairseqs_gloo_flags_and_one_rendezvous():
 def test_several_nodes_launch_fairseq_train_under_torchrun():
     launch = train_command("wmt14_en_de", "labo", 2, gpus=8, nodes=2, node_rank=1, master_addr="node0")
     (cmd,) = launch.processes
-    assert cmd[:12] == ["torchrun", "--nnodes", "2", "--node-rank", "1", "--nproc-per-node", "8",
+    assert cmd[0].endswith("torchrun")
+    assert cmd[1:12] == ["--nnodes", "2", "--node-rank", "1", "--nproc-per-node", "8",
                         "--master-addr", "node0", "--master-port", "29500", cmd[11]]
     assert cmd[11].endswith("fairseq-train")
     args = _parse(cmd[12:])  # fairseq takes rank and world size from torchrun's environment (env://)

@@ -43,10 +43,13 @@ def main(argv=None, prog="labo-fairseq analyze beam-probs") -> int:
     ap.add_argument("--bins", type=int, default=20)
     ap.add_argument("--max-tokens", type=int, default=4096)
     ap.add_argument("--cpu", action="store_true")
+    ap.add_argument("--source-lang", help="decoding direction (needed for a multilingual model; default: the data's)")
+    ap.add_argument("--target-lang")
     ap.add_argument("--out", type=Path, required=True, help="output directory (beam_probs.json, beam_probs.png)")
     ap.add_argument("--force", action="store_true")
     args = ap.parse_args(argv)
-    from labo_fairseq.analysis.fairseq_io import generate, require_inputs
+    from labo_fairseq.analysis.fairseq_io import generate
+    from labo_fairseq.io import require_inputs
 
     require_inputs(ap, dirs=[args.data_bin], files=[args.splits])
     out_json = args.out / "beam_probs.json"
@@ -62,7 +65,8 @@ def main(argv=None, prog="labo-fairseq analyze beam-probs") -> int:
     gens = {}
     for name, ckpt in systems.items():
         print(f"  decoding {args.subset} with {name} (beam {args.beam})", file=sys.stderr)
-        gens[name] = generate(args.data_bin, ckpt, args.subset, args.beam, args.cpu, max_tokens=args.max_tokens)
+        gens[name] = generate(args.data_bin, ckpt, args.subset, args.beam, args.cpu, max_tokens=args.max_tokens,
+                              source_lang=args.source_lang, target_lang=args.target_lang)
     n = len(next(iter(gens.values())).positional_scores)
     if args.splits:
         splits = {s["name"]: s["ids"] for s in json.loads(args.splits.read_text())["splits"]}

@@ -55,13 +55,16 @@ def main(argv=None, prog="labo-fairseq analyze calibrate") -> int:
     ap.add_argument("--beam", type=int, default=5)
     ap.add_argument("--max-tokens", type=int, default=4096)
     ap.add_argument("--cpu", action="store_true")
+    ap.add_argument("--source-lang", help="decoding direction (needed for a multilingual model; default: the data's)")
+    ap.add_argument("--target-lang")
     ap.add_argument("--force", action="store_true", help="overwrite an existing calibration.json in --out")
     args = ap.parse_args(argv)
     if args.n_bins < 1 or not (0 < args.t_min < args.t_max) or args.t_step <= 0:
         ap.error("need --n-bins >= 1 and 0 < --t-min < --t-max, --t-step > 0")
     if any(t <= 0 for t in args.bleu_temperatures):
         ap.error("--bleu-temperatures must be positive")
-    from labo_fairseq.analysis.fairseq_io import generate, load, require_inputs
+    from labo_fairseq.analysis.fairseq_io import generate, load
+    from labo_fairseq.io import require_inputs
 
     require_inputs(ap, dirs=[args.data_bin], files=[args.path])
     out_json = args.out / "calibration.json"
@@ -91,7 +94,8 @@ def main(argv=None, prog="labo-fairseq analyze calibrate") -> int:
     for temp in args.bleu_temperatures:
         print(f"  decoding {args.gen_subset} with beam {args.beam} at T = {temp}", file=sys.stderr)
         gen = generate(args.data_bin, args.path, args.gen_subset, args.beam, args.cpu,
-                       extra=["--temperature", temp], max_tokens=args.max_tokens)
+                       extra=["--temperature", temp], max_tokens=args.max_tokens,
+                       source_lang=args.source_lang, target_lang=args.target_lang)
         bleu_curve.append({"temperature": temp, "bleu": bleu_of(gen), "bleu_line": gen.bleu_line,
                            "sentences": len(gen.hypothesis)})
     if bleu_curve:

@@ -1,25 +1,14 @@
-"""Loading a checkpoint with its task, iterating a split, and running fairseq-generate with the plugin."""
+"""The analysis commands' fairseq side: a checkpoint with its task, batches of a split, and decoding
+(fairseq-generate through the plugin, set up from the checkpoint and data)."""
 
-import re
-import subprocess
 import sys
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, Iterator, List, Optional, Sequence
+from typing import Iterator, List, Optional, Sequence, Tuple
 
 import torch
 
-REPO_USER_DIR = Path(__file__).resolve().parents[1]  # the labo_fairseq package directory
-
-
-def require_inputs(ap, dirs: Sequence = (), files: Sequence = ()) -> None:
-    """Stop the command with a message naming the first missing input (argparse exits with 2)."""
-    for d in dirs:
-        if not Path(d).is_dir():
-            ap.error(f"{d}: no such directory")
-    for f in files:
-        if f is not None and not Path(f).is_file():
-            ap.error(f"{f}: no such file")
+from labo_fairseq.io import Generation, generate_command
+from labo_fairseq.io import generate as run_generate
 
 
 def device(cpu: bool) -> torch.device:
@@ -28,7 +17,9 @@ def device(cpu: bool) -> torch.device:
 
 def load(checkpoint: Path, data_bin: Path, cpu: bool = False):
     """(model, task) from a checkpoint, with its data directory replaced by ``data_bin``."""
-    import labo_fairseq  # noqa: F401  (checkpoint allow-list, criteria)
+    from labo_fairseq import register
+
+    register()  # checkpoint allow-list (and criteria)
     from fairseq import checkpoint_utils
 
     models, _cfg, task = checkpoint_utils.load_model_ensemble_and_task(
@@ -57,51 +48,42 @@ def batches(model, task, subset: str, max_tokens: int, cpu: bool = False, desc: 
         print(file=sys.stderr)
 
 
-@dataclass
-class Generation:
-    """Parsed fairseq-generate output: per sentence id, source/reference/hypothesis and token scores."""
+def decoding_args(checkpoint: Path, data_bin: Path, source_lang: Optional[str] = None,
+                  target_lang: Optional[str] = None) -> Tuple[str, List[str]]:
+    """(``--remove-bpe`` mode, task flags) for decoding ``checkpoint`` on ``data_bin``.
 
-    source: Dict[int, str] = field(default_factory=dict)
-    reference: Dict[int, str] = field(default_factory=dict)
-    hypothesis: Dict[int, str] = field(default_factory=dict)
-    detok: Dict[int, str] = field(default_factory=dict)
-    positional_scores: Dict[int, List[float]] = field(default_factory=dict)  # log2 p per output token (EOS last)
-    bleu_line: Optional[str] = None
+    The task comes from the checkpoint's config (a multilingual model needs a language pair: it is
+    an error to leave it out); the BPE from the dictionary: sentencepiece pieces start with ``▁``,
+    subword-nmt units end with ``@@``.
+    """
+    from labo_fairseq import register
 
-    def ordered(self, which: Dict[int, str]) -> List[str]:
-        return [which[i] for i in sorted(which)]
-
-
-def parse_generate(text: str) -> Generation:
-    g = Generation()
-    for line in text.splitlines():
-        m = re.match(r"^([STHDP])-(\d+)\t(.*)$", line)
-        if m:
-            kind, idx, rest = m.group(1), int(m.group(2)), m.group(3)
-            if kind == "S":
-                g.source[idx] = rest
-            elif kind == "T":
-                g.reference[idx] = rest
-            elif kind == "H":
-                g.hypothesis[idx] = rest.split("\t", 1)[1] if "\t" in rest else ""
-            elif kind == "D":
-                g.detok[idx] = rest.split("\t", 1)[1] if "\t" in rest else ""
-            else:
-                g.positional_scores[idx] = [float(x) for x in rest.split()]
-        elif line.startswith("Generate ") and "BLEU" in line:
-            g.bleu_line = line.strip()
-    return g
+    register()  # checkpoint allow-list
+    state = torch.load(checkpoint, map_location="cpu", weights_only=True, mmap=True)
+    task = (state.get("cfg") or {}).get("task") or {}
+    args: List[str] = []
+    if task.get("_name") == "multilingual_translation":
+        pairs = task.get("lang_pairs")
+        pairs = pairs if isinstance(pairs, str) else ",".join(pairs)
+        if f"{source_lang}-{target_lang}" not in pairs.split(","):
+            raise ValueError(f"{checkpoint} is a multilingual model: choose a pair of {pairs} with "
+                             f"--source-lang/--target-lang")
+        args += ["--task", "multilingual_translation", "--lang-pairs", pairs]
+    if source_lang or target_lang:
+        args += ["--source-lang", str(source_lang), "--target-lang", str(target_lang)]
+    spm = False
+    for d in sorted(Path(data_bin).glob("dict.*.txt"))[:1]:
+        with open(d, encoding="utf-8") as f:
+            spm = any(line.startswith("\u2581") for _, line in zip(range(5000), f))
+    return ("sentencepiece" if spm else "subword_nmt"), args
 
 
 def generate(data_bin: Path, checkpoint: Path, subset: str = "test", beam: int = 5, cpu: bool = False,
-             extra: Sequence[str] = (), max_tokens: int = 4096) -> Generation:
-    """``fairseq-generate --user-dir labo_fairseq`` (which translates every sentence); BPE is removed."""
-    cmd = [sys.executable, "-m", "fairseq_cli.generate", str(data_bin), "--user-dir", str(REPO_USER_DIR),
-           "--path", str(checkpoint), "--gen-subset", subset, "--beam", str(beam), "--remove-bpe",
-           "--max-tokens", str(max_tokens), *map(str, extra)]
-    if cpu or not torch.cuda.is_available():
-        cmd.append("--cpu")
-    proc = subprocess.run(cmd, capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise RuntimeError(f"fairseq-generate failed:\n{proc.stderr[-3000:]}")
-    return parse_generate(proc.stdout + "\n" + proc.stderr)  # the BLEU line may be on either stream
+             extra: Sequence[str] = (), max_tokens: int = 4096, source_lang: Optional[str] = None,
+             target_lang: Optional[str] = None) -> Generation:
+    """``fairseq-generate --user-dir labo_fairseq`` (which translates every sentence), BPE removed and
+    the task set as :func:`decoding_args` reads them off the checkpoint and data."""
+    remove_bpe, task_args = decoding_args(checkpoint, data_bin, source_lang, target_lang)
+    cmd = generate_command(data_bin, checkpoint, subset, beam, max_tokens=max_tokens, remove_bpe=remove_bpe,
+                           task_args=task_args, cpu=cpu or not torch.cuda.is_available(), extra=extra)
+    return run_generate(cmd)

@@ -23,7 +23,7 @@ from typing import Dict, List, Sequence, Tuple
 
 import sacrebleu
 
-from labo_fairseq.analysis.fairseq_io import parse_generate, require_inputs
+from labo_fairseq.io import parse_generate, require_inputs
 
 SPLIT_NAMES = ("most frequent", "medium", "least frequent")
 

@@ -23,19 +23,22 @@ import sys
 from pathlib import Path
 
 from labo_fairseq.prepare.pipeline import PrepareError
-from labo_fairseq.prepare.recipes import DATASETS, Options
+from labo_fairseq.prepare import NAMES, recipe
+from labo_fairseq.prepare.common import Options
+from labo_fairseq.protocol import absolute
 from labo_fairseq.prepare.sources import SourceError, Sources
 
 
 def main(argv=None, prog="labo-fairseq prepare"):
     ap = argparse.ArgumentParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("dataset", choices=sorted(DATASETS))
+    ap.add_argument("dataset", choices=NAMES)
+    ap.add_argument("--root", type=Path, help="directory for data/, data-bin/ and downloads/ (default: the working directory)")
     ap.add_argument("--source", type=Path, action="append", default=[],
                     help="local archive or directory with archives / unpacked files (repeatable)")
     ap.add_argument("--offline", action="store_true", help="never download; fail naming the missing file")
-    ap.add_argument("--cache", type=Path, default=Path("downloads"), help="download cache (default: downloads/)")
-    ap.add_argument("--out", type=Path, help="text output directory (default: data/DATASET)")
-    ap.add_argument("--dest", type=Path, help="fairseq-preprocess output (default: data-bin/DATASET)")
+    ap.add_argument("--cache", type=Path, help="download cache (default: ROOT/downloads)")
+    ap.add_argument("--out", type=Path, help="text output directory (default: ROOT/data/DATASET)")
+    ap.add_argument("--dest", type=Path, help="fairseq-preprocess output (default: ROOT/data-bin/DATASET)")
     ap.add_argument("--workers", type=int, default=None, help="processes for tokenization/BPE/binarization (default: all cores)")
     ap.add_argument("--bpe-merges", type=int, default=None,
                     help="override BPE merges (sentencepiece vocabulary for iwslt17); for small tests only, "
@@ -50,16 +53,18 @@ def main(argv=None, prog="labo-fairseq prepare"):
     for p in args.source:
         if not p.exists():
             ap.error(f"--source {p}: no such file or directory")
+    root = absolute(args.root or ".")
     opt = Options(
-        sources=Sources(args.source, args.cache, args.offline),
-        out=args.out or Path("data") / args.dataset,
-        dest=args.dest or Path("data-bin") / args.dataset,
+        sources=Sources([absolute(p) for p in args.source], absolute(args.cache) if args.cache else root / "downloads",
+                        args.offline),
+        out=absolute(args.out) if args.out else root / "data" / args.dataset,
+        dest=absolute(args.dest) if args.dest else root / "data-bin" / args.dataset,
         force=args.force, dry_run=args.dry_run, bpe_merges=args.bpe_merges,
     )
     if args.workers:
         opt.workers = args.workers
     try:
-        ws = DATASETS[args.dataset](opt)
+        ws = recipe(args.dataset)(opt)
     except (SourceError, PrepareError) as err:
         print(f"{prog} {args.dataset}: error: {err}", file=sys.stderr)
         return 1

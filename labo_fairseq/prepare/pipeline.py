@@ -3,51 +3,18 @@
 import datetime
 import json
 import multiprocessing
-import os
 import shutil
-import subprocess
 import sys
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Dict, Iterable, Iterator, List, Optional, Sequence, TextIO
+from typing import Callable, Dict, List, Optional, Sequence
+
+from labo_fairseq.io import ToolError, atomic_open, fairseq_command, run_tool
 
 MARKER = ".labo_prepare"
 
 
 class PrepareError(RuntimeError):
     pass
-
-
-@contextmanager
-def atomic_open(path: Path) -> Iterator[TextIO]:
-    """A UTF-8 text file written as ``path.tmp`` and renamed to ``path`` only when the block
-    completes: a reader never sees a half-written output."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8", newline="\n") as f:
-        yield f
-    tmp.replace(path)
-
-
-def write_lines(path: Path, lines: Iterable[str]) -> int:
-    """Write lines atomically (:func:`atomic_open`); returns the line count."""
-    n = 0
-    with atomic_open(path) as f:
-        for line in lines:
-            f.write(line + "\n")
-            n += 1
-    return n
-
-
-def read_lines(path: Path) -> List[str]:
-    with open(path, encoding="utf-8", newline="\n") as f:
-        text = f.read()
-    return text.split("\n")[:-1] if text.endswith("\n") else (text.split("\n") if text else [])
-
-
-def count_lines(path: Path) -> int:
-    with open(path, "rb") as f:
-        return sum(chunk.count(b"\n") for chunk in iter(lambda: f.read(1 << 20), b""))
 
 
 _worker_fn = None
@@ -155,10 +122,10 @@ def tool_versions() -> Dict[str, Optional[str]]:
 
 
 def fairseq_preprocess(args: Sequence[str]) -> None:
-    """Run ``fairseq-preprocess`` (the module of the running interpreter's fairseq)."""
-    cmd = [sys.executable, "-m", "fairseq_cli.preprocess", *map(str, args)]
+    """Run ``fairseq-preprocess`` (the running interpreter's fairseq)."""
+    cmd = [*fairseq_command("preprocess"), *map(str, args)]
     print("+ fairseq-preprocess " + " ".join(map(str, args)), file=sys.stderr)
-    env = dict(os.environ, PYTHONWARNINGS="ignore")
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
-    if proc.returncode != 0:
-        raise PrepareError(f"fairseq-preprocess failed:\n{proc.stderr[-3000:]}")
+    try:
+        run_tool(cmd, what="fairseq-preprocess")
+    except ToolError as err:
+        raise PrepareError(str(err)) from None

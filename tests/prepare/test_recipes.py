@@ -14,7 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from labo_fairseq.prepare import recipes
+from labo_fairseq.prepare import iwslt17, multi30k, wmt14
+from labo_fairseq.prepare.common import Options
 from labo_fairseq.prepare.sources import SourceError, Sources
 from labo_fairseq.prepare.text import xml_segments
 
@@ -65,7 +66,7 @@ def test_iwslt14_conformance_with_fairseqs_recipe():
                                             ("fr", "tst2016", 1159), ("fr", "tst2017", 1455)])
 def test_iwslt17_official_test_archives(src, test_set, n):
     sources = Sources([IWSLT17], offline=True)
-    src_lines, ref_lines = recipes.iwslt17_test_lines(sources, src, "en", test_set)
+    src_lines, ref_lines = iwslt17.iwslt17_test_lines(sources, src, "en", test_set)
     assert len(src_lines) == len(ref_lines) == n
     assert all(line.strip() for line in src_lines + ref_lines)
     # the archives were md5-verified against sacrebleu's values
@@ -74,7 +75,7 @@ def test_iwslt17_official_test_archives(src, test_set, n):
 
 def test_wmt14_newstest2014_sgm():
     sources = Sources([WMT14], offline=True)
-    en, de = recipes.newstest2014(sources, "en"), recipes.newstest2014(sources, "de")
+    en, de = wmt14.newstest2014(sources, "en"), wmt14.newstest2014(sources, "de")
     assert len(en) == len(de) == 3003
     assert en[0] == "Gutach: Increased safety for pedestrians"
     assert de[0] == "Gutach: Noch mehr Sicherheit für Fußgänger"
@@ -175,15 +176,15 @@ def test_wmt14_pipeline_end_to_end(tmp_path):
     """Stand-in training corpora cut from the real newstest2014 text; the real test-full SGM files."""
     d = tmp_path / "src"
     sources = Sources([WMT14], offline=True)
-    text = {lang: recipes.newstest2014(sources, lang) for lang in ("en", "de")}
+    text = {lang: wmt14.newstest2014(sources, lang) for lang in ("en", "de")}
     cuts = [(0, 1000), (1000, 2000), (2000, 3003)]
-    for (_, corpus), (lo, hi) in zip(recipes.WMT14_CORPORA, cuts):
+    for (_, corpus), (lo, hi) in zip(wmt14.WMT14_CORPORA, cuts):
         for lang in ("en", "de"):
             write(d / f"{corpus}.{lang}", text[lang][lo:hi])
-    opt = recipes.Options(sources=Sources([d, WMT14], cache=tmp_path / "cache", offline=True),
+    opt = Options(sources=Sources([d, WMT14], cache=tmp_path / "cache", offline=True),
                           out=tmp_path / "text", dest=tmp_path / "bin", workers=2, bpe_merges=500,
-                          extra={"stand_in": True})
-    ws = recipes.prepare_wmt14(opt)
+                          stand_in=True)
+    ws = wmt14.prepare_wmt14(opt)
     m = json.loads(ws.manifest_path.read_text())
     assert m["counts"]["test"] == 3003
     assert 0 < m["counts"]["valid"] <= 30 and 2800 < m["counts"]["train"] <= 2973  # every 100th, then cleaned
@@ -201,14 +202,14 @@ def test_corrupt_archive_with_published_checksum_is_rejected(tmp_path):
     bad.write_bytes(data[: len(data) // 2])
     sources = Sources([tmp_path], cache=tmp_path / "cache", offline=True)
     with pytest.raises(SourceError, match="de-en.tgz"):
-        recipes.iwslt17_test_lines(sources, "de", "en", "tst2017")
+        iwslt17.iwslt17_test_lines(sources, "de", "en", "tst2017")
 
 
 def test_truncated_archive_without_checksum_is_rejected(tmp_path):
     with open(tmp_path / "test-full.tgz", "wb") as f:
         f.write(gzip.compress(b"not a tar archive" * 100)[:200])
     with pytest.raises(SourceError, match=r"test-full.tgz: not a readable archive"):
-        recipes.newstest2014(Sources([tmp_path], cache=tmp_path / "cache", offline=True), "en")
+        wmt14.newstest2014(Sources([tmp_path], cache=tmp_path / "cache", offline=True), "en")
 
 
 def test_missing_input_offline_names_the_file(tmp_path):
@@ -253,4 +254,4 @@ def test_multi30k_file_with_the_right_name_but_other_content_is_rejected(tmp_pat
     sources = Sources([d], cache=tmp_path / "cache", offline=True)
     with pytest.raises(SourceError, match=r"train.de.gz: git_sha1 0907cab7\S+ does not match the published "
                                           r"3869154c\S+ of multi30k/train.de.gz"):
-        sources.lines(recipes.multi30k_file("train", "de"), "")
+        sources.lines(multi30k.multi30k_file("train", "de"), "")

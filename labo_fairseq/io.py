@@ -1,0 +1,203 @@
+"""Generic I/O, below every command: atomic files, lines, and starting fairseq's tools.
+
+Nothing here knows about datasets, methods or runs; :mod:`labo_fairseq.protocol` and the commands
+build on it.
+"""
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import threading
+import time
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, Iterable, Iterator, List, Optional, Sequence, TextIO
+
+USER_DIR = Path(__file__).resolve().parent  # the labo_fairseq package: fairseq's --user-dir
+
+
+# ------------------------------------------------------------------------------------- files
+
+
+@contextmanager
+def atomic_open(path: Path) -> Iterator[TextIO]:
+    """A UTF-8 text file written as ``path.tmp`` and renamed to ``path`` only when the block
+    completes: a reader never sees a half-written output."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", encoding="utf-8", newline="\n") as f:
+        yield f
+    tmp.replace(path)
+
+
+def write_lines(path: Path, lines: Iterable[str]) -> int:
+    """Write lines atomically (:func:`atomic_open`); returns the line count."""
+    n = 0
+    with atomic_open(path) as f:
+        for line in lines:
+            f.write(line + "\n")
+            n += 1
+    return n
+
+
+def read_lines(path: Path) -> List[str]:
+    """Lines without their ``\\n``; only ``\\n`` ends a line (a ``\\r`` inside text is kept)."""
+    with open(path, encoding="utf-8", newline="\n") as f:
+        text = f.read()
+    return text.split("\n")[:-1] if text.endswith("\n") else (text.split("\n") if text else [])
+
+
+def count_lines(path: Path) -> int:
+    with open(path, "rb") as f:
+        return sum(chunk.count(b"\n") for chunk in iter(lambda: f.read(1 << 20), b""))
+
+
+def require_inputs(ap, dirs: Sequence = (), files: Sequence = ()) -> None:
+    """Stop a command with a message naming the first missing input (argparse exits with 2)."""
+    for d in dirs:
+        if not Path(d).is_dir():
+            ap.error(f"{d}: no such directory")
+    for f in files:
+        if f is not None and not Path(f).is_file():
+            ap.error(f"{f}: no such file")
+
+
+# ---------------------------------------------------------------------------- fairseq's tools
+
+
+def fairseq_command(tool: str) -> List[str]:
+    """How to start ``fairseq-TOOL`` with this interpreter's fairseq: its console script beside
+    ``sys.executable`` (what a user would type), else ``python -m fairseq_cli.TOOL``."""
+    exe = Path(sys.executable).parent / f"fairseq-{tool}"
+    if exe.is_file():
+        return [str(exe)]
+    return [sys.executable, "-m", f"fairseq_cli.{tool}"]
+
+
+class ToolError(RuntimeError):
+    """A fairseq tool exited with an error; the message holds the end of its output."""
+
+
+def run_tool(cmd: Sequence[str], cwd: Optional[Path] = None, what: str = "") -> subprocess.CompletedProcess:
+    """Run one command to completion with its output captured; :class:`ToolError` if it fails."""
+    proc = subprocess.run([str(c) for c in cmd], cwd=cwd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        name = what or Path(cmd[0]).name
+        raise ToolError(f"{name} failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
+    return proc
+
+
+def _stream(proc: subprocess.Popen, log_path: Path, echo: bool) -> None:
+    with open(log_path, "a", encoding="utf-8") as log:
+        for line in proc.stdout:
+            if echo:
+                sys.stdout.write(line)
+            log.write(line)
+            log.flush()
+
+
+def run_logged(processes: Sequence[Sequence[str]], logs: Sequence[Path], cwd: Optional[Path] = None) -> int:
+    """Start every process (the first echoed to the terminal), each appending to its log; if one
+    fails, stop the others. Returns the first non-zero exit status, else 0."""
+    procs = [subprocess.Popen([str(c) for c in cmd], cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                              text=True) for cmd in processes]
+    threads = [threading.Thread(target=_stream, args=(p, log, i == 0), daemon=True)
+               for i, (p, log) in enumerate(zip(procs, logs))]
+    for t in threads:
+        t.start()
+    status = 0
+    try:
+        while any(p.poll() is None for p in procs):
+            failed = [p.returncode for p in procs if p.returncode not in (None, 0)]
+            if failed:
+                status = failed[0]
+                for p in procs:
+                    if p.poll() is None:
+                        p.terminate()
+            time.sleep(0.2)
+    except KeyboardInterrupt:
+        for p in procs:
+            p.terminate()
+        raise
+    finally:
+        for t in threads:
+            t.join()
+    return status or next((p.returncode for p in procs if p.returncode), 0)
+
+
+def cuda_visible(probe_torch: bool = True) -> bool:
+    """Whether a CUDA device is usable. With ``probe_torch=False`` (``--dry-run``, which must not
+    import torch) it is read off the NVIDIA driver and ``CUDA_VISIBLE_DEVICES`` instead."""
+    if probe_torch or "torch" in sys.modules:
+        import torch
+
+        return torch.cuda.is_available()
+    if os.environ.get("CUDA_VISIBLE_DEVICES", None) in ("", "-1"):
+        return False
+    return os.path.exists("/proc/driver/nvidia/version") and shutil.which("nvidia-smi") is not None
+
+
+# --------------------------------------------------------------------------- fairseq-generate
+
+
+def generate_command(data: Path, checkpoint: Path, subset: str = "test", beam: int = 5,
+                     batch_size: Optional[int] = None, max_tokens: Optional[int] = None,
+                     remove_bpe: str = "subword_nmt", task_args: Sequence[str] = (), cpu: bool = True,
+                     extra: Sequence[str] = ()) -> List[str]:
+    """The ``fairseq-generate`` command line, through the plugin (so every sentence is translated):
+    ``--remove-bpe`` is ``subword_nmt`` (``@@ ``) or ``sentencepiece``; fp16 on GPU."""
+    cmd = [*fairseq_command("generate"), str(data), "--user-dir", str(USER_DIR), "--path", str(checkpoint),
+           "--gen-subset", subset, "--beam", str(beam)]
+    if batch_size is not None:
+        cmd += ["--batch-size", str(batch_size)]
+    if max_tokens is not None:
+        cmd += ["--max-tokens", str(max_tokens)]
+    cmd += ["--remove-bpe", remove_bpe, *task_args]
+    return cmd + (["--cpu"] if cpu else ["--fp16"]) + [str(e) for e in extra]
+
+
+@dataclass
+class Generation:
+    """Parsed fairseq-generate output: per sentence id, source/reference/hypothesis and token scores."""
+
+    source: Dict[int, str] = field(default_factory=dict)
+    reference: Dict[int, str] = field(default_factory=dict)
+    hypothesis: Dict[int, str] = field(default_factory=dict)
+    detok: Dict[int, str] = field(default_factory=dict)
+    positional_scores: Dict[int, List[float]] = field(default_factory=dict)  # log2 p per output token (EOS last)
+    bleu_line: Optional[str] = None
+
+    def ordered(self, which: Dict[int, str]) -> List[str]:
+        return [which[i] for i in sorted(which)]
+
+
+def parse_generate(text: str) -> Generation:
+    """The S/T/H/D/P lines and the BLEU line of fairseq-generate's output."""
+    g = Generation()
+    for line in text.splitlines():
+        m = re.match(r"^([STHDP])-(\d+)\t(.*)$", line)
+        if m:
+            kind, idx, rest = m.group(1), int(m.group(2)), m.group(3)
+            if kind == "S":
+                g.source[idx] = rest
+            elif kind == "T":
+                g.reference[idx] = rest
+            elif kind == "H":
+                g.hypothesis[idx] = rest.split("\t", 1)[1] if "\t" in rest else ""
+            elif kind == "D":
+                g.detok[idx] = rest.split("\t", 1)[1] if "\t" in rest else ""
+            else:
+                g.positional_scores[idx] = [float(x) for x in rest.split()]
+        elif line.startswith("Generate ") and "BLEU" in line:
+            g.bleu_line = line.strip()
+    return g
+
+
+def generate(cmd: Sequence[str]) -> Generation:
+    """Run a :func:`generate_command` and parse it (the BLEU line may be on either stream)."""
+    proc = run_tool(cmd, what="fairseq-generate")
+    return parse_generate(proc.stdout + "\n" + proc.stderr)

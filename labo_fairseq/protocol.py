@@ -1,0 +1,131 @@
+"""The paper's protocol as data: configs (package data under ``configs/``) and the layout of runs
+and results on disk.
+
+``configs/common.yaml`` (Appendix E), then ``configs/datasets/DATASET.yaml`` (which may name a
+``base:`` dataset config it overrides) and ``configs/methods/METHOD.yaml``; each holds
+fairseq-train flags under ``args:``, later files override earlier ones, and a ``null`` value removes
+a flag. Layout under a root directory (default: the working directory)::
+
+    ROOT/data/NAME/          prepared text          ROOT/data-bin/NAME/   binarized data
+    ROOT/runs/DATASET/METHOD[-tauT]/seedS/          run.json, train.log, checkpoints/, eval/
+    ROOT/results/DATASET/METHOD[-tauT]/seedS.json   the evaluate command's result (+ .hyp files)
+"""
+
+import argparse
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, List, Optional, Tuple
+
+CONFIGS = Path(__file__).resolve().parent / "configs"
+RUN_MARKER = "run.json"
+
+
+def names(kind: str) -> List[str]:
+    """The configs of ``kind`` (``datasets`` or ``methods``)."""
+    return sorted(p.stem for p in (CONFIGS / kind).glob("*.yaml"))
+
+
+def _read(path: Path) -> Dict:
+    import yaml
+
+    with open(path, encoding="utf-8") as f:
+        return yaml.safe_load(f) or {}
+
+
+def common_config() -> Dict:
+    return _read(CONFIGS / "common.yaml")
+
+
+def dataset_config(name: str) -> Dict:
+    """The dataset's config with its ``base:`` chain applied (keys and ``args`` both override)."""
+    if name not in names("datasets"):
+        raise ValueError(f"unknown dataset {name!r}; choose from {', '.join(names('datasets'))}")
+    cfg = _read(CONFIGS / "datasets" / f"{name}.yaml")
+    base = cfg.pop("base", None)
+    if base is None:
+        return cfg
+    merged = dataset_config(base)
+    args = {**merged.get("args", {}), **cfg.pop("args", {})}
+    merged.update(cfg)
+    merged["args"] = args
+    return merged
+
+
+def method_config(name: str) -> Dict:
+    if name not in names("methods"):
+        raise ValueError(f"unknown method {name!r}; choose from {', '.join(names('methods'))}")
+    return _read(CONFIGS / "methods" / f"{name}.yaml")
+
+
+def flags(args: Dict) -> List[str]:
+    """``{flag: value}`` as an argv: ``True`` is a bare flag, ``None``/``False`` leave it out."""
+    out: List[str] = []
+    for flag, value in args.items():
+        if value is None or value is False:
+            continue
+        out.append(flag)
+        if value is not True:
+            out.append(str(value))
+    return out
+
+
+def directions(ds: Dict) -> List[Tuple[str, str]]:
+    """(source, target) pairs the dataset's test set is scored on."""
+    if ds.get("task") == "multilingual_translation":
+        return [tuple(p.split("-")) for p in ds["args"]["--lang-pairs"].split(",")]
+    return [(ds["source_lang"], ds["target_lang"])]
+
+
+def run_tag(method: str, tau: Optional[float]) -> str:
+    return method if tau is None else f"{method}-tau{tau:g}"
+
+
+def run_dir(runs_root: Path, dataset: str, method: str, seed: int, tau: Optional[float]) -> Path:
+    return Path(runs_root) / dataset / run_tag(method, tau) / f"seed{seed}"
+
+
+def result_path(results_root: Path, dataset: str, method: str, seed: int, tau: Optional[float]) -> Path:
+    return Path(results_root) / dataset / run_tag(method, tau) / f"seed{seed}.json"
+
+
+def absolute(path: Path, base: Optional[Path] = None) -> Path:
+    """``path`` made absolute against ``base`` (default: the working directory), symlinks kept."""
+    path = Path(os.path.expanduser(str(path)))
+    return Path(os.path.normpath(path if path.is_absolute() else Path(base or os.getcwd()) / path))
+
+
+@dataclass
+class Roots:
+    """Where data, runs and results live: under ``--root`` (default: the working directory), each
+    overridable; every path absolute, so a command's output never depends on where fairseq runs."""
+
+    root: Path
+    data_bin: Path
+    text: Path
+    runs: Path
+    results: Path
+
+    @classmethod
+    def from_args(cls, a: argparse.Namespace) -> "Roots":
+        root = absolute(getattr(a, "root", None) or ".")
+
+        def pick(name: str, default: str) -> Path:
+            given = getattr(a, name, None)
+            return absolute(given) if given is not None else root / default
+
+        return cls(root, pick("data_root", "data-bin"), pick("text_root", "data"), pick("runs_root", "runs"),
+                   pick("results_root", "results"))
+
+
+def add_root_arguments(ap: argparse.ArgumentParser, *which: str) -> None:
+    """``--root`` and the chosen overrides (``data``, ``text``, ``runs``, ``results``)."""
+    ap.add_argument("--root", type=Path, help="directory holding data-bin/, data/, runs/ and results/ "
+                                               "(default: the working directory)")
+    helps = {"data": ("--data-root", "binarized data (default: ROOT/data-bin)"),
+             "text": ("--text-root", "prepared text, e.g. IWSLT'17's raw references (default: ROOT/data)"),
+             "runs": ("--runs-root", "run directories (default: ROOT/runs)"),
+             "results": ("--results-root", "results JSONs (default: ROOT/results)")}
+    for w in which:
+        flag, text = helps[w]
+        ap.add_argument(flag, type=Path, help=text)

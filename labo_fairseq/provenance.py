@@ -1,0 +1,42 @@
+"""Where a number came from: the code's commit and the hardware, recorded beside every result."""
+
+import os
+import platform
+import subprocess
+from pathlib import Path
+from typing import Dict
+
+PACKAGE = Path(__file__).resolve().parent
+
+
+def git_state() -> Dict:
+    """The plugin checkout's commit and whether tracked files differ from it; for an installed
+    (non-checkout) package, commit and dirty are None and the version says which release it is."""
+    from labo_fairseq import __version__
+
+    def git(*args):
+        return subprocess.run(["git", *args], cwd=PACKAGE, capture_output=True, text=True, check=True).stdout.strip()
+
+    try:
+        top = Path(git("rev-parse", "--show-toplevel")).resolve()
+        if not (top / "labo_fairseq").resolve() == PACKAGE:  # the package is inside someone else's repository
+            raise subprocess.CalledProcessError(1, "git")
+        state = {"commit": git("rev-parse", "HEAD"), "dirty": bool(git("status", "--porcelain", "--untracked-files=no"))}
+    except (OSError, subprocess.CalledProcessError):
+        state = {"commit": None, "dirty": None}
+    return {**state, "version": __version__}
+
+
+def hardware() -> Dict:
+    """What this process runs on: CPU model and cores, GPUs, torch and CUDA versions."""
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            cpu = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), cpu)
+    except OSError:
+        pass
+    gpus = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] if torch.cuda.is_available() else []
+    return {"host": platform.node(), "cpu": cpu, "cpu_cores": os.cpu_count(), "gpus": gpus,
+            "torch": torch.__version__, "cuda": torch.version.cuda, "python": platform.python_version()}
