@@ -53,15 +53,16 @@ def hyper_parameters(argv: List[str]) -> Dict:
     return out
 
 
-def test_size(data: Path, src: str, tgt: str) -> int:
-    """Sentences in the binarized test split of src-tgt (either file order)."""
+def count_test_sentences(data: Path, src: str, tgt: str, subset: str = "test") -> int:
+    """Sentences in the binarized ``subset`` of src-tgt (either file order)."""
     from fairseq.data import data_utils
 
     for pair in (f"{src}-{tgt}", f"{tgt}-{src}"):
-        ds = data_utils.load_indexed_dataset(str(data / f"test.{pair}.{src}"), None)
+        ds = data_utils.load_indexed_dataset(str(data / f"{subset}.{pair}.{src}"), None)
         if ds is not None:
             return len(ds)
-    raise EvalError(f"{data}: no binarized test set for {src}-{tgt} (test.{src}-{tgt}.{src}.bin)")
+    raise EvalError(f"{data}: no binarized {subset} set for {src}-{tgt} ({subset}.{src}-{tgt}.{src}.bin); "
+                    f"prepare the data again with --force if it was made by an older version")
 
 
 def checkpoint_state(path: Path) -> Dict:
@@ -86,13 +87,21 @@ def checkpoint_state(path: Path) -> Dict:
     }
 
 
+def test_sets(ds: Dict, src: str, tgt: str) -> Dict[str, str]:
+    """Result key -> fairseq subset: ``SRC-TGT`` is the test set; a dataset's ``extra_test_sets``
+    (subset -> name) are scored too, as ``SRC-TGT.NAME``."""
+    out = {f"{src}-{tgt}": "test"}
+    out.update({f"{src}-{tgt}.{name}": subset for subset, name in (ds.get("extra_test_sets") or {}).items()})
+    return out
+
+
 def decode_command(ds: Dict, data: Path, checkpoint: Path, src: str, tgt: str, cpu: bool, batch_size: int,
-                   extra: Sequence[str] = ()) -> List[str]:
-    """Beam 5 on the test set, BPE removed the dataset's way, the multilingual task where it is one."""
+                   extra: Sequence[str] = (), subset: str = "test") -> List[str]:
+    """Beam 5 on a test subset, BPE removed the dataset's way, the multilingual task where it is one."""
     task = ["--source-lang", src, "--target-lang", tgt]
     if ds.get("task") == "multilingual_translation":
         task += ["--task", "multilingual_translation", "--lang-pairs", ds["args"]["--lang-pairs"]]
-    return generate_command(data, checkpoint, "test", 5, batch_size=batch_size,
+    return generate_command(data, checkpoint, subset, 5, batch_size=batch_size,
                             remove_bpe="sentencepiece" if ds.get("bpe") == "sentencepiece" else "subword_nmt",
                             task_args=task, cpu=cpu, extra=extra)
 
@@ -139,8 +148,8 @@ def evaluate(a) -> int:
     out = result_path(roots.results, a.dataset, a.method, a.seed, a.tau)
     data = roots.data_bin / ds["data"]
     cpu = a.cpu or not cuda_visible(probe_torch=not a.dry_run)  # a dry run imports neither torch nor fairseq
-    cmds = {f"{s}-{t}": decode_command(ds, data, ck, s, t, cpu, a.batch_size, a.generate_args)
-            for s, t in directions(ds)}
+    cmds = {key: decode_command(ds, data, ck, s, t, cpu, a.batch_size, a.generate_args, subset)
+            for s, t in directions(ds) for key, subset in test_sets(ds, s, t).items()}
     if a.dry_run:
         print(f"# result {out} (hypotheses beside it; fairseq-generate output in {rd / 'eval'})")
         for cmd in cmds.values():
@@ -161,23 +170,26 @@ def evaluate(a) -> int:
     eval_dir.mkdir(exist_ok=True)
     out.parent.mkdir(parents=True, exist_ok=True)
     scores, started, t0 = {}, datetime.datetime.now(datetime.timezone.utc).isoformat(), time.time()
-    for pair, cmd in cmds.items():
+    for key, cmd in cmds.items():
+        pair = key.split(".")[0]
         src, tgt = pair.split("-")
-        n_test = test_size(data, src, tgt)
-        print(f"evaluate: {a.dataset} {a.method} seed {a.seed} {pair}: beam 5 on {n_test} test sentences", file=sys.stderr)
+        subset = cmd[cmd.index("--gen-subset") + 1]
+        n_test = count_test_sentences(data, src, tgt, subset)
+        print(f"evaluate: {a.dataset} {a.method} seed {a.seed} {key}: beam 5 on {n_test} test sentences", file=sys.stderr)
         try:
             proc = run_tool(cmd, cwd=roots.root, what="fairseq-generate")
         except ToolError as err:
             raise EvalError(str(err)) from None
-        gen_file = eval_dir / f"generate-test.{pair}.txt"
+        gen_file = eval_dir / f"generate-{subset}.{pair}.txt"
         with atomic_open(gen_file) as f:
             f.write(proc.stdout)
         refs = roots.text / ds["data"] / "raw" / f"test0.{pair}.{tgt}" if ds["bleu"] == "sacrebleu" else None
         score, hyps = score_direction(ds, proc.stdout + "\n" + proc.stderr, n_test, src, tgt, refs)
-        hyp_file = out.with_name(f"{out.stem}.{pair}.hyp")
+        hyp_file = out.with_name(f"{out.stem}.{key}.hyp")
         write_lines(hyp_file, hyps)
-        scores[pair] = {**score, "hypotheses": hyp_file.name, "generate_output": str(gen_file), "command": cmd}
-        print(f"  {pair}: BLEU {score['bleu']:.2f} ({score['convention']}), sacrebleu {score['sacrebleu']:.2f}",
+        scores[key] = {**score, "subset": subset, "hypotheses": hyp_file.name, "generate_output": str(gen_file),
+                       "command": cmd}
+        print(f"  {key}: BLEU {score['bleu']:.2f} ({score['convention']}), sacrebleu {score['sacrebleu']:.2f}",
               file=sys.stderr)
     from labo_fairseq.provenance import git_state, hardware
 

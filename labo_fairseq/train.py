@@ -157,7 +157,13 @@ def cmd_train(a) -> int:
         previous = json.loads(marker.read_text()) if marker.exists() else {}
         with atomic_open(marker) as f:
             f.write(json.dumps(_record(a, launch, previous), indent=1) + "\n")
-    return run_logged(launch.processes, logs, cwd=roots.root)
+    status = run_logged(launch.processes, logs, cwd=roots.root)
+    if status == 0 and lead:  # fairseq reached --max-update/--max-epoch: the run is finished
+        record = json.loads((out / RUN_MARKER).read_text())
+        record["completed"] = datetime.datetime.now(datetime.timezone.utc).isoformat()
+        with atomic_open(out / RUN_MARKER) as f:
+            f.write(json.dumps(record, indent=1) + "\n")
+    return status
 
 
 def main(argv=None, prog="labo-fairseq train") -> int:

@@ -9,18 +9,20 @@ usage: scripts/quickstart.sh [--data DIR] [--work DIR] [--updates N] [--labo-war
 A DEMONSTRATION of the project, not the paper's setting. It runs the project's own commands on
 Multi30k task 1 de-en (29,000 real image-caption pairs; test = test_2016_flickr, 1,000 sentences):
 
-  1. labo-fairseq prepare multi30k.de-en         Moses tokenization, lowercase, joint BPE 5k, fairseq-preprocess
-  2. scripts/train.sh multi30k_de_en ls|labo  a 2-layer transformer (configs/datasets/multi30k_de_en.yaml),
-                                              800 updates, LABO's warm-up 200 updates
-  3. scripts/evaluate.sh ...                  beam 5 on the test set, tokenized BLEU + sacrebleu
-  4. scripts/tables.sh ...                    the two-row LS vs LABO table
+  0. scripts/install.sh                            installs what is missing (a finished .venv is reused)
+  1. labo-fairseq prepare multi30k.de-en          Moses tokenization, lowercase, joint BPE 5k, fairseq-preprocess
+  2. labo-fairseq train multi30k_de_en ls|labo 1  a 2-layer transformer (configs/datasets/multi30k_de_en.yaml),
+                                                  800 updates, LABO's warm-up 200 updates
+  3. labo-fairseq evaluate ...                    beam 5 on the test set, tokenized BLEU + sacrebleu
+  4. labo-fairseq tables ...                      the two-row LS vs LABO table
 
-About 15 minutes on 2 CPU cores; a GPU is used when there is one (fp16). Re-running reuses what
-is finished (a trained run, an evaluation) and prints the table again.
+Everything goes under --work (data/, data-bin/, runs/, results/). About 15 minutes on 2 CPU cores;
+a GPU is used when there is one (fp16). Re-running reuses what is finished (a trained run, an
+evaluation) and prints the table again.
 
   --data DIR        directory holding the Multi30k files {train,val,test_2016_flickr}.{de,en}.gz
                     (default: ../shared/data/multi30k/task1/raw if present, else they are downloaded)
-  --work DIR        where data, runs and results go (default: work/quickstart)
+  --work DIR        where data, runs and results go (default: work/quickstart in the working directory)
   --updates N       optimizer updates per method (default: the config's 800)
   --labo-warmup N   LABO's uniform-LS warm-up in updates (default: the config's 200; paper: 5000)
   --seed S          training seed (default: 1)
@@ -31,7 +33,7 @@ USAGE
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 data=""
-work="$repo/work/quickstart"
+work="$PWD/work/quickstart"
 updates=""
 warmup=""
 seed=1
@@ -40,7 +42,7 @@ dry=0
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --data) data=$2; shift 2 ;;
-    --work) work=$2; shift 2 ;;
+    --work) work=$(realpath -m "$2"); shift 2 ;;
     --updates) updates=$2; shift 2 ;;
     --labo-warmup) warmup=$2; shift 2 ;;
     --seed) seed=$2; shift 2 ;;
@@ -54,11 +56,12 @@ for v in "$updates" "$warmup" "$seed"; do
   [[ -z "$v" || "$v" =~ ^[0-9]+$ ]] || { echo "quickstart.sh: --updates, --labo-warmup and --seed take integers >= 0" >&2; exit 2; }
 done
 
+if [[ $dry -eq 0 ]]; then bash "$repo/scripts/install.sh"; fi  # a finished .venv is reused
 source "$repo/scripts/lib.sh"  # labo_python: the project's Python (.venv if present)
 py=$(labo_python)
-"$py" -c 'import fairseq' 2>/dev/null || [[ $dry -eq 1 ]] || { echo "quickstart.sh: fairseq is not installed; run scripts/install.sh" >&2; exit 1; }
+lf=("$py" -m labo_fairseq)  # the labo-fairseq command of this checkout
 
-prepare=("$py" -m labo_fairseq prepare multi30k.de-en --out "$work/data/multi30k.de-en" --dest "$work/data-bin/multi30k.de-en")
+prepare=("${lf[@]}" prepare multi30k.de-en --root "$work")
 if [[ -z "$data" && -d "$repo/../shared/data/multi30k/task1/raw" ]]; then data="$repo/../shared/data/multi30k/task1/raw"; fi
 if [[ -n "$data" ]]; then
   [[ -d "$data" ]] || { echo "quickstart.sh: --data $data: no such directory" >&2; exit 1; }
@@ -71,7 +74,6 @@ if [[ -n "$updates" ]]; then extra[ls]="--max-update $updates"; extra[labo]="--m
 if [[ -n "$warmup" ]]; then extra[labo]+=" --labo-warmup-updates $warmup"; fi
 gpus=()
 if [[ $dry -eq 0 ]] && "$py" -c 'import sys, torch; sys.exit(not torch.cuda.is_available())' 2>/dev/null; then gpus=(--gpus 1); fi
-where=(--data-root "$work/data-bin" --runs-root "$work/runs")
 
 dryflag=()
 [[ $dry -eq 0 ]] || dryflag=(--dry-run)  # the project's commands then print their fairseq commands
@@ -87,19 +89,18 @@ if [[ $force -eq 1 && -d "$work" && $dry -eq 0 ]]; then
   run rm -rf "$work"
 fi
 if [[ $dry -eq 0 ]]; then mkdir -p "$work" && touch "$marker"; fi
-cd "$repo"
 run "${prepare[@]}" "${dryflag[@]}"
 for method in ls labo; do
-  train=("$repo/scripts/train.sh" multi30k_de_en "$method" "$seed" "${where[@]}" "${gpus[@]}" "${dryflag[@]}")
+  train=("${lf[@]}" train multi30k_de_en "$method" "$seed" --root "$work" "${gpus[@]}" "${dryflag[@]}")
   # shellcheck disable=SC2206  # the overrides are a word list of flags and integers
   [[ -z "${extra[$method]}" ]] || train+=(-- ${extra[$method]})
   run "${train[@]}"
   result="$work/results/multi30k_de_en/$method/seed$seed.json"
   if [[ $dry -eq 1 || ! -f "$result" ]]; then
-    run "$repo/scripts/evaluate.sh" multi30k_de_en "$method" "$seed" "${where[@]}" --results-root "$work/results" "${dryflag[@]}"
+    run "${lf[@]}" evaluate multi30k_de_en "$method" "$seed" --root "$work" "${dryflag[@]}"
   fi
 done
-tables=("$repo/scripts/tables.sh" --results "$work/results" --dataset multi30k_de_en)
+tables=("${lf[@]}" tables --root "$work" --dataset multi30k_de_en)
 if [[ $dry -eq 1 ]]; then { printf '+'; printf ' %q' "${tables[@]}"; printf '\n'; } >&2; exit 0; fi
 run "${tables[@]}"
 echo

@@ -6,7 +6,16 @@ import tarfile
 
 import pytest
 
-from tests.helpers import IWSLT, IWSLT17, TINY, fairseq, talk_text, write
+from tests.helpers import IWSLT, IWSLT17, MULTI30K, TINY, cli, fairseq, talk_text, write
+
+# Fixtures that run fairseq: every test using one is in the slow tier.
+FAIRSEQ_FIXTURES = {"data_bin", "tiny_checkpoint", "iwslt17_standin", "multi30k"}
+
+
+def pytest_collection_modifyitems(items):
+    for item in items:
+        if FAIRSEQ_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.slow)
 
 @pytest.fixture(scope="session")
 def small_text(tmp_path_factory):
@@ -71,3 +80,16 @@ def iwslt17_standin(tmp_path_factory):
                           valid_sets=["tst2016"], stand_in=True)
     ws = prepare_iwslt17(opt)
     return opt.out, opt.dest, ws
+
+
+@pytest.fixture(scope="session")
+def multi30k(tmp_path_factory):
+    """The real Multi30k de-en prepared by ``labo-fairseq prepare`` (the official files, offline):
+    (text dir, data-bin dir), named as the recipe names them."""
+    pytest.importorskip("fairseq", reason="fairseq is not installed (scripts/install.sh)")
+    if not MULTI30K.is_dir():
+        pytest.skip(f"real data not found at {MULTI30K} (set LABO_SHARED_DATA)")
+    root = tmp_path_factory.mktemp("multi30k")
+    proc = cli("prepare", "multi30k.de-en", "--source", MULTI30K, "--offline", "--root", root, "--workers", 2)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return root / "data" / "multi30k.de-en", root / "data-bin" / "multi30k.de-en"

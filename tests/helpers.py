@@ -11,6 +11,7 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("LABO_SHARED_DATA", REPO.parent / "shared" / "data"))
 IWSLT = SHARED / "iwslt14.de-en" / "fairseq-tokenized"
 IWSLT17 = SHARED / "iwslt17" / "2017-01-ted-test"
+MULTI30K = SHARED / "multi30k" / "task1" / "raw"
 
 TINY = ("--arch transformer --encoder-layers 1 --decoder-layers 1 --encoder-embed-dim 32 "
         "--decoder-embed-dim 32 --encoder-ffn-embed-dim 64 --decoder-ffn-embed-dim 64 "

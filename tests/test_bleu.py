@@ -41,6 +41,7 @@ def _iwslt_test(lang, n):
         return f.read().splitlines()[:n]
 
 
+@pytest.mark.slow
 def test_tokenized_bleu_equals_fairseq_score(tmp_path):
     """A "system" made from real references with words dropped and swapped, scored both ways."""
     pytest.importorskip("fairseq", reason="fairseq is not installed (scripts/install.sh)")

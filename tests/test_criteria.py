@@ -14,6 +14,8 @@ fairseq = pytest.importorskip("fairseq", reason="fairseq is not installed (scrip
 from labo_fairseq import register  # noqa: E402
 
 register()  # criteria, fixes, checkpoint allow-list
+
+pytestmark = pytest.mark.slow  # builds fairseq tasks and models
 from fairseq import options, tasks  # noqa: E402
 from fairseq.criterions.label_smoothed_cross_entropy import label_smoothed_nll_loss  # noqa: E402
 from fairseq.data import Dictionary  # noqa: E402

@@ -7,6 +7,8 @@ pytest.importorskip("fairseq", reason="fairseq is not installed (scripts/install
 from labo_fairseq import register  # noqa: E402
 
 register()  # criteria, fixes, checkpoint allow-list
+
+pytestmark = pytest.mark.slow  # builds fairseq tasks and models
 from fairseq.data import data_utils  # noqa: E402
 
 

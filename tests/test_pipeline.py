@@ -149,9 +149,9 @@ def test_quickstart_dry_run_prints_every_command_and_writes_nothing(tmp_path):
     work = tmp_path / "qs"
     proc = ok(script("quickstart", "--work", work, "--updates", 50, "--labo-warmup", 10, "--dry-run"))
     printed = proc.stderr.splitlines()
-    assert [ln.split()[3] if " -m labo_fairseq " in ln else ln.split()[1].rsplit("/", 1)[-1]
-            for ln in printed if ln.startswith("+ ")] == [
-        "prepare", "train.sh", "evaluate.sh", "train.sh", "evaluate.sh", "tables.sh"]
+    assert [ln.split()[4] for ln in printed if ln.startswith("+ ")] == [
+        "prepare", "train", "evaluate", "train", "evaluate", "tables"]
+    assert all(ln.split()[2:4] == ["-m", "labo_fairseq"] and f"--root {work}" in ln for ln in printed if ln.startswith("+ "))
     train = [ln for ln in proc.stdout.splitlines() if ln.split()[0].endswith("fairseq-train")]
     assert len(train) == 2 and all("--max-update 50" in ln for ln in train)
     assert "--criterion label_smoothed_labo" in train[1] and train[1].endswith("--labo-warmup-updates 10")

@@ -21,7 +21,7 @@ from fairseq.dataclass.utils import convert_namespace_to_omegaconf  # noqa: E402
 from labo_fairseq.train import names, train_command  # noqa: E402
 
 DATASETS = ["iwslt14_de_en", "iwslt14_en_de", "iwslt14_en_fr", "iwslt14_fr_en", "iwslt17_multi",
-            "wmt14_en_de", "wmt14_de_en", "multi30k_de_en"]  # the last: the quickstart's, not the paper's
+            "wmt14_en_de", "wmt14_de_en", "multi30k_de_en", "multi30k_de_en_iwslt"]  # the last two: not the paper's
 METHODS = ["afl", "ce", "cp", "fl", "labo", "ls"]
 
 
@@ -31,6 +31,7 @@ def test_every_dataset_and_method_has_a_config():
 
 @pytest.mark.parametrize("dataset", DATASETS)
 @pytest.mark.parametrize("method,tau", [(m, None) for m in METHODS] + [("labo", 1.25)])
+@pytest.mark.slow
 def test_config_parses_with_fairseq_and_builds_its_criterion(dataset, method, tau, tmp_path):
     launch = train_command(dataset, method, 1, tau=tau, gpus=2, runs_root=tmp_path)
     argv, run = launch.train_argv, launch.run_dir
@@ -43,7 +44,8 @@ def test_config_parses_with_fairseq_and_builds_its_criterion(dataset, method, ta
     assert args.save_dir == str(run / "checkpoints")
     if method == "labo":
         assert criterion.tau == (tau or 1.15)
-        assert criterion.warmup_updates == {"wmt": 10000, "iws": 5000, "mul": 200}[dataset[:3]]
+        assert criterion.warmup_updates == {"wmt": 10000, "iws": 5000, "mul": 200, "mul_iwslt": 120}[
+            dataset[:3] + ("_iwslt" if dataset.endswith("_iwslt") else "")]
     if dataset.startswith(("iwslt14", "wmt")):
         assert args.eval_bleu and args.best_checkpoint_metric == "bleu"
         src, tgt = dataset.split("_")[1:]
@@ -104,6 +106,7 @@ def _parse(train_args):
     return options.parse_args_and_arch(options.get_training_parser(), train_args)
 
 
+@pytest.mark.slow
 def test_cpu_ranks_get_fairseqs_gloo_flags_and_one_rendezvous():
     launch = train_command("iwslt14_de_en", "labo", 1, procs=3, master_port=12345)
     assert len(launch.processes) == 3
@@ -114,6 +117,7 @@ def test_cpu_ranks_get_fairseqs_gloo_flags_and_one_rendezvous():
         assert args.distributed_init_method == "tcp://127.0.0.1:12345"
 
 
+@pytest.mark.slow
 def test_several_nodes_launch_fairseq_train_under_torchrun():
     launch = train_command("wmt14_en_de", "labo", 2, gpus=8, nodes=2, node_rank=1, master_addr="node0")
     (cmd,) = launch.processes

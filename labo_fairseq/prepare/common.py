@@ -80,20 +80,23 @@ def apply_bpe(code: Path, src: Path, dst: Path, workers: int) -> None:
     write_lines(dst, parallel_map(_BpeFactory(str(code)), read_lines(src), workers, desc=f"bpe {src.name}"))
 
 
-def joint_bpe(langs, text_dir: Path, out_dir: Path, code: Path, merges: int, workers: int, prefix: str = "") -> None:
+def joint_bpe(langs, text_dir: Path, out_dir: Path, code: Path, merges: int, workers: int, prefix: str = "",
+              splits=("train", "valid", "test")) -> None:
     """``learn_bpe.py -s MERGES`` on the concatenated ``train.*`` of ``langs``; ``apply_bpe.py`` to
-    train/valid/test of each language, written to ``out_dir/PREFIXsplit.lang``."""
+    each split of each language, written to ``out_dir/PREFIXsplit.lang``."""
     learn_bpe([text_dir / f"train.{lang}" for lang in langs], code, merges)
     for lang in langs:
-        for split_ in ("train", "valid", "test"):
+        for split_ in splits:
             apply_bpe(code, text_dir / f"{split_}.{lang}", out_dir / f"{prefix}{split_}.{lang}", workers)
 
 
-def binarize_joined(src: str, tgt: str, opt: "Options") -> None:
-    """``fairseq-preprocess --joined-dictionary`` of ``--out/{train,valid,test}.{src,tgt}``."""
+def binarize_joined(src: str, tgt: str, opt: "Options", tests=("test",)) -> None:
+    """``fairseq-preprocess --joined-dictionary`` of ``--out/{train,valid,TESTS}.{src,tgt}`` (fairseq
+    names further test sets test1, test2, ...)."""
     fairseq_preprocess(["--source-lang", src, "--target-lang", tgt, "--joined-dictionary",
                         "--trainpref", opt.out / "train", "--validpref", opt.out / "valid",
-                        "--testpref", opt.out / "test", "--destdir", opt.dest, "--workers", opt.workers])
+                        "--testpref", ",".join(str(opt.out / t) for t in tests), "--destdir", opt.dest,
+                        "--workers", opt.workers])
 
 
 def run_steps(ws: Workspace, steps) -> None:
@@ -101,8 +104,8 @@ def run_steps(ws: Workspace, steps) -> None:
         ws.step(fn.__name__, fn)
 
 
-def bilingual_counts(opt: "Options", src: str) -> Dict[str, int]:
-    return {s: count_lines(opt.out / f"{s}.{src}") for s in ("train", "valid", "test")}
+def bilingual_counts(opt: "Options", src: str, splits=("train", "valid", "test")) -> Dict[str, int]:
+    return {s: count_lines(opt.out / f"{s}.{src}") for s in splits}
 
 
 def check_counts(name: str, counts: Dict[str, int], full: bool) -> Dict:

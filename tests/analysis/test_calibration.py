@@ -52,6 +52,7 @@ def test_metric_and_plot_share_the_binning():
     assert rel["count"] == torch.bincount(idx, minlength=15).double().tolist()
 
 
+@pytest.mark.slow  # tens of seconds of sampling and scanning
 def test_temperature_scan_recovers_the_generating_temperature():
     g = torch.Generator().manual_seed(0)
     true_t = 1.6

@@ -19,7 +19,7 @@ from labo_fairseq.prepare.common import Options
 from labo_fairseq.prepare.sources import SourceError, Sources
 from labo_fairseq.prepare.text import xml_segments
 
-from tests.helpers import talk_text, write
+from tests.helpers import MULTI30K, talk_text, write
 
 REPO = Path(__file__).resolve().parents[2]
 SHARED = Path(os.environ.get("LABO_SHARED_DATA", REPO.parent / "shared" / "data"))
@@ -35,7 +35,10 @@ def _have_fairseq():
         return False
 
 
-binarizes = pytest.mark.skipif(not _have_fairseq(), reason="fairseq is not installed (scripts/install.sh)")
+def binarizes(test):
+    """Runs fairseq-preprocess: the slow tier, skipped without fairseq."""
+    skip = pytest.mark.skipif(not _have_fairseq(), reason="fairseq is not installed (scripts/install.sh)")
+    return pytest.mark.slow(skip(test))
 
 
 def xz_lines(path):
@@ -50,6 +53,7 @@ def run_script(*args):
 # ---------------------------------------------------------------------------- conformance
 
 
+@pytest.mark.slow  # tokenizes and BPEs 20k lines
 def test_iwslt14_conformance_with_fairseqs_recipe():
     proc = run_script("scripts/iwslt14_conformance.py", "--data", SHARED)
     assert proc.returncode == 0, proc.stderr
@@ -221,22 +225,19 @@ def test_missing_input_offline_names_the_file(tmp_path):
 
 # ------------------------------------------------------------------------------ Multi30k
 
-MULTI30K = SHARED / "multi30k" / "task1" / "raw"
 
 
 @binarizes
-def test_multi30k_recipe_on_the_official_files(tmp_path):
-    out, dest = tmp_path / "text", tmp_path / "bin"
-    proc = run_script("-m", "labo_fairseq", "prepare", "multi30k.de-en", "--source", MULTI30K, "--offline",
-                      "--cache", tmp_path / "cache", "--out", out, "--dest", dest, "--workers", 2)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+def test_multi30k_recipe_on_the_official_files(multi30k):
+    out, dest = multi30k
     m = json.loads((out / "manifest.json").read_text())
-    assert m["counts"] == {"train": 29000, "valid": 1014, "test": 1000}
-    assert len(m["inputs"]) == 6 and all(v["verified"] == "git_sha1" for v in m["inputs"].values())
+    assert m["counts"] == {"train": 29000, "valid": 1014, "test": 1000, "test1": 1000, "test2": 461}
+    assert len(m["inputs"]) == 10 and all(v["verified"] == "git_sha1" for v in m["inputs"].values())
     assert xz_free_first_line(out / "tmp" / "train.en") == "two young , white males are outside near many bushes ."
     assert xz_free_first_line(out / "tmp" / "test.de") == "ein mann mit einem orangefarbenen hut , der etwas anstarrt ."
     assert "@@ " in (out / "train.de").read_text(encoding="utf-8")
     assert (dest / "train.de-en.de.bin").is_file() and (dest / "test.de-en.en.idx").is_file()
+    assert (dest / "test1.de-en.en.idx").is_file() and (dest / "test2.de-en.de.bin").is_file()
     again = run_script("-m", "labo_fairseq", "prepare", "multi30k.de-en", "--source", MULTI30K, "--offline",
                        "--out", out, "--dest", dest)
     assert again.returncode == 0 and "already" in (again.stdout + again.stderr).lower()

@@ -1,0 +1,50 @@
+"""``labo-fairseq compare --tiny`` on the real Multi30k data: stopped by its time budget, resumed,
+finished; the report's numbers come from the results JSONs and sacrebleu's paired bootstrap."""
+
+import json
+import statistics
+
+import pytest
+
+from tests.helpers import cli
+
+pytestmark = pytest.mark.slow
+
+
+def test_compare_tiny_stops_resumes_and_reports(multi30k, tmp_path):
+    text, data_bin = multi30k
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data-bin").mkdir()
+    (tmp_path / "data" / "multi30k.de-en").symlink_to(text)
+    (tmp_path / "data-bin" / "multi30k.de-en").symlink_to(data_bin)
+    args = ["compare", "--tiny", "--seeds", 1, 2, "--bootstrap-samples", 200]
+
+    stopped = cli(*args, "--budget-minutes", 0.05, "--reserve-s", 0, cwd=tmp_path)
+    assert stopped.returncode == 3, stopped.stderr[-3000:]
+    assert "run the same command again" in stopped.stderr
+    assert not (tmp_path / "results" / "compare").exists()
+
+    done = cli(*args, cwd=tmp_path, timeout=1800)
+    assert done.returncode == 0, done.stderr[-3000:]
+    rep = json.loads((tmp_path / "results" / "compare" / "compare_tiny.json").read_text())
+    assert rep["tiny"] is True and rep["seeds"] == [1, 2]
+    assert list(rep["test_sets"]) == ["de-en", "de-en.test_2017_flickr", "de-en.test_2017_mscoco"]
+    for key, per in rep["test_sets"].items():
+        for method, tag in (("ls", "ls"), ("labo", "labo-tau1.15")):
+            scores = [json.loads((tmp_path / "results" / "multi30k_de_en_iwslt" / tag / f"seed{s}.json").read_text())
+                      ["directions"][key]["bleu"] for s in (1, 2)]
+            assert per[method]["bleu"] == scores and per[method]["mean"] == pytest.approx(statistics.fmean(scores))
+        d = per["labo_minus_ls"]
+        assert 0.0 <= d["pooled"]["p_value"] <= 1.0 and len(d["per_seed"]) == 2
+        n = {"de-en": 1000, "de-en.test_2017_flickr": 1000, "de-en.test_2017_mscoco": 461}[key]
+        assert d["pooled"]["sentences"] == 2 * n and d["per_seed"][0]["sentences"] == n
+    assert "TINY" in done.stdout and "| test_2017_mscoco |" in done.stdout
+    for part in ("freq/freq_splits.json", "beam/beam_probs.json", "calibration_ls/calibration.json",
+                 "calibration_labo/calibration.json"):
+        assert (tmp_path / "analysis" / "compare" / part).is_file(), part
+    # The run stopped by the budget was resumed, not restarted.
+    run = json.loads((tmp_path / "runs" / "multi30k_de_en_iwslt" / "ls" / "seed1" / "run.json").read_text())
+    assert len(run["sessions"]) == 2 and "completed" in run
+    # A finished comparison is not redone: a third call only prints the report.
+    again = cli(*args, cwd=tmp_path)
+    assert again.returncode == 0 and "training" not in again.stderr
