@@ -41,7 +41,7 @@ NOT_FINISHED = 3  # exit status: call again to continue
 TINY_TRAIN = ["--arch", "transformer", "--encoder-layers", "1", "--decoder-layers", "1", "--encoder-embed-dim", "32",
               "--decoder-embed-dim", "32", "--encoder-ffn-embed-dim", "64", "--decoder-ffn-embed-dim", "64",
               "--encoder-attention-heads", "2", "--decoder-attention-heads", "2", "--share-all-embeddings",
-              "--max-tokens", "2000", "--max-update", "24", "--labo-warmup-updates", "8", "--warmup-updates", "8",
+              "--max-tokens", "2000", "--max-update", "24", "--warmup-updates", "8",
               "--lr", "2e-3", "--save-interval-updates", "8",
               "--eval-bleu-args", '{"beam": 1, "max_len_a": 0, "max_len_b": 12}']
 TINY_DECODE = ["--max-len-a", "0", "--max-len-b", "12"]
@@ -75,7 +75,9 @@ class Compare:
     def train_cmd(self, method: str, seed: int, tau: Optional[float]) -> List[str]:
         cmd = [*self.lf, "train", DATASET, method, str(seed), *self.root_args()[:6]]
         cmd += (["--tau", f"{tau:g}"] if tau is not None else []) + (["--gpus", "1"] if self.gpu else [])
-        return cmd + (["--", *TINY_TRAIN] if self.a.tiny else [])
+        if self.a.tiny:
+            cmd += ["--", *TINY_TRAIN] + (["--labo-warmup-updates", "8"] if method == "labo" else [])
+        return cmd
 
     def evaluate_cmd(self, method: str, seed: int, tau: Optional[float]) -> List[str]:
         cmd = [*self.lf, "evaluate", DATASET, method, str(seed), *self.root_args()]
@@ -122,8 +124,10 @@ class Compare:
                     p.kill()
         failed = [(r, p) for r, p in zip(todo, procs) if p.returncode not in (0, -signal.SIGINT, 130)
                   and not self.finished(*r)]
-        for (m, s, _), p in failed:
-            self.say(f"{m} seed {s} failed (exit {p.returncode}): {p.stderr.read()[-1500:]}")
+        for (m, s, t), p in failed:
+            log = run_dir(self.roots.runs, DATASET, m, s, t) / "train.log"
+            tail = log.read_text(encoding="utf-8")[-1500:] if log.is_file() else ""
+            self.say(f"{m} seed {s} failed (exit {p.returncode}): {p.stderr.read()[-1500:]}{tail}")
         if failed:
             raise SystemExit(1)
         return all(self.finished(*r) for r in todo)

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The README's example analysis figures, from the quickstart's LS and LABO checkpoints
+# The example analysis figures of docs/analysis.md, from the quickstart's LS and LABO checkpoints
 # (scripts/quickstart.sh must have run; a demonstration on a small model, not the paper's setting).
 set -euo pipefail
 
@@ -35,15 +35,14 @@ for f in "$(run ls)/eval/generate-test.de-en.txt" "$(run labo)/eval/generate-tes
 done
 source "$repo/scripts/lib.sh"
 py=$(labo_python)
-cd "$repo"
 
-"$py" -m labo_fairseq.analysis.freq_splits --train-src "$text/train.de" --src "$text/test.de" \
+"$py" -m labo_fairseq analyze freq-splits --train-src "$text/train.de" --src "$text/test.de" \
   --system "LS=$(run ls)/eval/generate-test.de-en.txt" --system "LABO=$(run labo)/eval/generate-test.de-en.txt" \
   --tokenize none --out "$out/freq" "${force[@]}"
-"$py" -m labo_fairseq.analysis.beam_probs "$data_bin" --system "LS=$(run ls)/checkpoints/checkpoint_best.pt" \
+"$py" -m labo_fairseq analyze beam-probs "$data_bin" --system "LS=$(run ls)/checkpoints/checkpoint_best.pt" \
   --system "LABO=$(run labo)/checkpoints/checkpoint_best.pt" --splits "$out/freq/freq_splits.json" \
   --out "$out/beam" "${force[@]}"
 for method in ls labo; do
-  "$py" -m labo_fairseq.analysis.calibrate "$data_bin" --path "$(run $method)/checkpoints/checkpoint_best.pt" \
+  "$py" -m labo_fairseq analyze calibrate "$data_bin" --path "$(run $method)/checkpoints/checkpoint_best.pt" \
     --subset valid --out "$out/calibration_$method" --bleu-temperatures 0.8 1.0 1.3 "${force[@]}"
 done
