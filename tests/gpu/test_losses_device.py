@@ -18,7 +18,7 @@ import torch
 from labo_fairseq.losses import anti_focal_loss, confidence_penalty_loss, focal_loss, labo_loss
 
 PAD = 1
-N, V = 96, 1000
+N, V = 64, 512
 
 DEVICES = [
     "cpu",
