@@ -120,7 +120,7 @@ def train_log(text: str) -> List[Dict]:
     """fairseq's ``train_inner`` json records (``--log-format json``)."""
     out = []
     for line in text.splitlines():
-        m = re.search(r"\| train_inner \| (\{.*\})", line)
+        m = re.search(r"train_inner\s*[|:]\s*(\{.*\})", line)
         if m:
             out.append(json.loads(m.group(1)))
     return out
