@@ -228,6 +228,11 @@ def part_correctness(plan: Plan) -> Dict:
 
     if not GPU_TESTS.is_dir():
         raise CheckError(f"the GPU tests are not at {GPU_TESTS}: run gpu_check from a checkout of labo-fairseq")
+    import importlib.util
+
+    if importlib.util.find_spec("pytest") is None:
+        raise CheckError("pytest is not installed, and the correctness part runs tests/gpu with it "
+                         "(pip install pytest; or --parts bench training decoding)")
     junit = plan.work / "correctness.xml"
     t0 = time.time()
     argv = plan.pytest_args(junit)
