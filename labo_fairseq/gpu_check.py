@@ -306,7 +306,8 @@ def part_training(plan: Plan) -> Dict:
     for precision in plan.precisions:
         ls, labo = runs[f"{precision}-ls"], runs[f"{precision}-labo"]
         out[precision] = {"wps_ratio_labo_over_ls": labo["wps_median"] / ls["wps_median"],
-                          "peak_memory_ratio_labo_over_ls": labo[mem_key] / ls[mem_key],
+                          "peak_memory_ratio_labo_over_ls": labo[mem_key] / ls[mem_key]
+                          if labo[mem_key] and ls[mem_key] else None,  # None: the hook saw no update
                           "peak_memory_mib": {"ls": ls[mem_key], "labo": labo[mem_key]},
                           "finite_loss": ls["finite_loss"] and labo["finite_loss"]}
     if "memory_efficient_fp16-labo" in runs:
@@ -355,12 +356,13 @@ def report(res: Dict) -> str:
                   "|---|---|---|---|---|---|"]
         for r in t["runs"].values():
             m = r["peak_gpu_mib"] if res["kind"] == "gpu" else r["max_rss_mib"]
-            lines.append(f"| {r['name']} | {r['updates']} | {r['wps_median']:.0f} | {m:.0f} | {r['final_loss']:.3f} | "
+            m = "n/a" if m is None else f"{m:.0f}"
+            lines.append(f"| {r['name']} | {r['updates']} | {r['wps_median']:.0f} | {m} | {r['final_loss']:.3f} | "
                          f"{r['finite_loss']} |")
         for p in ("fp16", "bf16", "fp32"):
             if p in t:
                 lines.append(f"- {p}: LABO / LS words/s {t[p]['wps_ratio_labo_over_ls']:.3f}, "
-                             f"peak memory {t[p]['peak_memory_ratio_labo_over_ls']:.3f}")
+                             f"peak memory {t[p]['peak_memory_ratio_labo_over_ls'] or float('nan'):.3f}")
         if "memory_efficient_fp16" in t:
             lines.append(f"- --memory-efficient-fp16 LABO finite loss: {t['memory_efficient_fp16']['labo_finite_loss']}")
         lines.append("")

@@ -167,3 +167,22 @@ def test_tiny_check_on_a_real_data_bin(data_bin, tmp_path):
     again = run_check("--tiny", "--data-bin", data_bin, "--parts", "bench", cwd=tmp_path)
     assert again.returncode == 2 and "--force" in again.stderr
     assert dest.read_bytes() == before
+
+
+def test_gpu_report_shows_every_figure():
+    """The GPU report's formatting, on a result shaped as a GPU run makes it (numbers made up)."""
+    run = lambda name, wps, mem: {"name": name, "updates": 300, "wps_median": wps, "peak_gpu_mib": mem,
+                                  "max_rss_mib": 1.0, "final_loss": 9.5, "finite_loss": True}
+    res = {"kind": "gpu", "command": "python -m labo_fairseq.gpu_check", "seconds": 1.0,
+           "environment": {"device": "GPU X", "driver": "1", "torch": "t", "cuda": "c", "fairseq": "f",
+                           "python": "p", "commit": "abc", "dirty": False},
+           "correctness": {"passed": 3, "failed": 1, "skipped": 0, "collected": 4, "selection": "-m gpu",
+                           "failures": ["t::x"]},
+           "training": {"runs": {"fp16-ls": run("fp16-ls", 1000.0, 2000.0), "fp16-labo": run("fp16-labo", 950.0, None)},
+                        "fp16": {"wps_ratio_labo_over_ls": 0.95, "peak_memory_ratio_labo_over_ls": None},
+                        "memory_efficient_fp16": {"labo_finite_loss": True}},
+           "decoding": {"hypotheses": 9, "test_sentences": 10, "all_translated": False}}
+    text = gpu_check.report(res)
+    assert "CPU smoke" not in text and "GPU X" in text and "FAILED t::x" in text
+    assert "LABO / LS words/s 0.950" in text and "| fp16-labo | 300 | 950 | n/a |" in text
+    assert "9 / 10 test sentences translated (beam 5): NOT all" in text
