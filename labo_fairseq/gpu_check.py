@@ -271,7 +271,10 @@ def run_training(plan: Plan, run: Dict) -> Dict:
     """One fairseq-train run under the peak-memory hook; resumable: a finished run's figures are reused."""
     done = plan.work / "train" / f"{run['name']}.json"
     if done.is_file():
-        return json.loads(done.read_text())
+        prev = json.loads(done.read_text())
+        if prev.get("args") == run["args"]:
+            return prev
+        shutil.rmtree(plan.work / "train" / run["name"], ignore_errors=True)  # other settings: redo
     peak = plan.work / "train" / f"{run['name']}.peak.json"
     log = plan.work / "logs" / f"train-{run['name']}.log"
     t0 = time.time()
@@ -291,7 +294,7 @@ def run_training(plan: Plan, run: Dict) -> Dict:
            "final_loss": float(last["loss"]), "final_nll_loss": float(last["nll_loss"]),
            "peak_gpu_mib": p["cuda_peak_bytes"] / 2**20 if p["cuda_peak_bytes"] is not None else None,
            "max_rss_mib": p["max_rss_bytes"] / 2**20, "seconds": time.time() - t0,
-           "command": shlex.join(["fairseq-train", *run["args"]])}
+           "command": shlex.join(["fairseq-train", *run["args"]]), "args": run["args"]}
     out["finite_loss"] = all(math.isfinite(float(r["loss"])) for r in records)
     done.write_text(json.dumps(out, indent=1))
     return out
@@ -466,8 +469,10 @@ def main(argv=None, prog="python -m labo_fairseq.gpu_check") -> int:
             status = 1
         print(f"[gpu_check] {name} done in {time.time() - t:.0f} s", file=sys.stderr, flush=True)
     res["seconds"] = time.time() - t0
-    ok = (res.get("correctness", {}).get("failed", 0) == 0 and "error" not in res.get("correctness", {})
+    corr = res.get("correctness", {"failed": 0, "passed": 1})
+    ok = (corr.get("failed", 1) == 0 and corr.get("passed", 0) > 0  # all skipped is no evidence
           and all("error" not in res.get(p, {}) for p in a.parts)
+          and all(r["finite_loss"] for r in res.get("training", {}).get("runs", {}).values())
           and res.get("decoding", {}).get("all_translated", True))
     res["ok"] = bool(ok)
     a.out.mkdir(parents=True, exist_ok=True)

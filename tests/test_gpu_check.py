@@ -186,3 +186,13 @@ def test_gpu_report_shows_every_figure():
     assert "CPU smoke" not in text and "GPU X" in text and "FAILED t::x" in text
     assert "LABO / LS words/s 0.950" in text and "| fp16-labo | 300 | 950 | n/a |" in text
     assert "9 / 10 test sentences translated (beam 5): NOT all" in text
+
+
+def test_a_finished_training_run_with_the_same_arguments_is_reused(tmp_path):
+    p = plan(False)
+    p.work = tmp_path
+    run = p.runs()[0]
+    done = {"name": run["name"], "args": run["args"], "wps_median": 123.0}
+    (tmp_path / "train").mkdir()
+    (tmp_path / "train" / f"{run['name']}.json").write_text(json.dumps(done))
+    assert gpu_check.run_training(p, run) == done  # no fairseq started: it would need a data-bin
