@@ -386,7 +386,7 @@ def parse(argv, prog):
     ap.add_argument("--source-lang", default="de", help="source language of the data-bin (default de)")
     ap.add_argument("--target-lang", default="en", help="target language of the data-bin (default en)")
     ap.add_argument("--out", type=Path, default=Path("results/gpu"), help="where the JSON goes (default results/gpu)")
-    ap.add_argument("--work", type=Path, help="logs and checkpoints (default OUT/work-KIND); finished "
+    ap.add_argument("--work", type=Path, help="logs and checkpoints (default runs/gpu_check/KIND); finished "
                                               "training runs there are reused by a rerun")
     ap.add_argument("--tiny", "--quick", dest="tiny", action="store_true",
                     help="CPU smoke run (automatic without CUDA): a tiny model, a few updates, small V, fp32")
@@ -419,7 +419,7 @@ def main(argv=None, prog="python -m labo_fairseq.gpu_check") -> int:
     cuda = torch.cuda.is_available() and not a.tiny
     a.data_bin, a.out = a.data_bin.resolve(), a.out.resolve()
     kind = "gpu" if cuda else "cpu-smoke"
-    a.work = (a.work or a.out / f"work-{kind}").resolve()
+    a.work = (a.work or Path("runs") / "gpu_check" / kind).resolve()  # runs/ holds checkpoints, not results/
     try:
         plan = Plan(a, cuda)
     except CheckError as e:
