@@ -7,6 +7,7 @@
   labo-fairseq compare                   LS vs LABO on Multi30k, converged, with significance
   labo-fairseq analyze WHAT              freq-splits | beam-probs | calibrate
   labo-fairseq user-dir                  the directory to pass to fairseq as --user-dir
+  labo-fairseq gpu-check                 the one-command GPU check (results/gpu/)
 
 Every subcommand has ``--help``; those that start fairseq have ``--dry-run``. Relative paths are
 taken from the working directory (or ``--root`` where a command has it), never from the checkout.
@@ -28,6 +29,7 @@ COMMANDS: Dict[str, Tuple[str, str]] = {
     "tables": ("labo_fairseq.tables", "Tables 1 and 2 (mean ± std over seeds) from results/"),
     "compare": ("labo_fairseq.compare", "the converged LS-vs-LABO comparison on Multi30k (3 seeds, 3 test sets)"),
     "user-dir": ("labo_fairseq.cli", "print the directory to pass to fairseq as --user-dir"),
+    "gpu-check": ("labo_fairseq.gpu_check", "one-command GPU check: correctness, criterion speed/memory, fp16/bf16 training, decoding"),
 }
 ANALYZE: Dict[str, Tuple[str, str]] = {
     "freq-splits": ("labo_fairseq.analysis.freq_splits", "BLEU on token-frequency splits (Table 4)"),
