@@ -34,6 +34,8 @@ import time
 from pathlib import Path
 from typing import Dict, List, Optional
 
+from labo_fairseq import io
+
 REPO = Path(__file__).resolve().parents[1]
 USER_DIR = Path(__file__).resolve().parent
 GPU_TESTS = REPO / "tests" / "gpu"
@@ -64,19 +66,14 @@ class CheckError(RuntimeError):
 
 def run_tool(argv: List[str], log: Path, env: Optional[Dict[str, str]] = None, cwd: Optional[Path] = None,
              check: bool = True) -> subprocess.CompletedProcess:
-    """Run one fairseq tool (or any command) with this interpreter's environment, stdout and stderr
-    into ``log``; on failure raise :class:`CheckError` with the log's tail."""
-    log.parent.mkdir(parents=True, exist_ok=True)
-    full_env = dict(os.environ, PYTHONWARNINGS="ignore", **(env or {}))
-    # The checkout's package first, whatever is installed (the tests and the user dir are this one).
+    """:func:`labo_fairseq.io.run_tool` into ``log``, with the checkout's package first on the path
+    (the tests and the user dir are this one); :class:`CheckError` on failure."""
+    full_env = dict(os.environ, **(env or {}))
     full_env["PYTHONPATH"] = os.pathsep.join([str(REPO)] + [p for p in [os.environ.get("PYTHONPATH")] if p])
-    with open(log, "w", encoding="utf-8") as f:
-        proc = subprocess.run(argv, stdout=f, stderr=subprocess.STDOUT, text=True, env=full_env,
-                              cwd=str(cwd) if cwd else None)
-    if check and proc.returncode != 0:
-        tail = log.read_text(encoding="utf-8", errors="replace")[-3000:]
-        raise CheckError(f"{shlex.join(argv[:4])} ... failed with status {proc.returncode} (log: {log}):\n{tail}")
-    return proc
+    try:
+        return io.run_tool(argv, cwd=cwd, log=log, env=full_env, check=check)
+    except io.ToolError as err:
+        raise CheckError(str(err)) from None
 
 
 def fairseq_cmd(tool: str, args: List[str]) -> List[str]:
@@ -200,7 +197,7 @@ class Plan:
 def environment(cuda: bool) -> Dict:
     import torch
 
-    from labo_fairseq.train import git_state, hardware
+    from labo_fairseq.provenance import git_state, hardware
 
     env = {**hardware(), "cudnn": torch.backends.cudnn.version() if cuda else None, "driver": None,
            "device": None, "gpu_memory_gib": None}

@@ -82,12 +82,23 @@ class ToolError(RuntimeError):
     """A fairseq tool exited with an error; the message holds the end of its output."""
 
 
-def run_tool(cmd: Sequence[str], cwd: Optional[Path] = None, what: str = "") -> subprocess.CompletedProcess:
-    """Run one command to completion with its output captured; :class:`ToolError` if it fails."""
-    proc = subprocess.run([str(c) for c in cmd], cwd=cwd, capture_output=True, text=True)
-    if proc.returncode != 0:
-        name = what or Path(cmd[0]).name
-        raise ToolError(f"{name} failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
+def run_tool(cmd: Sequence[str], cwd: Optional[Path] = None, what: str = "", log: Optional[Path] = None,
+             env: Optional[Dict[str, str]] = None, check: bool = True) -> subprocess.CompletedProcess:
+    """Run one command to completion, its output captured (or, with ``log``, written there, stderr
+    included); :class:`ToolError` with the output's end if it fails and ``check``."""
+    cmd = [str(c) for c in cmd]
+    if log is None:
+        proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, env=env)
+        tail = proc.stderr
+    else:
+        Path(log).parent.mkdir(parents=True, exist_ok=True)
+        with open(log, "w", encoding="utf-8") as f:
+            proc = subprocess.run(cmd, cwd=cwd, stdout=f, stderr=subprocess.STDOUT, text=True, env=env)
+        tail = Path(log).read_text(encoding="utf-8", errors="replace")
+    if check and proc.returncode != 0:
+        name = what or " ".join(Path(c).name if i == 0 else c for i, c in enumerate(cmd[:4]))
+        where = f" (log: {log})" if log else ""
+        raise ToolError(f"{name} failed (exit {proc.returncode}){where}:\n{tail[-3000:]}")
     return proc
 
 
