@@ -24,7 +24,7 @@ def test_compare_tiny_stops_resumes_and_reports(multi30k, tmp_path):
     assert "run the same command again" in stopped.stderr
     assert not (tmp_path / "results" / "compare").exists()
 
-    done = cli(*args, cwd=tmp_path, timeout=1800)
+    done = cli(*args, "--budget-minutes", 60, cwd=tmp_path, timeout=3600)
     assert done.returncode == 0, done.stderr[-3000:]
     rep = json.loads((tmp_path / "results" / "compare" / "compare_tiny.json").read_text())
     assert rep["tiny"] is True and rep["seeds"] == [1, 2]
