@@ -3,7 +3,8 @@
 Importing the package (what ``--user-dir labo_fairseq`` does) registers the criteria
 ``label_smoothed_labo``, ``confidence_penalty``, ``focal_loss`` and ``anti_focal_loss`` and lets
 fairseq load its checkpoints on torch >= 2.6 (:mod:`labo_fairseq.checkpoints`), and repairs the
-fairseq-fixed fork's dropped final batch (:mod:`labo_fairseq.fairseq_fixes`). The pure loss
+fairseq-fixed fork's dropped final batch and official fairseq 0.12.2's failing encoder fast path
+(:mod:`labo_fairseq.fairseq_fixes`). The pure loss
 functions in :mod:`labo_fairseq.losses` need torch only.
 """
 
@@ -14,7 +15,8 @@ import importlib.util
 if importlib.util.find_spec("fairseq") is not None:  # without fairseq, losses stay usable
     from labo_fairseq import criteria  # noqa: F401  (registers the criteria)
     from labo_fairseq.checkpoints import allow_fairseq_checkpoints
-    from labo_fairseq.fairseq_fixes import keep_final_batch
+    from labo_fairseq.fairseq_fixes import encoder_fast_path_mask_type, keep_final_batch
 
     allow_fairseq_checkpoints()
     keep_final_batch()
+    encoder_fast_path_mask_type()
