@@ -124,7 +124,7 @@ def encoder_fast_path_mask_type() -> None:
                 self.self_attn_layer_norm.weight, self.self_attn_layer_norm.bias,
                 self.final_layer_norm.weight, self.final_layer_norm.bias,
                 self.fc1_weight, self.fc1_bias, self.fc2_weight, self.fc2_bias,
-                encoder_padding_mask.to(torch.bool), _KEY_PADDING_MASK,
+                encoder_padding_mask, _KEY_PADDING_MASK,
             )
         return inner(self, x, encoder_padding_mask, attn_mask)
 
