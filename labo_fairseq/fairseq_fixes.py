@@ -1,4 +1,4 @@
-"""Fixes for known defects of the fairseq forks this project runs on, applied when the plugin loads.
+"""Fixes for known defects of the fairseq releases this project runs on, applied when the plugin loads.
 
 ``keep_final_batch``: fairseq-fixed 0.12.3.1 adds to ``fairseq.data.data_utils.batch_by_size``::
 
@@ -11,6 +11,9 @@ sentences, validation scores a subset, and each training epoch loses its tail. O
 0.12.2 keeps that batch. The wrapper appends the dropped indices back as the final batch (batches
 are contiguous splits of ``indices``, so the missing ones are exactly the tail); on a fairseq
 without the defect nothing is missing and nothing changes.
+
+``encoder_fast_path_mask_type``: official fairseq 0.12.2 on torch >= 1.13 cannot decode a
+left-padded batch ("Mask Type should be defined"); see that function and docs/fairseq-compat.md.
 """
 
 import functools
