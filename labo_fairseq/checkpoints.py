@@ -59,7 +59,11 @@ def _fairseq_globals():
 def fairseq_checkpoint_globals():
     """The classes and functions a fairseq 0.12 checkpoint (or a broadcast of one) pickles besides
     tensors and builtin containers."""
-    found = [argparse.Namespace, collections.defaultdict, collections.OrderedDict, typing.Any]
+    found = [argparse.Namespace, collections.defaultdict, collections.OrderedDict]
+    # torch's allow-list keys a global by __module__ and __name__; typing.Any has no __name__
+    # before Python 3.10, and listing it there (torch 2.4, Python 3.8) breaks every weights_only load.
+    if hasattr(typing.Any, "__name__"):
+        found.append(typing.Any)
     # omegaconf metadata names value/key types as globals (object_type=dict, key_type=Any, ...).
     found += [dict, list, tuple, int, float, str, bool, bytes]
     return found + _omegaconf_globals() + _numpy_globals() + _fairseq_globals()

@@ -1,4 +1,4 @@
-"""Fixes for known defects of the fairseq forks this project runs on, applied when the plugin loads.
+"""Fixes for known defects of the fairseq releases this project runs on, applied when the plugin loads.
 
 ``keep_final_batch``: fairseq-fixed 0.12.3.1 adds to ``fairseq.data.data_utils.batch_by_size``::
 
@@ -11,6 +11,9 @@ sentences, validation scores a subset, and each training epoch loses its tail. O
 0.12.2 keeps that batch. The wrapper appends the dropped indices back as the final batch (batches
 are contiguous splits of ``indices``, so the missing ones are exactly the tail); on a fairseq
 without the defect nothing is missing and nothing changes.
+
+``encoder_fast_path_mask_type``: official fairseq 0.12.2 on torch >= 1.13 cannot decode a
+left-padded batch ("Mask Type should be defined"); see that function and docs/fairseq-compat.md.
 """
 
 import functools
@@ -42,6 +45,97 @@ def keep_final_batch() -> None:
     data_utils.batch_by_size = batch_by_size
 
 
+# torch's ``_transformer_encoder_layer_fwd`` mask types (``MultiheadAttention.merge_masks``):
+# 0 = attention mask (T, T), 1 = key-padding mask (B, T), 2 = merged (B, H, T, T).
+_KEY_PADDING_MASK = 1
+
+
+def _op_takes_mask_type() -> bool:
+    import torch
+
+    try:
+        schemas = torch._C._jit_get_schemas_for_operator("aten::_transformer_encoder_layer_fwd")
+    except (AttributeError, RuntimeError):
+        return False
+    return any(a.name == "mask_type" for s in schemas for a in s.arguments)
+
+
+def _fast_path_omits_mask_type(layer_cls) -> bool:
+    import inspect
+
+    try:
+        src = inspect.getsource(layer_cls.forward)
+    except (OSError, TypeError):
+        return False
+    return "_transformer_encoder_layer_fwd" in src and "mask_type" not in src
+
+
+def encoder_fast_path_mask_type() -> None:
+    """Official fairseq 0.12.2 on torch >= 1.13: ``fairseq-generate`` fails with
+    ``RuntimeError: Mask Type should be defined``.
+
+    The defect: a ``TransformerEncoderLayerBase`` loaded from a checkpoint and never trained in the
+    process (``load_to_BT``, not ``ever_training``: generate, interactive, ``--eval-bleu`` before any
+    update) runs torch's fused encoder layer ``torch._transformer_encoder_layer_fwd(..., mask)``.
+    The encoder turns a padded batch into a nested tensor (and passes ``mask=None``) only when the
+    padding is on the right; translation pads sources on the left (``--left-pad-source True``), so
+    the layer gets the dense (B, T, C) batch and the (B, T) padding mask. Since torch 1.13 that op
+    takes ``mask_type`` as well, and its masked softmax refuses a mask without one. Batches with no
+    padding (a batch of one, equal lengths) pass ``mask=None`` and work, so the failure depends on
+    the data.
+
+    The repair: in exactly that case (fast path taken, dense input, a mask given) the wrapper makes
+    the same call with ``mask_type=1``, torch's code for a (B, T) key-padding mask (True = pad), as
+    ``torch.nn.TransformerEncoderLayer`` passes for ``src_key_padding_mask``. Every other call goes
+    to fairseq's own ``forward``. Applied only where fairseq's fast path omits ``mask_type`` and
+    torch's op takes one; fairseq-fixed 0.12.3.1 has no fast path and is left alone.
+    """
+    try:
+        from fairseq.modules.transformer_layer import TransformerEncoderLayerBase
+    except ImportError:
+        return
+    inner = TransformerEncoderLayerBase.forward
+    if getattr(inner, "_labo_mask_type", False):
+        return
+    if not (_fast_path_omits_mask_type(TransformerEncoderLayerBase) and _op_takes_mask_type()):
+        return
+
+    import torch
+
+    @functools.wraps(inner)
+    def forward(self, x, encoder_padding_mask, attn_mask=None):
+        if (
+            encoder_padding_mask is not None
+            and encoder_padding_mask.dim() == 2
+            and not x.is_nested
+            # fairseq 0.12.2's own fast-path condition
+            and self.BT_version
+            and x.dim() == 3
+            and self.load_to_BT
+            and not self.return_fc
+            and self.can_use_fastpath
+            and not self.training
+            and not self.ever_training
+            and not self.cfg_checkpoint_activations
+        ):
+            return torch._transformer_encoder_layer_fwd(
+                x, self.embed_dim, self.num_heads,
+                self.in_proj_weight, self.in_proj_bias, self.out_proj_weight, self.out_proj_bias,
+                self.activation_relu_or_gelu == 2,
+                False,  # norm_first: the fast path is only taken without normalize_before
+                self.self_attn_layer_norm.eps,
+                self.self_attn_layer_norm.weight, self.self_attn_layer_norm.bias,
+                self.final_layer_norm.weight, self.final_layer_norm.bias,
+                self.fc1_weight, self.fc1_bias, self.fc2_weight, self.fc2_bias,
+                encoder_padding_mask, _KEY_PADDING_MASK,
+            )
+        return inner(self, x, encoder_padding_mask, attn_mask)
+
+    forward._labo_mask_type = True
+    TransformerEncoderLayerBase.forward = forward
+
+
 def apply_fixes() -> None:
     """Every repair of this module; each does nothing on a fairseq without its defect."""
     keep_final_batch()
+    encoder_fast_path_mask_type()

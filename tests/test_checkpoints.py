@@ -3,6 +3,7 @@
 import argparse
 import os
 import pickle
+import typing
 
 import numpy as np
 import pytest
@@ -15,6 +16,11 @@ from labo_fairseq.checkpoints import allow_fairseq_checkpoints  # noqa: E402
 
 needs_allowlist = pytest.mark.skipif(
     not hasattr(torch.serialization, "add_safe_globals"), reason="torch < 2.4 has no weights_only allow-list"
+)
+# omegaconf's metadata pickles typing.Any, which torch's allow-list cannot name before Python 3.10
+# (no __name__); there torch < 2.6 loads checkpoints without weights_only by default.
+needs_typing_any = pytest.mark.skipif(
+    not hasattr(typing.Any, "__name__"), reason="typing.Any has no __name__ before Python 3.10: torch cannot allow-list it"
 )
 
 
@@ -37,6 +43,7 @@ def fairseq_like_state():
 
 
 @needs_allowlist
+@needs_typing_any
 def test_fairseq_checkpoint_loads_with_weights_only(tmp_path):
     path = tmp_path / "checkpoint.pt"
     torch.save(fairseq_like_state(), path)
@@ -49,6 +56,17 @@ def test_fairseq_checkpoint_loads_with_weights_only(tmp_path):
 
 
 @needs_allowlist
+def test_allowlist_keeps_plain_weights_only_loads_working(tmp_path):
+    """Every allow-listed global must be nameable by torch: one that is not (typing.Any on
+    Python 3.8) made every weights_only load that looks up the allow-list fail (AttributeError)."""
+    path = tmp_path / "plain.pt"
+    torch.save({"w": torch.arange(3.0), "args": argparse.Namespace(lr=[5e-4])}, path)
+    allow_fairseq_checkpoints()
+    state = torch.load(path, weights_only=True)
+    assert state["w"].tolist() == [0.0, 1.0, 2.0] and state["args"].lr == [5e-4]
+
+
+@needs_allowlist
 def test_allowlist_still_refuses_arbitrary_objects(tmp_path):
     path = tmp_path / "evil.pt"
     torch.save({"model": {}, "x": Exploit()}, path)
@@ -58,6 +76,7 @@ def test_allowlist_still_refuses_arbitrary_objects(tmp_path):
 
 
 @needs_allowlist
+@needs_typing_any
 def test_distributed_broadcast_of_a_real_fairseq_state_loads(tmp_path):
     """What rank 0 sends on distributed resume: fairseq's real training config (omegaconf, with
     builtin types in its metadata) with tensors split out into fairseq's placeholders."""

@@ -81,9 +81,18 @@ def test_labo_warmup_resume_and_generate(data_bin, tmp_path):
     assert inter.returncode == 0, inter.stderr[-3000:]
     assert len(re.findall(r"^H-\d+\t", inter.stdout, flags=re.M)) == 2
 
-    # The same checkpoint without the plugin is refused by torch's weights_only loader, as documented.
-    refused = fairseq("generate", data_bin, "--path", ck / "checkpoint_best.pt", "--cpu", check=False)
-    assert refused.returncode != 0 and "weights_only" in refused.stderr
+    # Without the plugin, the same checkpoint is refused by torch >= 2.6's weights_only loader (as
+    # documented), and official fairseq 0.12.2 cannot decode it (docs/fairseq-compat.md).
+    import torch
+    from fairseq.modules.transformer_layer import TransformerEncoderLayerBase
+
+    import labo_fairseq  # noqa: F401
+    weights_only_default = tuple(int(v) for v in torch.__version__.split("+")[0].split(".")[:2]) >= (2, 6)
+    fast_path_defect = getattr(TransformerEncoderLayerBase.forward, "_labo_mask_type", False)
+    if weights_only_default or fast_path_defect:
+        refused = fairseq("generate", data_bin, "--path", ck / "checkpoint_best.pt", "--cpu", check=False)
+        assert refused.returncode != 0
+        assert ("weights_only" if weights_only_default else "Mask Type should be defined") in refused.stderr
 
 
 def test_invalid_flag_stops_training_at_startup(data_bin, tmp_path):

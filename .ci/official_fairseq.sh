@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# CI on the official fairseq stack, from nothing: Python 3.8, fairseq 0.12.2 from its PyPI wheel
+# (built for Python 3.8 only), torch 2.4.1 and pip<24.1 (newer pip refuses omegaconf 2.0's
+# metadata). It runs the tests that depend on fairseq's version: the losses and criteria against
+# their references, the plugin's fairseq fixes (incl. the encoder fast path, docs/fairseq-compat.md),
+# checkpoint loading, and one end-to-end train -> resume -> generate with --user-dir on real text.
+#
+#   .ci/official_fairseq.sh [--keep-venv DIR]
+#
+# The venv goes to a temporary directory, removed at the end, unless --keep-venv DIR names one
+# (reused if it already holds the stack). pip's cache is off so that a run measures a fresh machine.
+# PYTHON38 overrides the interpreter (default: pyenv's 3.8.18).
+set -euo pipefail
+repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+
+venv=""
+while [[ $# -gt 0 ]]; do
+  case "$1" in
+    --keep-venv) venv=$2; shift 2 ;;
+    -h|--help) sed -n '2,12p' "${BASH_SOURCE[0]}"; exit 0 ;;
+    *) echo "official_fairseq.sh: unknown argument '$1' (see --help)" >&2; exit 2 ;;
+  esac
+done
+
+start=$SECONDS
+if [[ -z "$venv" ]]; then
+  tmp=$(mktemp -d "${TMPDIR:-/tmp}/labo-official-fairseq.XXXXXX")
+  trap 'rm -rf "$tmp"' EXIT
+  venv="$tmp/venv"
+fi
+
+if [[ -z "${PYTHON38:-}" ]]; then
+  pyenv_root=$(pyenv root 2>/dev/null || echo "$HOME/.pyenv")
+  PYTHON38="$pyenv_root/versions/3.8.18/bin/python"
+fi
+[[ -x "$PYTHON38" ]] || { echo "official_fairseq.sh: no Python 3.8 at $PYTHON38 (set PYTHON38)" >&2; exit 2; }
+
+export PIP_NO_CACHE_DIR=1 PIP_DISABLE_PIP_VERSION_CHECK=1
+pip=("$venv/bin/python" -m pip)
+run() { printf '+'; printf ' %q' "$@"; printf '\n'; "$@"; }
+
+if [[ ! -x "$venv/bin/python" ]]; then
+  run "$PYTHON38" -m venv "$venv"
+fi
+run "${pip[@]}" install -q "pip<24.1"
+# torch 2.4.1 on PyPI is the CUDA build (about 2.5 GB with its nvidia-* wheels); it runs on CPU.
+run "${pip[@]}" install -q "torch==2.4.1" "fairseq==0.12.2"
+run "${pip[@]}" install -q -e "$repo[test]"
+"$venv/bin/python" - <<'EOF'
+import sys, torch, fairseq
+assert sys.version_info[:2] == (3, 8), sys.version
+assert torch.__version__.split("+")[0] == "2.4.1" and fairseq.__version__ == "0.12.2", (torch.__version__, fairseq.__version__)
+print(f"stack: Python {sys.version.split()[0]}, torch {torch.__version__}, fairseq {fairseq.__version__}")
+EOF
+echo "install: $((SECONDS - start)) s"
+
+cd "$repo"
+# -p no:cacheprovider: write nothing into the checkout
+run "$venv/bin/python" -m pytest -q -p no:cacheprovider -rs \
+  tests/test_losses.py tests/test_criteria.py tests/test_fairseq_fixes.py tests/test_encoder_fast_path.py \
+  tests/test_checkpoints.py "tests/test_end_to_end.py::test_labo_warmup_resume_and_generate"
+echo "official fairseq CI: $((SECONDS - start)) s in all"
