@@ -6,7 +6,9 @@ import pytest
 pytest.importorskip("fairseq", reason="fairseq is not installed (scripts/install.sh)")
 import torch  # noqa: E402
 
-import labo_fairseq  # noqa: E402,F401  (applies the fixes)
+from labo_fairseq import register  # noqa: E402
+
+register()  # applies the fixes
 from fairseq.modules.transformer_layer import TransformerEncoderLayerBase  # noqa: E402
 from labo_fairseq import fairseq_fixes  # noqa: E402
 

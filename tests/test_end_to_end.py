@@ -86,7 +86,9 @@ def test_labo_warmup_resume_and_generate(data_bin, tmp_path):
     import torch
     from fairseq.modules.transformer_layer import TransformerEncoderLayerBase
 
-    import labo_fairseq  # noqa: F401
+    from labo_fairseq import register
+
+    register()
     weights_only_default = tuple(int(v) for v in torch.__version__.split("+")[0].split(".")[:2]) >= (2, 6)
     fast_path_defect = getattr(TransformerEncoderLayerBase.forward, "_labo_mask_type", False)
     if weights_only_default or fast_path_defect:
