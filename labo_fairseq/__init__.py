@@ -13,6 +13,7 @@ import importlib.util
 
 if importlib.util.find_spec("fairseq") is not None:  # without fairseq, losses stay usable
     from labo_fairseq import criteria  # noqa: F401  (registers the criteria)
+    from labo_fairseq import distillation  # noqa: F401  (registers word_distillation)
     from labo_fairseq.checkpoints import allow_fairseq_checkpoints
     from labo_fairseq.fairseq_fixes import keep_final_batch
 
