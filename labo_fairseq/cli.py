@@ -25,6 +25,7 @@ COMMANDS: Dict[str, Tuple[str, str]] = {
     "train": ("labo_fairseq.train", "train one dataset x method x seed with the paper's settings"),
     "evaluate": ("labo_fairseq.evaluate", "beam-5 test BLEU of a trained run into results/"),
     "tables": ("labo_fairseq.tables", "Tables 1 and 2 (mean ± std over seeds) from results/"),
+    "distill-data": ("labo_fairseq.distill_data", "sequence-level KD data: a teacher's beam-5 translations of the training set"),
     "user-dir": ("labo_fairseq.cli", "print the directory to pass to fairseq as --user-dir"),
 }
 ANALYZE: Dict[str, Tuple[str, str]] = {

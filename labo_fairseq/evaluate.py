@@ -144,10 +144,15 @@ def score_direction(ds: Dict, gen_text: str, n_test: int, src: str, tgt: str, re
 
 
 def evaluate(a) -> int:
+    from labo_fairseq import kd_runs
+
     ds, _ = dataset_config(a.dataset), method_config(a.method)
-    rd = run_dir(a.runs_root, a.dataset, a.method, a.seed, a.tau)
+    student = kd_runs.plan(a.dataset, ds["data"], a.method, a.tau, a.teacher, a.data_variant, a.student, a.runs_root,
+                           a.data_root)
+    tag, tau = (a.method, a.tau) if student is None else (student.tag, None)  # a student's tag names its run
+    rd = run_dir(a.runs_root, a.dataset, tag, a.seed, tau)
     ck = Path(a.checkpoint) if a.checkpoint not in ("best", "last") else rd / "checkpoints" / f"checkpoint_{a.checkpoint}.pt"
-    out = result_path(a.results_root, a.dataset, a.method, a.seed, a.tau)
+    out = result_path(a.results_root, a.dataset, tag, a.seed, tau)
     data = a.data_root / ds["data"]
     import torch
 
@@ -206,6 +211,8 @@ def evaluate(a) -> int:
         "evaluate": {**git_state(), "hardware": hardware(), "started": started, "wall_s": round(time.time() - t0, 1),
                      "beam": 5, "device": "cpu" if cpu else "cuda"},
     }
+    if run.get("distillation"):
+        result["distillation"] = {**run["distillation"], "teacher_gamma": kd_runs.teacher_gamma(rd)}
     write_lines(out, [json.dumps(result, indent=1)])
     print(f"evaluate: wrote {out}", file=sys.stderr)
     return 0
@@ -224,6 +231,9 @@ def main(argv=None, prog="labo-fairseq evaluate") -> int:
     ap.add_argument("--text-root", type=Path, default=Path("data"),
                     help="prepared text (raw IWSLT'17 references under DATA/raw/); default data/")
     ap.add_argument("--results-root", type=Path, default=Path("results"))
+    from labo_fairseq import kd_runs
+
+    kd_runs.add_arguments(ap)
     ap.add_argument("--batch-size", type=int, default=128, help="sentences per decoding batch (fairseq's recipe: 128)")
     ap.add_argument("--cpu", action="store_true", help="decode on CPU even if a GPU is there")
     ap.add_argument("--force", action="store_true", help="replace an existing result")

@@ -96,7 +96,7 @@ def _free_port() -> int:
 def train_command(dataset: str, method: str, seed: int, tau: Optional[float] = None, gpus: int = 0,
                   update_freq: int = 1, data_root: Path = Path("data-bin"), runs_root: Path = Path("runs"),
                   extra: Tuple[str, ...] = (), procs: int = 1, nodes: int = 1, node_rank: int = 0,
-                  master_addr: Optional[str] = None, master_port: int = 0) -> Launch:
+                  master_addr: Optional[str] = None, master_port: int = 0, student=None) -> Launch:
     """The fairseq-train command of DATASET x METHOD x SEED and how to launch it.
 
     - ``gpus=0``: CPU; ``procs>1`` starts that many ranks with fairseq's gloo backend
@@ -104,6 +104,7 @@ def train_command(dataset: str, method: str, seed: int, tau: Optional[float] = N
     - ``gpus=G``, one node: fp16, fairseq spawns G processes (``--distributed-world-size G``).
     - ``gpus=G``, ``nodes=M``: ``torchrun`` on each node (``--node-rank``), world size M*G.
     ``master_port=0`` picks a free port (CPU ranks) or torchrun's default 29500 (nodes).
+    ``student``: a :class:`labo_fairseq.kd_runs.StudentPlan` (distillation runs: tag, data, flags).
     """
     if seed < 0 or gpus < 0 or update_freq < 1 or procs < 1 or nodes < 1:
         raise ValueError("need seed >= 0, --gpus >= 0, --update-freq >= 1, --procs >= 1, --nodes >= 1")
@@ -127,8 +128,11 @@ def train_command(dataset: str, method: str, seed: int, tau: Optional[float] = N
         args["--labo-warmup-updates"] = ds["labo_warmup_updates"]
         if tau is not None:
             args["--labo-tau"] = tau
-    out = run_dir(runs_root, dataset, method, seed, tau)
-    argv = ["fairseq-train", str(data_root / ds["data"]), "--user-dir", str(USER_DIR), "--task", ds.get("task", "translation")]
+    if student is not None:
+        args.update(student.args)
+    out = run_dir(runs_root, dataset, method, seed, tau) if student is None else run_dir(runs_root, dataset, student.tag, seed, None)
+    data = ds["data"] if student is None else student.data
+    argv = ["fairseq-train", str(data_root / data), "--user-dir", str(USER_DIR), "--task", ds.get("task", "translation")]
     if "source_lang" in ds:
         argv += ["--source-lang", ds["source_lang"], "--target-lang", ds["target_lang"]]
     argv += _flags(args) + ["--seed", str(seed), "--save-dir", str(out / "checkpoints")]
@@ -220,9 +224,19 @@ def run_processes(processes: List[List[str]], logs: List[Path]) -> int:
 
 
 def cmd_train(a) -> int:
+    from labo_fairseq import kd_runs
+
     try:
+        student = kd_runs.plan(a.dataset, dataset_config(a.dataset)["data"], a.method, a.tau, a.teacher, a.data_variant,
+                               a.student, a.runs_root, a.data_root)
         launch = train_command(a.dataset, a.method, a.seed, a.tau, a.gpus, a.update_freq, a.data_root, a.runs_root,
-                               tuple(a.fairseq_args), a.procs, a.nodes, a.node_rank, a.master_addr, a.master_port)
+                               tuple(a.fairseq_args), a.procs, a.nodes, a.node_rank, a.master_addr, a.master_port,
+                               student)
+        if student is not None and not a.dry_run:
+            missing = [str(p) for p in student.needs if not p.exists()]
+            if missing:
+                raise kd_runs.KDError(f"not found: {', '.join(missing)} (train the teacher first; for "
+                                      "--data-variant seqkd:RUN, run labo-fairseq distill-data DATASET RUN)")
     except ValueError as err:
         print(f"train: error: {err}", file=sys.stderr)
         return 2
@@ -251,6 +265,7 @@ def cmd_train(a) -> int:
             "dataset": a.dataset, "method": a.method, "seed": a.seed, "tau": a.tau, "gpus": a.gpus, "procs": a.procs,
             "nodes": a.nodes, "update_freq": a.update_freq, "command": launch.train_argv,
             "launch": launch.processes, "extra_args": list(a.fairseq_args), **git_state(), "hardware": hardware(),
+            **({"distillation": student.record} if student is not None else {}),
             "started": datetime.datetime.now(datetime.timezone.utc).isoformat(),
         }
         record["sessions"] = previous.get("sessions", []) + [
@@ -282,6 +297,9 @@ def main(argv=None, prog="labo-fairseq train") -> int:
                         "fewer GPUs than the effective batch you want")
     t.add_argument("--data-root", type=Path, default=Path("data-bin"))
     t.add_argument("--runs-root", type=Path, default=Path("runs"))
+    from labo_fairseq import kd_runs
+
+    kd_runs.add_arguments(t)
     t.add_argument("--force", action="store_true", help="delete an existing run directory (made by this command) first")
     t.add_argument("--dry-run", action="store_true", help="print the command(s) this would start, run nothing")
     t.epilog = ("Extra fairseq-train flags go after --, e.g. -- --max-update 100 (they come last, so they win).\n"
