@@ -137,7 +137,8 @@ def add_arguments(ap) -> None:
 
 def teacher_gamma(run_dir: Path) -> Optional[Dict]:
     """Müller's γ as the word_distillation criterion last logged it in ``train.log``: the last
-    validation record if there is one, else the last training-epoch record."""
+    training-epoch record (Müller et al. measure γ over the training set; the teacher runs in eval
+    mode, so dropout does not enter it), else the last validation record."""
     log = run_dir / "train.log"
     if not log.is_file():
         return None
@@ -152,7 +153,7 @@ def teacher_gamma(run_dir: Path) -> Optional[Dict]:
             key = f"{m.group(1)}_gamma"  # fairseq prefixes epoch-level records' keys with the split
             if key in rec:
                 found[m.group(1)] = float(rec[key])
-    for split in ("valid", "train"):
+    for split in ("train", "valid"):
         if split in found:
             return {"gamma": found[split], "split": split}
     return None

@@ -219,7 +219,7 @@ def distillation_table(results: List[Dict], dataset: str, pair: str, metric: str
     text = _markdown(f"Distillation: {dataset} {pair.upper()} ({metric})", DISTILL_COLUMNS, body).replace(
         "| method |", "| teacher |", 1)
     notes = ["Cells: mean ± sample std over n runs (teacher seeds; student runs). γ: Müller et al.'s teacher "
-             "mass off the gold (×V/(V−1)), as logged by the word-KD students' criterion on validation data.",
+             "mass off the gold (×V/(V−1)), as the word-KD students' criterion logged it over their last training epoch.",
              "Students: the architecture of configs/student.yaml; word KD = train DATASET kd SEED --teacher RUN; "
              "sequence KD = train DATASET ce SEED --data-variant seqkd:RUN; without KD = train DATASET ce SEED --student."]
     mods = sorted({" ".join(r.get("extra_train_args") or []) for r in here if r.get("extra_train_args")})

@@ -114,9 +114,9 @@ def test_teacher_gamma_from_the_train_log(tmp_path):
     log = tmp_path / "train.log"
     log.write_text('x | train | {"epoch": 1, "train_gamma": "0.4"}\n'
                    'x | valid | {"epoch": 1, "valid_gamma": "0.31"}\nx | train | {"epoch": 2, "train_gamma": "0.2"}\n')
-    assert kd_runs.teacher_gamma(tmp_path) == {"gamma": 0.31, "split": "valid"}
-    log.write_text('x | train | {"epoch": 2, "train_gamma": "0.2"}\n')
-    assert kd_runs.teacher_gamma(tmp_path) == {"gamma": 0.2, "split": "train"}
+    assert kd_runs.teacher_gamma(tmp_path) == {"gamma": 0.2, "split": "train"}  # the last epoch's, on training data
+    log.write_text('x | valid | {"epoch": 2, "valid_gamma": "0.25"}\n')
+    assert kd_runs.teacher_gamma(tmp_path) == {"gamma": 0.25, "split": "valid"}
     assert kd_runs.teacher_gamma(tmp_path / "none") is None
 
 
