@@ -195,3 +195,17 @@ def test_topk_reaches_the_loss(data_dir, teacher_file):
     ref, _ = losses.distillation_loss(lp, sample["target"].view(-1), tl, 1.0, ignore_index=pad, teacher_topk=2)
     torch.testing.assert_close(loss.detach(), ref)
     assert isinstance(crit, WordDistillationCriterion)
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA (the teacher follows an fp16 student onto the GPU)")
+def test_teacher_follows_an_fp16_student_onto_the_gpu(data_dir, teacher_file):
+    _, crit = build(data_dir, "--criterion", "word_distillation", "--teacher-path", str(teacher_file))
+    student = torch.nn.Linear(1, 1).cuda().half()
+    src = torch.tensor([[4, 5, 6, 2]], device="cuda")
+    sample = {"net_input": {"src_tokens": src, "src_lengths": torch.tensor([4], device="cuda"),
+                            "prev_output_tokens": torch.tensor([[2, 4, 5]], device="cuda")}}
+    lp = crit.teacher_lprobs(student, sample)
+    (teacher,) = crit.teachers
+    assert all(p.is_cuda and p.dtype == torch.float16 for p in teacher.parameters())
+    assert lp.is_cuda and torch.isfinite(lp).all() and not lp.requires_grad
