@@ -2,7 +2,7 @@
 
 Under ``--user-dir labo_fairseq`` (and whenever fairseq is imported before this package),
 importing it runs :func:`register`: the criteria ``label_smoothed_labo``, ``confidence_penalty``,
-``focal_loss`` and ``anti_focal_loss`` are registered, fairseq checkpoints load on torch >= 2.6
+``focal_loss``, ``anti_focal_loss`` and ``word_distillation`` are registered, fairseq checkpoints load on torch >= 2.6
 (:mod:`labo_fairseq.checkpoints`) and known fairseq defects are repaired
 (:mod:`labo_fairseq.fairseq_fixes`). Code that imports this package first calls :func:`register`
 itself. Without fairseq loaded, importing it loads neither torch nor fairseq, so the
@@ -30,6 +30,7 @@ def register() -> None:
     level, handlers = root.level, list(root.handlers)
     try:
         from labo_fairseq import criteria  # noqa: F401  (registers the criteria)
+        from labo_fairseq import distillation  # noqa: F401  (registers word_distillation)
         from labo_fairseq.checkpoints import allow_fairseq_checkpoints
         from labo_fairseq.fairseq_fixes import apply_fixes
 

@@ -28,6 +28,7 @@ COMMANDS: Dict[str, Tuple[str, str]] = {
     "evaluate": ("labo_fairseq.evaluate", "beam-5 test BLEU of a trained run into results/"),
     "tables": ("labo_fairseq.tables", "Tables 1 and 2 (mean ± std over seeds) from results/"),
     "compare": ("labo_fairseq.compare", "the converged LS-vs-LABO comparison on Multi30k (3 seeds, 3 test sets)"),
+    "distill-data": ("labo_fairseq.distill_data", "sequence-level KD data: a teacher's beam-5 translations of the training set"),
     "user-dir": ("labo_fairseq.cli", "print the directory to pass to fairseq as --user-dir"),
     "gpu-check": ("labo_fairseq.gpu_check", "one-command GPU check: correctness, criterion speed/memory, fp16/bf16 training, decoding"),
 }

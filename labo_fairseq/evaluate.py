@@ -140,12 +140,17 @@ def score_direction(ds: Dict, gen_text: str, n_test: int, src: str, tgt: str,
 
 
 def evaluate(a) -> int:
+    from labo_fairseq import kd_runs
+
     ds, _ = dataset_config(a.dataset), method_config(a.method)
     roots = Roots.from_args(a)
-    rd = run_dir(roots.runs, a.dataset, a.method, a.seed, a.tau)
+    student = kd_runs.plan(a.dataset, ds["data"], a.method, a.tau, a.teacher, a.data_variant, a.student, roots.runs,
+                           roots.data_bin)
+    tag, tau = (a.method, a.tau) if student is None else (student.tag, None)  # a student's tag names its run
+    rd = run_dir(roots.runs, a.dataset, tag, a.seed, tau)
     ck = (rd / "checkpoints" / f"checkpoint_{a.checkpoint}.pt" if a.checkpoint in ("best", "last")
           else absolute(Path(a.checkpoint)))
-    out = result_path(roots.results, a.dataset, a.method, a.seed, a.tau)
+    out = result_path(roots.results, a.dataset, tag, a.seed, tau)
     data = roots.data_bin / ds["data"]
     cpu = a.cpu or not cuda_visible(probe_torch=not a.dry_run)  # a dry run imports neither torch nor fairseq
     cmds = {key: decode_command(ds, data, ck, s, t, cpu, a.batch_size, a.generate_args, subset)
@@ -210,6 +215,8 @@ def evaluate(a) -> int:
         "evaluate": {**git_state(), "hardware": hardware(), "started": started, "wall_s": round(time.time() - t0, 1),
                      "beam": 5, "device": "cpu" if cpu else "cuda"},
     }
+    if run.get("distillation"):
+        result["distillation"] = {**run["distillation"], "teacher_gamma": kd_runs.teacher_gamma(rd)}
     write_lines(out, [json.dumps(result, indent=1)])
     print(f"evaluate: wrote {out}", file=sys.stderr)
     return 0
@@ -224,6 +231,9 @@ def main(argv=None, prog="labo-fairseq evaluate") -> int:
     ap.add_argument("--checkpoint", default="best",
                     help="best (chosen by validation BLEU, or NLL for IWSLT'17; default), last, or a path")
     add_root_arguments(ap, "data", "text", "runs", "results")
+    from labo_fairseq import kd_runs
+
+    kd_runs.add_arguments(ap)
     ap.add_argument("--batch-size", type=int, default=128, help="sentences per decoding batch (fairseq's recipe: 128)")
     ap.add_argument("--cpu", action="store_true", help="decode on CPU even if a GPU is there")
     ap.add_argument("--force", action="store_true", help="replace an existing result")

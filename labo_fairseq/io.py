@@ -157,17 +157,17 @@ def cuda_visible(probe_torch: bool = True) -> bool:
 
 def generate_command(data: Path, checkpoint: Path, subset: str = "test", beam: int = 5,
                      batch_size: Optional[int] = None, max_tokens: Optional[int] = None,
-                     remove_bpe: str = "subword_nmt", task_args: Sequence[str] = (), cpu: bool = True,
+                     remove_bpe: Optional[str] = "subword_nmt", task_args: Sequence[str] = (), cpu: bool = True,
                      extra: Sequence[str] = ()) -> List[str]:
     """The ``fairseq-generate`` command line, through the plugin (so every sentence is translated):
-    ``--remove-bpe`` is ``subword_nmt`` (``@@ ``) or ``sentencepiece``; fp16 on GPU."""
+    ``--remove-bpe`` is ``subword_nmt`` (``@@ ``), ``sentencepiece`` or None (BPE kept); fp16 on GPU."""
     cmd = [*fairseq_command("generate"), str(data), "--user-dir", str(USER_DIR), "--path", str(checkpoint),
            "--gen-subset", subset, "--beam", str(beam)]
     if batch_size is not None:
         cmd += ["--batch-size", str(batch_size)]
     if max_tokens is not None:
         cmd += ["--max-tokens", str(max_tokens)]
-    cmd += ["--remove-bpe", remove_bpe, *task_args]
+    cmd += (["--remove-bpe", remove_bpe] if remove_bpe else []) + list(task_args)
     return cmd + (["--cpu"] if cpu else ["--fp16"]) + [str(e) for e in extra]
 
 
@@ -206,6 +206,12 @@ def parse_generate(text: str) -> Generation:
         elif line.startswith("Generate ") and "BLEU" in line:
             g.bleu_line = line.strip()
     return g
+
+
+def preprocess(args: Sequence[str]) -> None:
+    """``fairseq-preprocess ARGS`` (the running interpreter's fairseq); :class:`ToolError` if it fails."""
+    print("+ fairseq-preprocess " + " ".join(map(str, args)), file=sys.stderr)
+    run_tool([*fairseq_command("preprocess"), *map(str, args)], what="fairseq-preprocess")
 
 
 def generate(cmd: Sequence[str]) -> Generation:

@@ -18,6 +18,8 @@ __all__ = [
     "confidence_penalty_loss",
     "focal_loss",
     "anti_focal_loss",
+    "distillation_loss",
+    "distillation_terms",
     "check_range",
 ]
 
@@ -285,3 +287,100 @@ def anti_focal_loss(
     return _weighted_nll(
         lprobs, target, lambda p: (1.0 + alpha * p).pow(gamma), detach_weight, ignore_index, reduce
     )
+
+
+# --------------------------------------------------------------------------------- distillation
+
+
+def _label_smoothed(x: Tensor, target: Tensor, epsilon: float) -> Tuple[Tensor, Tensor]:
+    """fairseq's ``label_smoothed_nll_loss`` per token: ``(1 - eps - eps/(V-1)) nll + eps/(V-1) sum_j -x_j``
+    (mass ``1 - eps`` on the gold, ``eps/(V-1)`` elsewhere); plain NLL at eps = 0."""
+    nll = -_gold(x, target)
+    if epsilon == 0.0:
+        return nll, nll
+    eps_i = epsilon / (x.size(-1) - 1)
+    return (1.0 - epsilon - eps_i) * nll - eps_i * x.sum(-1), nll
+
+
+def distillation_terms(
+    lprobs: Tensor,
+    target: Tensor,
+    teacher_lprobs: Tensor,
+    alpha: float,
+    temperature: float = 1.0,
+    epsilon: float = 0.0,
+    ignore_index: Optional[int] = None,
+    reduce: bool = True,
+    teacher_topk: Optional[int] = None,
+) -> Tuple[Tensor, Tensor, Dict[str, Tensor]]:
+    """:func:`distillation_loss` plus statistics ``{"kd_loss", "teacher_nll", "gamma", "ntokens"}``
+    (sums over non-padding tokens, or per token with ``reduce=False``; no gradient).
+
+    ``kd_loss`` is the soft term ``T^2 KL`` in nats; ``teacher_nll = -log p_t(y)`` of the teacher
+    at T = 1; ``gamma = (1 - p_t(y; T)) V / (V - 1)`` (Mueller et al.'s mass off the gold, scaled so
+    that uniform label smoothing eps has gamma = eps), of the (top-k) target the student sees.
+    """
+    check_range("alpha", alpha, 0.0, 1.0)
+    check_range("temperature", temperature, 0.0, math.inf, lo_open=True, hi_open=True)
+    check_range("epsilon", epsilon, 0.0, 1.0, hi_open=True)
+    if teacher_topk is not None and teacher_topk < 1:
+        raise ValueError(f"teacher_topk must be >= 1, got {teacher_topk}")
+    if teacher_lprobs.shape != lprobs.shape:
+        raise ValueError(f"teacher_lprobs has shape {tuple(teacher_lprobs.shape)}, lprobs {tuple(lprobs.shape)}")
+    x = _work(lprobs)
+    t = _work(teacher_lprobs.detach()).to(x.dtype)
+    vocab = x.size(-1)
+    temp = float(temperature)
+    ls, nll = _label_smoothed(x, target, epsilon)
+    # log_softmax of log-probabilities divided by T is softmax(logits / T): the row constant cancels.
+    log_q = x if temp == 1.0 else torch.log_softmax(x / temp, -1)
+    log_pt = t if temp == 1.0 else torch.log_softmax(t / temp, -1)
+    if teacher_topk is not None and teacher_topk < vocab:
+        # pytorch/translate's word-level KD: the teacher's k most probable tokens, renormalized.
+        top, idx = log_pt.topk(teacher_topk, dim=-1)
+        log_pt_k = torch.log_softmax(top, -1)
+        pt_k = log_pt_k.exp()
+        kl = (pt_k * (log_pt_k - log_q.gather(-1, idx))).sum(-1)
+        gold_in = idx.eq(target.unsqueeze(-1))
+        pt_gold = torch.where(gold_in, pt_k, 0.0).sum(-1)
+    else:
+        pt = log_pt.exp()
+        # p_t log(p_t / q) with 0 log 0 = 0, also where q is 0 (an impossible class the teacher also excludes).
+        kl = torch.where(pt > 0, pt * (log_pt - log_q), 0.0).sum(-1)
+        pt_gold = _gold(pt, target)
+    kd = (temp * temp) * kl
+    loss = (1.0 - alpha) * ls + alpha * kd if alpha > 0.0 else ls
+    pad = _pad_mask(target, ignore_index)
+    keep = torch.ones_like(target, dtype=torch.bool) if pad is None else ~pad
+    with torch.no_grad():
+        stats = {
+            "kd_loss": kd.detach(),
+            "teacher_nll": -_gold(t, target),
+            "gamma": (1.0 - pt_gold) * (vocab / (vocab - 1)),
+            "ntokens": keep.to(x.dtype),
+        }
+        stats = {k: torch.where(keep, v, 0.0) for k, v in stats.items()}
+        if reduce:
+            stats = {k: v.sum() for k, v in stats.items()}
+    loss, nll = _finish(loss, nll, pad, reduce, lprobs.dtype)
+    return loss, nll, stats
+
+
+def distillation_loss(lprobs, target, teacher_lprobs, alpha, temperature=1.0, epsilon=0.0, ignore_index=None,
+                      reduce=True, teacher_topk=None):
+    """Word-level knowledge distillation (Hinton et al., 2015), per non-padding token::
+
+        (1 - alpha) * LS_eps(p, y) + alpha * T^2 * KL(softmax(t / T) || softmax(s / T))
+
+    ``s = lprobs`` (student), ``t = teacher_lprobs`` (log-probabilities; detached: the teacher gets
+    no gradient), ``LS_eps`` fairseq's label smoothing (plain NLL at eps = 0). T^2 convention: the
+    soft term is multiplied by T^2 so that its gradient w.r.t. the logits keeps its scale as T
+    grows (at T = 1 the factor is 1). Units: nats. ``teacher_topk=k`` replaces ``softmax(t / T)``
+    by its k largest probabilities, renormalized (pytorch/translate's word-level KD). Limits:
+    alpha = 0 is LS_eps; a teacher equal to the student gives a zero soft term; at T = 1 the
+    gradient w.r.t. the student's logits is ``(1 - alpha)(p - onehot(y)) + alpha (p - p_t)`` (eps = 0).
+    Computed in at least float32 with log-softmax, so fp16/bf16 inputs and huge logits stay finite.
+    """
+    loss, nll, _ = distillation_terms(lprobs, target, teacher_lprobs, alpha, temperature, epsilon, ignore_index,
+                                      reduce, teacher_topk)
+    return loss, nll

@@ -149,6 +149,7 @@ def dataset_table(dataset: str, cells: Cells) -> str:
 
 
 def build(results: List[Dict], metric: str = "bleu", only: Optional[str] = None) -> str:
+    results = [r for r in results if not r.get("distillation")]  # students: the distillation view
     cells = Cells(results, metric)
     paper_sets = {c[1] for c in TABLE1_COLUMNS + TABLE2_COLUMNS}
     others = sorted({r["dataset"] for r in results} - paper_sets)
@@ -165,6 +166,77 @@ def build(results: List[Dict], metric: str = "bleu", only: Optional[str] = None)
     return "\n\n".join(parts) + "\n"
 
 
+# ----------------------------------------------------------------------------- distillation view
+
+DISTILL_TEACHERS = ["ce", "ls", "labo"]
+DISTILL_COLUMNS = ["teacher BLEU", "γ (teacher)", "student BLEU, word KD", "student BLEU, sequence KD",
+                   "student without KD"]
+
+
+def _teacher_key(t: Dict) -> Tuple[str, Optional[float]]:
+    return t["method"], (t.get("tau") or DEFAULT_TAU) if t["method"] == "labo" else None
+
+
+def _summary(values: Sequence[float], digits: int = 2) -> str:
+    if not values:
+        return "missing"
+    mean, std = mean_std(values)
+    return f"{mean:.{digits}f}" + (f" ± {std:.{digits}f}" if std is not None else "") + f" (n={len(values)})"
+
+
+def distillation_table(results: List[Dict], dataset: str, pair: str, metric: str = "bleu") -> str:
+    """Rows: the teacher's method (CE, LS, LABO per τ). Columns: the teachers' BLEU, their γ (as the
+    word-KD students' criterion logged it), the students' BLEU with word-level and sequence-level
+    KD from such teachers, and the same student architecture trained without KD (one value, repeated).
+    Cells: mean ± sample std over the runs found (teacher seeds, or student runs)."""
+    here = [r for r in results if r["dataset"] == dataset and pair in r["directions"]]
+    teachers: Dict = defaultdict(list)
+    cols: Dict = defaultdict(lambda: defaultdict(list))  # column -> teacher key -> values
+    plain: List[float] = []
+    for r in here:
+        score = float(r["directions"][pair][metric])
+        d = r.get("distillation")
+        if not d:
+            if r["method"] in DISTILL_TEACHERS:
+                teachers[_row_key(r)].append(score)
+            continue
+        if d.get("kind") in ("word", "word+seq"):
+            key = _teacher_key(d["teachers"][0]) if len({_teacher_key(t) for t in d["teachers"]}) == 1 else ("ensemble", None)
+            if d["kind"] == "word":
+                cols["word"][key].append(score)
+            if (d.get("teacher_gamma") or {}).get("gamma") is not None:
+                cols["gamma"][key].append(float(d["teacher_gamma"]["gamma"]))
+        if d.get("kind") == "seq":
+            cols["seq"][_teacher_key(d["seq_teacher"])].append(score)
+        if d.get("kind") == "none":
+            plain.append(score)
+    keys = set(teachers) | {k for c in cols.values() for k in c}
+    rows = []
+    for m in DISTILL_TEACHERS:
+        taus = sorted(t for mm, t in keys if mm == m and t is not None)
+        rows += [(m, t) for t in taus] if taus else [(m, DEFAULT_TAU if m == "labo" else None)]
+    rows += sorted(k for k in keys if k[0] not in DISTILL_TEACHERS)
+    body = [[_row_title(*k) + " teacher", _summary(teachers.get(k, [])), _summary(cols["gamma"].get(k, []), 3),
+             _summary(cols["word"].get(k, [])), _summary(cols["seq"].get(k, [])), _summary(plain)] for k in rows]
+    text = _markdown(f"Distillation: {dataset} {pair.upper()} ({metric})", DISTILL_COLUMNS, body).replace(
+        "| method |", "| teacher |", 1)
+    notes = ["Cells: mean ± sample std over n runs (teacher seeds; student runs). γ: Müller et al.'s teacher "
+             "mass off the gold (×V/(V−1)), as the word-KD students' criterion logged it over their last training epoch.",
+             "Students: the architecture of configs/student.yaml; word KD = train DATASET kd SEED --teacher RUN; "
+             "sequence KD = train DATASET ce SEED --data-variant seqkd:RUN; without KD = train DATASET ce SEED --student."]
+    mods = sorted({" ".join(r.get("extra_train_args") or []) for r in here if r.get("extra_train_args")})
+    if mods:
+        notes.append("Includes runs with extra fairseq flags: " + "; ".join(f"`{m}`" for m in mods) + ".")
+    return text + "\n\n" + "\n".join(f"- {n}" for n in notes)
+
+
+def build_distillation(results: List[Dict], metric: str = "bleu", only: Optional[str] = None) -> str:
+    """One distillation table per dataset and direction that has student results."""
+    seen = sorted({(r["dataset"], p) for r in results if r.get("distillation") for p in r["directions"]})
+    parts = [distillation_table(results, ds, p, metric) for ds, p in seen if only in (None, ds)]
+    return "\n\n".join(parts or ["No distillation results (students trained with train ... kd/--data-variant/--student)."]) + "\n"
+
+
 def main(argv=None, prog="labo-fairseq tables") -> int:
     ap = argparse.ArgumentParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--root", type=Path, help="directory holding results/ (default: the working directory)")
@@ -172,6 +244,8 @@ def main(argv=None, prog="labo-fairseq tables") -> int:
     ap.add_argument("--metric", choices=("bleu", "sacrebleu"), default="bleu",
                     help="bleu: the paper's convention per dataset (default); sacrebleu: 13a on detokenized text")
     ap.add_argument("--dataset", help="only this dataset's own table (a dataset outside Tables 1 and 2)")
+    ap.add_argument("--view", choices=("paper", "distillation"), default="paper",
+                    help="paper: Tables 1 and 2 (default); distillation: teachers (CE, LS, LABO) vs their students")
     ap.add_argument("--out", type=Path, help="also write the markdown here")
     ap.add_argument("--force", action="store_true", help="replace an existing --out file")
     a = ap.parse_args(argv)
@@ -180,7 +254,8 @@ def main(argv=None, prog="labo-fairseq tables") -> int:
         ap.error(f"{a.results}: no such directory (the evaluate command writes results there)")
     if a.out and a.out.exists() and not a.force:
         ap.error(f"{a.out} exists; --force to replace it")
-    text = build(load_results(a.results), a.metric, a.dataset)
+    build_view = build_distillation if a.view == "distillation" else build
+    text = build_view(load_results(a.results), a.metric, a.dataset)
     sys.stdout.write(text)
     if a.out:
         a.out.write_text(text, encoding="utf-8")

@@ -43,7 +43,7 @@ def _free_port() -> int:
 def train_command(dataset: str, method: str, seed: int, tau: Optional[float] = None, gpus: int = 0,
                   update_freq: int = 1, data_root: Path = Path("data-bin"), runs_root: Path = Path("runs"),
                   extra: Tuple[str, ...] = (), procs: int = 1, nodes: int = 1, node_rank: int = 0,
-                  master_addr: Optional[str] = None, master_port: int = 0) -> Launch:
+                  master_addr: Optional[str] = None, master_port: int = 0, student=None) -> Launch:
     """The fairseq-train command of DATASET x METHOD x SEED and how to launch it.
 
     - ``gpus=0``: CPU; ``procs>1`` starts that many ranks with fairseq's gloo backend
@@ -51,6 +51,7 @@ def train_command(dataset: str, method: str, seed: int, tau: Optional[float] = N
     - ``gpus=G``, one node: fp16, fairseq spawns G processes (``--distributed-world-size G``).
     - ``gpus=G``, ``nodes=M``: ``torchrun`` on each node (``--node-rank``), world size M*G.
     ``master_port=0`` picks a free port (CPU ranks) or torchrun's default 29500 (nodes).
+    ``student``: a :class:`labo_fairseq.kd_runs.StudentPlan` (distillation runs: tag, data, flags).
     """
     if seed < 0 or gpus < 0 or update_freq < 1 or procs < 1 or nodes < 1:
         raise ValueError("need seed >= 0, --gpus >= 0, --update-freq >= 1, --procs >= 1, --nodes >= 1")
@@ -74,8 +75,11 @@ def train_command(dataset: str, method: str, seed: int, tau: Optional[float] = N
         args["--labo-warmup-updates"] = ds["labo_warmup_updates"]
         if tau is not None:
             args["--labo-tau"] = tau
-    out = run_dir(runs_root, dataset, method, seed, tau)
-    argv = ["fairseq-train", str(Path(data_root) / ds["data"]), "--user-dir", str(USER_DIR),
+    if student is not None:
+        args.update(student.args)
+    out = run_dir(runs_root, dataset, method, seed, tau) if student is None else run_dir(runs_root, dataset, student.tag, seed, None)
+    data = ds["data"] if student is None else student.data
+    argv = ["fairseq-train", str(Path(data_root) / data), "--user-dir", str(USER_DIR),
             "--task", ds.get("task", "translation")]
     if "source_lang" in ds:
         argv += ["--source-lang", ds["source_lang"], "--target-lang", ds["target_lang"]]
@@ -124,10 +128,20 @@ def _record(a, launch: Launch, previous: dict) -> dict:
 
 
 def cmd_train(a) -> int:
+    from labo_fairseq import kd_runs
+
     roots = Roots.from_args(a)
     try:
+        student = kd_runs.plan(a.dataset, dataset_config(a.dataset)["data"], a.method, a.tau, a.teacher, a.data_variant,
+                               a.student, roots.runs, roots.data_bin)
         launch = train_command(a.dataset, a.method, a.seed, a.tau, a.gpus, a.update_freq, roots.data_bin, roots.runs,
-                               tuple(a.fairseq_args), a.procs, a.nodes, a.node_rank, a.master_addr, a.master_port)
+                               tuple(a.fairseq_args), a.procs, a.nodes, a.node_rank, a.master_addr, a.master_port,
+                               student)
+        if student is not None and not a.dry_run:
+            missing = [str(p) for p in student.needs if not p.exists()]
+            if missing:
+                raise kd_runs.KDError(f"not found: {', '.join(missing)} (train the teacher first; for "
+                                      "--data-variant seqkd:RUN, run labo-fairseq distill-data DATASET RUN)")
     except ValueError as err:
         print(f"train: error: {err}", file=sys.stderr)
         return 2
@@ -155,8 +169,11 @@ def cmd_train(a) -> int:
     if lead:
         marker = out / RUN_MARKER
         previous = json.loads(marker.read_text()) if marker.exists() else {}
+        record = _record(a, launch, previous)
+        if student is not None:
+            record["distillation"] = student.record
         with atomic_open(marker) as f:
-            f.write(json.dumps(_record(a, launch, previous), indent=1) + "\n")
+            f.write(json.dumps(record, indent=1) + "\n")
     status = run_logged(launch.processes, logs, cwd=roots.root)
     if status == 0 and lead:  # fairseq reached --max-update/--max-epoch: the run is finished
         record = json.loads((out / RUN_MARKER).read_text())
@@ -184,6 +201,9 @@ def main(argv=None, prog="labo-fairseq train") -> int:
                    help="gradient accumulation: keep 4096 tokens per GPU batch and raise this when you have "
                         "fewer GPUs than the effective batch you want")
     add_root_arguments(t, "data", "runs")
+    from labo_fairseq import kd_runs
+
+    kd_runs.add_arguments(t)
     t.add_argument("--force", action="store_true", help="delete an existing run directory (made by this command) first")
     t.add_argument("--dry-run", action="store_true", help="print the command(s) this would start, run nothing")
     t.epilog = ("Extra fairseq-train flags go after --, e.g. -- --max-update 100 (they come last, so they win).\n"

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence
 
-from labo_fairseq.io import ToolError, atomic_open, fairseq_command, run_tool
+from labo_fairseq.io import ToolError, atomic_open, preprocess
 
 MARKER = ".labo_prepare"
 
@@ -122,10 +122,8 @@ def tool_versions() -> Dict[str, Optional[str]]:
 
 
 def fairseq_preprocess(args: Sequence[str]) -> None:
-    """Run ``fairseq-preprocess`` (the running interpreter's fairseq)."""
-    cmd = [*fairseq_command("preprocess"), *map(str, args)]
-    print("+ fairseq-preprocess " + " ".join(map(str, args)), file=sys.stderr)
+    """:func:`labo_fairseq.io.preprocess`, failing with :class:`PrepareError`."""
     try:
-        run_tool(cmd, what="fairseq-preprocess")
+        preprocess(args)
     except ToolError as err:
         raise PrepareError(str(err)) from None
