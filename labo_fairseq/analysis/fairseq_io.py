@@ -26,13 +26,41 @@ def device(cpu: bool) -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() and not cpu else "cpu")
 
 
-def load(checkpoint: Path, data_bin: Path, cpu: bool = False):
-    """(model, task) from a checkpoint, with its data directory replaced by ``data_bin``."""
+class CheckpointError(SystemExit):
+    """A checkpoint that cannot be read (truncated, corrupt, not a fairseq checkpoint).
+
+    A ``SystemExit`` whose code is the one-line message, so that every command that loads a
+    checkpoint stops with that line and status 1 instead of torch's traceback."""
+
+    def __init__(self, checkpoint, reason: str):
+        reason = " ".join(str(reason).split())[:300]
+        super().__init__(f"error: {checkpoint}: not a readable fairseq checkpoint (truncated or corrupt?): {reason}")
+
+
+def read_checkpoint(checkpoint: Path, arg_overrides: Optional[dict] = None) -> dict:
+    """fairseq's checkpoint state (on CPU), or :class:`CheckpointError` naming the file."""
     import labo_fairseq  # noqa: F401  (checkpoint allow-list, criteria)
     from fairseq import checkpoint_utils
 
+    if not Path(checkpoint).is_file():
+        raise CheckpointError(checkpoint, "no such file")
+    try:
+        state = checkpoint_utils.load_checkpoint_to_cpu(str(checkpoint), arg_overrides)
+    except Exception as e:  # torch/pickle/zip raise many types for a damaged file
+        raise CheckpointError(checkpoint, f"{type(e).__name__}: {e}") from None
+    if not isinstance(state, dict) or "model" not in state or not (state.get("cfg") or state.get("args")):
+        raise CheckpointError(checkpoint, "no model weights and config in it")
+    return state
+
+
+def load(checkpoint: Path, data_bin: Path, cpu: bool = False):
+    """(model, task) from a checkpoint, with its data directory replaced by ``data_bin``."""
+    from fairseq import checkpoint_utils
+
+    overrides = {"data": str(data_bin)}
+    state = read_checkpoint(checkpoint, overrides)
     models, _cfg, task = checkpoint_utils.load_model_ensemble_and_task(
-        [str(checkpoint)], arg_overrides={"data": str(data_bin)})
+        [str(checkpoint)], arg_overrides=overrides, state=state)
     model = models[0].to(device(cpu)).eval()
     return model, task
 
@@ -94,14 +122,16 @@ def parse_generate(text: str) -> Generation:
 
 
 def generate(data_bin: Path, checkpoint: Path, subset: str = "test", beam: int = 5, cpu: bool = False,
-             extra: Sequence[str] = (), max_tokens: int = 4096) -> Generation:
-    """``fairseq-generate --user-dir labo_fairseq`` (which translates every sentence); BPE is removed."""
+             extra: Sequence[str] = (), max_tokens: int = 4096, remove_bpe: bool = True) -> Generation:
+    """``fairseq-generate --user-dir labo_fairseq`` (which translates every sentence); BPE is removed
+    unless ``remove_bpe`` is False (then H-/T- lines hold one token per positional score, EOS aside)."""
     cmd = [sys.executable, "-m", "fairseq_cli.generate", str(data_bin), "--user-dir", str(REPO_USER_DIR),
-           "--path", str(checkpoint), "--gen-subset", subset, "--beam", str(beam), "--remove-bpe",
-           "--max-tokens", str(max_tokens), *map(str, extra)]
+           "--path", str(checkpoint), "--gen-subset", subset, "--beam", str(beam),
+           *(["--remove-bpe"] if remove_bpe else []), "--max-tokens", str(max_tokens), *map(str, extra)]
     if cpu or not torch.cuda.is_available():
         cmd.append("--cpu")
     proc = subprocess.run(cmd, capture_output=True, text=True)
     if proc.returncode != 0:
+        read_checkpoint(checkpoint)  # a damaged checkpoint: one line naming it, not fairseq's traceback
         raise RuntimeError(f"fairseq-generate failed:\n{proc.stderr[-3000:]}")
     return parse_generate(proc.stdout + "\n" + proc.stderr)  # the BLEU line may be on either stream
