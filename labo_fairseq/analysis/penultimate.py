@@ -29,7 +29,8 @@ from typing import Dict, List, Sequence, Tuple
 import torch
 from torch import Tensor
 
-# Function words of the target languages of the configs, not "content" tokens.
+# Function words of the target languages of the configs, not "content" tokens (words that are also
+# English content words, as German "man" and "war", are left out).
 STOPWORDS = set("""
 a an the and or but of to in on at by for from with without into onto over under up down out off about as is
 are was were be been being am has have had do does did it its it's this that these those there here he she
@@ -37,7 +38,7 @@ they we you i me him her them us my your his our their who whom whose which what
 yes so than then too very can could will would shall should may might must just also only some any all each
 both few more most other such own same one two while near next
 der die das den dem des ein eine einer einem einen eines und oder aber mit von zu im in am an auf aus bei
-für ist sind war waren wird werden hat haben sich nicht es er sie wir ihr ich du man vor nach über unter
+für ist sind waren wird werden hat haben sich nicht es er sie wir ihr ich du vor nach über unter
 le la les un une des du de et ou mais avec dans sur pour par est sont il elle ils elles nous vous je au aux
 """.split())
 
