@@ -97,23 +97,31 @@ def output_embedding(model) -> Tensor:
     return proj.weight.detach()
 
 
-def target_counts(task, subset: str) -> Counter:
+def target_counts(task, subset: str) -> Tuple[Counter, Counter]:
+    """(occurrences, occurrences that continue a BPE word: after a token ending in "@@") per target id."""
     task.load_dataset(subset)
-    ds = task.dataset(subset)
-    counts = Counter()
+    ds, d = task.dataset(subset), task.target_dictionary
+    joins = torch.tensor([d[i].endswith("@@") for i in range(len(d))])
+    counts, inside = Counter(), Counter()
     for i in range(len(ds)):
-        counts.update(ds.tgt[i].tolist())
-    return counts
+        t = ds.tgt[i]
+        counts.update(t.tolist())
+        inside.update(t[1:][joins[t[:-1]]].tolist())
+    return counts, inside
 
 
-def content_tokens(counts: Counter, dictionary, k: int) -> List[str]:
-    """The ``k`` most frequent whole-word alphabetic target tokens that are not function words."""
+def content_tokens(counts: Counter, dictionary, k: int, inside: Counter = None) -> List[str]:
+    """The ``k`` most frequent alphabetic target tokens of 3+ letters that are not function words and
+    are whole words (no "@@", and mostly not the end of a BPE-split word, per ``inside``)."""
+    inside = inside or Counter()
     out = []
-    for idx, _ in counts.most_common():
+    for idx, n in counts.most_common():
         if idx < dictionary.nspecial:
             continue
         sym = dictionary[idx]
         if sym.endswith("@@") or not sym.isalpha() or len(sym) < 3 or sym.lower() in STOPWORDS:
+            continue
+        if inside[idx] * 2 > n:
             continue
         out.append(sym)
         if len(out) == k:
@@ -234,8 +242,8 @@ def main(argv=None, prog="labo-fairseq analyze penultimate") -> int:
     models = {name: load(path, args.data_bin, args.cpu) for name, path in systems.items()}
     first_task = next(iter(models.values()))[1]
     dictionary = first_task.target_dictionary
-    counts = target_counts(first_task, args.subset)
-    candidates = content_tokens(counts, dictionary, max(args.candidates, 3))
+    counts, inside = target_counts(first_task, args.subset)
+    candidates = content_tokens(counts, dictionary, max(args.candidates, 3), inside)
     if len(candidates) < 3 and not (args.tokens and (args.similar or args.no_similar)):
         ap.error(f"fewer than 3 content tokens among the targets of {args.subset}; give --tokens/--similar")
     triples = {"frequent": list(args.tokens) if args.tokens else candidates[:3]}

@@ -83,3 +83,5 @@ def test_content_tokens_skip_function_words_subwords_and_specials():
 
     counts = Counter({2: 100, 4: 90, 5: 50, 6: 45, 7: 40, 8: 30, 9: 25, 10: 20, 11: 99})
     assert content_tokens(counts, Dict(), 3) == ["man", "dog", "street"]
+    # "dog" mostly ends a BPE-split word (after "wa@@"): not a whole word
+    assert content_tokens(counts, Dict(), 2, inside=Counter({8: 20})) == ["man", "street"]
