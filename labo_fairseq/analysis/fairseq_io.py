@@ -33,7 +33,7 @@ class CheckpointError(SystemExit):
     checkpoint stops with that line and status 1 instead of torch's traceback."""
 
     def __init__(self, checkpoint, reason: str):
-        reason = " ".join(str(reason).split())[:300]
+        reason = " ".join(str(reason).split()).split(". ")[0][:200]  # torch's first sentence says it
         super().__init__(f"error: {checkpoint}: not a readable fairseq checkpoint (truncated or corrupt?): {reason}")
 
 
