@@ -5,7 +5,7 @@
   labo-fairseq evaluate DATASET METHOD SEED   beam-5 test BLEU into results/
   labo-fairseq tables                    Tables 1 and 2 from results/
   labo-fairseq compare                   LS vs LABO on Multi30k, converged, with significance
-  labo-fairseq analyze WHAT              freq-splits | beam-probs | calibrate
+  labo-fairseq analyze WHAT              freq-splits | beam-probs | calibrate | penultimate | inference-calibration
   labo-fairseq user-dir                  the directory to pass to fairseq as --user-dir
   labo-fairseq gpu-check                 the one-command GPU check (results/gpu/)
 
@@ -36,6 +36,9 @@ ANALYZE: Dict[str, Tuple[str, str]] = {
     "freq-splits": ("labo_fairseq.analysis.freq_splits", "BLEU on token-frequency splits (Table 4)"),
     "beam-probs": ("labo_fairseq.analysis.beam_probs", "probability of the chosen token in beam search (Figure 2)"),
     "calibrate": ("labo_fairseq.analysis.calibrate", "ECE, reliability diagrams, temperature scaling (Müller et al.)"),
+    "penultimate": ("labo_fairseq.analysis.penultimate", "decoder features on the plane of 3 output embeddings (Müller et al. Fig. 1)"),
+    "inference-calibration": ("labo_fairseq.analysis.inference_calibration",
+                              "ECE of beam-search tokens labelled by TER, beside teacher-forced ECE (Wang et al.)"),
 }
 
 

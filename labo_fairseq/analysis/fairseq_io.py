@@ -15,15 +15,43 @@ def device(cpu: bool) -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() and not cpu else "cpu")
 
 
-def load(checkpoint: Path, data_bin: Path, cpu: bool = False):
-    """(model, task) from a checkpoint, with its data directory replaced by ``data_bin``."""
+class CheckpointError(SystemExit):
+    """A checkpoint that cannot be read (truncated, corrupt, not a fairseq checkpoint).
+
+    A ``SystemExit`` whose code is the one-line message, so that every command that loads a
+    checkpoint stops with that line and status 1 instead of torch's traceback."""
+
+    def __init__(self, checkpoint, reason: str):
+        reason = " ".join(str(reason).split()).split(". ")[0][:200]  # torch's first sentence says it
+        super().__init__(f"error: {checkpoint}: not a readable fairseq checkpoint (truncated or corrupt?): {reason}")
+
+
+def read_checkpoint(checkpoint: Path, arg_overrides: Optional[dict] = None) -> dict:
+    """fairseq's checkpoint state (on CPU), or :class:`CheckpointError` naming the file."""
     from labo_fairseq import register
 
     register()  # checkpoint allow-list (and criteria)
     from fairseq import checkpoint_utils
 
+    if not Path(checkpoint).is_file():
+        raise CheckpointError(checkpoint, "no such file")
+    try:
+        state = checkpoint_utils.load_checkpoint_to_cpu(str(checkpoint), arg_overrides)
+    except Exception as e:  # torch/pickle/zip raise many types for a damaged file
+        raise CheckpointError(checkpoint, f"{type(e).__name__}: {e}") from None
+    if not isinstance(state, dict) or "model" not in state or not (state.get("cfg") or state.get("args")):
+        raise CheckpointError(checkpoint, "no model weights and config in it")
+    return state
+
+
+def load(checkpoint: Path, data_bin: Path, cpu: bool = False):
+    """(model, task) from a checkpoint, with its data directory replaced by ``data_bin``."""
+    from fairseq import checkpoint_utils
+
+    overrides = {"data": str(data_bin)}
+    state = read_checkpoint(checkpoint, overrides)
     models, _cfg, task = checkpoint_utils.load_model_ensemble_and_task(
-        [str(checkpoint)], arg_overrides={"data": str(data_bin)})
+        [str(checkpoint)], arg_overrides=overrides, state=state)
     model = models[0].to(device(cpu)).eval()
     return model, task
 
@@ -56,10 +84,7 @@ def decoding_args(checkpoint: Path, data_bin: Path, source_lang: Optional[str] =
     an error to leave it out); the BPE from the dictionary: sentencepiece pieces start with ``▁``,
     subword-nmt units end with ``@@``.
     """
-    from labo_fairseq import register
-
-    register()  # checkpoint allow-list
-    state = torch.load(checkpoint, map_location="cpu", weights_only=True, mmap=True)
+    state = read_checkpoint(checkpoint)
     task = (state.get("cfg") or {}).get("task") or {}
     args: List[str] = []
     if task.get("_name") == "multilingual_translation":
@@ -80,10 +105,12 @@ def decoding_args(checkpoint: Path, data_bin: Path, source_lang: Optional[str] =
 
 def generate(data_bin: Path, checkpoint: Path, subset: str = "test", beam: int = 5, cpu: bool = False,
              extra: Sequence[str] = (), max_tokens: int = 4096, source_lang: Optional[str] = None,
-             target_lang: Optional[str] = None) -> Generation:
-    """``fairseq-generate --user-dir labo_fairseq`` (which translates every sentence), BPE removed and
-    the task set as :func:`decoding_args` reads them off the checkpoint and data."""
-    remove_bpe, task_args = decoding_args(checkpoint, data_bin, source_lang, target_lang)
-    cmd = generate_command(data_bin, checkpoint, subset, beam, max_tokens=max_tokens, remove_bpe=remove_bpe,
-                           task_args=task_args, cpu=cpu or not torch.cuda.is_available(), extra=extra)
+             target_lang: Optional[str] = None, remove_bpe: bool = True) -> Generation:
+    """``fairseq-generate --user-dir labo_fairseq`` (which translates every sentence), the task set
+    and BPE removed as :func:`decoding_args` reads them off the checkpoint and data; with
+    ``remove_bpe=False`` the H-/T- lines keep one token per positional score (EOS aside)."""
+    bpe, task_args = decoding_args(checkpoint, data_bin, source_lang, target_lang)
+    cmd = generate_command(data_bin, checkpoint, subset, beam, max_tokens=max_tokens,
+                           remove_bpe=bpe if remove_bpe else None, task_args=task_args,
+                           cpu=cpu or not torch.cuda.is_available(), extra=extra)
     return run_generate(cmd)
