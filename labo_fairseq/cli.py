@@ -4,6 +4,7 @@
   labo-fairseq train DATASET METHOD SEED the paper's fairseq-train command for one run
   labo-fairseq evaluate DATASET METHOD SEED   beam-5 test BLEU into results/
   labo-fairseq tables                    Tables 1 and 2 from results/
+  labo-fairseq sweep [status]            every cell of a table as jobs: SLURM (submitit) or this machine
   labo-fairseq analyze WHAT              freq-splits | beam-probs | calibrate
   labo-fairseq user-dir                  the directory to pass to fairseq as --user-dir
 
@@ -25,6 +26,7 @@ COMMANDS: Dict[str, Tuple[str, str]] = {
     "train": ("labo_fairseq.train", "train one dataset x method x seed with the paper's settings"),
     "evaluate": ("labo_fairseq.evaluate", "beam-5 test BLEU of a trained run into results/"),
     "tables": ("labo_fairseq.tables", "Tables 1 and 2 (mean ± std over seeds) from results/"),
+    "sweep": ("labo_fairseq.sweep", "every cell of a table as jobs (SLURM or this machine); sweep status"),
     "user-dir": ("labo_fairseq.cli", "print the directory to pass to fairseq as --user-dir"),
 }
 ANALYZE: Dict[str, Tuple[str, str]] = {
