@@ -139,12 +139,13 @@ class Roots(NamedTuple):
 
 
 def commands(cell: Cell, roots: Roots, gpus: int, train_args: Sequence[str] = (),
-             evaluate_args: Sequence[str] = ()) -> Tuple[List[str], List[str]]:
+             evaluate_args: Sequence[str] = (), update_freq: int = 1) -> Tuple[List[str], List[str]]:
     """The cell's `train` and `evaluate` commands: the project's own command lines, nothing else."""
     pos = [cell.dataset, cell.method, str(cell.seed)] + ([] if cell.tau is None else ["--tau", f"{cell.tau:g}"])
     exe = [sys.executable, "-m", "labo_fairseq"]
     train = exe + ["train", *pos, "--data-root", str(roots.data), "--runs-root", str(roots.runs)]
-    train += (["--gpus", str(gpus)] if gpus else []) + (["--", *train_args] if train_args else [])
+    train += (["--gpus", str(gpus)] if gpus else []) + (["--update-freq", str(update_freq)] if update_freq > 1 else [])
+    train += ["--", *train_args] if train_args else []
     evaluate = exe + ["evaluate", *pos, "--data-root", str(roots.data), "--runs-root", str(roots.runs),
                       "--results-root", str(roots.results), "--text-root", str(roots.text)]
     evaluate += ["--", *evaluate_args] if evaluate_args else []
@@ -399,6 +400,8 @@ def sweep_main(argv: List[str], prog: str) -> int:
     ap.add_argument("--gpus-per-job", type=int, default=None,
                     help="GPUs each cell trains on (train --gpus; fp16). Default: 1 with slurm; with local, "
                          "1 if CUDA is available, else 0 (CPU)")
+    ap.add_argument("--update-freq", type=int, default=1,
+                    help="train --update-freq: gradient accumulation, to keep the paper's effective batch on fewer GPUs")
     ap.add_argument("--evaluate-args", default="", metavar="'FLAGS'",
                     help="extra fairseq-generate flags for evaluate, one quoted string (recorded; tables mark them)")
     ap.add_argument("--dry-run", action="store_true",
@@ -431,7 +434,7 @@ def sweep_main(argv: List[str], prog: str) -> int:
         if a.launcher == "local" and given:
             raise SweepError(f"{', '.join('--' + o.replace('_', '-') for o in given)}: SLURM option(s), "
                              f"not for --launcher local")
-        for opt in ("gpus_per_job", "cpus_per_job", "mem_gb", "array_parallelism", "array_max_size", "max_requeues"):
+        for opt in ("update_freq", "gpus_per_job", "cpus_per_job", "mem_gb", "array_parallelism", "array_max_size", "max_requeues"):
             v = getattr(a, opt)
             if v is not None and v < (0 if opt in ("gpus_per_job", "max_requeues") else 1):
                 raise SweepError(f"--{opt.replace('_', '-')} must be >= {0 if opt in ('gpus_per_job', 'max_requeues') else 1}, got {v}")
@@ -467,7 +470,7 @@ def _submit(a, prog: str, cells: List[Cell], roots: Roots, train_args: List[str]
     todo: List[CellJob] = []
     print(f"# sweep: {len(cells)} cells; runs {roots.runs}, results {roots.results}, data {roots.data}")
     for cell in cells:
-        train, evaluate = commands(cell, roots, a.gpus_per_job, train_args, evaluate_args)
+        train, evaluate = commands(cell, roots, a.gpus_per_job, train_args, evaluate_args, a.update_freq)
         rd, res = roots.run_dir(cell), roots.result(cell)
         active = job_state(records.get(cell.tag), queue)
         if res.exists():
