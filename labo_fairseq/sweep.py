@@ -235,6 +235,7 @@ def job_state(rec: Optional[Dict], queue: Optional[Dict[str, str]]) -> Optional[
 
 
 ERROR = re.compile(r"(error|exception|traceback|killed|cancelled|out of memory|exited with status|DUE TO)", re.I)
+WRAPPER = re.compile(r"(^Traceback|^RuntimeError: (train|evaluate) exited with status|submitit|^raise |^File \")")
 
 
 def last_error(paths: Sequence[str]) -> str:
@@ -247,7 +248,9 @@ def last_error(paths: Sequence[str]) -> str:
         except OSError:
             continue
     errors = [ln for ln in lines if ERROR.search(ln)]
-    pick = errors[-1] if errors else (lines[-1] if lines else "no log")
+    # the failing command's own message says more than the job wrapper's traceback around it
+    causes = [ln for ln in errors if not WRAPPER.search(ln)]
+    pick = (causes or errors or lines or ["no log"])[-1]
     return pick if len(pick) <= 200 else pick[:197] + "..."
 
 

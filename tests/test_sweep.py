@@ -132,6 +132,25 @@ def test_status_without_a_sweep_says_what_to_give(capsys, tmp_path, monkeypatch)
     assert rc == 0 and sum(ln.split()[-1:] == ["missing"] for ln in out.splitlines()) == 9 and "done 0" in out and "no estimate yet for iwslt17_multi (9)" in out
 
 
+def test_gpu_hours_count_training_gpus_and_gpu_decoding():
+    train_s, eval_s = 5400.0, 360.0
+    result = {"train": {"gpus": 8, "nodes": 2, "last_checkpoint": {"train_wall_s": train_s}},
+              "evaluate": {"wall_s": eval_s, "device": "cuda"}}
+    assert sweep._hours(result) == pytest.approx(((train_s * 16 + eval_s) / 3600, (train_s + eval_s) / 3600))
+    result["train"]["gpus"], result["evaluate"]["device"] = 0, "cpu"  # a CPU run: no GPU-hours, its wall time
+    assert sweep._hours(result) == pytest.approx((0.0, (train_s + eval_s) / 3600))
+
+
+def test_last_error_prefers_the_failing_command_over_the_job_wrapper(tmp_path):
+    out, err = tmp_path / "job.out", tmp_path / "job.err"
+    out.write_text("| INFO | fairseq | loaded\nValueError: --labo-tau must be in (0.0, inf), got 0.0\n| INFO | done\n")
+    err.write_text("submitit ERROR - Submitted job triggered an exception\nTraceback (most recent call last):\n"
+                   '  File "sweep.py", line 1, in _run\nRuntimeError: train exited with status 1: python -m ...\n')
+    assert sweep.last_error([str(out), str(err)]) == "ValueError: --labo-tau must be in (0.0, inf), got 0.0"
+    assert sweep.last_error([str(err)]).startswith("RuntimeError: train exited with status 1")
+    assert sweep.last_error([str(tmp_path / "absent")]) == "no log"
+
+
 def test_cli_lists_sweep(capsys):
     from labo_fairseq import cli
 
@@ -263,8 +282,14 @@ def test_slurm_sweep_with_preemption_and_resubmission(capsys, tmp_path, monkeypa
     assert not (run / sweep.TRAINED).exists(), "training finished before the requeue: raise --max-update"
     job = jobs[tag]["job_id"]
     subprocess.run(["scontrol", "requeue", job], check=True, timeout=60)
-    # SLURM holds a requeued job for a while (BeginTime); release it now, as an administrator may
-    subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], check=False, timeout=60)
+    # SLURM holds a requeued job for a while (BeginTime, set once it is pending again); release it
+    # now, as an administrator may, so that the test does not wait for it
+    def held():
+        q = subprocess.run(["squeue", "-h", "-r", "-j", job, "-o", "%T %r"], capture_output=True, text=True).stdout
+        return q.split() if q.startswith("PENDING") or q.startswith("RUNNING") else None
+
+    if _wait(held, 120, f"job {job} to be requeued") == ["PENDING", "BeginTime"]:
+        subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], check=False, timeout=60)
 
     def all_done():
         rc, out, _ = run_sweep(capsys, "status", *GRID, *roots)
