@@ -583,8 +583,8 @@ def status_main(argv: List[str], prog: str) -> int:
         return 2
     queue = squeue() if any(r["launcher"] == "slurm" for r in records.values()) else None
     rows = status_rows(sorted(cells, key=lambda c: (c.dataset, c.method, c.tau or 0.0, c.seed)), roots, records, queue)
-    w = [max(len(x) for x in col) for col in zip(*[(c.dataset, c.method if c.tau is None else f"{c.method} τ={c.tau:g}")
-                                                   for c, _, _ in rows])]
+    w = [max(len(x) for x in col) for col in zip(("dataset", "method"), *[
+        (c.dataset, c.method if c.tau is None else f"{c.method} τ={c.tau:g}") for c, _, _ in rows])]
     print(f"{'dataset'.ljust(w[0])}  {'method'.ljust(w[1])}  seed  state    detail")
     for c, state, detail in rows:
         m = c.method if c.tau is None else f"{c.method} τ={c.tau:g}"
