@@ -2,6 +2,7 @@
 # CI: a real single-node SLURM cluster on localhost (Debian's slurmctld, slurmd, munge), for the sweep
 # tests (tests/test_sweep.py). Run as root, before the test command; it returns once `sinfo` shows the
 # node idle, or fails with the daemons' logs. Idempotent: an already running cluster is kept.
+# Addresses are 127.0.0.1, so the host name need not resolve.
 #   bash .ci/slurm.sh            # install, configure, start, wait
 # No cgroups or systemd are needed (proctrack/linuxproc, task/none), so it also runs in a container.
 set -euo pipefail
@@ -33,7 +34,7 @@ chmod 400 /etc/munge/munge.key
 cat > "$conf" <<EOF
 # Written by .ci/slurm.sh: one node, this host, no accounting database.
 ClusterName=ci
-SlurmctldHost=$host
+SlurmctldHost=$host(127.0.0.1)
 SlurmUser=slurm
 StateSaveLocation=/var/spool/slurmctld
 SlurmdSpoolDir=/var/spool/slurmd
@@ -54,7 +55,7 @@ JobRequeue=1
 MinJobAge=600
 SchedulerParameters=defer_batch
 MpiDefault=none
-NodeName=$host CPUs=$cpus RealMemory=$mem_mb State=UNKNOWN
+NodeName=$host NodeAddr=127.0.0.1 CPUs=$cpus RealMemory=$mem_mb State=UNKNOWN
 PartitionName=ci Nodes=$host Default=YES MaxTime=INFINITE State=UP
 EOF
 
