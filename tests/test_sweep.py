@@ -222,7 +222,7 @@ def test_local_launcher_runs_the_tiny_sweep(capsys, tmp_path, monkeypatch, multi
     assert re.search(r"\| LS \| \d+\.\d+ ± \d+\.\d+ \(n=2\) †", table) and re.search(r"\| LABO τ=1.15 \| .*\(n=2\) †", table)
 
     # a partial sweep: one more seed that has not run yet is missing in status; tables show what is there
-    rc, out, _ = run_sweep(capsys, "status", *GRID[:-2], "--seeds", "1", "2", "3", *roots)
+    rc, out, _ = run_sweep(capsys, "status", *GRID[:-3], "--seeds", "1", "2", "3", *roots)
     assert "done 4 · running 0 · pending 0 · failed 0 · missing 2" in out
     assert "multi30k_de_en: 2 cell(s) left x 0.00 GPU-h" in out
 
