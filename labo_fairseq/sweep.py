@@ -499,8 +499,9 @@ def _submit(a, prog: str, cells: List[Cell], roots: Roots, train_args: List[str]
             size = a.array_max_size or 1000
             for start in range(0, len(todo), size):
                 n = len(todo[start:start + size])
-                print(f"\n# sbatch script for {n} job(s) (submitit writes it into {folder} and runs: sbatch "
-                      f"{folder}/submission_file.sh; each array task unpickles one cell's job):")
+                print(f"\n# sbatch script for {n} job(s): submitit writes it as {folder.parent}/.submission_file_UID.sh "
+                      f"and runs `sbatch` on it (kept as {folder.parent}/JOBID/JOBID_submission.sh); each array "
+                      f"task unpickles one cell's job")
                 print(sbatch_script(folder, params, n))
         print(f"# dry run: {len(todo)} cell(s) would be {'submitted' if a.launcher == 'slurm' else 'run'}")
         return 0
