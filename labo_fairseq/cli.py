@@ -5,6 +5,8 @@
   labo-fairseq evaluate DATASET METHOD SEED   beam-5 test BLEU into results/
   labo-fairseq tables                    Tables 1 and 2 from results/
   labo-fairseq compare                   LS vs LABO on Multi30k, converged, with significance
+  labo-fairseq sweep [status]            every cell of a table as jobs: SLURM (submitit) or this machine
+  labo-fairseq distill-data DATASET RUN  sequence-level KD data from a teacher run
   labo-fairseq analyze WHAT              freq-splits | beam-probs | calibrate | penultimate | inference-calibration
   labo-fairseq user-dir                  the directory to pass to fairseq as --user-dir
   labo-fairseq gpu-check                 the one-command GPU check (results/gpu/)
@@ -29,6 +31,7 @@ COMMANDS: Dict[str, Tuple[str, str]] = {
     "tables": ("labo_fairseq.tables", "Tables 1 and 2 (mean ± std over seeds) from results/"),
     "compare": ("labo_fairseq.compare", "the converged LS-vs-LABO comparison on Multi30k (3 seeds, 3 test sets)"),
     "distill-data": ("labo_fairseq.distill_data", "sequence-level KD data: a teacher's beam-5 translations of the training set"),
+    "sweep": ("labo_fairseq.sweep", "every cell of a table as jobs (SLURM or this machine); sweep status"),
     "user-dir": ("labo_fairseq.cli", "print the directory to pass to fairseq as --user-dir"),
     "gpu-check": ("labo_fairseq.gpu_check", "one-command GPU check: correctness, criterion speed/memory, fp16/bf16 training, decoding"),
 }

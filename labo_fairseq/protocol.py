@@ -26,7 +26,8 @@ def names(kind: str) -> List[str]:
     return sorted(p.stem for p in (CONFIGS / kind).glob("*.yaml"))
 
 
-def _read(path: Path) -> Dict:
+def read_config(path: Path) -> Dict:
+    """A YAML config (empty: ``{}``)."""
     import yaml
 
     with open(path, encoding="utf-8") as f:
@@ -34,14 +35,14 @@ def _read(path: Path) -> Dict:
 
 
 def common_config() -> Dict:
-    return _read(CONFIGS / "common.yaml")
+    return read_config(CONFIGS / "common.yaml")
 
 
 def dataset_config(name: str) -> Dict:
     """The dataset's config with its ``base:`` chain applied (keys and ``args`` both override)."""
     if name not in names("datasets"):
         raise ValueError(f"unknown dataset {name!r}; choose from {', '.join(names('datasets'))}")
-    cfg = _read(CONFIGS / "datasets" / f"{name}.yaml")
+    cfg = read_config(CONFIGS / "datasets" / f"{name}.yaml")
     base = cfg.pop("base", None)
     if base is None:
         return cfg
@@ -55,7 +56,7 @@ def dataset_config(name: str) -> Dict:
 def method_config(name: str) -> Dict:
     if name not in names("methods"):
         raise ValueError(f"unknown method {name!r}; choose from {', '.join(names('methods'))}")
-    return _read(CONFIGS / "methods" / f"{name}.yaml")
+    return read_config(CONFIGS / "methods" / f"{name}.yaml")
 
 
 def flags(args: Dict) -> List[str]:
