@@ -55,6 +55,17 @@ make_bundle() {
     echo "install.sh: the download failed; is numpy==$numpy_version published for Python $py_target? (--numpy)" >&2
     exit 1
   fi
+  # Cython's pure-Python wheel (1.4 MB) replaces its compiled one (3.4 MB), for the 64 MiB: it only
+  # translates fairseq's two .pyx files, with about 1 s more CPU time (measured).
+  local compiled
+  for compiled in "$dir"/cython-*-cp*.whl; do
+    [[ -e "$compiled" ]] || continue
+    local cy_version=${compiled##*/cython-}
+    cy_version=${cy_version%%-*}
+    run "${pipx[@]}" download -d "$dir" --no-deps --only-binary=:all: --python-version "$py_target" \
+      --implementation py --platform any "cython==$cy_version"
+    run rm "$compiled"
+  done
   run "$python" "$repo/scripts/bundle.py" finish "$dir" "$py_target" "$numpy_version"
   echo "carry $dir to the target, then: bash scripts/install.sh --from-bundle $dir [--venv DIR | --no-venv]"
 }
@@ -76,8 +87,17 @@ install_from_bundle() {
     py=$(command -v "$python" || true)
     [[ -n "$py" ]] || { echo "install.sh: --python $python: not found" >&2; exit 2; }
   fi
+  # --no-index: nothing comes from the network. The installed torch and numpy are pinned, so that
+  # pip fails rather than replace them when a wheel of the bundle wants another version.
+  pins=$(mktemp "${TMPDIR:-/tmp}/labo-pins.XXXXXX")
+  cfg=$(mktemp "${TMPDIR:-/tmp}/labo-build.XXXXXX")
+  trap 'rm -f "$pins" "$cfg"' EXIT
+  local before="" after
+  local probe='import torch, numpy; print(torch.__file__, torch.__version__, numpy.__file__, numpy.__version__)'
   if [[ $dry -eq 0 ]]; then
-    if ! "$py" -c 'import torch, numpy' 2>/dev/null; then
+    # one import of torch (seconds for a CUDA build): the pins, and the state to compare at the end
+    if ! before=$("$py" -c "$probe"'
+open("'"$pins"'", "w").write("torch==%s\nnumpy==%s\n" % (torch.__version__, numpy.__version__))' 2>/dev/null); then
       echo "install.sh: torch and numpy must import in $py before installing from a bundle (the bundle" \
         "never carries them): install your torch build first, or use a --python that has it" \
         "(a venv is created with --system-site-packages)" >&2
@@ -85,15 +105,6 @@ install_from_bundle() {
     fi
     "$py" "$repo/scripts/bundle.py" check "$dir"
   fi
-  local before="" after
-  local probe='import torch, numpy; print(torch.__file__, torch.__version__, numpy.__file__, numpy.__version__)'
-  [[ $dry -eq 1 ]] || before=$("$py" -c "$probe")
-  # --no-index: nothing comes from the network. The installed torch and numpy are pinned, so that
-  # pip fails rather than replace them when a wheel of the bundle wants another version.
-  pins=$(mktemp "${TMPDIR:-/tmp}/labo-pins.XXXXXX")
-  cfg=$(mktemp "${TMPDIR:-/tmp}/labo-build.XXXXXX")
-  trap 'rm -f "$pins" "$cfg"' EXIT
-  [[ $dry -eq 1 ]] || "$py" -c 'import torch, numpy; print("torch==" + torch.__version__); print("numpy==" + numpy.__version__)' > "$pins"
   local pipx=("$py" -m pip install --no-index --find-links "$dir" -c "$pins")
   run "${pipx[@]}" "${build_reqs[@]}"
   # fairseq's extensions compile here: --jobs in parallel (setuptools' build_ext --parallel, set
@@ -104,13 +115,14 @@ install_from_bundle() {
     "${pipx[@]}" --no-build-isolation --no-deps --no-cache-dir "$fairseq_pin"
   run "${pipx[@]}" --no-build-isolation -e "$repo[test]"
   if [[ $dry -eq 0 ]]; then
-    after=$("$py" -c "$probe")
+    # fairseq's compiled extensions and the plugin import; torch and numpy are those of before
+    after=$("$py" -c "import sys, fairseq, fairseq.libbleu, fairseq.data.data_utils_fast, \
+fairseq.data.token_block_utils_fast, labo_fairseq; sys.stderr.write('fairseq %s | labo_fairseq %s\n' \
+% (fairseq.__version__, labo_fairseq.__version__)); $probe")
     if [[ "$before" != "$after" ]]; then
       echo "install.sh: torch or numpy changed during the install: before '$before', after '$after'" >&2
       exit 1
     fi
-    "$py" -c 'import fairseq, fairseq.data.data_utils_fast, fairseq.data.token_block_utils_fast, fairseq.libbleu, torch, numpy, labo_fairseq
-print("fairseq", fairseq.__version__, "| torch", torch.__version__, "| numpy", numpy.__version__, "| labo_fairseq", labo_fairseq.__version__)'
     echo "torch and numpy unchanged: $before"
   fi
 }
