@@ -106,7 +106,7 @@ open("'"$pins"'", "w").write("torch==%s\nnumpy==%s\n" % (torch.__version__, nump
     "$py" "$repo/scripts/bundle.py" check "$dir"
   fi
   local pipx=("$py" -m pip install --no-index --find-links "$dir" -c "$pins")
-  run "${pipx[@]}" "${build_reqs[@]}"
+  run "${pipx[@]}" "${build_reqs[@]}" "${extra_reqs[@]}"
   # fairseq's extensions compile here: --jobs in parallel (setuptools' build_ext --parallel, set
   # through DIST_EXTRA_CONFIG); CUDA_HOME unset, so that none of its CUDA kernels is built: they
   # need an nvcc matching torch's CUDA, take minutes, and translation does not use them.

@@ -116,7 +116,7 @@ def test_bundle_round_trip_offline(tmp_path):
     venv.create(target, with_pip=True)
     site = subprocess.run([str(target / "bin" / "python"), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
                           check=True, capture_output=True, text=True).stdout.strip()
-    Path(site, "torch_only.pth").write_text(str(_torch_only_site(tmp_path / "torch_site")) + "\n")
+    Path(site, "base_site.pth").write_text(str(_torch_only_site(tmp_path / "torch_site")) + "\n")
 
     # Offline: no index that answers (port 9 is discard), no config, no find-links but the bundle.
     offline = _clean_pip_env("http://127.0.0.1:9/simple")
