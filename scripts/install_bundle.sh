@@ -97,7 +97,8 @@ install_from_bundle() {
   if [[ $dry -eq 0 ]]; then
     # one import of torch (seconds for a CUDA build): the pins, and the state to compare at the end
     if ! before=$("$py" -c "$probe"'
-open("'"$pins"'", "w").write("torch==%s\nnumpy==%s\n" % (torch.__version__, numpy.__version__))' 2>/dev/null); then
+from importlib.metadata import version  # the installed metadata: torch.__version__ may add +cu130
+open("'"$pins"'", "w").write("torch==%s\nnumpy==%s\n" % (version("torch"), version("numpy")))' 2>/dev/null); then
       echo "install.sh: torch and numpy must import in $py before installing from a bundle (the bundle" \
         "never carries them): install your torch build first, or use a --python that has it" \
         "(a venv is created with --system-site-packages)" >&2
