@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Install fairseq (fairseq-fixed 0.12.3.1, built from source against the pinned torch and numpy<2)
-# and the labo_fairseq plugin into a virtual environment.
+# and the labo_fairseq plugin into a virtual environment; or build an offline install bundle on a
+# networked machine (--bundle) and install from it on a node without internet (--from-bundle).
 set -euo pipefail
 
 usage() {
@@ -15,6 +16,26 @@ usage: scripts/install.sh [--venv DIR] [--python PYTHON] [--torch SPEC] [--no-fa
   --no-fairseq     do not build fairseq-fixed (you already have fairseq, e.g. official 0.12.2)
   --dry-run        print the commands, run nothing
 
+Offline install bundle (docs/install.md):
+  --bundle DIR         on a networked machine, download into DIR what DIR lacks: fairseq-fixed's
+                       sdist, the wheels of fairseq's and the plugin's requirements, of the build
+                       requirements and of tensorboardX, for --python-version on manylinux x86_64.
+                       Never torch or numpy: the target's own are used
+  --python-version X.Y the target's Python (default: that of --python)
+  --numpy VERSION      resolve against this numpy, the target's (default 1.26.4: wheels resolved
+                       for numpy 1.26.4 also run on numpy 2; give the target's numpy 2.x for a
+                       Python without numpy 1.26 wheels, >= 3.13)
+  --from-bundle DIR    install from DIR with no index: build requirements, fairseq-fixed compiled
+                       here against the torch and numpy already installed (never replaced), then
+                       the plugin (editable, with its test extra). Fails early unless torch and
+                       numpy import. Into --venv (created with --system-site-packages, to see the
+                       interpreter's torch) or, with --no-venv, into --python itself
+  --no-venv            with --from-bundle: install into the interpreter --python
+  --jobs N             parallel compilations of fairseq's extensions (default: the CPU count)
+
+usage: scripts/install.sh --bundle DIR [--python-version X.Y] [--numpy VERSION] [--python PYTHON] [--dry-run]
+       scripts/install.sh --from-bundle DIR [--venv DIR | --no-venv] [--python PYTHON] [--jobs N] [--dry-run]
+
 Afterwards: source DIR/bin/activate, or call DIR/bin/fairseq-train directly.
 USAGE
 }
@@ -25,8 +46,20 @@ python=python3
 torch_spec=""
 with_fairseq=1
 dry=0
+bundle=""
+from_bundle=""
+pyver=""
+numpy_version=1.26.4
+use_venv=1
+jobs=$(nproc 2>/dev/null || echo 4)
 while [[ $# -gt 0 ]]; do
   case "$1" in
+    --bundle) bundle=$2; shift 2 ;;
+    --from-bundle) from_bundle=$2; shift 2 ;;
+    --python-version) pyver=$2; shift 2 ;;
+    --numpy) numpy_version=$2; shift 2 ;;
+    --no-venv) use_venv=0; shift ;;
+    --jobs) jobs=$2; shift 2 ;;
     --venv) venv=$2; shift 2 ;;
     --python) python=$2; shift 2 ;;
     --torch) torch_spec=$2; shift 2 ;;
@@ -43,6 +76,20 @@ run() {
 }
 
 constraints="$repo/constraints.txt"
+fairseq_pin=$(grep -E '^fairseq-fixed==' "$constraints")
+if [[ -n "$bundle" && -n "$from_bundle" ]]; then
+  echo "install.sh: --bundle and --from-bundle exclude each other (see --help)" >&2; exit 2
+fi
+if [[ -n "$bundle" ]]; then
+  source "$repo/scripts/install_bundle.sh"
+  make_bundle
+  exit 0
+fi
+if [[ -n "$from_bundle" ]]; then
+  source "$repo/scripts/install_bundle.sh"
+  install_from_bundle
+  exit 0
+fi
 [[ -n "$torch_spec" ]] || torch_spec=$(grep -E '^torch==' "$constraints")
 pip=("$venv/bin/python" -m pip)
 
@@ -66,11 +113,10 @@ if [[ $with_fairseq -eq 1 ]]; then
     # --no-deps: fairseq-fixed requires torchaudio, which fairseq does not need for translation
     #            and which pins another torch; its real dependencies are in pyproject.toml.
     # --no-cache-dir: pip caches the wheel by sdist, not by the numpy it was built against.
-    run "${pip[@]}" install -c "$constraints" --no-build-isolation --no-deps --no-cache-dir \
-      "$(grep -E '^fairseq-fixed==' "$constraints")"
+    run "${pip[@]}" install -c "$constraints" --no-build-isolation --no-deps --no-cache-dir "$fairseq_pin"
   fi
 fi
-run "${pip[@]}" install -c "$constraints" -e "$repo[test]"
+run "${pip[@]}" install -c "$constraints" -e "$repo[test,plots]"
 echo "note: pip's complaint that fairseq-fixed requires torchaudio is expected: translation does not use it"
 if [[ $dry -eq 0 ]]; then
   "$venv/bin/python" -c 'import fairseq, torch, numpy, labo_fairseq; print("fairseq", fairseq.__version__, "| torch", torch.__version__, "| numpy", numpy.__version__, "| labo_fairseq", labo_fairseq.__version__)'

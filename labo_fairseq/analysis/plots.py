@@ -5,19 +5,28 @@ from pathlib import Path
 from typing import Dict, List, Sequence
 
 logging.getLogger("matplotlib").setLevel(logging.WARNING)  # fairseq/hydra may set the root logger to DEBUG
-import matplotlib  # noqa: E402
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
 
 DPI = 100
 SIZE = (6.4, 4.8)  # inches: 640 x 480 pixels at DPI
 
 
+def _pyplot():
+    """matplotlib.pyplot on the Agg backend, imported on first use: matplotlib is the optional extra
+    ``plots`` (it would double the size of the offline install bundle)."""
+    try:
+        import matplotlib
+    except ImportError as e:
+        raise ImportError("the analysis figures need matplotlib: pip install 'labo-fairseq[plots]'") from e
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
 def _save(fig, path: Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=DPI)
-    plt.close(fig)
+    _pyplot().close(fig)
     return path
 
 
@@ -27,7 +36,7 @@ def reliability_diagram(rel: Dict[str, List[float]], path: Path, title: str, ece
     edges, counts = rel["edges"], rel["count"]
     width = edges[1] - edges[0]
     lefts = edges[:-1]
-    fig, (ax, axc) = plt.subplots(2, 1, figsize=SIZE, gridspec_kw={"height_ratios": [3, 1]}, sharex=True)
+    fig, (ax, axc) = _pyplot().subplots(2, 1, figsize=SIZE, gridspec_kw={"height_ratios": [3, 1]}, sharex=True)
     acc = [a if c > 0 else 0.0 for a, c in zip(rel["accuracy"], counts)]
     conf = [m if c > 0 else 0.0 for m, c in zip(rel["confidence"], counts)]
     ax.bar(lefts, acc, width=width, align="edge", edgecolor="black", color="tab:blue", label="accuracy")
@@ -52,7 +61,7 @@ def reliability_diagram(rel: Dict[str, List[float]], path: Path, title: str, ece
 def curves(x: Sequence[float], series: Dict[str, Sequence[float]], path: Path, title: str, xlabel: str,
            marks: Dict[str, float] = None) -> Path:
     """One panel per series against ``x``; optional vertical marks (name -> x)."""
-    fig, axes = plt.subplots(len(series), 1, figsize=SIZE, sharex=True, squeeze=False)
+    fig, axes = _pyplot().subplots(len(series), 1, figsize=SIZE, sharex=True, squeeze=False)
     for ax, (name, ys) in zip(axes[:, 0], series.items()):
         ax.plot(list(x), list(ys), marker="." if len(x) < 30 else None)
         ax.set_ylabel(name)
@@ -69,7 +78,7 @@ def histograms(data: Dict[str, Dict[str, Sequence[float]]], path: Path, title: s
     """Figure 2 layout: one panel per split, one histogram per system, of probabilities in [0, 1]."""
     splits = list(data)
     cols = len(splits)
-    fig, axes = plt.subplots(1, cols, figsize=(max(SIZE[0], 3.2 * cols), SIZE[1]), squeeze=False, sharey=True)
+    fig, axes = _pyplot().subplots(1, cols, figsize=(max(SIZE[0], 3.2 * cols), SIZE[1]), squeeze=False, sharey=True)
     for ax, split in zip(axes[0], splits):
         for system, values in data[split].items():
             if len(values):

@@ -1,0 +1,167 @@
+#!/usr/bin/env python3
+"""Helpers of ``scripts/install.sh --bundle / --from-bundle`` (standard library only, Python >= 3.8).
+
+  requirements PYPROJECT      the plugin's dependencies and test extra, one a line, without torch and
+                              numpy (the target has them) and without optional extras
+  fetch-sdist NAME VERSION DIR
+                              NAME-VERSION.tar.gz from the index's simple page (PIP_INDEX_URL, default
+                              PyPI), sha256-checked, then repacked without the data files (images,
+                              notebooks, .npy fixtures) of its examples: no code is removed
+  finish DIR PYVER NUMPY      remove torch/numpy/CUDA wheels, write DIR/bundle.json, print the size
+  check DIR                   exit 1, naming the problem, unless this interpreter can use the bundle
+"""
+
+import hashlib
+import html.parser
+import io
+import json
+import os
+import re
+import sys
+import tarfile
+import urllib.parse
+import urllib.request
+from typing import Dict, List
+
+LIMIT = 64 * 2 ** 20  # bytes: the bundle must travel in 64 MiB
+MANIFEST = "bundle.json"
+# Never in the bundle: the target's own (CUDA) torch and its numpy must not be replaced.
+EXCLUDED = re.compile(r"^(torch|numpy|triton|nvidia[-_].*|cuda[-_].*)$", re.I)
+# Data files of fairseq's examples (figures, notebooks, test fixtures, audio): no import reads them.
+DATA_SUFFIXES = (".npy", ".png", ".jpg", ".jpeg", ".gif", ".ipynb", ".pdf", ".wav", ".flac", ".mp4")
+
+
+def norm(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def requirements(pyproject: str) -> List[str]:
+    """`[project] dependencies` plus the `test` extra of a pyproject.toml, torch and numpy left out.
+    A line-based reader (tomllib is Python >= 3.11 only) for this file's plain lists of strings."""
+    text = open(pyproject, encoding="utf-8").read()
+    out = []
+    for header in (r"^dependencies\s*=\s*\[", r"^test\s*=\s*\["):
+        m = re.search(header, text, re.M)
+        if not m:
+            sys.exit("bundle.py: no %r list in %s" % (header, pyproject))
+        body = text[m.end():text.index("]", m.end())]
+        out += re.findall(r'"([^"]+)"', re.sub(r"#[^\n]*", "", body))
+    return [r for r in out if not EXCLUDED.match(re.split(r"[<>=!~;\[ ]", r, 1)[0])]
+
+
+class _Links(html.parser.HTMLParser):
+    def __init__(self):
+        super().__init__()
+        self.links = []  # type: List[str]
+
+    def handle_starttag(self, tag, attrs):
+        if tag == "a":
+            self.links += [v for k, v in attrs if k == "href" and v]
+
+
+def fetch_sdist(name: str, version: str, dest: str) -> str:
+    index = os.environ.get("PIP_INDEX_URL", "https://pypi.org/simple").rstrip("/")
+    page = "%s/%s/" % (index, norm(name))
+    with urllib.request.urlopen(page, timeout=60) as r:
+        parser = _Links()
+        parser.feed(r.read().decode("utf-8", "replace"))
+    want = re.compile(r"^%s-%s\.tar\.gz$" % (re.escape(norm(name)).replace("\\-", "[-_.]"), re.escape(version)), re.I)
+    for href in parser.links:
+        url, _, frag = urllib.parse.urljoin(page, href).partition("#")
+        fname = urllib.parse.unquote(url.rsplit("/", 1)[-1])
+        if want.match(fname):
+            break
+    else:
+        sys.exit("bundle.py: no sdist %s-%s.tar.gz on %s" % (name, version, page))
+    with urllib.request.urlopen(url, timeout=300) as r:
+        data = r.read()
+    sha = hashlib.sha256(data).hexdigest()
+    if frag.startswith("sha256=") and frag[7:] != sha:
+        sys.exit("bundle.py: %s: sha256 %s, the index says %s" % (fname, sha, frag[7:]))
+    kept, dropped, dropped_bytes = _repack(data, os.path.join(dest, fname))
+    note = {"file": fname, "url": url, "sha256_original": sha, "bytes_original": len(data),
+            "members_dropped": dropped, "bytes_dropped_uncompressed": dropped_bytes,
+            "dropped": "data files (%s) under examples/: no code" % " ".join(DATA_SUFFIXES)}
+    with open(os.path.join(dest, "sdist-repack.json"), "w") as f:
+        json.dump(note, f, indent=1)
+    print("%s: %d -> %d bytes (%d data files of examples/ left out)"
+          % (fname, len(data), os.path.getsize(os.path.join(dest, fname)), dropped))
+    return fname
+
+
+def _repack(data: bytes, path: str):
+    kept = dropped = dropped_bytes = 0
+    tmp = path + ".part"
+    with tarfile.open(fileobj=io.BytesIO(data), mode="r:gz") as src, \
+            tarfile.open(tmp, mode="w:gz", compresslevel=9) as dst:
+        for m in src:
+            parts = m.name.split("/")
+            if m.isfile() and "examples" in parts and m.name.lower().endswith(DATA_SUFFIXES):
+                dropped += 1
+                dropped_bytes += m.size
+                continue
+            dst.addfile(m, src.extractfile(m) if m.isfile() else None)
+            kept += 1
+    os.replace(tmp, path)  # atomic: an interrupted run leaves no half sdist behind
+    return kept, dropped, dropped_bytes
+
+
+def finish(dest: str, pyver: str, numpy: str) -> None:
+    files = {}  # type: Dict[str, Dict]
+    for fname in sorted(os.listdir(dest)):
+        path = os.path.join(dest, fname)
+        if not (fname.endswith(".whl") or fname.endswith(".tar.gz")):
+            continue
+        if EXCLUDED.match(norm(fname.split("-", 1)[0])):
+            os.remove(path)  # pulled in by the resolution (scipy requires numpy): the target has it
+            print("left out (the target has it): %s" % fname)
+            continue
+        with open(path, "rb") as f:
+            files[fname] = {"bytes": os.path.getsize(path), "sha256": hashlib.sha256(f.read()).hexdigest()}
+    total = sum(v["bytes"] for v in files.values())
+    manifest = {"python": pyver, "platform": "manylinux x86_64", "resolved_with_numpy": numpy,
+                "excluded": "torch, numpy (the target's own are used)", "bytes": total, "files": files}
+    if os.path.exists(os.path.join(dest, "sdist-repack.json")):
+        with open(os.path.join(dest, "sdist-repack.json")) as f:
+            manifest["fairseq_sdist"] = json.load(f)
+    with open(os.path.join(dest, MANIFEST), "w") as f:
+        json.dump(manifest, f, indent=1, sort_keys=True)
+    print("bundle %s: %d files, %.1f MiB (%d bytes), Python %s" % (dest, len(files), total / 2 ** 20, total, pyver))
+    if total > LIMIT:
+        print("warning: the bundle is over 64 MiB", file=sys.stderr)
+
+
+def check(dest: str) -> None:
+    path = os.path.join(dest, MANIFEST)
+    if not os.path.isfile(path):
+        sys.exit("install.sh: %s is not a bundle (no %s; build one with --bundle)" % (dest, MANIFEST))
+    with open(path) as f:
+        manifest = json.load(f)
+    here = "%d.%d" % sys.version_info[:2]
+    if manifest["python"] != here:
+        sys.exit("install.sh: the bundle %s is for Python %s, this interpreter (%s) is %s: build one with "
+                 "--bundle DIR --python-version %s" % (dest, manifest["python"], sys.executable, here, here))
+    missing = [f for f in manifest["files"] if not os.path.isfile(os.path.join(dest, f))]
+    if missing:
+        sys.exit("install.sh: the bundle %s lacks %s" % (dest, ", ".join(missing)))
+
+
+def main(argv: List[str]) -> None:
+    if not argv or argv[0] in ("-h", "--help"):
+        print(__doc__)
+        return
+    cmd, args = argv[0], argv[1:]
+    if cmd == "requirements" and len(args) == 1:
+        print("\n".join(requirements(args[0])))
+    elif cmd == "fetch-sdist" and len(args) == 3:
+        fetch_sdist(*args)
+    elif cmd == "finish" and len(args) == 3:
+        finish(*args)
+    elif cmd == "check" and len(args) == 1:
+        check(args[0])
+    else:
+        sys.exit("bundle.py: bad arguments %r (see --help)" % (argv,))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])
