@@ -93,6 +93,16 @@ fi
 [[ -n "$torch_spec" ]] || torch_spec=$(grep -E '^torch==' "$constraints")
 pip=("$venv/bin/python" -m pip)
 
+# A finished install with the same inputs is reused in seconds (scripts/test.sh and
+# scripts/quickstart.sh start with this script).
+stamp="$venv/.labo-installed"
+want=$(cat "$constraints" "$repo/pyproject.toml" | sha256sum | cut -d' ' -f1)" $torch_spec fairseq=$with_fairseq"
+if [[ $dry -eq 0 && -f "$stamp" && "$(cat "$stamp")" == "$want" ]] \
+   && "$venv/bin/python" -c 'import fairseq.data.data_utils_fast, labo_fairseq' >/dev/null 2>&1; then
+  echo "install.sh: $venv is installed and up to date (delete $stamp to reinstall)"
+  exit 0
+fi
+
 if [[ ! -x "$venv/bin/python" ]]; then
   run "$python" -m venv "$venv"
 fi
@@ -120,4 +130,5 @@ run "${pip[@]}" install -c "$constraints" -e "$repo[test,plots]"
 echo "note: pip's complaint that fairseq-fixed requires torchaudio is expected: translation does not use it"
 if [[ $dry -eq 0 ]]; then
   "$venv/bin/python" -c 'import fairseq, torch, numpy, labo_fairseq; print("fairseq", fairseq.__version__, "| torch", torch.__version__, "| numpy", numpy.__version__, "| labo_fairseq", labo_fairseq.__version__)'
+  echo "$want" > "$stamp"
 fi
