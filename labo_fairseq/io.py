@@ -7,6 +7,7 @@ build on it.
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -111,18 +112,29 @@ def _stream(proc: subprocess.Popen, log_path: Path, echo: bool) -> None:
             log.flush()
 
 
+class _Terminated(Exception):
+    pass
+
+
+def _raise_terminated(signum, frame):
+    raise _Terminated()
+
+
 def run_logged(processes: Sequence[Sequence[str]], logs: Sequence[Path], cwd: Optional[Path] = None) -> int:
     """Start every process (the first echoed to the terminal), each appending to its log; if one
-    fails, stop the others. Returns the first non-zero exit status, else 0."""
+    fails, stop the others. Returns the first non-zero exit status, else 0. Ctrl-C or SIGTERM (a
+    scheduler's preemption) stops the processes too, so none is left running alone."""
     procs = [subprocess.Popen([str(c) for c in cmd], cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                               text=True) for cmd in processes]
     threads = [threading.Thread(target=_stream, args=(p, log, i == 0), daemon=True)
                for i, (p, log) in enumerate(zip(procs, logs))]
     for t in threads:
         t.start()
+    main_thread = threading.current_thread() is threading.main_thread()
+    previous = signal.signal(signal.SIGTERM, _raise_terminated) if main_thread else None
     status = 0
     try:
-        while any(p.poll() is None for p in procs):
+        while None in [p.poll() for p in procs]:  # a list, not any(): every process is polled
             failed = [p.returncode for p in procs if p.returncode not in (None, 0)]
             if failed:
                 status = failed[0]
@@ -130,11 +142,21 @@ def run_logged(processes: Sequence[Sequence[str]], logs: Sequence[Path], cwd: Op
                     if p.poll() is None:
                         p.terminate()
             time.sleep(0.2)
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, _Terminated) as stop:
         for p in procs:
-            p.terminate()
+            if p.poll() is None:
+                p.terminate()
+        for p in procs:
+            try:
+                p.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        if isinstance(stop, _Terminated):
+            raise SystemExit(128 + signal.SIGTERM) from None
         raise
     finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous)
         for t in threads:
             t.join()
     return status or next((p.returncode for p in procs if p.returncode), 0)

@@ -1,0 +1,70 @@
+"""labo_fairseq.io: atomic files, lines, fairseq-generate parsing, and starting processes."""
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import pytest
+
+from labo_fairseq.io import ToolError, atomic_open, parse_generate, read_lines, run_logged, run_tool, write_lines
+from tests.helpers import REPO
+
+
+def test_atomic_open_leaves_no_output_when_the_writer_fails(tmp_path):
+    out = tmp_path / "a" / "out.txt"
+    with pytest.raises(RuntimeError):
+        with atomic_open(out) as f:
+            f.write("half")
+            raise RuntimeError("interrupted")
+    assert not out.exists()
+    write_lines(out, ["x\ry", "z"])  # only \n ends a line
+    assert read_lines(out) == ["x\ry", "z"]
+
+
+def test_parse_generate_reads_every_kind_of_line():
+    g = parse_generate("S-1\tein haus\nT-1\ta house\nH-1\t-0.3\ta home\nD-1\t-0.3\ta home\nP-1\t-0.5 -0.1\n"
+                       "S-0\tja\nT-0\tyes\nH-0\t-0.1\tyes\nP-0\t-0.1\n"
+                       "Generate test with beam=5: BLEU4 = 50.00, 60/50/40/30 (BP=1.000)\n")
+    assert g.ordered(g.hypothesis) == ["yes", "a home"] and g.reference[1] == "a house"
+    assert g.positional_scores[1] == [-0.5, -0.1] and g.bleu_line.startswith("Generate test")
+
+
+def test_run_tool_names_the_failure_and_keeps_the_log(tmp_path):
+    log = tmp_path / "tool.log"
+    with pytest.raises(ToolError, match=r"failed \(exit 3\) \(log: .*tool.log\):\nboom"):
+        run_tool([sys.executable, "-c", "import sys; print('boom'); sys.exit(3)"], log=log)
+    assert log.read_text() == "boom\n"
+    assert run_tool([sys.executable, "-c", "print(1)"]).stdout == "1\n"
+
+
+def test_run_logged_stops_the_others_when_one_fails(tmp_path):
+    t0 = time.time()
+    status = run_logged([[sys.executable, "-c", "import time; time.sleep(60)"],
+                         [sys.executable, "-c", "import sys; sys.exit(5)"]], [tmp_path / "a", tmp_path / "b"])
+    assert status == 5 and time.time() - t0 < 30
+
+
+def test_sigterm_stops_the_children_too(tmp_path):
+    """A scheduler's SIGTERM to the command must not leave fairseq running on its own."""
+    pid_file = tmp_path / "child.pid"
+    code = textwrap.dedent(f"""
+        import sys
+        sys.path.insert(0, {str(REPO)!r})
+        from pathlib import Path
+        from labo_fairseq.io import run_logged
+        run_logged([["bash", "-c", "echo $$ > {pid_file}; exec sleep 60"]], [Path({str(tmp_path / 'log')!r})])
+    """)
+    parent = subprocess.Popen([sys.executable, "-c", code])
+    for _ in range(100):
+        if pid_file.is_file() and pid_file.read_text().strip():
+            break
+        time.sleep(0.1)
+    parent.send_signal(signal.SIGTERM)
+    assert parent.wait(timeout=60) == 128 + signal.SIGTERM
+    child = int(pid_file.read_text())
+    time.sleep(0.5)
+    with pytest.raises(ProcessLookupError):
+        os.kill(child, 0)
