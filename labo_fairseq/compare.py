@@ -198,6 +198,12 @@ class Compare:
                 "samples": self.a.bootstrap_samples, "sentences": len(refs)}
 
     def analysis(self) -> bool:
+        import importlib.util
+
+        if importlib.util.find_spec("matplotlib") is None:  # the offline bundle leaves it out (64 MiB)
+            self.say("analysis skipped: its figures need matplotlib (pip install 'labo-fairseq[plots]'); "
+                     "run the same command again where it is installed")
+            return True
         out = self.roots.root / "analysis" / "compare"
         seed = self.a.seeds[0]
         ck = {m: run_dir(self.roots.runs, DATASET, m, seed, self.a.tau if m == "labo" else None)
