@@ -411,9 +411,9 @@ def main(argv=None, prog="python -m labo_fairseq.gpu_check") -> int:
         train_with_peak(argv[1], argv[3:])
         return 0
     a = parse(argv, prog)
-    import torch
+    from labo_fairseq.io import cuda_visible
 
-    cuda = torch.cuda.is_available() and not a.tiny
+    cuda = cuda_visible(probe_torch=not a.dry_run) and not a.tiny  # a dry run imports no torch
     a.data_bin, a.out = a.data_bin.resolve(), a.out.resolve()
     kind = "gpu" if cuda else "cpu-smoke"
     a.work = (a.work or Path("runs") / "gpu_check" / kind).resolve()  # runs/ holds checkpoints, not results/

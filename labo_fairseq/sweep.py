@@ -431,7 +431,7 @@ def sweep_main(argv: List[str], prog: str) -> int:
         if a.max_requeues is None:
             a.max_requeues = 10
         if a.gpus_per_job is None:
-            a.gpus_per_job = 1 if a.launcher == "slurm" else _local_gpus()
+            a.gpus_per_job = 1 if a.launcher == "slurm" else _local_gpus(a.dry_run)
         cells = _cells(a, prog)
         if cells is None:
             return 0
@@ -445,12 +445,13 @@ def sweep_main(argv: List[str], prog: str) -> int:
         return 2
 
 
-def _local_gpus() -> int:
+def _local_gpus(dry_run: bool = False) -> int:
+    from labo_fairseq.io import cuda_visible
+
     try:
-        import torch
+        return 1 if cuda_visible(probe_torch=not dry_run) else 0  # a dry run imports no torch
     except ImportError:
         return 0
-    return 1 if torch.cuda.is_available() else 0
 
 
 def _submit(a, prog: str, cells: List[Cell], roots: Roots, train_args: List[str], evaluate_args: List[str],

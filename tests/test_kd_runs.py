@@ -4,6 +4,7 @@ train/evaluate/distill-data commands' --dry-run and errors, and the tables' dist
 import json
 import statistics
 import subprocess
+from pathlib import Path
 import sys
 
 import pytest
@@ -90,7 +91,7 @@ def test_train_dry_run_word_and_sequence_students(tmp_path, capsys):
     assert train_main(["multi30k_de_en", "ce", "4", "--data-variant", "seqkd:ls/seed1", "--data-root", "db",
                        "--dry-run"]) == 0
     cmd = capsys.readouterr().out
-    assert " db/multi30k.de-en.seqkd-ls-seed1 " in cmd and "ce-seqkd-ls-seed1/seed4" in cmd
+    assert f" {Path.cwd()}/db/multi30k.de-en.seqkd-ls-seed1 " in cmd and "ce-seqkd-ls-seed1/seed4" in cmd
 
 
 def test_cli_lists_distill_data_and_its_dry_run(tmp_path):
