@@ -64,3 +64,25 @@ def talk_text(segments, name):
 def write(path, lines):
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+def png_size(path):
+    """(width, height) of a PNG that opens and verifies."""
+    from PIL import Image
+
+    with Image.open(path) as im:
+        im.verify()
+    with Image.open(path) as im:
+        return im.size
+
+
+def write_dictionaries(directory, n_symbols, langs=("de", "en")):
+    """fairseq dictionaries ``dict.LANG.txt`` of the symbols w0..w{n-1} (plus fairseq's specials)."""
+    from fairseq.data import Dictionary
+
+    vocab = Dictionary()
+    for i in range(n_symbols):
+        vocab.add_symbol(f"w{i}")
+    for lang in langs:
+        vocab.save(str(directory / f"dict.{lang}.txt"))
+    return directory

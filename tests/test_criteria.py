@@ -23,6 +23,7 @@ from fairseq.dataclass.utils import convert_namespace_to_omegaconf  # noqa: E402
 from fairseq.logging import metrics  # noqa: E402
 
 from labo_fairseq import losses  # noqa: E402
+from tests.helpers import write_dictionaries  # noqa: E402
 from labo_fairseq.criteria import follow_trainer_updates  # noqa: E402
 
 BSZ, TGT_LEN, NSYM = 3, 5, 9
@@ -30,13 +31,7 @@ BSZ, TGT_LEN, NSYM = 3, 5, 9
 
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory):
-    d = tmp_path_factory.mktemp("dict")
-    vocab = Dictionary()
-    for i in range(NSYM):
-        vocab.add_symbol(f"w{i}")
-    for lang in ("de", "en"):
-        vocab.save(str(d / f"dict.{lang}.txt"))
-    return d
+    return write_dictionaries(tmp_path_factory.mktemp("dict"), NSYM)
 
 
 def build(data_dir, *flags):

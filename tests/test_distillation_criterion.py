@@ -17,6 +17,7 @@ from fairseq import checkpoint_utils, models  # noqa: E402
 from fairseq.data import Dictionary  # noqa: E402
 
 from labo_fairseq import losses  # noqa: E402
+from tests.helpers import write_dictionaries  # noqa: E402
 from labo_fairseq.distillation import WordDistillationCriterion  # noqa: E402
 from tests.test_criteria import NSYM, FixedLogitModel, build, make_sample, reduce_logs  # noqa: E402,F401
 
@@ -27,13 +28,7 @@ TINY_ARCH = ["--arch", "transformer", "--encoder-layers", "1", "--decoder-layers
 
 @pytest.fixture(scope="module")
 def data_dir(tmp_path_factory):
-    d = tmp_path_factory.mktemp("dict")
-    vocab = Dictionary()
-    for i in range(NSYM):
-        vocab.add_symbol(f"w{i}")
-    for lang in ("de", "en"):
-        vocab.save(str(d / f"dict.{lang}.txt"))
-    return d
+    return write_dictionaries(tmp_path_factory.mktemp("dict"), NSYM)
 
 
 def save_teacher(data_dir, path, seed=0):

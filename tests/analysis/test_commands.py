@@ -7,7 +7,7 @@ import sys
 import pytest
 import sacrebleu
 
-from tests.helpers import REPO
+from tests.helpers import REPO, png_size
 
 pytest.importorskip("fairseq", reason="fairseq is not installed (scripts/install.sh)")
 pytest.importorskip("matplotlib")
@@ -20,15 +20,6 @@ def run(module, *args):
                           capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc
-
-
-def png_size(path):
-    from PIL import Image
-
-    with Image.open(path) as im:
-        im.verify()
-    with Image.open(path) as im:
-        return im.size
 
 
 def degrade(line):

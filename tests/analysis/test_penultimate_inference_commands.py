@@ -8,7 +8,7 @@ from collections import Counter
 
 import pytest
 
-from tests.helpers import REPO
+from tests.helpers import REPO, png_size
 
 pytest.importorskip("fairseq", reason="fairseq is not installed (scripts/install.sh)")
 pytest.importorskip("matplotlib")
@@ -22,15 +22,6 @@ def analyze(what, *args, check=True):
     if check:
         assert proc.returncode == 0, proc.stderr[-3000:]
     return proc
-
-
-def png_size(path):
-    from PIL import Image
-
-    with Image.open(path) as im:
-        im.verify()
-    with Image.open(path) as im:
-        return im.size
 
 
 def test_features_are_the_input_of_the_output_projection(data_bin, tiny_checkpoint):
