@@ -81,7 +81,7 @@ def summarise(rel: Dict, extra: Dict = None) -> Dict:
 
 def plot_curves(curves: Dict[str, Dict], path: Path, title: str) -> Path:
     """Accuracy against confidence per bin (non-empty bins) for each case, and the diagonal."""
-    fig, ax = plots.plt.subplots(figsize=plots.SIZE)
+    fig, ax = plots.pyplot().subplots(figsize=plots.SIZE)
     ax.plot([0, 1], [0, 1], "k--", linewidth=1, label="perfect calibration")
     styles = {"teacher forced": "-", "inference": "-."}
     for label, res in curves.items():
@@ -96,7 +96,7 @@ def plot_curves(curves: Dict[str, Dict], path: Path, title: str) -> Path:
     ax.set_title(title, fontsize=10)
     ax.legend(fontsize=8, loc="upper left")
     fig.tight_layout()
-    return plots._save(fig, path)
+    return plots.save(fig, path)
 
 
 def main(argv=None, prog="labo-fairseq analyze inference-calibration") -> int:

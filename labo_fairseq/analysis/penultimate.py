@@ -172,7 +172,9 @@ def analyse(x: Tensor, labels: Tensor, w: Tensor, names: Sequence[str]) -> Dict:
 
 
 def plot(rows: Dict[str, Dict], systems: Sequence[str], path: Path, max_points: int, seed: int = 1) -> Path:
-    from labo_fairseq.analysis.plots import _save, plt
+    from labo_fairseq.analysis.plots import pyplot, save
+
+    plt = pyplot()
 
     fig, axes = plt.subplots(len(rows), len(systems), figsize=(3.4 * len(systems), 3.4 * len(rows)), squeeze=False)
     gen = torch.Generator().manual_seed(seed)
@@ -196,7 +198,7 @@ def plot(rows: Dict[str, Dict], systems: Sequence[str], path: Path, max_points: 
             ax.legend(fontsize=7, loc="best", markerscale=3)
     fig.suptitle("decoder features projected on the plane of 3 output embeddings (stars)", fontsize=10)
     fig.tight_layout()
-    return _save(fig, path)
+    return save(fig, path)
 
 
 def _strip(res: Dict) -> Dict:

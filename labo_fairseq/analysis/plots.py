@@ -10,7 +10,7 @@ DPI = 100
 SIZE = (6.4, 4.8)  # inches: 640 x 480 pixels at DPI
 
 
-def _pyplot():
+def pyplot():
     """matplotlib.pyplot on the Agg backend, imported on first use: matplotlib is the optional extra
     ``plots`` (it would double the size of the offline install bundle)."""
     try:
@@ -23,10 +23,11 @@ def _pyplot():
     return plt
 
 
-def _save(fig, path: Path) -> Path:
+def save(fig, path: Path) -> Path:
+    """Write ``fig`` as a PNG at :data:`DPI` and close it."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=DPI)
-    _pyplot().close(fig)
+    pyplot().close(fig)
     return path
 
 
@@ -36,7 +37,7 @@ def reliability_diagram(rel: Dict[str, List[float]], path: Path, title: str, ece
     edges, counts = rel["edges"], rel["count"]
     width = edges[1] - edges[0]
     lefts = edges[:-1]
-    fig, (ax, axc) = _pyplot().subplots(2, 1, figsize=SIZE, gridspec_kw={"height_ratios": [3, 1]}, sharex=True)
+    fig, (ax, axc) = pyplot().subplots(2, 1, figsize=SIZE, gridspec_kw={"height_ratios": [3, 1]}, sharex=True)
     acc = [a if c > 0 else 0.0 for a, c in zip(rel["accuracy"], counts)]
     conf = [m if c > 0 else 0.0 for m, c in zip(rel["confidence"], counts)]
     ax.bar(lefts, acc, width=width, align="edge", edgecolor="black", color="tab:blue", label="accuracy")
@@ -55,13 +56,13 @@ def reliability_diagram(rel: Dict[str, List[float]], path: Path, title: str, ece
     axc.set_xlabel("confidence (max probability)")
     axc.set_xlim(0, 1)
     fig.tight_layout()
-    return _save(fig, path)
+    return save(fig, path)
 
 
 def curves(x: Sequence[float], series: Dict[str, Sequence[float]], path: Path, title: str, xlabel: str,
            marks: Dict[str, float] = None) -> Path:
     """One panel per series against ``x``; optional vertical marks (name -> x)."""
-    fig, axes = _pyplot().subplots(len(series), 1, figsize=SIZE, sharex=True, squeeze=False)
+    fig, axes = pyplot().subplots(len(series), 1, figsize=SIZE, sharex=True, squeeze=False)
     for ax, (name, ys) in zip(axes[:, 0], series.items()):
         ax.plot(list(x), list(ys), marker="." if len(x) < 30 else None)
         ax.set_ylabel(name)
@@ -71,14 +72,14 @@ def curves(x: Sequence[float], series: Dict[str, Sequence[float]], path: Path, t
     axes[0, 0].set_title(title)
     axes[-1, 0].set_xlabel(xlabel)
     fig.tight_layout()
-    return _save(fig, path)
+    return save(fig, path)
 
 
 def histograms(data: Dict[str, Dict[str, Sequence[float]]], path: Path, title: str, bins: int = 20) -> Path:
     """Figure 2 layout: one panel per split, one histogram per system, of probabilities in [0, 1]."""
     splits = list(data)
     cols = len(splits)
-    fig, axes = _pyplot().subplots(1, cols, figsize=(max(SIZE[0], 3.2 * cols), SIZE[1]), squeeze=False, sharey=True)
+    fig, axes = pyplot().subplots(1, cols, figsize=(max(SIZE[0], 3.2 * cols), SIZE[1]), squeeze=False, sharey=True)
     for ax, split in zip(axes[0], splits):
         for system, values in data[split].items():
             if len(values):
@@ -89,4 +90,4 @@ def histograms(data: Dict[str, Dict[str, Sequence[float]]], path: Path, title: s
     axes[0, 0].set_ylabel("density")
     fig.suptitle(title)
     fig.tight_layout()
-    return _save(fig, path)
+    return save(fig, path)
