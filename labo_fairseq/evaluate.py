@@ -179,6 +179,10 @@ def evaluate(a) -> int:
         pair = key.split(".")[0]
         src, tgt = pair.split("-")
         subset = cmd[cmd.index("--gen-subset") + 1]
+        if subset != "test" and not any((data / f"{subset}.{p}.{src}.idx").is_file() for p in (pair, f"{tgt}-{src}")):
+            print(f"evaluate: note: {data} has no {subset} ({key.split('.', 1)[1]}): not scored; "
+                  f"`labo-fairseq prepare ... --force` binarizes it", file=sys.stderr)
+            continue
         n_test = count_test_sentences(data, src, tgt, subset)
         print(f"evaluate: {a.dataset} {a.method} seed {a.seed} {key}: beam 5 on {n_test} test sentences", file=sys.stderr)
         try:

@@ -109,6 +109,10 @@ def train_with_peak(peak_json: str, args: List[str]) -> None:
     atexit.register(dump)
     from fairseq_cli.train import cli_main
 
+    from labo_fairseq import register
+
+    register()  # this package was imported before fairseq, so --user-dir would not register it
+
     sys.argv = ["fairseq-train", *args]
     cli_main()
 
