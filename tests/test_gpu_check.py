@@ -141,7 +141,7 @@ def test_tiny_check_on_a_real_data_bin(data_bin, tmp_path):
     for r in b["rows"]:
         for k in ("ms", "time_vs_ls", "peak_mib", "peak_buffers", "extra_buffers_vs_ls"):
             assert _is_num(r[k]), (r, k)
-        assert r["ms"] > 0 and r["peak_mib"] > 0
+        assert r["ms"] > 0 and r["peak_mib"] >= 0  # CPU: peak RSS above the start; 0 when the step reuses mapped memory
         if r["criterion"] == bench.LS:
             assert r["time_vs_ls"] == 1.0 and r["extra_buffers_vs_ls"] == 0.0
     assert _is_num(b["labo_time_vs_ls_max"]) and _is_num(b["labo_extra_buffers_vs_ls_max"])
