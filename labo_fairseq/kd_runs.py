@@ -18,9 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional
 
-import yaml
+from labo_fairseq.protocol import CONFIGS, read_config
 
-CONFIGS = Path(__file__).resolve().parent / "configs"
 SEQKD = "seqkd:"
 
 
@@ -69,8 +68,7 @@ def resolve_teacher(spec: str, runs_root: Path, dataset: str) -> Teacher:
 
 def student_args(dataset: str) -> Dict:
     """fairseq-train flags of the student architecture for DATASET (``configs/student.yaml``)."""
-    with open(CONFIGS / "student.yaml", encoding="utf-8") as f:
-        cfg = yaml.safe_load(f) or {}
+    cfg = read_config(CONFIGS / "student.yaml")
     return {**cfg.get("args", {}), **(cfg.get("datasets", {}).get(dataset) or {}).get("args", {})}
 
 

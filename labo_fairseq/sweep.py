@@ -35,9 +35,8 @@ from pathlib import Path
 from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 from labo_fairseq import protocol
-from labo_fairseq.protocol import add_root_arguments, method_config, names, read_config, run_tag
+from labo_fairseq.protocol import CONFIGS, add_root_arguments, method_config, names, read_config, run_tag
 
-CONFIGS = Path(__file__).resolve().parent / "configs"
 SWEEP_DIR = ".sweep"
 TRAINED = "sweep.trained"  # written in the run directory once `train` has finished the cell's training
 SLURM_OPTIONS = ("partition", "account", "qos", "time", "cpus_per_job", "mem_gb", "sbatch", "setup",
