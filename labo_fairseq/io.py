@@ -45,6 +45,15 @@ def write_lines(path: Path, lines: Iterable[str]) -> int:
     return n
 
 
+def write_json(path: Path, obj) -> Path:
+    """``obj`` as indented JSON, written atomically (:func:`atomic_open`)."""
+    import json
+
+    with atomic_open(path) as f:
+        f.write(json.dumps(obj, indent=1) + "\n")
+    return Path(path)
+
+
 def read_lines(path: Path) -> List[str]:
     """Lines without their ``\\n``; only ``\\n`` ends a line (a ``\\r`` inside text is kept)."""
     with open(path, encoding="utf-8", newline="\n") as f:

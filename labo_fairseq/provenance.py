@@ -2,9 +2,12 @@
 
 import os
 import platform
+import shlex
 import subprocess
+import sys
+import time
 from pathlib import Path
-from typing import Dict
+from typing import Dict, Optional, Sequence
 
 PACKAGE = Path(__file__).resolve().parent
 
@@ -40,3 +43,15 @@ def hardware() -> Dict:
     gpus = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] if torch.cuda.is_available() else []
     return {"host": platform.node(), "cpu": cpu, "cpu_cores": os.cpu_count(), "gpus": gpus,
             "torch": torch.__version__, "cuda": torch.version.cuda, "python": platform.python_version()}
+
+
+def record(prog: str, argv: Optional[Sequence[str]] = None, with_hardware: bool = True) -> Dict:
+    """The command that made an output (``prog`` and its arguments, ``sys.argv[1:]`` when None),
+    its working directory and date, the commit (:func:`git_state`) and, unless ``with_hardware`` is
+    False (text-only commands: no torch import), the hardware."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    rec = {"command": " ".join([prog, *map(shlex.quote, map(str, args))]), "cwd": os.getcwd(),
+           "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **git_state()}
+    if with_hardware:
+        rec["hardware"] = hardware()
+    return rec

@@ -1,5 +1,6 @@
 """labo_fairseq.io: atomic files, lines, fairseq-generate parsing, and starting processes."""
 
+import json
 import os
 import signal
 import subprocess
@@ -9,7 +10,8 @@ import time
 
 import pytest
 
-from labo_fairseq.io import ToolError, atomic_open, parse_generate, read_lines, run_logged, run_tool, write_lines
+from labo_fairseq.io import (ToolError, atomic_open, parse_generate, read_lines, run_logged, run_tool, write_json,
+                             write_lines)
 from tests.helpers import REPO
 
 
@@ -22,6 +24,14 @@ def test_atomic_open_leaves_no_output_when_the_writer_fails(tmp_path):
     assert not out.exists()
     write_lines(out, ["x\ry", "z"])  # only \n ends a line
     assert read_lines(out) == ["x\ry", "z"]
+
+
+def test_write_json_is_atomic_and_round_trips(tmp_path):
+    out = write_json(tmp_path / "d" / "r.json", {"ece": 0.25, "tokens": [1, 2]})
+    assert json.loads(out.read_text()) == {"ece": 0.25, "tokens": [1, 2]} and out.read_text().endswith("}\n")
+    with pytest.raises(TypeError):
+        write_json(out, {"bad": object()})
+    assert json.loads(out.read_text())["ece"] == 0.25  # the failed write left the old file whole
 
 
 def test_parse_generate_reads_every_kind_of_line():

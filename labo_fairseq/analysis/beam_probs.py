@@ -49,7 +49,8 @@ def main(argv=None, prog="labo-fairseq analyze beam-probs") -> int:
     ap.add_argument("--force", action="store_true")
     args = ap.parse_args(argv)
     from labo_fairseq.analysis.fairseq_io import generate
-    from labo_fairseq.io import require_inputs
+    from labo_fairseq.io import require_inputs, write_json
+    from labo_fairseq.provenance import record
 
     require_inputs(ap, dirs=[args.data_bin], files=[args.splits])
     out_json = args.out / "beam_probs.json"
@@ -80,10 +81,10 @@ def main(argv=None, prog="labo-fairseq analyze beam-probs") -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     png = plots.histograms(data, args.out / "beam_probs.png", f"probability of the chosen token, beam {args.beam}",
                            bins=args.bins)
-    out_json.write_text(json.dumps({"data_bin": str(args.data_bin), "subset": args.subset, "beam": args.beam,
-                                    "systems": {k: str(v) for k, v in systems.items()},
-                                    "bleu": {k: g.bleu_line for k, g in gens.items()},
-                                    "stats": stats, "figure": str(png)}, indent=1) + "\n")
+    write_json(out_json, {"data_bin": str(args.data_bin), "subset": args.subset, "beam": args.beam,
+                          "systems": {k: str(v) for k, v in systems.items()},
+                          "bleu": {k: g.bleu_line for k, g in gens.items()},
+                          "stats": stats, "figure": str(png), "provenance": record(prog, argv)})
     for split, per in stats.items():
         for name, st in per.items():
             if st["steps"]:

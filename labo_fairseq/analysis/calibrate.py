@@ -9,7 +9,6 @@ bleu_temperature.png (BLEU of beam search against the decoding temperature).
 """
 
 import argparse
-import json
 import re
 import sys
 from pathlib import Path
@@ -64,7 +63,8 @@ def main(argv=None, prog="labo-fairseq analyze calibrate") -> int:
     if any(t <= 0 for t in args.bleu_temperatures):
         ap.error("--bleu-temperatures must be positive")
     from labo_fairseq.analysis.fairseq_io import generate, load
-    from labo_fairseq.io import require_inputs
+    from labo_fairseq.io import require_inputs, write_json
+    from labo_fairseq.provenance import record
 
     require_inputs(ap, dirs=[args.data_bin], files=[args.path])
     out_json = args.out / "calibration.json"
@@ -108,9 +108,9 @@ def main(argv=None, prog="labo-fairseq analyze calibrate") -> int:
         "temperature_min_nll": res["best_nll"], "temperature_min_ece": res["best_ece"],
         "ece_after_scaling": res["best_nll"]["ece"], "tokens": res["tokens"], "n_bins": args.n_bins,
         "reliability": rel_one, "reliability_scaled": rel_best, "temperature_curve": res["curve"],
-        "bleu_vs_temperature": bleu_curve, "figures": figures,
+        "bleu_vs_temperature": bleu_curve, "figures": figures, "provenance": record(prog, argv),
     }
-    out_json.write_text(json.dumps(summary, indent=1) + "\n")
+    write_json(out_json, summary)
     print(f"ECE {res['t1']['ece']:.4f} (T=1), NLL {res['t1']['nll']:.4f}; T*={res['best_nll']['temperature']:.2f} "
           f"(min NLL) -> ECE {res['best_nll']['ece']:.4f}; min-ECE T={res['best_ece']['temperature']:.2f} "
           f"-> ECE {res['best_ece']['ece']:.4f}; {res['tokens']:,} tokens; wrote {out_json}")

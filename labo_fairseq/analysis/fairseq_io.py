@@ -2,13 +2,23 @@
 (fairseq-generate through the plugin, set up from the checkpoint and data)."""
 
 import sys
+import warnings
 from pathlib import Path
 from typing import Iterator, List, Optional, Sequence, Tuple
 
 import torch
 
+from labo_fairseq import register
 from labo_fairseq.io import Generation, generate_command
 from labo_fairseq.io import generate as run_generate
+
+# Before any fairseq import: importing fairseq sets the root logger to DEBUG with a handler (its
+# wav2vec module calls logging.basicConfig), and register() puts the logger back as it was.
+register()
+# Two harmless warnings of fairseq's data loader and attention on CPU, which would otherwise break
+# the progress line: the rest are left alone.
+warnings.filterwarnings("ignore", message="'pin_memory' argument is set as true")
+warnings.filterwarnings("ignore", message="Support for mismatched key_padding_mask and attn_mask")
 
 
 def device(cpu: bool) -> torch.device:
@@ -28,9 +38,6 @@ class CheckpointError(SystemExit):
 
 def read_checkpoint(checkpoint: Path, arg_overrides: Optional[dict] = None) -> dict:
     """fairseq's checkpoint state (on CPU), or :class:`CheckpointError` naming the file."""
-    from labo_fairseq import register
-
-    register()  # checkpoint allow-list (and criteria)
     from fairseq import checkpoint_utils
 
     if not Path(checkpoint).is_file():

@@ -15,7 +15,6 @@ H- lines, BPE removed, are used, ordered by sentence id; --ref may then be omitt
 """
 
 import argparse
-import json
 import sys
 from collections import Counter
 from pathlib import Path
@@ -23,7 +22,8 @@ from typing import Dict, List, Sequence, Tuple
 
 import sacrebleu
 
-from labo_fairseq.io import parse_generate, require_inputs
+from labo_fairseq.io import parse_generate, require_inputs, write_json
+from labo_fairseq.provenance import record
 
 SPLIT_NAMES = ("most frequent", "medium", "least frequent")
 
@@ -122,9 +122,9 @@ def main(argv=None, prog="labo-fairseq analyze freq-splits") -> int:
                     "ids": idx} for n, idx in zip(names, splits)],
         "bleu": table, "delta_vs": base,
         "delta": {k: [a - b for a, b in zip(v, table[base])] for k, v in table.items() if k != base},
+        "provenance": record(prog, argv, with_hardware=False),
     }
-    args.out.mkdir(parents=True, exist_ok=True)
-    out_json.write_text(json.dumps(result, indent=1) + "\n")
+    write_json(out_json, result)
     print("| system | " + " | ".join(f"{n} ({len(i)})" for n, i in zip(names, splits)) + " |")
     print("|---" * (len(splits) + 1) + "|")
     for k, row in table.items():

@@ -19,7 +19,6 @@ reliability_{teacher_forced,inference}[_scaled].png and inference_calibration.pn
 """
 
 import argparse
-import json
 import sys
 from collections import Counter
 from pathlib import Path
@@ -121,7 +120,8 @@ def main(argv=None, prog="labo-fairseq analyze inference-calibration") -> int:
         ap.error("need --n-bins >= 1, --beam >= 1, 0 < --t-min < --t-max and --t-step > 0")
     from labo_fairseq.analysis.calibrate import collect
     from labo_fairseq.analysis.fairseq_io import generate, load
-    from labo_fairseq.io import require_inputs
+    from labo_fairseq.io import require_inputs, write_json
+    from labo_fairseq.provenance import record
 
     require_inputs(ap, dirs=[args.data_bin], files=[args.path, args.train_tgt])
     out_json = args.out / "inference_calibration.json"
@@ -172,7 +172,8 @@ def main(argv=None, prog="labo-fairseq analyze inference-calibration") -> int:
     figures["curves"] = str(plot_curves(curves, args.out / "inference_calibration.png",
                                         f"{args.path.name} on {args.gen_subset}: teacher forced vs beam {args.beam}"))
     result["figures"] = figures
-    out_json.write_text(json.dumps(result, indent=1) + "\n")
+    result["provenance"] = record(prog, argv)
+    write_json(out_json, result)
     for key in ("t1", "scaled"):
         tfr, inf = result["teacher_forced"][key], result["inference"][key]
         freq = ", ".join(f"{p['name']} {p['ece']:.4f}" for p in inf["by_frequency"])

@@ -20,7 +20,6 @@ distances between class means, and ``ratio`` = mean distance between class means
 
 import argparse
 import itertools
-import json
 import sys
 from collections import Counter
 from pathlib import Path
@@ -196,7 +195,8 @@ def plot(rows: Dict[str, Dict], systems: Sequence[str], path: Path, max_points: 
             if c == 0:
                 ax.set_ylabel(mode, fontsize=9)
             ax.legend(fontsize=7, loc="best", markerscale=3)
-    fig.suptitle("decoder features projected on the plane of 3 output embeddings (stars)", fontsize=10)
+    sep = " " if len(systems) >= 3 else "\n"  # one or two panels are too narrow for the title on one line
+    fig.suptitle(f"decoder features projected{sep}on the plane of 3 output embeddings (stars)", fontsize=10)
     fig.tight_layout()
     return save(fig, path)
 
@@ -226,7 +226,8 @@ def main(argv=None, prog="labo-fairseq analyze penultimate") -> int:
     if args.candidates < 3 or args.max_points < 1:
         ap.error("need --candidates >= 3 and --max-points >= 1")
     from labo_fairseq.analysis.fairseq_io import load
-    from labo_fairseq.io import require_inputs
+    from labo_fairseq.io import require_inputs, write_json
+    from labo_fairseq.provenance import record
 
     require_inputs(ap, dirs=[args.data_bin])
     systems = {}
@@ -285,8 +286,8 @@ def main(argv=None, prog="labo-fairseq analyze penultimate") -> int:
                                 f"the {len(candidates)} most frequent content tokens"},
                "rows": {mode: {"tokens": row["tokens"], "models": {k: _strip(v) for k, v in row["models"].items()}}
                         for mode, row in rows.items()},
-               "figure": str(png)}
-    out_json.write_text(json.dumps(summary, indent=1) + "\n")
+               "figure": str(png), "provenance": record(prog, argv)}
+    write_json(out_json, summary)
     for mode, row in rows.items():
         for name, res in row["models"].items():
             full = res["full"]

@@ -38,6 +38,7 @@ def test_frequency_splits_on_real_text(small_text, tmp_path):
     res = json.loads((tmp_path / "freq" / "freq_splits.json").read_text())
     sizes = [s["size"] for s in res["splits"]]
     assert sizes == [34, 33, 33] and [s["name"] for s in res["splits"]] == ["most frequent", "medium", "least frequent"]
+    assert res["provenance"]["command"].startswith("labo-fairseq analyze freq-splits --train-src ")
     means = [s["mean_frequency"] for s in res["splits"]]
     assert means[0] > means[1] > means[2]
     assert sorted(i for s in res["splits"] for i in s["ids"]) == list(range(100))
@@ -109,3 +110,21 @@ def test_missing_inputs_are_named(module, args, missing, data_bin, tmp_path):
                            *[a.format(**fill) for a in args]], cwd=REPO, capture_output=True, text=True)
     assert proc.returncode == 2 and missing in proc.stderr and "Traceback" not in proc.stderr
     assert not (tmp_path / "o").exists()
+
+
+def test_analysis_demo_script_dry_run_and_missing_runs(tmp_path):
+    def demo(*args):
+        return subprocess.run(["bash", str(REPO / "scripts" / "analysis_demo.sh"), *map(str, args)], cwd=tmp_path,
+                              capture_output=True, text=True, timeout=120)
+
+    work, out = tmp_path / "qs", tmp_path / "figs"
+    proc = demo("--work", work, "--out", out, "--dry-run")
+    assert proc.returncode == 0, proc.stderr
+    steps = [ln.split()[4:6] for ln in proc.stdout.splitlines()]
+    assert steps == [["train", "multi30k_de_en"], ["analyze", "freq-splits"], ["analyze", "beam-probs"],
+                     *[["analyze", "calibrate"]] * 2, ["analyze", "penultimate"], *[["analyze", "inference-calibration"]] * 3]
+    assert f"--out {out}/inference_calibration/labo" in proc.stdout and f"--root {work}" in proc.stdout
+    assert not work.exists() and not out.exists()
+    missing = demo("--work", work, "--out", out)
+    assert missing.returncode == 1 and "checkpoint_best.pt is missing: run scripts/quickstart.sh" in missing.stderr
+    assert demo("--bogus").returncode == 2

@@ -64,6 +64,10 @@ def test_penultimate_command(small_text, data_bin, tiny_checkpoint, tmp_path):
         assert a["plane"]["mean_spread"] <= a["full"]["mean_spread"] + 1e-9
     assert png_size(out / "penultimate.png") == (680, 680)
     assert "ratio" in proc.stdout
+    assert "INFO" not in proc.stderr  # fairseq's import does not take over the command's logging
+    made = res["provenance"]  # the command that made it, the commit and the hardware, beside the numbers
+    assert made["command"].startswith("labo-fairseq analyze penultimate ") and "--subset valid" in made["command"]
+    assert "commit" in made and made["hardware"]["cpu_cores"] >= 1
     # hand-picked tokens; no overwrite without --force
     again = analyze("penultimate", data_bin, "--system", f"A={tiny_checkpoint}", "--out", out, "--cpu", check=False)
     assert again.returncode == 2 and "--force" in again.stderr
