@@ -86,6 +86,6 @@ step "$out/penultimate/penultimate.json" "${lf[@]}" analyze penultimate "$data_b
   --system "CE=$(ckpt ce)" --system "LS=$(ckpt ls)" --system "LABO=$(ckpt labo)" --subset valid --out "$out/penultimate"
 for method in ce ls labo; do
   step "$out/inference_calibration/$method/inference_calibration.json" "${lf[@]}" analyze inference-calibration \
-    "$data_bin" --path "$(ckpt $method)" --subset valid --gen-subset test --train-tgt "$text/train.en" \
-    --out "$out/inference_calibration/$method"
+    "$data_bin" --path "$(ckpt $method)" --name "${method^^}" --subset valid --gen-subset test \
+    --train-tgt "$text/train.en" --out "$out/inference_calibration/$method"
 done

@@ -102,6 +102,7 @@ def main(argv=None, prog="labo-fairseq analyze inference-calibration") -> int:
     ap = argparse.ArgumentParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("data_bin", type=Path)
     ap.add_argument("--path", type=Path, required=True, help="checkpoint")
+    ap.add_argument("--name", help="the model's name in the figures' titles (default: the checkpoint's file name)")
     ap.add_argument("--subset", default="valid", help="split for fitting the NLL-optimal temperature (default valid)")
     ap.add_argument("--gen-subset", default="test", help="split decoded and scored (default test)")
     ap.add_argument("--beam", type=int, default=5)
@@ -139,7 +140,7 @@ def main(argv=None, prog="labo-fairseq analyze inference-calibration") -> int:
     del model
     counts = frequency_counts(args.train_tgt, task.target_dictionary)
 
-    result = {"checkpoint": str(args.path), "data_bin": str(args.data_bin), "subset": args.subset,
+    result = {"checkpoint": str(args.path), "name": args.name, "data_bin": str(args.data_bin), "subset": args.subset,
               "gen_subset": args.gen_subset, "beam": args.beam, "n_bins": args.n_bins, "temperature_min_nll": t_star,
               "frequency_counts": str(args.train_tgt) if args.train_tgt else "data-bin dictionary",
               "teacher_forced": {}, "inference": {}}
@@ -159,6 +160,7 @@ def main(argv=None, prog="labo-fairseq analyze inference-calibration") -> int:
             "ref_tokens": lab["ref_words"], "by_frequency": by_frequency(lab, counts, args.n_bins)})
 
     args.out.mkdir(parents=True, exist_ok=True)
+    label = args.name or args.path.name
     figures = {}
     for kind in ("teacher_forced", "inference"):
         for key in ("t1", "scaled"):
@@ -166,11 +168,11 @@ def main(argv=None, prog="labo-fairseq analyze inference-calibration") -> int:
             name = f"reliability_{kind}{'_scaled' if key == 'scaled' else ''}"
             figures[name] = str(plots.reliability_diagram(
                 res["reliability"], args.out / f"{name}.png",
-                f"{kind.replace('_', ' ')}, {args.gen_subset}, T = {res['temperature']:.2f}", res["ece"]))
+                f"{label}: {kind.replace('_', ' ')}, {args.gen_subset}, T = {res['temperature']:.2f}", res["ece"]))
     curves = {f"{kind.replace('_', ' ')}, T = {result[kind][key]['temperature']:.2f}": result[kind][key]
               for kind in ("teacher_forced", "inference") for key in ("t1", "scaled")}
     figures["curves"] = str(plot_curves(curves, args.out / "inference_calibration.png",
-                                        f"{args.path.name} on {args.gen_subset}: teacher forced vs beam {args.beam}"))
+                                        f"{label} on {args.gen_subset}: teacher forced vs beam {args.beam}"))
     result["figures"] = figures
     result["provenance"] = record(prog, argv)
     write_json(out_json, result)

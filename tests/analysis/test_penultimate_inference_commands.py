@@ -80,8 +80,9 @@ def test_inference_calibration_command(small_text, data_bin, tiny_checkpoint, tm
     out = tmp_path / "inf"
     proc = analyze("inference-calibration", data_bin, "--path", tiny_checkpoint, "--subset", "valid",
                    "--gen-subset", "test", "--t-step", "0.1", "--train-tgt", small_text / "train.en", "--cpu",
-                   "--out", out)
+                   "--name", "TINY", "--out", out)
     res = json.loads((out / "inference_calibration.json").read_text())
+    assert res["name"] == "TINY" and "--name TINY" in res["provenance"]["command"]
     test_lines = (small_text / "test.en").read_text(encoding="utf-8").splitlines()
     t_star = res["temperature_min_nll"]
     assert 0.5 <= t_star <= 3.0
