@@ -26,6 +26,7 @@ import signal
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
@@ -108,26 +109,35 @@ class Compare:
         if not todo:
             return True
         self.say(f"training {len(todo)} run(s) at once: " + ", ".join(f"{m} seed {s}" for m, s, _ in todo))
-        procs = [subprocess.Popen(self.train_cmd(*r), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-                 for r in todo]
+        # Each train command's own output goes to a temporary file, read back only if it fails: a pipe
+        # nobody reads fills up (64 KiB) and then blocks the command, which could then not even stop.
+        outputs = [tempfile.TemporaryFile("w+", encoding="utf-8") for _ in todo]
+        procs = [subprocess.Popen(self.train_cmd(*r), stdout=subprocess.DEVNULL, stderr=out, text=True)
+                 for r, out in zip(todo, outputs)]
+        stopped = set()  # the runs this call stopped for the budget: they resume next time, they did not fail
         try:
             while any(p.poll() is None for p in procs) and self.left() > self.a.reserve_s:
                 time.sleep(2)
         finally:
-            for p in procs:
+            for i, p in enumerate(procs):
                 if p.poll() is None:
                     p.send_signal(signal.SIGINT)  # the train command stops fairseq; checkpoint_last stays
+                    stopped.add(i)
             for p in procs:
                 try:
                     p.wait(timeout=60)
                 except subprocess.TimeoutExpired:
                     p.kill()
-        failed = [(r, p) for r, p in zip(todo, procs) if p.returncode not in (0, -signal.SIGINT, 130)
-                  and not self.finished(*r)]
-        for (m, s, t), p in failed:
+                    p.wait()
+        failed = [(r, p, out) for i, (r, p, out) in enumerate(zip(todo, procs, outputs))
+                  if i not in stopped and p.returncode != 0 and not self.finished(*r)]
+        for (m, s, t), p, out in failed:
             log = run_dir(self.roots.runs, DATASET, m, s, t) / "train.log"
             tail = log.read_text(encoding="utf-8")[-1500:] if log.is_file() else ""
-            self.say(f"{m} seed {s} failed (exit {p.returncode}): {p.stderr.read()[-1500:]}{tail}")
+            out.seek(0)
+            self.say(f"{m} seed {s} failed (exit {p.returncode}): {out.read()[-1500:]}{tail}")
+        for out in outputs:
+            out.close()
         if failed:
             raise SystemExit(1)
         return all(self.finished(*r) for r in todo)

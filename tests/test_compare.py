@@ -1,16 +1,20 @@
 """``labo-fairseq compare --tiny`` on the real Multi30k data: stopped by its time budget, resumed,
-finished; the report's numbers come from the results JSONs and sacrebleu's paired bootstrap."""
+finished; the report's numbers come from the results JSONs and sacrebleu's paired bootstrap.
+And how one call treats the training runs it starts: stopped by the budget, or failed."""
 
+import argparse
 import json
 import statistics
+import sys
+import time
 
 import pytest
 
+from labo_fairseq import compare
 from tests.helpers import cli
 
-pytestmark = pytest.mark.slow
 
-
+@pytest.mark.slow
 def test_compare_tiny_stops_resumes_and_reports(multi30k, tmp_path):
     text, data_bin = multi30k
     (tmp_path / "data").mkdir()
@@ -50,3 +54,29 @@ def test_compare_tiny_stops_resumes_and_reports(multi30k, tmp_path):
     # A finished comparison is not redone: a third call only prints the report.
     again = cli(*args, cwd=tmp_path)
     assert again.returncode == 0 and "training" not in again.stderr
+
+
+def _compare_training(tmp_path, monkeypatch, script):
+    """A Compare (2 seeds, a 6-second budget) whose every train command is the Python ``script``."""
+    a = argparse.Namespace(root=tmp_path, seeds=[1, 2], tau=1.15, budget_minutes=0.1, reserve_s=0, cpu=True,
+                           dry_run=False, tiny=True)
+    c = compare.Compare(a)
+    monkeypatch.setattr(c, "train_cmd", lambda *run: [sys.executable, "-c", script])
+    return c
+
+
+def test_a_run_stopped_by_the_budget_stops_promptly_and_is_not_a_failure(tmp_path, monkeypatch):
+    # 1 MiB of output (a pipe holds 64 KiB), then training goes on: the budget stops it, promptly,
+    # and the call says "not finished" instead of a failure or a hang.
+    c = _compare_training(tmp_path, monkeypatch, "import sys, time; sys.stderr.write('x' * 2**20); time.sleep(600)")
+    start = time.monotonic()
+    assert c.train() is False
+    assert time.monotonic() - start < 30
+
+
+def test_a_run_that_fails_by_itself_is_named_with_its_output(tmp_path, monkeypatch, capsys):
+    c = _compare_training(tmp_path, monkeypatch, "import sys; sys.stderr.write('y' * 2**17 + 'boom'); sys.exit(5)")
+    with pytest.raises(SystemExit):
+        c.train()
+    err = capsys.readouterr().err
+    assert "ls seed 1 failed (exit 5)" in err and err.count("boom") == 4  # each of the 4 runs, its own output's tail
