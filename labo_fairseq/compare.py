@@ -121,7 +121,9 @@ class Compare:
         finally:
             for i, p in enumerate(procs):
                 if p.poll() is None:
-                    p.send_signal(signal.SIGINT)  # the train command stops fairseq; checkpoint_last stays
+                    # SIGTERM, which the train command handles (it stops fairseq; checkpoint_last stays):
+                    # SIGINT is ignored by a command started in the background of a script
+                    p.send_signal(signal.SIGTERM)
                     stopped.add(i)
             for p in procs:
                 try:
