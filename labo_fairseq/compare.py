@@ -31,7 +31,7 @@ import time
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
-from labo_fairseq.io import atomic_open, cuda_visible, read_lines
+from labo_fairseq.io import atomic_open, cuda_visible, read_lines, write_json
 from labo_fairseq.protocol import RUN_MARKER, Roots, absolute, dataset_config, result_path, run_dir
 
 DATASET = "multi30k_de_en_iwslt"
@@ -299,8 +299,7 @@ def main(argv=None, prog="labo-fairseq compare") -> int:
         return NOT_FINISHED
     if not report_json.is_file() or a.force:
         rep = c.report()
-        with atomic_open(report_json) as f:
-            f.write(json.dumps(rep, indent=1) + "\n")
+        write_json(report_json, rep)
         with atomic_open(report_json.with_suffix(".md")) as f:
             f.write(markdown(rep))
     rep = json.loads(report_json.read_text())

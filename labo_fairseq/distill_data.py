@@ -13,7 +13,6 @@ reads. A finished data-bin is kept unless ``--force``.
 
 import argparse
 import datetime
-import json
 import os
 import shlex
 import shutil
@@ -24,7 +23,8 @@ from typing import Dict, List
 
 from labo_fairseq import kd_runs
 from labo_fairseq.io import (
-    ToolError, atomic_open, cuda_visible, generate_command, parse_generate, preprocess, run_tool, write_lines,
+    ToolError, atomic_open, cuda_visible, generate_command, parse_generate, preprocess, run_tool, write_json,
+    write_lines,
 )
 from labo_fairseq.protocol import Roots, add_root_arguments, dataset_config, names
 
@@ -147,7 +147,7 @@ def distill(a) -> int:
         "finished": datetime.datetime.now(datetime.timezone.utc).isoformat(),
         "valid_test": "the dataset's own valid/test splits (linked or copied)",
     }
-    write_lines(out / MANIFEST, [json.dumps(manifest, indent=1)])
+    write_json(out / MANIFEST, manifest)
     print(f"distill-data: wrote {out} ({n_train} sentences, {empty} empty translations)", file=sys.stderr)
     return 0
 

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from labo_fairseq import bleu as B
-from labo_fairseq.io import ToolError, atomic_open, cuda_visible, generate_command, parse_generate, run_tool, write_lines
+from labo_fairseq.io import ToolError, atomic_open, cuda_visible, generate_command, parse_generate, run_tool, write_json, write_lines
 from labo_fairseq.protocol import (
     RUN_MARKER, Roots, absolute, add_root_arguments, dataset_config, directions, method_config, names, result_path, run_dir,
 )
@@ -221,7 +221,7 @@ def evaluate(a) -> int:
     }
     if run.get("distillation"):
         result["distillation"] = {**run["distillation"], "teacher_gamma": kd_runs.teacher_gamma(rd)}
-    write_lines(out, [json.dumps(result, indent=1)])
+    write_json(out, result)
     print(f"evaluate: wrote {out}", file=sys.stderr)
     return 0
 

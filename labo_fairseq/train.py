@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import List, Optional, Tuple
 
-from labo_fairseq.io import USER_DIR, atomic_open, fairseq_command, run_logged
+from labo_fairseq.io import USER_DIR, fairseq_command, run_logged, write_json
 from labo_fairseq.protocol import (
     RUN_MARKER, Roots, add_root_arguments, common_config, dataset_config, flags, method_config, names, run_dir,
 )
@@ -172,14 +172,12 @@ def cmd_train(a) -> int:
         record = _record(a, launch, previous)
         if student is not None:
             record["distillation"] = student.record
-        with atomic_open(marker) as f:
-            f.write(json.dumps(record, indent=1) + "\n")
+        write_json(marker, record)
     status = run_logged(launch.processes, logs, cwd=roots.root)
     if status == 0 and lead:  # fairseq reached --max-update/--max-epoch: the run is finished
         record = json.loads((out / RUN_MARKER).read_text())
         record["completed"] = datetime.datetime.now(datetime.timezone.utc).isoformat()
-        with atomic_open(out / RUN_MARKER) as f:
-            f.write(json.dumps(record, indent=1) + "\n")
+        write_json(out / RUN_MARKER, record)
     return status
 
 

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence
 
-from labo_fairseq.io import ToolError, atomic_open, preprocess
+from labo_fairseq.io import ToolError, preprocess, write_json
 
 MARKER = ".labo_prepare"
 
@@ -104,8 +104,7 @@ class Workspace:
         marker.write_text(datetime.datetime.now(datetime.timezone.utc).isoformat() + "\n")
 
     def write_manifest(self, data: Dict) -> None:
-        with atomic_open(self.manifest_path) as f:
-            f.write(json.dumps(data, indent=1, sort_keys=False) + "\n")
+        write_json(self.manifest_path, data)
 
 
 def tool_versions() -> Dict[str, Optional[str]]:
