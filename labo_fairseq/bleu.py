@@ -6,7 +6,9 @@
   ``X-Y`` as ``X ##AT##-##AT## Y`` in hypotheses and references (WMT'14, Vaswani et al.).
 - ``sacrebleu``: sacrebleu's default 13a tokenization on detokenized text (IWSLT'17, Table 2).
 
-Every result also carries sacrebleu's signature, so a number says how it was computed.
+Beside it, every dataset is scored as the field compares systems today: sacreBLEU (13a) and chrF of
+the detokenized output against the original, untokenized references (``lowercase=True``, signature
+``case:lc``, for models trained on lowercased text). Every score carries sacrebleu's signature.
 """
 
 import re
@@ -21,13 +23,13 @@ def compound_split(line: str) -> str:
     return _COMPOUND.sub(r"\1 ##AT##-##AT## \2", line)
 
 
-def _bleu(hyps: Sequence[str], refs: Sequence[str], tokenize: str) -> Dict:
+def _bleu(hyps: Sequence[str], refs: Sequence[str], tokenize: str, lowercase: bool = False) -> Dict:
     import sacrebleu
     from sacrebleu.metrics import BLEU
 
     if len(hyps) != len(refs):
         raise ValueError(f"{len(hyps)} hypotheses but {len(refs)} references")
-    metric = BLEU(tokenize=tokenize, force=True)  # force: tokenized input is intended here
+    metric = BLEU(tokenize=tokenize, force=True, lowercase=lowercase)  # force: tokenized input is intended here
     score = metric.corpus_score(list(hyps), [list(refs)])
     return {"bleu": round(score.score, 4), "signature": str(metric.get_signature()),
             "precisions": [round(p, 4) for p in score.precisions], "bp": round(score.bp, 4),
@@ -51,9 +53,34 @@ def detokenize(lines: Sequence[str], lang: str) -> List[str]:
     return [md.detokenize(line.replace(" @-@ ", "-").split()) for line in lines]
 
 
-def sacrebleu_13a(hyps: Sequence[str], refs: Sequence[str]) -> Dict:
-    """sacrebleu's default BLEU (13a tokenization, mixed case) on detokenized text."""
-    return _bleu(hyps, refs, "13a")
+def sacrebleu_13a(hyps: Sequence[str], refs: Sequence[str], lowercase: bool = False) -> Dict:
+    """sacrebleu's default BLEU (13a tokenization; ``lowercase``: case-insensitive) on detokenized text."""
+    return _bleu(hyps, refs, "13a", lowercase)
+
+
+def chrf(hyps: Sequence[str], refs: Sequence[str], lowercase: bool = False) -> Dict:
+    """sacrebleu's chrF (character 6-grams, beta 2) on detokenized text."""
+    import sacrebleu
+    from sacrebleu.metrics import CHRF
+
+    if len(hyps) != len(refs):
+        raise ValueError(f"{len(hyps)} hypotheses but {len(refs)} references")
+    metric = CHRF(lowercase=lowercase)
+    score = metric.corpus_score(list(hyps), [list(refs)])
+    return {"chrf": round(score.score, 4), "signature": str(metric.get_signature()),
+            "sacrebleu_version": sacrebleu.__version__}
+
+
+def paper_stats(convention: str, hyps: Sequence[str], refs: Sequence[str]) -> List[List[int]]:
+    """Per-sentence BLEU sufficient statistics of the paper's convention (for significance tests,
+    :mod:`labo_fairseq.stats`): the statistics of :func:`paper_bleu`'s corpus score."""
+    from labo_fairseq import stats
+
+    if convention == "compound_split":
+        hyps, refs = [compound_split(h) for h in hyps], [compound_split(r) for r in refs]
+    elif convention not in CONVENTIONS:
+        raise ValueError(f"unknown BLEU convention {convention!r}; one of {', '.join(CONVENTIONS)}")
+    return stats.sentence_stats(stats.metric("sacrebleu" if convention == "sacrebleu" else "bleu"), hyps, refs)
 
 
 def paper_bleu(convention: str, hyps: Sequence[str], refs: Sequence[str]) -> Dict:

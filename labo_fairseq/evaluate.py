@@ -9,10 +9,15 @@ through ``--user-dir labo_fairseq`` (every test sentence is translated; checked)
   lowercased text after ``--remove-bpe``, as fairseq's recipe), ``compound_split`` (WMT'14, as
   fairseq's ``compound_split_bleu.sh``) or ``sacrebleu`` (IWSLT'17: detokenized output against the
   raw references kept by ``labo-fairseq prepare`` in ``TEXT_ROOT/DATA/raw/``);
-- always also sacrebleu's default BLEU (13a) on detokenized text, with its signature.
+- sacreBLEU (13a) and chrF of the detokenized output against the original references that
+  ``labo-fairseq prepare`` keeps (``TEXT_ROOT/DATA/raw/``), lowercased where the dataset's text is;
+  none where those references are missing (never against references rebuilt from tokenized text).
+
+A run whose training has not completed is refused unless ``--checkpoint`` names a checkpoint.
 
 Writes ``RESULTS/DATASET/METHOD[-tauT]/seedS.json`` and the hypotheses beside it
-(``seedS.SRC-TGT.hyp``, in test-set order); the full fairseq-generate output stays in the run's
+(``seedS.SRC-TGT.hyp``, in test-set order) and the per-sentence BLEU statistics (``seedS.stats.json``,
+for :mod:`labo_fairseq.stats`); the full fairseq-generate output stays in the run's
 ``eval/``. An existing result is kept unless ``--force``.
 """
 
@@ -26,9 +31,12 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from labo_fairseq import bleu as B
-from labo_fairseq.io import ToolError, atomic_open, cuda_visible, generate_command, parse_generate, run_tool, write_json, write_lines
+from labo_fairseq.io import (
+    ToolError, atomic_open, cuda_visible, generate_command, parse_generate, read_lines, run_tool, write_json, write_lines,
+)
 from labo_fairseq.protocol import (
-    RUN_MARKER, Roots, absolute, add_root_arguments, dataset_config, directions, method_config, names, result_path, run_dir,
+    RUN_MARKER, Roots, absolute, add_root_arguments, dataset_config, directions, method_config, names, raw_reference,
+    result_path, run_dir,
 )
 
 # The criterion hyper-parameters worth recording, by fairseq-train flag.
@@ -106,37 +114,62 @@ def decode_command(ds: Dict, data: Path, checkpoint: Path, src: str, tgt: str, c
                             task_args=task, cpu=cpu, extra=extra)
 
 
+def read_raw_references(path: Optional[Path], n_test: int) -> Optional[List[str]]:
+    """The kept original references of a test set, or None where there are none; a count that differs
+    from the test set's is an error naming both."""
+    if path is None or not path.is_file():
+        return None
+    refs = read_lines(path)
+    if len(refs) != n_test:
+        raise EvalError(f"{path}: {len(refs)} lines but the test set has {n_test} sentences")
+    return refs
+
+
 def score_direction(ds: Dict, gen_text: str, n_test: int, src: str, tgt: str,
-                    references: Optional[Path]) -> Tuple[Dict, List[str]]:
-    """(the direction's scores, the hypotheses in test-set order) from fairseq-generate's output."""
+                    references: Optional[Path]) -> Tuple[Dict, List[str], List[List[int]]]:
+    """(the direction's scores, the hypotheses in test-set order, the paper BLEU's per-sentence
+    statistics) from fairseq-generate's output. ``references``: the raw references kept by prepare.
+
+    - ``bleu``: the paper's convention (tokenized text: against fairseq's T- lines, as fairseq scores);
+    - ``sacrebleu`` and ``chrf``: the detokenized output against the original references, lowercased
+      where the dataset's text is (``lowercase: true``: signature ``case:lc``); None without them."""
     g = parse_generate(gen_text)
     if sorted(g.hypothesis) != list(range(n_test)):
         raise EvalError(f"{src}-{tgt}: fairseq-generate translated {len(g.hypothesis)} of {n_test} test sentences")
     hyps = g.ordered(g.hypothesis)
-    convention = ds["bleu"]
-    if convention == "sacrebleu":  # the output is detokenized text: score against the raw references
-        if references is None or not references.is_file():
+    convention, lowercase = ds["bleu"], bool(ds.get("lowercase"))
+    raw = read_raw_references(references, n_test)
+    if convention == "sacrebleu":  # the output is detokenized text: the paper's metric is on the raw references
+        if raw is None:
             raise EvalError(f"{src}-{tgt}: raw references not found at {references} (kept by labo-fairseq prepare "
                             f"under data/DATASET/raw/; pass --text-root)")
-        with open(references, encoding="utf-8") as f:
-            refs = f.read().splitlines()
-        if len(refs) != n_test:
-            raise EvalError(f"{references}: {len(refs)} lines but the test set has {n_test} sentences")
-        detok_hyps, detok_refs = hyps, refs  # (the paper's metric is then sacrebleu on them: computed once)
-        ref_source = str(references)
-    else:  # tokenized text: fairseq's references (T- lines, BPE removed), Moses-detokenized for sacrebleu
-        refs = g.ordered(g.reference)
-        detok_hyps, detok_refs = B.detokenize(hyps, tgt), B.detokenize(refs, tgt)
-        ref_source = "fairseq-generate T- lines (the prepared test text, BPE removed)"
+        refs, detok = raw, hyps
+        bleu_refs = f"{references} (the original references)"
+    else:  # tokenized text: fairseq's references (T- lines, BPE removed), as fairseq-generate scores them
+        refs, detok = g.ordered(g.reference), B.detokenize(hyps, tgt)
+        bleu_refs = "fairseq-generate T- lines (the prepared test text, BPE removed)"
     paper = B.paper_bleu(convention, hyps, refs)
-    sacre = paper if convention == "sacrebleu" else B.sacrebleu_13a(detok_hyps, detok_refs)
-    return {
-        "bleu": paper["bleu"], "convention": convention, "paper_metric": paper,
-        "sacrebleu": sacre["bleu"], "sacrebleu_signature": sacre["signature"], "sacrebleu_detail": sacre,
-        "sacrebleu_input": ("detokenized output vs raw references" if convention == "sacrebleu" else
-                            "Moses-detokenized output vs Moses-detokenized references"),
-        "references": ref_source, "fairseq_bleu_line": g.bleu_line, "sentences": n_test,
-    }, hyps
+    out = {"bleu": paper["bleu"], "convention": convention, "paper_metric": paper, "bleu_references": bleu_refs,
+           "fairseq_bleu_line": g.bleu_line, "sentences": n_test}
+    if raw is None:
+        out.update({"sacrebleu": None, "chrf": None,
+                    "sacrebleu_note": f"no original references at {references}: no sacreBLEU or chrF "
+                                      f"(labo-fairseq prepare keeps them; prepare again with --force)"})
+    else:
+        sacre = paper if convention == "sacrebleu" else B.sacrebleu_13a(detok, raw, lowercase)
+        ch = B.chrf(detok, raw, lowercase)
+        out.update({"sacrebleu": sacre["bleu"], "sacrebleu_signature": sacre["signature"], "sacrebleu_detail": sacre,
+                    "chrf": ch["chrf"], "chrf_signature": ch["signature"],
+                    "sacrebleu_input": ("detokenized output" if convention == "sacrebleu" else
+                                        "Moses-detokenized output") + " vs the original references",
+                    "raw_references": str(references), "raw_references_sha256": sha256_lines(raw)})
+    return out, hyps, B.paper_stats(convention, hyps, refs)
+
+
+def sha256_lines(lines: Sequence[str]) -> str:
+    import hashlib
+
+    return hashlib.sha256("".join(line + "\n" for line in lines).encode("utf-8")).hexdigest()
 
 
 def evaluate(a) -> int:
@@ -148,8 +181,9 @@ def evaluate(a) -> int:
                            roots.data_bin)
     tag, tau = (a.method, a.tau) if student is None else (student.tag, None)  # a student's tag names its run
     rd = run_dir(roots.runs, a.dataset, tag, a.seed, tau)
-    ck = (rd / "checkpoints" / f"checkpoint_{a.checkpoint}.pt" if a.checkpoint in ("best", "last")
-          else absolute(Path(a.checkpoint)))
+    named = a.checkpoint is not None  # a checkpoint named explicitly may be of a run still training
+    which = a.checkpoint or "best"
+    ck = (rd / "checkpoints" / f"checkpoint_{which}.pt" if which in ("best", "last") else absolute(Path(which)))
     out = result_path(roots.results, a.dataset, tag, a.seed, tau)
     data = roots.data_bin / ds["data"]
     cpu = a.cpu or not cuda_visible(probe_torch=not a.dry_run)  # a dry run imports neither torch nor fairseq
@@ -165,6 +199,11 @@ def evaluate(a) -> int:
         raise EvalError(f"{rd}: no run here ({RUN_MARKER} missing); train it first: "
                         f"labo-fairseq train {a.dataset} {a.method} {a.seed}" + (f" --tau {a.tau:g}" if a.tau else ""))
     run = json.loads(marker.read_text())
+    completed = "completed" in run
+    if not completed and not named:
+        raise EvalError(f"{rd}: training has not completed ({RUN_MARKER} has no 'completed'): finish it with the same "
+                        f"labo-fairseq train command (it resumes), or name a checkpoint with --checkpoint best|last|PATH "
+                        f"to score it anyway (the result then says 'training not completed')")
     if not ck.is_file():
         raise EvalError(f"{ck}: no such checkpoint (training not finished? --checkpoint last|PATH)")
     if out.exists() and not a.force:
@@ -175,6 +214,8 @@ def evaluate(a) -> int:
     eval_dir.mkdir(exist_ok=True)
     out.parent.mkdir(parents=True, exist_ok=True)
     scores, started, t0 = {}, datetime.datetime.now(datetime.timezone.utc).isoformat(), time.time()
+    sentence_stats: Dict[str, List[List[int]]] = {}
+    no_raw: List[str] = []
     for key, cmd in cmds.items():
         pair = key.split(".")[0]
         src, tgt = pair.split("-")
@@ -192,14 +233,24 @@ def evaluate(a) -> int:
         gen_file = eval_dir / f"generate-{subset}.{pair}.txt"
         with atomic_open(gen_file) as f:
             f.write(proc.stdout)
-        refs = roots.text / ds["data"] / "raw" / f"test0.{pair}.{tgt}" if ds["bleu"] == "sacrebleu" else None
-        score, hyps = score_direction(ds, proc.stdout + "\n" + proc.stderr, n_test, src, tgt, refs)
+        refs = raw_reference(roots.text, ds, subset, src, tgt)
+        score, hyps, stats = score_direction(ds, proc.stdout + "\n" + proc.stderr, n_test, src, tgt, refs)
         hyp_file = out.with_name(f"{out.stem}.{key}.hyp")
         write_lines(hyp_file, hyps)
+        sentence_stats[key] = stats
         scores[key] = {**score, "subset": subset, "hypotheses": hyp_file.name, "generate_output": str(gen_file),
                        "command": cmd}
-        print(f"  {key}: BLEU {score['bleu']:.2f} ({score['convention']}), sacrebleu {score['sacrebleu']:.2f}",
-              file=sys.stderr)
+        if score["sacrebleu"] is None:
+            no_raw.append(str(refs))
+        extra = "" if score["sacrebleu"] is None else f", sacreBLEU {score['sacrebleu']:.2f}, chrF {score['chrf']:.2f}"
+        print(f"  {key}: BLEU {score['bleu']:.2f} ({score['convention']}){extra}", file=sys.stderr)
+    if no_raw:
+        print(f"evaluate: note: no original references ({', '.join(no_raw)}): no sacreBLEU or chrF written; "
+              f"`labo-fairseq prepare ... --force` keeps them", file=sys.stderr)
+    stats_file = out.with_name(f"{out.stem}.stats.json")
+    write_json(stats_file, {"what": "per-sentence BLEU statistics of the reported BLEU (sacrebleu: hyp_len, ref_len, "
+                                    "matches 1-4, totals 1-4), for significance tests", "directions": sentence_stats},
+               indent=None)
     from labo_fairseq.provenance import git_state, hardware
 
     last = rd / "checkpoints" / "checkpoint_last.pt"
@@ -210,7 +261,8 @@ def evaluate(a) -> int:
         "tau": float(hparams.get("labo_tau", 0)) or None,
         "hyper_parameters": hparams, "extra_train_args": run.get("extra_args", []),
         "extra_generate_args": list(a.generate_args),
-        "bleu_convention": ds["bleu"], "directions": scores,
+        "bleu_convention": ds["bleu"], "lowercase": bool(ds.get("lowercase")), "directions": scores,
+        "sentence_stats": stats_file.name, "training_completed": completed,
         "checkpoint": {"path": str(ck), **chosen},
         "train": {"run_dir": str(rd), "command": run["command"], "commit": run.get("commit"), "dirty": run.get("dirty"),
                   "hardware": run.get("hardware"), "gpus": run.get("gpus"), "procs": run.get("procs"),
@@ -232,8 +284,9 @@ def main(argv=None, prog="labo-fairseq evaluate") -> int:
     ap.add_argument("method", help=f"one of: {', '.join(names('methods'))}")
     ap.add_argument("seed", type=int)
     ap.add_argument("--tau", type=float, help="LABO's tau, as given to the train command")
-    ap.add_argument("--checkpoint", default="best",
-                    help="best (chosen by validation BLEU, or NLL for IWSLT'17; default), last, or a path")
+    ap.add_argument("--checkpoint",
+                    help="best (chosen by validation BLEU, or NLL for IWSLT'17; the default), last, or a path; "
+                         "naming one scores a run whose training has not completed (the result says so)")
     add_root_arguments(ap, "data", "text", "runs", "results")
     from labo_fairseq import kd_runs
 

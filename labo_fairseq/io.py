@@ -45,12 +45,12 @@ def write_lines(path: Path, lines: Iterable[str]) -> int:
     return n
 
 
-def write_json(path: Path, obj) -> Path:
-    """``obj`` as indented JSON, written atomically (:func:`atomic_open`)."""
+def write_json(path: Path, obj, indent: Optional[int] = 1) -> Path:
+    """``obj`` as JSON (indented; ``indent=None``: one compact line), written atomically (:func:`atomic_open`)."""
     import json
 
     with atomic_open(path) as f:
-        f.write(json.dumps(obj, indent=1) + "\n")
+        f.write(json.dumps(obj, indent=indent, separators=None if indent else (",", ":")) + "\n")
     return Path(path)
 
 

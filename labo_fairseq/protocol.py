@@ -78,6 +78,13 @@ def directions(ds: Dict) -> List[Tuple[str, str]]:
     return [(ds["source_lang"], ds["target_lang"])]
 
 
+def raw_reference(text_root: Path, ds: Dict, subset: str, src: str, tgt: str) -> Path:
+    """The original, untokenized target text of a test subset, as ``labo-fairseq prepare`` keeps it:
+    ``TEXT_ROOT/DATA/raw/SUBSET.TGT`` (a dataset config's ``raw_references`` pattern overrides it)."""
+    pattern = ds.get("raw_references", "raw/{subset}.{tgt}")
+    return Path(text_root) / ds["data"] / pattern.format(subset=subset, src=src, tgt=tgt)
+
+
 def run_tag(method: str, tau: Optional[float]) -> str:
     return method if tau is None else f"{method}-tau{tau:g}"
 

@@ -41,15 +41,50 @@ def test_hyper_parameters_take_the_last_occurrence_and_bare_flags():
                                       "seed": "3"}
 
 
+RAW = ["The cat sat on the mat.", "A dog barking at the moon.", "Well-known facts are known."]
+
+
 @pytest.mark.parametrize("dataset,metric", [("iwslt14_de_en", B.tokenized_bleu),
-                                            ("wmt14_en_de", B.compound_split_bleu)])
-def test_scores_are_the_conventions_of_the_dataset(dataset, metric):
+                                            ("wmt14_en_de", B.compound_split_bleu),
+                                            ("wmt14_de_en", B.tokenized_bleu)])
+def test_scores_are_the_conventions_of_the_dataset(dataset, metric, tmp_path):
     ds = dataset_config(dataset)
-    score, hyps = score_direction(ds, generate_output(HYPS, REFS), 3, "de", "en", None)
+    raw = tmp_path / "test.en"
+    raw.write_text("\n".join(RAW) + "\n")
+    score, hyps, stats = score_direction(ds, generate_output(HYPS, REFS), 3, "de", "en", raw)
     assert hyps == HYPS
     assert score["bleu"] == metric(HYPS, REFS)["bleu"] and score["convention"] == ds["bleu"]
-    assert score["sacrebleu"] == B.sacrebleu_13a(B.detokenize(HYPS, "en"), B.detokenize(REFS, "en"))["bleu"]
+    # sacreBLEU and chrF: detokenized output against the ORIGINAL references, lowercased where the text is
+    lc = dataset.startswith("iwslt14")
+    assert bool(ds.get("lowercase")) == lc
+    detok = B.detokenize(HYPS, "en")
+    assert score["sacrebleu"] == B.sacrebleu_13a(detok, RAW, lowercase=lc)["bleu"]
+    assert score["chrf"] == B.chrf(detok, RAW, lowercase=lc)["chrf"]
+    assert ("case:lc" in score["sacrebleu_signature"]) == lc and ("case:lc" in score["chrf_signature"]) == lc
+    assert score["sacrebleu"] != B.sacrebleu_13a(detok, B.detokenize(REFS, "en"))["bleu"]  # not rebuilt references
+    # the stored statistics give back the reported BLEU
+    from labo_fairseq import stats as S
+    assert len(stats) == 3 and abs(S.corpus_score(S.metric("bleu"), stats) - score["bleu"]) < 1e-3
     assert score["fairseq_bleu_line"].startswith("Generate test") and score["sentences"] == 3
+
+
+def test_wmt14_de_en_is_not_compound_split():
+    assert dataset_config("wmt14_en_de")["bleu"] == "compound_split"
+    assert dataset_config("wmt14_de_en")["bleu"] == "tokenized"
+
+
+def test_without_raw_references_no_sacrebleu_is_written(tmp_path):
+    score, _, _ = score_direction(dataset_config("iwslt14_de_en"), generate_output(HYPS, REFS), 3, "de", "en",
+                                  tmp_path / "missing.en")
+    assert score["sacrebleu"] is None and score["chrf"] is None and "missing.en" in score["sacrebleu_note"]
+    assert "sacrebleu_signature" not in score and score["bleu"] == B.tokenized_bleu(HYPS, REFS)["bleu"]
+
+
+def test_raw_references_of_another_length_are_an_error(tmp_path):
+    raw = tmp_path / "test.en"
+    raw.write_text("one\ntwo\n")
+    with pytest.raises(EvalError, match=r"test.en: 2 lines but the test set has 3 sentences"):
+        score_direction(dataset_config("multi30k_de_en"), generate_output(HYPS, REFS), 3, "de", "en", raw)
 
 
 def test_sacrebleu_convention_scores_against_the_raw_references(tmp_path):
@@ -57,13 +92,23 @@ def test_sacrebleu_convention_scores_against_the_raw_references(tmp_path):
     raw.write_text("The cat sat on a mat.\nA dog barking at the moon.\nWell-known facts are known.\n")
     detok = ["The cat sat on the mat.", "A dog, barking at the moon.", "Well-known facts stay known."]
     ds = dataset_config("iwslt17_multi")
-    score, _ = score_direction(ds, generate_output(detok, REFS), 3, "de", "en", raw)
+    score, _, _ = score_direction(ds, generate_output(detok, REFS), 3, "de", "en", raw)
     assert score["bleu"] == score["sacrebleu"] == B.sacrebleu_13a(detok, raw.read_text().splitlines())["bleu"]
+    assert "case:mixed" in score["sacrebleu_signature"]
     with pytest.raises(EvalError, match="raw references not found"):
         score_direction(ds, generate_output(detok, REFS), 3, "de", "en", tmp_path / "nope")
     with pytest.raises(EvalError, match="2 lines but the test set has 3"):
         raw.write_text("one\ntwo\n")
         score_direction(ds, generate_output(detok, REFS), 3, "de", "en", raw)
+
+
+def test_raw_reference_paths_follow_the_dataset(tmp_path):
+    from labo_fairseq.protocol import raw_reference
+
+    assert raw_reference(tmp_path, dataset_config("multi30k_de_en"), "test1", "de", "en") == \
+        tmp_path / "multi30k.de-en" / "raw" / "test1.en"
+    assert raw_reference(tmp_path, dataset_config("iwslt17_multi"), "test", "fr", "en") == \
+        tmp_path / "iwslt17.de_fr-en" / "raw" / "test0.fr-en.en"
 
 
 def test_an_incomplete_translation_is_an_error():

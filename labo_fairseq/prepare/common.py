@@ -114,3 +114,27 @@ def check_counts(name: str, counts: Dict[str, int], full: bool) -> Dict:
         return {"paper": paper, "checked": False, "why": "partial/stand-in inputs: counts not comparable"}
     diffs = {k: {"ours": counts.get(k), "paper": v} for k, v in paper.items() if counts.get(k) != v}
     return {"paper": paper, "checked": True, "match": not diffs, "differences": diffs}
+
+
+RAW = "raw"  # TEXT/NAME/raw/SUBSET.LANG: the original, untokenized test text, scored by sacreBLEU and chrF
+
+
+def keep_raw(out: Path, subset: str, lang: str, lines) -> None:
+    """Keep a test set's original text (the archive's own segments, in test-set order)."""
+    write_lines(out / RAW / f"{subset}.{lang}", lines)
+
+
+def check_raw(out: Path, subsets, langs) -> Dict[str, int]:
+    """Each kept raw file has as many lines as the prepared test set it belongs to (a PrepareError
+    naming both counts otherwise); returns the counts, for the manifest."""
+    from labo_fairseq.prepare.pipeline import PrepareError
+
+    counts = {}
+    for subset in subsets:
+        for lang in langs:
+            raw, prepared = out / RAW / f"{subset}.{lang}", out / f"{subset}.{lang}"
+            n_raw, n_prepared = count_lines(raw), count_lines(prepared)
+            if n_raw != n_prepared:
+                raise PrepareError(f"{raw}: {n_raw} lines but the prepared test set {prepared} has {n_prepared}")
+            counts[f"{subset}.{lang}"] = n_raw
+    return counts

@@ -5,7 +5,8 @@ from typing import List
 from labo_fairseq.io import read_lines, write_lines
 from labo_fairseq.prepare import text as T
 from labo_fairseq.prepare.common import (
-    WIT3, Options, bilingual_counts, binarize_joined, check_counts, joint_bpe, moses_tokenize, run_steps,
+    RAW, WIT3, Options, bilingual_counts, binarize_joined, check_counts, check_raw, joint_bpe, keep_raw, moses_tokenize,
+    run_steps,
 )
 from labo_fairseq.prepare.pipeline import PrepareError, Workspace, tool_versions
 from labo_fairseq.prepare.sources import Archive
@@ -26,6 +27,14 @@ def iwslt14_test_sets(src: str) -> List[str]:
     sets = ["IWSLT14.TED.dev2010", "IWSLT14.TEDX.dev2012", "IWSLT14.TED.tst2010", "IWSLT14.TED.tst2011",
             "IWSLT14.TED.tst2012"]
     return [s for s in sets if src == "de" or "TEDX" not in s]
+
+
+def iwslt14_raw_test(tmp, pair: str, src: str, lang: str) -> List[str]:
+    """The test set's original text: the XML segments (``extract``'s ``*.raw.*`` files) in the test order."""
+    lines: List[str] = []
+    for s in iwslt14_test_sets(src):
+        lines += read_lines(tmp / f"{s}.{pair}.raw.{lang}")
+    return lines
 
 
 def prepare_iwslt14(src: str, opt: Options) -> Workspace:
@@ -75,6 +84,7 @@ def prepare_iwslt14(src: str, opt: Options) -> Workspace:
             for s in iwslt14_test_sets(src):
                 test += read_lines(tmp / f"{s}.{pair}.{lang}")
             write_lines(tmp / f"test.{lang}", test)
+            keep_raw(opt.out, "test", lang, iwslt14_raw_test(tmp, pair, src, lang))
 
     def bpe():
         """learn_bpe.py -s MERGES on train.SRC + train.TGT; apply_bpe.py to train/valid/test"""
@@ -94,6 +104,8 @@ def prepare_iwslt14(src: str, opt: Options) -> Workspace:
             "counts": counts, "counts_vs_paper": check_counts(name, counts, full),
             "bpe": {"tool": "subword-nmt", "merges": merges, "joint": True, "code": str(opt.out / "code")},
             "tokenizer": "sacremoses (tokenizer.perl -l LANG, escaping on), lowercased",
+            "raw_references": {"dir": str(opt.out / RAW), "what": "the archive's XML segments, in the test order",
+                               "counts": check_raw(opt.out, ("test",), langs)},
             "clean": {"min": 1, "max": 175, "ratio": 1.5}, "inputs": opt.sources.used, "tools": tool_versions(),
         })
     return ws

@@ -1,7 +1,9 @@
 """Multi30k task 1 de-en: not in the paper; the small real corpus of the quickstart and the tests."""
 
 from labo_fairseq.io import read_lines, write_lines
-from labo_fairseq.prepare.common import Options, bilingual_counts, binarize_joined, joint_bpe, moses_tokenize, run_steps
+from labo_fairseq.prepare.common import (
+    RAW, Options, bilingual_counts, binarize_joined, check_raw, joint_bpe, keep_raw, moses_tokenize, run_steps,
+)
 from labo_fairseq.prepare.pipeline import PrepareError, Workspace, tool_versions
 from labo_fairseq.prepare.sources import Archive
 
@@ -39,7 +41,10 @@ def prepare_multi30k(opt: Options) -> Workspace:
         """train / val / test_2016_flickr / test_2017_flickr / test_2017_mscoco .gz files of the official repository"""
         for split_ in MULTI30K_FILES:
             for lang in langs:
-                write_lines(tmp / f"{split_}.raw.{lang}", opt.sources.lines(multi30k_file(split_, lang), ""))
+                lines = opt.sources.lines(multi30k_file(split_, lang), "")
+                write_lines(tmp / f"{split_}.raw.{lang}", lines)
+                if split_.startswith("test"):
+                    keep_raw(opt.out, split_, lang, lines)
 
     def tokenize():
         """tokenizer.perl -l LANG (sacremoses) | lowercase.perl"""
@@ -63,6 +68,8 @@ def prepare_multi30k(opt: Options) -> Workspace:
             raise PrepareError(f"{name}: counts {counts} differ from the official {MULTI30K_COUNTS}")
         ws.write_manifest({
             "dataset": name, "recipe": "IWSLT'14 text steps (Moses, lowercase, joint BPE) on Multi30k task 1",
+            "raw_references": {"dir": str(opt.out / RAW), "what": "the official .gz files' text",
+                               "counts": check_raw(opt.out, ("test", "test1", "test2"), langs)},
             "directions": ["de-en", "en-de"], "text_dir": str(opt.out), "data_bin": str(opt.dest), "counts": counts,
             "bpe": {"tool": "subword-nmt", "merges": merges, "joint": True, "code": str(opt.out / "code")},
             "tokenizer": "sacremoses (tokenizer.perl -l LANG, escaping on), lowercased",

@@ -5,7 +5,7 @@ from typing import List
 from labo_fairseq.io import read_lines, write_lines
 from labo_fairseq.prepare import text as T
 from labo_fairseq.prepare.common import (
-    Options, bilingual_counts, binarize_joined, check_counts, joint_bpe, moses_tokenize, run_steps,
+    RAW, Options, bilingual_counts, binarize_joined, check_counts, check_raw, joint_bpe, keep_raw, moses_tokenize, run_steps,
 )
 from labo_fairseq.prepare.pipeline import Workspace, tool_versions
 from labo_fairseq.prepare.sources import Archive, Sources
@@ -41,7 +41,9 @@ def prepare_wmt14(opt: Options) -> Workspace:
                 lines += opt.sources.lines(WMT14_ARCHIVES[key], f"{corpus}.{lang}")
             write_lines(tmp / f"train.tags.en-de.tok.{lang}",
                         moses_tokenize(lines, lang, opt.workers, f"tokenize train.{lang}", aggressive=True, normalize=True))
-            write_lines(tmp / f"test.{lang}", moses_tokenize(newstest2014(opt.sources, lang), lang, opt.workers, "", aggressive=True))
+            test = newstest2014(opt.sources, lang)
+            keep_raw(opt.out, "test", lang, test)
+            write_lines(tmp / f"test.{lang}", moses_tokenize(test, lang, opt.workers, "", aggressive=True))
 
     def split():
         """valid = every 100th training line, train = the rest"""
@@ -77,6 +79,8 @@ def prepare_wmt14(opt: Options) -> Workspace:
             "directions": ["en-de", "de-en"], "text_dir": str(opt.out), "data_bin": str(opt.dest),
             "counts": counts, "counts_vs_paper": check_counts(name, counts, full),
             "bpe": {"tool": "subword-nmt", "merges": merges, "joint": True, "code": str(opt.out / "code")},
+            "raw_references": {"dir": str(opt.out / RAW), "what": "newstest2014 (full, 3003) SGML segments",
+                               "counts": check_raw(opt.out, ("test",), langs)},
             "tokenizer": "sacremoses: normalize-punctuation, remove-non-printing-char, tokenizer.perl -a (train); -a (test)",
             "clean": {"min": 1, "max": 250, "ratio": 1.5, "after_bpe": True},
             "note": "compound splitting for the paper's BLEU is part of evaluation, not preparation",
