@@ -1,18 +1,23 @@
-"""The converged LS-vs-LABO comparison on Multi30k de->en (``labo-fairseq compare``).
+"""The converged comparison of CE, LS and LABO on Multi30k de->en (``labo-fairseq compare``).
 
-The paper's IWSLT model and protocol scaled to the corpus (``configs/datasets/multi30k_de_en_iwslt.yaml``,
-every value with its reason): LS and LABO, several seeds each, the checkpoint chosen by validation
-BLEU, beam 5 on test_2016_flickr, test_2017_flickr and test_2017_mscoco. Steps, each through the
-project's own commands and each skipped when its output exists:
+A dataset config fixes the model and protocol (``--dataset``): ``multi30k_de_en_iwslt`` (default)
+is the paper's IWSLT model scaled to the corpus, for a GPU; ``multi30k_de_en_small`` is the
+quickstart's model trained to convergence, for a few CPU cores. Several seeds per method, the
+checkpoint chosen by validation BLEU, beam 5 on test_2016_flickr, test_2017_flickr and
+test_2017_mscoco. Steps, each through the project's own commands and each skipped when its output
+exists:
 
   1. ``prepare multi30k.de-en`` (when the data-bin is missing; ``--source DIR`` for offline files);
-  2. ``train`` of every run not finished, all at once (they share one GPU, or the CPU);
-  3. ``evaluate`` of every finished run;
-  4. the report: mean ± std per method and test set, and LABO − LS with sacrebleu's paired bootstrap
-     resampling (p-value) per test set, into ``RESULTS/compare/compare.{json,md}``;
-  5. the analysis commands (frequency splits, beam probabilities, calibration) on the seed-1
-     checkpoints, into ``ROOT/analysis/compare/``.
+  2. ``train`` of every run not finished, ``--parallel`` at a time (default: all at once), each
+     evaluated as soon as it finishes (``evaluate``: BLEU, sacreBLEU and chrF);
+  3. the report, from every result present: mean ± std per method and test set (n per cell, cells
+     under 3 seeds marked), LS − CE and LABO − LS with the seed-aware paired bootstrap and, per seed
+     pair, sacrebleu's paired bootstrap and approximate randomization (:mod:`labo_fairseq.stats`),
+     validation NLL and training time per method, into ``RESULTS/compare/DATASET.{json,md}``;
+  4. the analyses on the seed-1 checkpoints (frequency splits, beam probabilities, calibration,
+     penultimate layer, inference calibration) into ``ROOT/analysis/compare/DATASET/``.
 
+``--report`` only builds the report from the results present (of any number of calls or machines).
 ``--budget-minutes`` bounds one call: training stops (losing at most the updates since its last
 save) and later steps wait when time runs out; the next call resumes. Exit status 0 means the
 comparison is complete, 3 that it is not yet (call again). ``--tiny`` runs the same code path with a
@@ -21,22 +26,28 @@ tiny model and a few updates, on CPU in minutes: a check of the pipeline, not a 
 
 import argparse
 import json
+import os
 import shlex
 import signal
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
-from labo_fairseq.io import atomic_open, cuda_visible, read_lines, write_json
-from labo_fairseq.protocol import RUN_MARKER, Roots, absolute, dataset_config, result_path, run_dir
+from labo_fairseq import stats as S
+from labo_fairseq.io import atomic_open, cuda_visible, write_json
+from labo_fairseq.protocol import (
+    RUN_MARKER, Roots, absolute, dataset_config, method_config, names, result_path, run_dir,
+)
 
 DATASET = "multi30k_de_en_iwslt"
 DATA = "multi30k.de-en"
-METHODS = ("ls", "labo")
+METHODS = ("ce", "ls", "labo")
+# (system, baseline): the comparisons the project exists for
+PAIRS = (("ls", "ce"), ("labo", "ls"))
+MIN_SEEDS = 3
 NOT_FINISHED = 3  # exit status: call again to continue
 # --tiny: a 1-layer model for a few updates, short outputs: the code path in minutes on 2 CPU cores.
 TINY_TRAIN = ["--arch", "transformer", "--encoder-layers", "1", "--decoder-layers", "1", "--encoder-embed-dim", "32",
@@ -46,6 +57,35 @@ TINY_TRAIN = ["--arch", "transformer", "--encoder-layers", "1", "--decoder-layer
               "--lr", "2e-3", "--save-interval-updates", "8",
               "--eval-bleu-args", '{"beam": 1, "max_len_a": 0, "max_len_b": 12}']
 TINY_DECODE = ["--max-len-a", "0", "--max-len-b", "12"]
+NAMES = {"ce": "CE", "ls": "LS", "labo": "LABO"}
+
+
+class ReportError(ValueError):
+    """Results that cannot be compared (other configs or data), named."""
+
+
+def protocol_flags() -> set:
+    """Flags a method, a seed or a run's place sets: what may differ between the runs compared."""
+    out = {"--seed", "--save-dir", "--user-dir", "--labo-warmup-updates", "--labo-tau", "--cpu", "--fp16",
+           "--distributed-world-size", "--teacher-path"}
+    for m in names("methods"):
+        out |= set(method_config(m).get("args", {}))
+    return out
+
+
+def protocol_key(command: Sequence[str]) -> Tuple[str, ...]:
+    """A run's fairseq-train command without what :func:`protocol_flags` names, its data directory by
+    name only: equal for runs of one config on the same data, wherever they ran."""
+    skip, out, i = protocol_flags(), [Path(command[1]).name], 2
+    while i < len(command):
+        tok = command[i]
+        has_value = i + 1 < len(command) and not command[i + 1].startswith("--")
+        if tok in skip:
+            i += 2 if has_value else 1
+            continue
+        out.append(tok)
+        i += 1
+    return tuple(out)
 
 
 class Compare:
@@ -53,6 +93,8 @@ class Compare:
 
     def __init__(self, a: argparse.Namespace):
         self.a, self.roots = a, Roots.from_args(a)
+        self.dataset = getattr(a, "dataset", None) or DATASET
+        self.methods = tuple(getattr(a, "methods", None) or METHODS)
         self.deadline = time.monotonic() + 60 * a.budget_minutes
         self.lf = [sys.executable, "-m", "labo_fairseq"]
         self.gpu = not a.cpu and cuda_visible(probe_torch=not a.dry_run)
@@ -64,33 +106,40 @@ class Compare:
     def say(self, msg: str) -> None:
         print(f"compare: {msg}", file=sys.stderr, flush=True)
 
+    def tau(self, method: str) -> Optional[float]:
+        return self.a.tau if method == "labo" else None
+
     def runs(self):
-        for method in METHODS:
+        for method in self.methods:
             for seed in self.a.seeds:
-                yield method, seed, (self.a.tau if method == "labo" else None)
+                yield method, seed, self.tau(method)
 
     def root_args(self) -> List[str]:
         return ["--root", str(self.roots.root), "--data-root", str(self.roots.data_bin),
                 "--runs-root", str(self.roots.runs), "--results-root", str(self.roots.results)]
 
+    def env(self) -> Dict[str, str]:
+        threads = getattr(self.a, "threads", None)
+        return {**os.environ, **({"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)} if threads else {})}
+
     def train_cmd(self, method: str, seed: int, tau: Optional[float]) -> List[str]:
-        cmd = [*self.lf, "train", DATASET, method, str(seed), *self.root_args()[:6]]
+        cmd = [*self.lf, "train", self.dataset, method, str(seed), *self.root_args()[:6]]
         cmd += (["--tau", f"{tau:g}"] if tau is not None else []) + (["--gpus", "1"] if self.gpu else [])
         if self.a.tiny:
             cmd += ["--", *TINY_TRAIN] + (["--labo-warmup-updates", "8"] if method == "labo" else [])
         return cmd
 
     def evaluate_cmd(self, method: str, seed: int, tau: Optional[float]) -> List[str]:
-        cmd = [*self.lf, "evaluate", DATASET, method, str(seed), *self.root_args()]
+        cmd = [*self.lf, "evaluate", self.dataset, method, str(seed), *self.root_args()]
         cmd += (["--tau", f"{tau:g}"] if tau is not None else []) + ([] if self.gpu else ["--cpu"])
         return cmd + (["--", *TINY_DECODE] if self.a.tiny else [])
 
     def finished(self, method: str, seed: int, tau: Optional[float]) -> bool:
-        marker = run_dir(self.roots.runs, DATASET, method, seed, tau) / RUN_MARKER
+        marker = run_dir(self.roots.runs, self.dataset, method, seed, tau) / RUN_MARKER
         return marker.is_file() and "completed" in json.loads(marker.read_text())
 
     def result(self, method: str, seed: int, tau: Optional[float]) -> Path:
-        return result_path(self.roots.results, DATASET, method, seed, tau)
+        return result_path(self.roots.results, self.dataset, method, seed, tau)
 
     # ------------------------------------------------------------------------------- steps
 
@@ -105,50 +154,65 @@ class Compare:
         return self.run_one(cmd)
 
     def train(self) -> bool:
+        """Train the unfinished runs, ``--parallel`` at a time, evaluating each as it finishes."""
         todo = [r for r in self.runs() if not self.finished(*r)]
         if not todo:
             return True
-        self.say(f"training {len(todo)} run(s) at once: " + ", ".join(f"{m} seed {s}" for m, s, _ in todo))
-        # Each train command's own output goes to a temporary file, read back only if it fails: a pipe
-        # nobody reads fills up (64 KiB) and then blocks the command, which could then not even stop.
-        outputs = [tempfile.TemporaryFile("w+", encoding="utf-8") for _ in todo]
-        procs = [subprocess.Popen(self.train_cmd(*r), stdout=subprocess.DEVNULL, stderr=out, text=True)
-                 for r, out in zip(todo, outputs)]
-        stopped = set()  # the runs this call stopped for the budget: they resume next time, they did not fail
+        parallel = getattr(self.a, "parallel", None) or len(todo)
+        self.say(f"training {len(todo)} run(s), {min(parallel, len(todo))} at a time: "
+                 + ", ".join(f"{m} seed {s}" for m, s, _ in todo))
+        running: List = []  # (run, process, its output file)
+        failed: List = []
+        stopped = False
         try:
-            while any(p.poll() is None for p in procs) and self.left() > self.a.reserve_s:
-                time.sleep(2)
+            while (todo or running) and not stopped:
+                while todo and len(running) < parallel and self.left() > self.a.reserve_s:
+                    r = todo.pop(0)
+                    # The train command's own output goes to a temporary file, read back only if it fails:
+                    # a pipe nobody reads fills up (64 KiB) and then blocks the command.
+                    out = tempfile.TemporaryFile("w+", encoding="utf-8")
+                    running.append((r, subprocess.Popen(self.train_cmd(*r), stdout=subprocess.DEVNULL, stderr=out,
+                                                        text=True, env=self.env()), out))
+                for item in [x for x in running if x[1].poll() is not None]:
+                    running.remove(item)
+                    r, p, out = item
+                    if p.returncode == 0 and self.finished(*r):
+                        if not self.result(*r).is_file() and self.left() > self.a.reserve_s:
+                            self.run_one(self.evaluate_cmd(*r))  # its result can be kept at once
+                    else:
+                        failed.append(item)
+                if self.left() <= self.a.reserve_s:
+                    stopped = True
+                elif running or todo:
+                    time.sleep(2)
         finally:
-            for i, p in enumerate(procs):
+            for _, p, _ in running:
                 if p.poll() is None:
                     # SIGTERM, which the train command handles (it stops fairseq; checkpoint_last stays):
                     # SIGINT is ignored by a command started in the background of a script
                     p.send_signal(signal.SIGTERM)
-                    stopped.add(i)
-            for p in procs:
+            for _, p, _ in running:
                 try:
                     p.wait(timeout=60)
                 except subprocess.TimeoutExpired:
                     p.kill()
                     p.wait()
-        failed = [(r, p, out) for i, (r, p, out) in enumerate(zip(todo, procs, outputs))
-                  if i not in stopped and p.returncode != 0 and not self.finished(*r)]
         for (m, s, t), p, out in failed:
-            log = run_dir(self.roots.runs, DATASET, m, s, t) / "train.log"
+            log = run_dir(self.roots.runs, self.dataset, m, s, t) / "train.log"
             tail = log.read_text(encoding="utf-8")[-1500:] if log.is_file() else ""
             out.seek(0)
             self.say(f"{m} seed {s} failed (exit {p.returncode}): {out.read()[-1500:]}{tail}")
-        for out in outputs:
+        for _, _, out in failed + running:
             out.close()
         if failed:
             raise SystemExit(1)
-        return all(self.finished(*r) for r in todo)
+        return all(self.finished(*r) for r in self.runs())
 
     def run_one(self, cmd: Sequence[str]) -> bool:
         self.say("+ " + shlex.join(cmd))
         if self.a.dry_run:
             return True
-        proc = subprocess.run(list(cmd), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        proc = subprocess.run(list(cmd), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=self.env())
         if proc.returncode != 0:
             raise SystemExit(f"compare: error: {cmd[3]} failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
         return True
@@ -162,52 +226,9 @@ class Compare:
         return True
 
     def report(self) -> Dict:
-        from sacrebleu.metrics import BLEU
-        from sacrebleu.significance import PairedTest
-
-        results = {}
-        for r in self.runs():
-            results[r] = json.loads(self.result(*r).read_text())
-            results[r]["_path"] = str(self.result(*r))  # its hypotheses lie beside it
-        keys = list(next(iter(results.values()))["directions"])
-        table: Dict = {}
-        for key in keys:
-            per: Dict = {}
-            for method in METHODS:
-                scores = [results[r]["directions"][key]["bleu"] for r in self.runs() if r[0] == method]
-                per[method] = {"bleu": scores, "mean": statistics.fmean(scores),
-                               "std": statistics.stdev(scores) if len(scores) > 1 else None}
-            # Paired bootstrap of LABO against LS, on the seeds' outputs concatenated (same sentences
-            # in the same order for both), and per seed pair.
-            hyps = {m: [self.hypotheses(results[r], key) for r in self.runs() if r[0] == m] for m in METHODS}
-            refs = self.references(results[next(iter(results))], key)
-            pooled = self.bootstrap(PairedTest, BLEU, [h for hs in hyps["ls"] for h in hs],
-                                    [h for hs in hyps["labo"] for h in hs], refs * len(self.a.seeds))
-            paired = [self.bootstrap(PairedTest, BLEU, a, b, refs) for a, b in zip(hyps["ls"], hyps["labo"])]
-            per["labo_minus_ls"] = {"delta_mean": per["labo"]["mean"] - per["ls"]["mean"], "pooled": pooled,
-                                    "per_seed": paired}
-            table[key] = per
-        return {"dataset": DATASET, "seeds": list(self.a.seeds), "tau": self.a.tau, "tiny": self.a.tiny,
-                "bleu": "tokenized (the IWSLT'14 convention)", "test_sets": table,
-                "results": {f"{m} seed {s}": str(self.result(m, s, t)) for m, s, t in self.runs()}}
-
-    def hypotheses(self, result: Dict, key: str) -> List[str]:
-        return read_lines(Path(result["_path"]).with_name(result["directions"][key]["hypotheses"]))
-
-    @staticmethod
-    def references(result: Dict, key: str) -> List[str]:
-        from labo_fairseq.io import parse_generate
-
-        g = parse_generate(Path(result["directions"][key]["generate_output"]).read_text(encoding="utf-8"))
-        return g.ordered(g.reference)
-
-    def bootstrap(self, paired_test, bleu, base: List[str], system: List[str], refs: List[str]) -> Dict:
-        metric = bleu(tokenize="none", force=True)
-        _, scores = paired_test([("LS", base), ("LABO", system)], {"BLEU": metric}, [refs], test_type="bs",
-                                n_samples=self.a.bootstrap_samples)()
-        ls, labo = scores["BLEU"]
-        return {"ls": round(ls.score, 2), "labo": round(labo.score, 2), "p_value": labo.p_value,
-                "samples": self.a.bootstrap_samples, "sentences": len(refs)}
+        """The report of every result present (see :func:`build_report`)."""
+        found = {r: self.result(*r) for r in self.runs() if self.result(*r).is_file()}
+        return build_report(self.dataset, found, self.a.tau, self.a.bootstrap_samples, self.a.tiny)
 
     def analysis(self) -> bool:
         import importlib.util
@@ -216,26 +237,34 @@ class Compare:
             self.say("analysis skipped: its figures need matplotlib (pip install 'labo-fairseq[plots]'); "
                      "run the same command again where it is installed")
             return True
-        out = self.roots.root / "analysis" / "compare"
+        out = self.roots.root / "analysis" / "compare" / self.dataset
         seed = self.a.seeds[0]
-        ck = {m: run_dir(self.roots.runs, DATASET, m, seed, self.a.tau if m == "labo" else None)
-              / "checkpoints" / "checkpoint_best.pt" for m in METHODS}
+        rd = {m: run_dir(self.roots.runs, self.dataset, m, seed, self.tau(m)) for m in self.methods}
+        ck = {m: rd[m] / "checkpoints" / "checkpoint_best.pt" for m in self.methods}
         text = self.roots.text / DATA / "tmp"
-        hyps = {m: self.result(m, seed, self.a.tau if m == "labo" else None).with_name(f"seed{seed}.de-en.hyp")
-                for m in METHODS}
         cpu = [] if self.gpu else ["--cpu"]
+        small = ["--max-tokens", "2000"] if self.a.tiny else []
+        systems = [f"--system={NAMES.get(m, m)}={ck[m]}" for m in self.methods]
         steps = [
             (out / "freq" / "freq_splits.json",
              [*self.lf, "analyze", "freq-splits", "--train-src", str(text / "train.de"), "--src", str(text / "test.de"),
-              "--ref", str(text / "test.en"), *[f"--system={m.upper()}={hyps[m]}" for m in METHODS],
+              "--ref", str(text / "test.en"),
+              *[f"--system={NAMES.get(m, m)}={rd[m] / 'eval' / 'generate-test.de-en.txt'}" for m in self.methods],
               "--tokenize", "none", "--parts", "3", "--out", str(out / "freq")]),
             (out / "beam" / "beam_probs.json",
-             [*self.lf, "analyze", "beam-probs", str(self.data), *[f"--system={m.upper()}={ck[m]}" for m in METHODS],
-              "--splits", str(out / "freq" / "freq_splits.json"), "--out", str(out / "beam"), *cpu]
-             + (["--max-tokens", "2000"] if self.a.tiny else [])),
+             [*self.lf, "analyze", "beam-probs", str(self.data), *systems,
+              "--splits", str(out / "freq" / "freq_splits.json"), "--out", str(out / "beam"), *cpu] + small),
+            (out / "penultimate" / "penultimate.json",
+             [*self.lf, "analyze", "penultimate", str(self.data), *systems, "--subset", "valid",
+              "--out", str(out / "penultimate"), *cpu]),
         ] + [(out / f"calibration_{m}" / "calibration.json",
               [*self.lf, "analyze", "calibrate", str(self.data), "--path", str(ck[m]), "--subset", "valid",
-               "--out", str(out / f"calibration_{m}"), *cpu]) for m in METHODS]
+               "--out", str(out / f"calibration_{m}"), *cpu]) for m in self.methods
+             ] + [(out / "inference_calibration" / m / "inference_calibration.json",
+                   [*self.lf, "analyze", "inference-calibration", str(self.data), "--path", str(ck[m]),
+                    "--name", NAMES.get(m, m), "--subset", "valid", "--gen-subset", "test",
+                    "--train-tgt", str(text / "train.en"), "--out", str(out / "inference_calibration" / m), *cpu])
+                  for m in self.methods]
         for done, cmd in steps:
             if done.is_file():
                 continue
@@ -245,36 +274,172 @@ class Compare:
         return True
 
 
+def _load(path: Path) -> Dict:
+    r = json.loads(path.read_text(encoding="utf-8"))
+    r["_path"] = str(path)
+    return r
+
+
+def _sentence_stats(result: Dict, key: str) -> List[List[int]]:
+    path = Path(result["_path"]).with_name(result["sentence_stats"])
+    return json.loads(path.read_text(encoding="utf-8"))["directions"][key]
+
+
+def build_report(dataset: str, found: Dict[Tuple[str, int, Optional[float]], Path], tau: float,
+                 samples: int = 1000, tiny: bool = False) -> Dict:
+    """Mean ± std per method and test set (BLEU, sacreBLEU, chrF; n, and whether under MIN_SEEDS),
+    LS − CE and LABO − LS (seed-aware bootstrap; per seed pair sacrebleu's bootstrap and AR), and
+    per method the chosen checkpoints' epochs, validation NLL and training time. Refuses results of
+    other configs or data (:func:`protocol_key`), naming two that differ."""
+    if not found:
+        raise ReportError(f"no results of {dataset} yet (train and evaluate first)")
+    results = {r: _load(p) for r, p in found.items()}
+    first_run, first = next(iter(results.items()))
+    key0 = protocol_key(first["train"]["command"])
+    for r, res in results.items():
+        if protocol_key(res["train"]["command"]) != key0:
+            raise ReportError(f"{res['_path']} and {first['_path']} were trained with different configs or data: "
+                              "not compared (one config, one data-bin per report)")
+    methods = [m for m in METHODS if any(r[0] == m for r in results)] + sorted({r[0] for r in results} - set(METHODS))
+    keys = [k for k in first["directions"]]
+    m_ = S.metric("bleu")
+    table: Dict = {}
+    for key in keys:
+        per: Dict = {}
+        for method in methods:
+            rs = sorted(((r[1], res) for r, res in results.items() if r[0] == method and key in res["directions"]),
+                        key=lambda x: x[0])
+            cell = {"seeds": [s for s, _ in rs]}
+            for metric in ("bleu", "sacrebleu", "chrf"):
+                values = [res["directions"][key].get(metric) for _, res in rs]
+                values = [v for v in values if v is not None]
+                mean, std = S.mean_std(values) if values else (None, None)
+                cell[metric] = {"values": values, "mean": mean, "std": std, "n": len(values)}
+            cell["under_min_seeds"] = len(rs) < MIN_SEEDS
+            cell["incomplete_training"] = [s for s, res in rs if res.get("training_completed") is False]
+            per[method] = cell
+        comparisons = {}
+        for b, a in PAIRS:
+            if b not in per or a not in per:
+                continue
+            common = sorted(set(per[a]["seeds"]) & set(per[b]["seeds"]))
+            if not common:
+                continue
+            st = {m: {s: _sentence_stats(results[(m, s, tau if m == "labo" else None)], key) for s in common}
+                  for m in (a, b)}
+            comparisons[f"{b}_minus_{a}"] = {
+                "seeds": common,
+                "seed_aware": S.seed_bootstrap(m_, [st[a][s] for s in common], [st[b][s] for s in common], samples),
+                "per_seed": {s: {"bootstrap": S.paired_bootstrap(m_, st[a][s], st[b][s], samples),
+                                 "approximate_randomization": S.paired_ar(m_, st[a][s], st[b][s], 10 * samples)}
+                             for s in common},
+            }
+        table[key] = {"methods": per, "comparisons": comparisons}
+    runs = {}
+    for method in methods:
+        rs = sorted(((r[1], res) for r, res in results.items() if r[0] == method), key=lambda x: x[0])
+        runs[method] = [{
+            "seed": s, "epoch": res["checkpoint"].get("epoch"), "updates": res["checkpoint"].get("updates"),
+            "valid_bleu": res["checkpoint"].get("valid_value"),
+            "valid_nll_bits": (res.get("validation") or {}).get("nll_loss"),
+            "last_updates": ((res["train"].get("last_checkpoint") or {}).get("updates")),
+            "train_wall_s": ((res["train"].get("last_checkpoint") or {}).get("train_wall_s")),
+            "hardware": res["train"].get("hardware"), "commit": res["train"].get("commit"),
+            "training_completed": res.get("training_completed"),
+        } for s, res in rs]
+    return {"dataset": dataset, "tau": tau, "tiny": tiny, "bleu": first.get("bleu_convention"),
+            "signatures": {k: {"bleu": first["directions"][k]["paper_metric"]["signature"],
+                               **{m: first["directions"][k].get(f"{m}_signature") for m in ("sacrebleu", "chrf")}}
+                           for k in keys},
+            "test_sets": table, "runs": runs, "samples": samples,
+            "results": {f"{m} seed {s}": str(p) for (m, s, _), p in found.items()}}
+
+
+def _test_name(dataset: str, key: str) -> str:
+    if "." in key:
+        return key.split(".", 1)[1]
+    return dataset_config(dataset).get("test_name") or "test" if dataset in names("datasets") else "test"
+
+
 def markdown(rep: Dict) -> str:
-    lines = ["| test set | LS | LABO | LABO − LS | p (paired bootstrap, seeds pooled) | p per seed |",
-             "|---|---|---|---|---|---|"]
+    """The report as markdown: one table of scores, one of differences, one of the runs."""
+    ds = rep["dataset"]
+    methods = list(next(iter(rep["test_sets"].values()))["methods"])
 
-    def cell(d):
-        return f"{d['mean']:.2f}" + (f" ± {d['std']:.2f}" if d["std"] is not None else "") + f" (n={len(d['bleu'])})"
+    def cell(d, metric):
+        c = d[metric]
+        if not c["n"]:
+            return "–"
+        txt = f"{c['mean']:.2f}" + (f" ± {c['std']:.2f}" if c["std"] is not None else "") + f" (n={c['n']})"
+        return txt + (" *" if d["under_min_seeds"] else "") + (" ‡" if d["incomplete_training"] else "")
 
-    for key, per in rep["test_sets"].items():
-        name = key.split(".", 1)[1] if "." in key else "test_2016_flickr"
-        d = per["labo_minus_ls"]
-        lines.append(f"| {name} | {cell(per['ls'])} | {cell(per['labo'])} | {d['delta_mean']:+.2f} | "
-                     f"{d['pooled']['p_value']:.4f} | " + ", ".join(f"{p['p_value']:.3f}" for p in d["per_seed"]) + " |")
-    head = (f"### LS vs LABO (τ={rep['tau']:g}) on Multi30k de→en, tokenized BLEU, beam 5, seeds "
-            f"{', '.join(map(str, rep['seeds']))}" + (" — TINY: a pipeline check, not a result" if rep["tiny"] else ""))
-    return head + "\n\n" + "\n".join(lines) + "\n"
+    head = (f"### {ds}: " + ", ".join(NAMES.get(m, m) for m in methods) + f" (LABO τ={rep['tau']:g}), beam 5"
+            + (" — TINY: a pipeline check, not a result" if rep["tiny"] else ""))
+    lines = [head, "", "| test set | metric | " + " | ".join(NAMES.get(m, m) for m in methods) + " |",
+             "|---|---|" + "---|" * len(methods)]
+    for key, t in rep["test_sets"].items():
+        for metric, title in (("bleu", f"BLEU ({rep['bleu']})"), ("sacrebleu", "sacreBLEU"), ("chrf", "chrF")):
+            lines.append(f"| {_test_name(ds, key)} | {title} | "
+                         + " | ".join(cell(t["methods"][m], metric) for m in methods) + " |")
+    lines += ["", "| test set | difference (BLEU) | Δ | 95% CI | p (seed-aware bootstrap) | p per seed: bootstrap / AR |",
+              "|---|---|---|---|---|---|"]
+    for key, t in rep["test_sets"].items():
+        for name, c in t["comparisons"].items():
+            b, a = name.split("_minus_")
+            sa = c["seed_aware"]
+            per = ", ".join(f"{s}: {v['bootstrap']['p']} / {v['approximate_randomization']['p']}"
+                            for s, v in c["per_seed"].items())
+            lines.append(f"| {_test_name(ds, key)} | {NAMES.get(b, b)} − {NAMES.get(a, a)} | {sa['delta']:+.2f} | "
+                         f"[{sa['ci95'][0]:+.2f}, {sa['ci95'][1]:+.2f}] | {sa['p']} | {per} |")
+    lines += ["", "| method | seed | chosen epoch (updates) | valid BLEU | valid NLL (bits) | updates | training time |",
+              "|---|---|---|---|---|---|---|"]
+    for m, rs in rep["runs"].items():
+        for r in rs:
+            nll = "–" if r["valid_nll_bits"] is None else f"{r['valid_nll_bits']:.3f}"
+            vb = "–" if r["valid_bleu"] is None else f"{r['valid_bleu']:.2f}"
+            wall = "–" if r["train_wall_s"] is None else f"{r['train_wall_s'] / 60:.0f} min"
+            lines.append(f"| {NAMES.get(m, m)} | {r['seed']} | {r['epoch']} ({r['updates']}) | {vb} | {nll} | "
+                         f"{r['last_updates']} | {wall} |")
+    sig = next(iter(rep["signatures"].values()))
+    notes = ["Cells: mean ± sample std over n seeds; * fewer than 3 seeds; ‡ includes a run whose training had not "
+             "completed.",
+             f"Differences: seed-aware paired bootstrap ({rep['samples']} samples: one set of sentence indices per "
+             "sample for every seed of both methods; Δ of the seed-averaged corpus BLEU), and per seed pair "
+             f"sacrebleu's paired bootstrap ({rep['samples']}) and approximate randomization ({10 * rep['samples']}).",
+             "Signatures: " + "; ".join(f"{k} `{v}`" for k, v in sig.items() if v)]
+    return "\n".join(lines) + "\n\n" + "\n".join(f"- {n}" for n in notes) + "\n"
+
+
+def write_report(c: Compare, rep: Dict) -> Path:
+    path = c.roots.results / "compare" / (f"{c.dataset}_tiny.json" if c.a.tiny else f"{c.dataset}.json")
+    write_json(path, rep)
+    with atomic_open(path.with_suffix(".md")) as f:
+        f.write(markdown(rep))
+    return path
 
 
 def main(argv=None, prog="labo-fairseq compare") -> int:
     ap = argparse.ArgumentParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--root", type=Path, help="directory for data/, data-bin/, runs/, results/ and analysis/ "
                                                "(default: the working directory)")
+    ap.add_argument("--dataset", default=DATASET,
+                    help=f"the config of the comparison (default {DATASET}: the paper's model, for a GPU; "
+                         "multi30k_de_en_small: the quickstart's model to convergence, for a CPU)")
+    ap.add_argument("--methods", nargs="+", default=list(METHODS), help="methods (default: ce ls labo)")
     ap.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3], help="seeds per method (default: 1 2 3)")
     ap.add_argument("--tau", type=float, default=1.15, help="LABO's tau (default 1.15)")
+    ap.add_argument("--parallel", type=int, help="runs trained at a time (default: all at once)")
+    ap.add_argument("--threads", type=int, help="CPU threads per run (OMP_NUM_THREADS; default: torch's choice)")
     ap.add_argument("--source", type=Path, action="append", default=[],
                     help="directory with the Multi30k .gz files (offline preparation); default: download them")
     ap.add_argument("--budget-minutes", type=float, default=9.0,
-                    help="wall time of this call (default 9: a 10-minute device call); the next call resumes")
+                    help="wall time of this call (default 9: a 10-minute allocation); the next call resumes")
     ap.add_argument("--reserve-s", type=float, default=45.0,
                     help="seconds kept for stopping cleanly before the budget ends (default 45)")
-    ap.add_argument("--bootstrap-samples", type=int, default=1000, help="paired bootstrap resamples (default 1000)")
+    ap.add_argument("--bootstrap-samples", type=int, default=1000, help="bootstrap resamples (default 1000)")
+    ap.add_argument("--report", action="store_true",
+                    help="only build the report from the results present (n per cell shown), train nothing")
+    ap.add_argument("--no-analysis", action="store_true", help="stop after the report")
     ap.add_argument("--tiny", action="store_true", help="a tiny model and a few updates: the code path on CPU in minutes")
     ap.add_argument("--cpu", action="store_true", help="train and decode on CPU even with a GPU")
     ap.add_argument("--force", action="store_true", help="rewrite an existing report")
@@ -284,8 +449,28 @@ def main(argv=None, prog="labo-fairseq compare") -> int:
         ap.error("--seeds: distinct integers >= 0")
     if a.tau <= 0 or a.budget_minutes <= 0 or a.bootstrap_samples < 1:
         ap.error("--tau, --budget-minutes and --bootstrap-samples must be positive")
-    dataset_config(DATASET)  # the config is there
+    if (a.parallel is not None and a.parallel < 1) or (a.threads is not None and a.threads < 1):
+        ap.error("--parallel and --threads must be >= 1")
+    for m in a.methods:
+        if m not in names("methods"):
+            ap.error(f"--methods: unknown method {m!r}; choose from {', '.join(names('methods'))}")
+    try:
+        if dataset_config(a.dataset).get("data") != DATA:
+            ap.error(f"--dataset {a.dataset}: compare runs on {DATA} (its config's data is "
+                     f"{dataset_config(a.dataset).get('data')})")
+    except ValueError as err:
+        ap.error(f"--dataset: {err}")
     c = Compare(a)
+    if a.report:
+        try:
+            rep = c.report()
+        except ReportError as err:
+            print(f"compare: error: {err}", file=sys.stderr)
+            return 2
+        path = write_report(c, rep)
+        sys.stdout.write(markdown(rep))
+        c.say(f"report {path} (from {len(rep['results'])} result(s))")
+        return 0
     if a.dry_run:
         c.prepare()
         for r in c.runs():
@@ -293,22 +478,25 @@ def main(argv=None, prog="labo-fairseq compare") -> int:
         for r in c.runs():
             c.say("+ " + shlex.join(c.evaluate_cmd(*r)))
         return 0
-    report_json = c.roots.results / "compare" / ("compare_tiny.json" if a.tiny else "compare.json")
+    report_json = c.roots.results / "compare" / (f"{c.dataset}_tiny.json" if a.tiny else f"{c.dataset}.json")
     if not (c.prepare() and c.train() and c.evaluate()):
         c.say(f"stopped for the time budget ({a.budget_minutes:g} min); run the same command again to continue")
         return NOT_FINISHED
     if not report_json.is_file() or a.force:
-        rep = c.report()
-        write_json(report_json, rep)
-        with atomic_open(report_json.with_suffix(".md")) as f:
-            f.write(markdown(rep))
+        try:
+            write_report(c, c.report())
+        except ReportError as err:
+            print(f"compare: error: {err}", file=sys.stderr)
+            return 2
     rep = json.loads(report_json.read_text())
     sys.stdout.write(markdown(rep))
     c.say(f"report {report_json}")
+    if a.no_analysis:
+        return 0
     if not c.analysis():
         c.say("analysis stopped for the time budget; run the same command again to continue")
         return NOT_FINISHED
-    c.say(f"analysis in {c.roots.root / 'analysis' / 'compare'}")
+    c.say(f"analysis in {c.roots.root / 'analysis' / 'compare' / c.dataset}")
     return 0
 
 

@@ -32,7 +32,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 from labo_fairseq import bleu as B
 from labo_fairseq.io import (
-    ToolError, atomic_open, cuda_visible, generate_command, parse_generate, read_lines, run_tool, write_json, write_lines,
+    ToolError, atomic_open, cuda_visible, generate_command, parse_generate, read_lines, run_tool, validation_curve, write_json,
+    write_lines,
 )
 from labo_fairseq.protocol import (
     RUN_MARKER, Roots, absolute, add_root_arguments, dataset_config, directions, method_config, names, raw_reference,
@@ -255,6 +256,7 @@ def evaluate(a) -> int:
 
     last = rd / "checkpoints" / "checkpoint_last.pt"
     hparams, chosen = hyper_parameters(run["command"]), checkpoint_state(ck)
+    curve = validation_curve(rd / "train.log")  # the learning curve; the chosen checkpoint's validation in it
     last_state = chosen if last.is_file() and last.samefile(ck) else checkpoint_state(last) if last.is_file() else None
     result = {
         "dataset": a.dataset, "method": a.method, "seed": a.seed,
@@ -263,6 +265,8 @@ def evaluate(a) -> int:
         "extra_generate_args": list(a.generate_args),
         "bleu_convention": ds["bleu"], "lowercase": bool(ds.get("lowercase")), "directions": scores,
         "sentence_stats": stats_file.name, "training_completed": completed,
+        "validation": next((v for v in curve if v.get("updates") == chosen["updates"]), None),
+        "validation_curve": curve,
         "checkpoint": {"path": str(ck), **chosen},
         "train": {"run_dir": str(rd), "command": run["command"], "commit": run.get("commit"), "dirty": run.get("dirty"),
                   "hardware": run.get("hardware"), "gpus": run.get("gpus"), "procs": run.get("procs"),

@@ -249,3 +249,31 @@ def generate(cmd: Sequence[str]) -> Generation:
     """Run a :func:`generate_command` and parse it (the BLEU line may be on either stream)."""
     proc = run_tool(cmd, what="fairseq-generate")
     return parse_generate(proc.stdout + "\n" + proc.stderr)
+
+
+def validation_curve(train_log: Path) -> List[Dict]:
+    """fairseq-train's validations (``--log-format json``), in order: epoch, updates and every
+    ``valid_*`` value (``valid_`` dropped; ``nll_loss`` in bits, as fairseq logs it)."""
+    import json
+
+    out: List[Dict] = []
+    if not Path(train_log).is_file():
+        return out
+    for line in read_lines(train_log):
+        if "| valid |" not in line or "{" not in line:
+            continue
+        try:
+            rec = json.loads(line[line.index("{"):])
+        except ValueError:
+            continue
+        row = {"epoch": rec.get("epoch")}
+        for k, v in rec.items():
+            if k.startswith("valid_"):
+                try:
+                    row[k[len("valid_"):]] = float(v)
+                except (TypeError, ValueError):
+                    row[k[len("valid_"):]] = v
+        if "num_updates" in row:
+            row["updates"] = int(row.pop("num_updates"))
+        out.append(row)
+    return out

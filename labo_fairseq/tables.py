@@ -1,10 +1,14 @@
 """Rebuild the paper's Table 1 and Table 2 (markdown) from the results JSONs of the evaluate command.
 
-  labo-fairseq tables [--results results] [--out tables.md] [--metric bleu|sacrebleu]
+  labo-fairseq tables [--results results] [--out tables.md] [--metric bleu|sacrebleu|chrf] [--significance]
 
 Each cell is the mean ± sample standard deviation (n − 1) over the seeds found, the number of
 seeds, the paper's number and our difference to it. A cell without results says "missing"; it is
-never filled in. LABO gets one row per τ found (the paper explores τ ∈ {1.15, 1.25} and reports one
+never filled in; a metric a result lacks (older results have no chrF; no sacreBLEU without the
+original references) shows "–". The metric's sacrebleu signatures are printed under each table.
+Results of runs whose training had not completed are marked ‡. ``--significance`` adds, for the
+tables outside the paper's, LS − CE and LABO − LS with the seed-aware paired bootstrap of
+:mod:`labo_fairseq.stats` where both methods have the same seeds. LABO gets one row per τ found (the paper explores τ ∈ {1.15, 1.25} and reports one
 LABO number per column, shown beside each). Runs trained with extra fairseq flags (``-- ...`` in
 the train or evaluate command, i.e. not the paper's protocol) are marked †, and the flags are listed. Datasets
 outside the two tables (e.g. the quickstart's) get a table of their own, without paper numbers.
@@ -12,12 +16,12 @@ outside the two tables (e.g. the quickstart's) get a table of their own, without
 
 import argparse
 import json
-import statistics
 import sys
 from collections import defaultdict
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
+from labo_fairseq import stats as S
 from labo_fairseq.protocol import absolute
 
 # The paper's numbers (Lu et al., Table 1 and Table 2; restated in ../shared/design/method.md):
@@ -54,8 +58,21 @@ def load_results(root: Path) -> List[Dict]:
     return out
 
 
-def mean_std(values: Sequence[float]) -> Tuple[float, Optional[float]]:
-    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else None)
+METRICS = {"bleu": "the paper's BLEU convention per dataset", "sacrebleu": "sacreBLEU against the original references",
+           "chrf": "chrF against the original references"}
+
+
+def metric_value(d: Dict, metric: str) -> Optional[float]:
+    """A direction's score in ``metric``, or None where the result has none."""
+    v = d.get(metric)
+    return None if v is None else float(v)
+
+
+def signature(d: Dict, metric: str) -> Optional[str]:
+    if metric == "bleu":
+        return f"{d['convention']}: {d['paper_metric']['signature']}"
+    sig = d.get(f"{metric}_signature")
+    return None if sig is None or d.get(metric) is None else sig
 
 
 def _row_key(r: Dict) -> Tuple[str, Optional[float]]:
@@ -72,21 +89,29 @@ class Cells:
 
     def __init__(self, results: List[Dict], metric: str):
         self.scores: Dict = defaultdict(list)
+        self.results: Dict = defaultdict(list)
         self.modified: Dict = defaultdict(set)
+        self.incomplete: Dict = defaultdict(bool)
         self.signatures: Dict = defaultdict(set)
         for r in results:
             for pair, d in r["directions"].items():
                 key = (_row_key(r), r["dataset"], pair)
-                self.scores[key].append((r["seed"], float(d[metric])))
-                sig = d["sacrebleu_signature"] if metric == "sacrebleu" else d["paper_metric"]["signature"]
-                self.signatures[r["dataset"]].add(f"{d['convention'] if metric == 'bleu' else 'sacrebleu 13a'}: {sig}")
+                self.results[key].append(r)
+                value = metric_value(d, metric)
+                if value is not None:
+                    self.scores[key].append((r["seed"], value))
+                sig = signature(d, metric)
+                if sig:
+                    self.signatures[r["dataset"]].add(sig)
+                if r.get("training_completed") is False:
+                    self.incomplete[key] = True
                 if r.get("extra_train_args"):
                     self.modified[key].add("train: " + " ".join(r["extra_train_args"]))
                 if r.get("extra_generate_args"):
                     self.modified[key].add("generate: " + " ".join(r["extra_generate_args"]))
 
     def rows(self, method_order: Sequence[str], datasets: Sequence[str]) -> List[Tuple[str, Optional[float]]]:
-        keys = {k[0] for k in self.scores if k[1] in datasets}
+        keys = {k[0] for k in self.results if k[1] in datasets}
         rows = []
         for m in method_order:
             taus = sorted({t for mm, t in keys if mm == m and t is not None}) or ([DEFAULT_TAU] if m == "labo" else [None])
@@ -98,11 +123,13 @@ class Cells:
         got = sorted(self.scores.get((row, dataset, pair), []))
         paper_txt = "" if paper is None else f" · paper {paper}"
         if not got:
-            return "missing" + paper_txt
-        mean, std = mean_std([v for _, v in got])
-        txt = f"{mean:.2f}" + (f" ± {std:.2f}" if std is not None else "") + f" (n={len(got)})"
+            return ("–" if self.results.get((row, dataset, pair)) else "missing") + paper_txt
+        mean, _ = S.mean_std([v for _, v in got])
+        txt = S.mean_std_text([v for _, v in got])
         if self.modified.get((row, dataset, pair)):
             txt += " †"
+        if self.incomplete.get((row, dataset, pair)):
+            txt += " ‡"
         if paper is not None:
             txt += f"{paper_txt} · Δ {mean - float(paper.split('±')[0]):+.2f}"
         return txt
@@ -123,6 +150,8 @@ def _notes(cells: Cells, datasets: Sequence[str]) -> List[str]:
     if mods:
         notes.append("† includes runs with extra fairseq flags, not the paper's protocol: "
                      + "; ".join(f"`{m}`" for m in mods) + ".")
+    if any(v for k, v in cells.incomplete.items() if k[1] in datasets):
+        notes.append("‡ includes results of runs whose training had not completed (a checkpoint named explicitly).")
     return notes
 
 
@@ -138,29 +167,89 @@ def paper_table(title: str, cells: Cells, columns, paper: Dict[str, List[str]], 
     return text + "\n\n" + "\n".join(f"- {n}" for n in notes)
 
 
-def dataset_table(dataset: str, cells: Cells) -> str:
-    pairs = sorted({k[2] for k in cells.scores if k[1] == dataset})
-    rows = [[_row_title(*row)] + [cells.cell(row, dataset, p) for p in pairs]
+def test_set_name(dataset: str, key: str) -> str:
+    """A result key's test set as it is named: ``de-en`` is the dataset's test set (its config's
+    ``test_name``, else ``test``), ``de-en.NAME`` the extra test set NAME."""
+    if "." in key:
+        return key.split(".", 1)[1]
+    from labo_fairseq.protocol import dataset_config, names
+
+    return (dataset_config(dataset).get("test_name") if dataset in names("datasets") else None) or "test"
+
+
+def column_titles(dataset: str, keys: Sequence[str]) -> List[str]:
+    """Test-set names; with the direction in front where the dataset has several."""
+    several = len({k.split(".")[0] for k in keys}) > 1
+    return [(f"{k.split('.')[0]} " if several else "") + test_set_name(dataset, k) for k in keys]
+
+
+def _key_order(key: str) -> Tuple[str, int]:
+    return key.split(".")[0], 0 if "." not in key else 1
+
+
+# LS against CE, and LABO against LS: the comparisons the project exists for.
+SIGNIFICANCE_PAIRS = [(("ls", None), ("ce", None)), (("labo", DEFAULT_TAU), ("ls", None))]
+
+
+def significance_lines(dataset: str, cells: Cells, keys: Sequence[str], samples: int = 1000) -> List[str]:
+    """The seed-aware paired bootstrap (BLEU, the table's convention) of each pair of methods with the
+    same seeds, per test set; results without stored sentence statistics are left out, and said so."""
+    lines = []
+    for (m_b, t_b), (m_a, t_a) in SIGNIFICANCE_PAIRS:
+        for key in keys:
+            a, b = cells.results.get(((m_a, t_a), dataset, key), []), cells.results.get(((m_b, t_b), dataset, key), [])
+            if not a or not b:
+                continue
+            name = f"{_row_title(m_b, t_b)} − {_row_title(m_a, t_a)}, {test_set_name(dataset, key)}"
+            seeds_a, seeds_b = sorted(r["seed"] for r in a), sorted(r["seed"] for r in b)
+            if seeds_a != seeds_b:
+                lines.append(f"{name}: not tested (seeds {seeds_a} vs {seeds_b} differ)")
+                continue
+            try:
+                sa, sb = ([sentence_stats(r, key) for r in sorted(x, key=lambda r: r["seed"])] for x in (a, b))
+            except (OSError, KeyError) as err:
+                lines.append(f"{name}: not tested (no sentence statistics: {err})")
+                continue
+            t = S.seed_bootstrap(S.metric("bleu"), sa, sb, samples=samples)
+            lines.append(f"{name}: Δ {t['delta']:+.2f} BLEU, 95% CI [{t['ci95'][0]:+.2f}, {t['ci95'][1]:+.2f}], "
+                         f"p {t['p']} (seed-aware paired bootstrap, {samples} samples, seeds "
+                         f"{', '.join(map(str, seeds_a))})")
+    return lines
+
+
+def sentence_stats(result: Dict, key: str) -> List[List[int]]:
+    """A result's stored per-sentence BLEU statistics of one test set (``seedS.stats.json`` beside it)."""
+    path = Path(result["_path"]).with_name(result["sentence_stats"])
+    return json.loads(path.read_text(encoding="utf-8"))["directions"][key]
+
+
+def dataset_table(dataset: str, cells: Cells, significance: bool = False) -> str:
+    keys = sorted({k[2] for k in cells.results if k[1] == dataset}, key=_key_order)
+    rows = [[_row_title(*row)] + [cells.cell(row, dataset, p) for p in keys]
             for row in cells.rows(list(METHOD_NAMES), [dataset])
-            if any((row, dataset, p) in cells.scores for p in pairs)]
-    text = _markdown(f"{dataset} (not a table of the paper)", [p.upper() for p in pairs], rows)
+            if any((row, dataset, p) in cells.results for p in keys)]
+    directions = sorted({k.split(".")[0] for k in keys})
+    title = f"{dataset}, {', '.join(d.replace('-', '→') for d in directions)} (not a table of the paper)"
+    text = _markdown(title, column_titles(dataset, keys), rows)
     notes = ["Cells: our mean ± sample std over n seeds."] + _notes(cells, [dataset])
+    if significance:
+        notes += significance_lines(dataset, cells, keys)
     return text + "\n\n" + "\n".join(f"- {n}" for n in notes)
 
 
-def build(results: List[Dict], metric: str = "bleu", only: Optional[str] = None) -> str:
+def build(results: List[Dict], metric: str = "bleu", only: Optional[str] = None, significance: bool = False) -> str:
     results = [r for r in results if not r.get("distillation")]  # students: the distillation view
     cells = Cells(results, metric)
     paper_sets = {c[1] for c in TABLE1_COLUMNS + TABLE2_COLUMNS}
     others = sorted({r["dataset"] for r in results} - paper_sets)
-    what = "the paper's BLEU convention per dataset" if metric == "bleu" else "sacrebleu (13a) on detokenized text"
+    what = METRICS[metric]
     parts = []
     if only is None:
         parts.append(paper_table(f"Table 1: IWSLT'14 and WMT'14 ({what})", cells, TABLE1_COLUMNS, PAPER_TABLE1,
                                  list(METHOD_NAMES)))
         parts.append(paper_table(f"Table 2: IWSLT'17 multilingual ({what})", cells, TABLE2_COLUMNS, PAPER_TABLE2,
                                  ["ce", "ls", "labo"]))
-    parts += [dataset_table(d, cells) for d in others if only in (None, d)]
+    parts += [dataset_table(d, cells, significance) for d in others if only in (None, d)]
     if only is not None and only not in others:
         parts.append(f"No results for {only}.")
     return "\n\n".join(parts) + "\n"
@@ -178,10 +267,7 @@ def _teacher_key(t: Dict) -> Tuple[str, Optional[float]]:
 
 
 def _summary(values: Sequence[float], digits: int = 2) -> str:
-    if not values:
-        return "missing"
-    mean, std = mean_std(values)
-    return f"{mean:.{digits}f}" + (f" ± {std:.{digits}f}" if std is not None else "") + f" (n={len(values)})"
+    return S.mean_std_text(values, digits) if values else "missing"
 
 
 def distillation_table(results: List[Dict], dataset: str, pair: str, metric: str = "bleu") -> str:
@@ -194,7 +280,9 @@ def distillation_table(results: List[Dict], dataset: str, pair: str, metric: str
     cols: Dict = defaultdict(lambda: defaultdict(list))  # column -> teacher key -> values
     plain: List[float] = []
     for r in here:
-        score = float(r["directions"][pair][metric])
+        score = metric_value(r["directions"][pair], metric)
+        if score is None:
+            continue
         d = r.get("distillation")
         if not d:
             if r["method"] in DISTILL_TEACHERS:
@@ -241,8 +329,11 @@ def main(argv=None, prog="labo-fairseq tables") -> int:
     ap = argparse.ArgumentParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--root", type=Path, help="directory holding results/ (default: the working directory)")
     ap.add_argument("--results", type=Path, help="directory of results JSONs (default: ROOT/results)")
-    ap.add_argument("--metric", choices=("bleu", "sacrebleu"), default="bleu",
-                    help="bleu: the paper's convention per dataset (default); sacrebleu: 13a on detokenized text")
+    ap.add_argument("--metric", choices=tuple(METRICS), default="bleu",
+                    help="bleu: the paper's convention per dataset (default); sacrebleu, chrf: the detokenized output "
+                         "against the original references (lowercased where the text is)")
+    ap.add_argument("--significance", action="store_true",
+                    help="tables outside the paper's: LS − CE and LABO − LS, seed-aware paired bootstrap on BLEU")
     ap.add_argument("--dataset", help="only this dataset's own table (a dataset outside Tables 1 and 2)")
     ap.add_argument("--view", choices=("paper", "distillation"), default="paper",
                     help="paper: Tables 1 and 2 (default); distillation: teachers (CE, LS, LABO) vs their students")
@@ -254,8 +345,9 @@ def main(argv=None, prog="labo-fairseq tables") -> int:
         ap.error(f"{a.results}: no such directory (the evaluate command writes results there)")
     if a.out and a.out.exists() and not a.force:
         ap.error(f"{a.out} exists; --force to replace it")
-    build_view = build_distillation if a.view == "distillation" else build
-    text = build_view(load_results(a.results), a.metric, a.dataset)
+    results = load_results(a.results)
+    text = (build_distillation(results, a.metric, a.dataset) if a.view == "distillation"
+            else build(results, a.metric, a.dataset, a.significance))
     sys.stdout.write(text)
     if a.out:
         a.out.write_text(text, encoding="utf-8")

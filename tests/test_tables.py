@@ -60,10 +60,61 @@ def test_table2_runs_off_protocol_and_other_datasets():
     assert row(table2, "LABO τ=1.15") == [f"29.50 ± {statistics.stdev([29, 30]):.2f} (n=2) † · paper 28.4 · Δ +1.10",
                                          "37.00 ± 0.00 (n=2) † · paper 37.2 · Δ -0.20"]
     assert "`train: --max-update 9`" in table2
-    other = text[text.index("### multi30k_de_en (not a table of the paper)"):]
+    other = text[text.index("### multi30k_de_en, de→en (not a table of the paper)"):]
     assert row(other, "LS") == ["20.50 (n=1)"]  # no paper number for a dataset outside the paper
     only = T.build(rs, only="multi30k_de_en")
     assert "Table 1" not in only and row(only, "LS") == ["20.50 (n=1)"]
+
+
+def m30k(method, seed, bleu, chrf=None, completed=True, tau=None):
+    """A Multi30k result on its three test sets; ``chrf=None``: an older result without chrF."""
+    r = result("multi30k_de_en", method, seed, {"de-en": bleu, "de-en.test_2017_flickr": bleu - 2,
+                                                "de-en.test_2017_mscoco": bleu - 5}, tau=tau)
+    for d in r["directions"].values():
+        if chrf is not None:
+            d["chrf"], d["chrf_signature"] = chrf, "nrefs:1|case:lc|eff:yes|nc:6|nw:0|space:no|version:2.6.0"
+    r["training_completed"] = completed
+    return r
+
+
+def test_test_sets_are_named_and_chrf_is_a_metric():
+    rs = [m30k("ls", 1, 40.0, chrf=60.0), m30k("ls", 2, 41.0, chrf=61.0), m30k("labo", 1, 39.0)]
+    bleu = T.build(rs, only="multi30k_de_en")
+    header = next(ln for ln in bleu.splitlines() if ln.startswith("| method |"))
+    assert header == "| method | test_2016_flickr | test_2017_flickr | test_2017_mscoco |"
+    assert row(bleu, "LS") == ["40.50 ± 0.71 (n=2)", "38.50 ± 0.71 (n=2)", "35.50 ± 0.71 (n=2)"]
+    chrf = T.build(rs, "chrf", only="multi30k_de_en")
+    assert row(chrf, "LS")[0] == "60.50 ± 0.71 (n=2)"
+    assert row(chrf, "LABO τ=1.15") == ["–", "–", "–"]  # an older result without chrF: no crash, no number
+    assert "`nrefs:1|case:lc|eff:yes|nc:6|nw:0|space:no|version:2.6.0`" in chrf
+
+
+def test_results_of_unfinished_training_are_marked():
+    text = T.build([m30k("ls", 1, 40.0, completed=False), m30k("ce", 1, 38.0)], only="multi30k_de_en")
+    assert row(text, "LS")[0] == "40.00 (n=1) ‡" and row(text, "Transformer (CE)")[0] == "38.00 (n=1)"
+    assert "‡ includes results of runs whose training had not completed" in text
+
+
+def test_significance_lines_compare_methods_with_the_same_seeds(tmp_path):
+    from labo_fairseq import stats as S
+
+    refs = [f"w{i} a b c d e f g {i % 5}" for i in range(200)]
+    m = S.metric("bleu")
+    rs = []
+    for method, cut, seeds in (("ce", 3, (1, 2)), ("ls", 1, (1, 2)), ("labo", 1, (1,))):
+        for seed in seeds:
+            r = m30k(method, seed, 40.0, tau=1.15 if method == "labo" else None)
+            stats = S.sentence_stats(m, [" ".join(x.split()[:-cut - seed % 2]) for x in refs], refs)
+            path = tmp_path / f"{method}{seed}.json"
+            (tmp_path / f"{method}{seed}.stats.json").write_text(json.dumps({"directions": {k: stats for k in r["directions"]}}))
+            r["_path"], r["sentence_stats"] = str(path), f"{method}{seed}.stats.json"
+            rs.append(r)
+    text = T.build(rs, only="multi30k_de_en", significance=True)
+    ls_ce = next(ln for ln in text.splitlines() if ln.startswith("- LS − Transformer (CE), test_2016_flickr"))
+    assert re.search(r"Δ \+\d+\.\d\d BLEU, 95% CI \[\+\d+\.\d\d, \+\d+\.\d\d\], p < 0\.001", ls_ce), ls_ce
+    assert "seeds 1, 2" in ls_ce
+    labo = next(ln for ln in text.splitlines() if ln.startswith("- LABO τ=1.15 − LS, test_2016_flickr"))
+    assert "not tested (seeds [1, 2] vs [1] differ)" in labo
 
 
 def test_paper_numbers_are_method_mds():
