@@ -99,9 +99,10 @@ class Compare:
         self.lf = [sys.executable, "-m", "labo_fairseq"]
         self.gpu = not a.cpu and cuda_visible(probe_torch=not a.dry_run)
         self.data = self.roots.data_bin / DATA
+        self.terminated = False  # set by SIGTERM (a scheduler's preemption): stop like the budget does
 
     def left(self) -> float:
-        return self.deadline - time.monotonic()
+        return -1.0 if self.terminated else self.deadline - time.monotonic()
 
     def say(self, msg: str) -> None:
         print(f"compare: {msg}", file=sys.stderr, flush=True)
@@ -461,6 +462,12 @@ def main(argv=None, prog="labo-fairseq compare") -> int:
     except ValueError as err:
         ap.error(f"--dataset: {err}")
     c = Compare(a)
+
+    def on_sigterm(signum, frame):
+        c.terminated = True
+        c.say("SIGTERM: stopping the runs (each resumes from its last checkpoint next time)")
+
+    signal.signal(signal.SIGTERM, on_sigterm)
     if a.report:
         try:
             rep = c.report()
@@ -480,7 +487,8 @@ def main(argv=None, prog="labo-fairseq compare") -> int:
         return 0
     report_json = c.roots.results / "compare" / (f"{c.dataset}_tiny.json" if a.tiny else f"{c.dataset}.json")
     if not (c.prepare() and c.train() and c.evaluate()):
-        c.say(f"stopped for the time budget ({a.budget_minutes:g} min); run the same command again to continue")
+        why = "by SIGTERM" if c.terminated else f"for the time budget ({a.budget_minutes:g} min)"
+        c.say(f"stopped {why}; run the same command again to continue")
         return NOT_FINISHED
     if not report_json.is_file() or a.force:
         try:

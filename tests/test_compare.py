@@ -16,50 +16,75 @@ from tests.helpers import cli
 
 @pytest.mark.slow
 def test_compare_tiny_stops_resumes_and_reports(multi30k, tmp_path):
+    """The study path on a tiny setting: train two runs at a time, stopped by the budget and resumed,
+    each evaluated as it finishes, the report (also --report alone), the analyses."""
     text, data_bin = multi30k
     (tmp_path / "data").mkdir()
     (tmp_path / "data-bin").mkdir()
     (tmp_path / "data" / "multi30k.de-en").symlink_to(text)
     (tmp_path / "data-bin" / "multi30k.de-en").symlink_to(data_bin)
-    args = ["compare", "--tiny", "--seeds", 1, 2, "--bootstrap-samples", 200]
-
-    stopped = cli(*args, "--budget-minutes", 0.05, "--reserve-s", 0, cwd=tmp_path)
-    assert stopped.returncode == 3, stopped.stderr[-3000:]
-    assert "run the same command again" in stopped.stderr
+    args = ["compare", "--tiny", "--methods", "ls", "labo", "--seeds", 1, 2, "--bootstrap-samples", 200,
+            "--parallel", 2, "--threads", 1]
+    ds = "multi30k_de_en_iwslt"
+    run_json = tmp_path / "runs" / ds / "ls" / "seed1" / "run.json"
+    # Stopped (SIGTERM, as a scheduler preempts) once the first run has a checkpoint: resuming is tested.
+    import os
+    import subprocess
+    from tests.helpers import REPO
+    first = subprocess.Popen([sys.executable, "-m", "labo_fairseq", *map(str, args), "--budget-minutes", "60"],
+                             cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                             env=dict(os.environ, PYTHONPATH=str(REPO)))
+    ckpt = run_json.parent / "checkpoints" / "checkpoint_last.pt"
+    deadline = time.monotonic() + 600
+    while not ckpt.is_file() and first.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.5)
+    first.send_signal(15)
+    _, err = first.communicate(timeout=120)
+    assert first.returncode == 3, err[-3000:]
+    assert "stopped by SIGTERM" in err and "run the same command again" in err
     assert not (tmp_path / "results" / "compare").exists()
-    run_json = tmp_path / "runs" / "multi30k_de_en_iwslt" / "ls" / "seed1" / "run.json"
-    started = run_json.is_file()  # whether the stopped call got as far as starting that run
+    assert "completed" not in json.loads(run_json.read_text()) and ckpt.is_file()
 
     done = cli(*args, "--budget-minutes", 60, cwd=tmp_path, timeout=3600)
     assert done.returncode == 0, done.stderr[-3000:]
-    rep = json.loads((tmp_path / "results" / "compare" / "compare_tiny.json").read_text())
-    assert rep["tiny"] is True and rep["seeds"] == [1, 2]
+    rep = json.loads((tmp_path / "results" / "compare" / f"{ds}_tiny.json").read_text())
+    assert rep["tiny"] is True and list(rep["runs"]) == ["ls", "labo"]
     assert list(rep["test_sets"]) == ["de-en", "de-en.test_2017_flickr", "de-en.test_2017_mscoco"]
-    for key, per in rep["test_sets"].items():
+    for key, t in rep["test_sets"].items():
         for method, tag in (("ls", "ls"), ("labo", "labo-tau1.15")):
-            scores = [json.loads((tmp_path / "results" / "multi30k_de_en_iwslt" / tag / f"seed{s}.json").read_text())
-                      ["directions"][key]["bleu"] for s in (1, 2)]
-            assert per[method]["bleu"] == scores and per[method]["mean"] == pytest.approx(statistics.fmean(scores))
-        d = per["labo_minus_ls"]
-        assert 0.0 <= d["pooled"]["p_value"] <= 1.0 and len(d["per_seed"]) == 2
+            res = [json.loads((tmp_path / "results" / ds / tag / f"seed{s}.json").read_text()) for s in (1, 2)]
+            scores = [r["directions"][key]["bleu"] for r in res]
+            cell = t["methods"][method]
+            assert cell["bleu"]["values"] == scores and cell["bleu"]["mean"] == pytest.approx(statistics.fmean(scores))
+            assert cell["chrf"]["values"] == [r["directions"][key]["chrf"] for r in res]
+            assert cell["under_min_seeds"] is True  # 2 seeds < 3
+        c = t["comparisons"]["labo_minus_ls"]
         n = {"de-en": 1000, "de-en.test_2017_flickr": 1000, "de-en.test_2017_mscoco": 461}[key]
-        assert d["pooled"]["sentences"] == 2 * n and d["per_seed"][0]["sentences"] == n
-    assert "TINY" in done.stdout and "| test_2017_mscoco |" in done.stdout
-    for part in ("freq/freq_splits.json", "beam/beam_probs.json", "calibration_ls/calibration.json",
-                 "calibration_labo/calibration.json"):
-        assert (tmp_path / "analysis" / "compare" / part).is_file(), part
-    # A run the budget stopped was resumed, not restarted.
+        assert c["seed_aware"]["sentences"] == n and c["seed_aware"]["seeds"] == [2, 2]
+        assert c["seed_aware"]["delta"] == pytest.approx(
+            statistics.fmean(t["methods"]["labo"]["bleu"]["values"]) - statistics.fmean(t["methods"]["ls"]["bleu"]["values"]),
+            abs=0.01)
+        assert sorted(c["per_seed"]) == ["1", "2"]
+    assert "TINY" in done.stdout and "| test_2017_mscoco | chrF |" in done.stdout
+    analysis = tmp_path / "analysis" / "compare" / ds
+    for part in ("freq/freq_splits.json", "beam/beam_probs.json", "penultimate/penultimate.json",
+                 "calibration_ls/calibration.json", "calibration_labo/calibration.json",
+                 "inference_calibration/labo/inference_calibration.json"):
+        assert (analysis / part).is_file(), part
+    # The run the budget stopped was resumed from its checkpoint, not restarted.
     run = json.loads(run_json.read_text())
-    assert len(run["sessions"]) == (2 if started else 1) and "completed" in run
-    # A finished comparison is not redone: a third call only prints the report.
+    assert len(run["sessions"]) == 2 and "completed" in run
+    # A finished comparison is not redone: a third call only prints the report; --report rebuilds it.
     again = cli(*args, cwd=tmp_path)
     assert again.returncode == 0 and "training" not in again.stderr
+    report = cli("compare", "--tiny", "--methods", "ls", "labo", "--report", cwd=tmp_path)
+    assert report.returncode == 0 and "from 4 result(s)" in report.stderr
 
 
 def _compare_training(tmp_path, monkeypatch, script):
     """A Compare (2 seeds, a 6-second budget) whose every train command is the Python ``script``."""
     a = argparse.Namespace(root=tmp_path, seeds=[1, 2], tau=1.15, budget_minutes=0.1, reserve_s=0, cpu=True,
-                           dry_run=False, tiny=True)
+                           dry_run=False, tiny=True, methods=["ls", "labo"])
     c = compare.Compare(a)
     monkeypatch.setattr(c, "train_cmd", lambda *run: [sys.executable, "-c", script])
     return c
@@ -80,3 +105,61 @@ def test_a_run_that_fails_by_itself_is_named_with_its_output(tmp_path, monkeypat
         c.train()
     err = capsys.readouterr().err
     assert "ls seed 1 failed (exit 5)" in err and err.count("boom") == 4  # each of the 4 runs, its own output's tail
+
+
+def fake_result(tmp_path, method, seed, bleu, command=None, completed=True):
+    """A result JSON with its sentence statistics, as evaluate writes them, for the report."""
+    from labo_fairseq import stats as S
+
+    refs = [f"w{i} a b c d e f {i % 3}" for i in range(60)]
+    cut = {"ce": 3, "ls": 2, "labo": 1}[method] + seed % 2
+    st = S.sentence_stats(S.metric("bleu"), [" ".join(r.split()[:-cut]) for r in refs], refs)
+    tag = "labo-tau1.15" if method == "labo" else method
+    path = tmp_path / "results" / tag / f"seed{seed}.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.with_name(f"seed{seed}.stats.json").write_text(json.dumps({"directions": {"de-en": st}}))
+    cmd = command or ["fairseq-train", f"/somewhere/{seed}/data-bin/multi30k.de-en", "--arch", "transformer_iwslt_de_en",
+                      "--criterion", {"ce": "cross_entropy", "ls": "label_smoothed_cross_entropy",
+                                      "labo": "label_smoothed_labo"}[method], "--seed", str(seed), "--cpu"]
+    d = {"bleu": bleu, "sacrebleu": bleu - 1, "chrf": bleu + 20, "convention": "tokenized",
+         "paper_metric": {"signature": "tok:none"}, "sacrebleu_signature": "case:lc|tok:13a", "chrf_signature": "nc:6"}
+    r = {"dataset": "multi30k_de_en_small", "method": method, "seed": seed, "directions": {"de-en": d},
+         "sentence_stats": f"seed{seed}.stats.json", "training_completed": completed, "bleu_convention": "tokenized",
+         "checkpoint": {"epoch": 20, "updates": 2660, "valid_value": 40.0},
+         "validation": {"nll_loss": 2.5}, "train": {"command": cmd, "last_checkpoint": {"updates": 4000, "train_wall_s": 3600}}}
+    path.write_text(json.dumps(r))
+    return path
+
+
+def test_report_counts_seeds_marks_small_cells_and_tests_the_pairs(tmp_path):
+    found = {(m, s, 1.15 if m == "labo" else None): fake_result(tmp_path, m, s, b + s / 10)
+             for m, b in (("ce", 38.0), ("ls", 39.0), ("labo", 40.0)) for s in ((1, 2, 3) if m != "labo" else (1, 2))}
+    rep = compare.build_report("multi30k_de_en_small", found, 1.15, samples=200)
+    cells = rep["test_sets"]["de-en"]["methods"]
+    assert cells["ls"]["bleu"]["n"] == 3 and not cells["ls"]["under_min_seeds"] and cells["labo"]["under_min_seeds"]
+    assert cells["ls"]["bleu"]["mean"] == pytest.approx(39.2) and cells["ls"]["chrf"]["mean"] == pytest.approx(59.2)
+    comp = rep["test_sets"]["de-en"]["comparisons"]
+    assert comp["ls_minus_ce"]["seeds"] == [1, 2, 3] and comp["labo_minus_ls"]["seeds"] == [1, 2]
+    assert comp["ls_minus_ce"]["seed_aware"]["delta"] > 0 and comp["ls_minus_ce"]["seed_aware"]["p_value"] < 0.01
+    assert set(comp["labo_minus_ls"]["per_seed"][1]) == {"bootstrap", "approximate_randomization"}
+    md = compare.markdown(rep)
+    assert "| test_2016_flickr | BLEU (tokenized) | 38.20 ± 0.10 (n=3) | 39.20 ± 0.10 (n=3) | 40.15 ± 0.07 (n=2) * |" in md
+    assert "| test_2016_flickr | LS − CE |" in md and "| LS | 1 | 20 (2660) | 40.00 | 2.500 | 4000 | 60 min |" in md
+
+
+def test_report_refuses_runs_of_other_configs_and_names_them(tmp_path):
+    found = {("ls", 1, None): fake_result(tmp_path, "ls", 1, 39.0),
+             ("labo", 1, 1.15): fake_result(tmp_path, "labo", 1, 40.0, command=[
+                 "fairseq-train", "/x/data-bin/multi30k.de-en", "--arch", "transformer", "--criterion", "label_smoothed_labo"])}
+    with pytest.raises(compare.ReportError, match=r"labo-tau1.15/seed1.json and .*ls/seed1.json were trained with "
+                                                  r"different configs or data"):
+        compare.build_report("multi30k_de_en_small", found, 1.15)
+
+
+def test_protocol_key_ignores_method_seed_and_place():
+    a = ["fairseq-train", "/a/data-bin/m", "--lr", "1e-3", "--criterion", "label_smoothed_labo", "--labo-tau", "1.25",
+         "--label-smoothing", "0.1", "--seed", "3", "--save-dir", "/a/runs/x", "--cpu"]
+    b = ["fairseq-train", "/b/data-bin/m", "--lr", "1e-3", "--criterion", "cross_entropy", "--seed", "1",
+         "--save-dir", "/b/runs/y", "--fp16"]
+    assert compare.protocol_key(a) == compare.protocol_key(b) == ("m", "--lr", "1e-3")
+    assert compare.protocol_key(b[:3] + ["2e-3"]) != compare.protocol_key(b)

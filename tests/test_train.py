@@ -21,12 +21,14 @@ from fairseq.dataclass.utils import convert_namespace_to_omegaconf  # noqa: E402
 from labo_fairseq.train import names, train_command  # noqa: E402
 
 DATASETS = ["iwslt14_de_en", "iwslt14_en_de", "iwslt14_en_fr", "iwslt14_fr_en", "iwslt17_multi",
-            "wmt14_en_de", "wmt14_de_en", "multi30k_de_en", "multi30k_de_en_iwslt"]  # the last two: not the paper's
+            "wmt14_en_de", "wmt14_de_en", "multi30k_de_en", "multi30k_de_en_iwslt",
+            "multi30k_de_en_small"]  # the last three: not the paper's
+PILOTS = ["multi30k_de_en_small_pilot"]  # multi30k_de_en_small with another --max-epoch
 METHODS = ["afl", "ce", "cp", "fl", "labo", "ls"]
 
 
 def test_every_dataset_and_method_has_a_config():
-    assert names("datasets") == sorted(DATASETS) and names("methods") == sorted(METHODS + ["kd"])  # kd: issue 11
+    assert names("datasets") == sorted(DATASETS + PILOTS) and names("methods") == sorted(METHODS + ["kd"])
 
 
 @pytest.mark.parametrize("dataset", DATASETS)
@@ -44,10 +46,13 @@ def test_config_parses_with_fairseq_and_builds_its_criterion(dataset, method, ta
     assert args.save_dir == str(run / "checkpoints")
     if method == "labo":
         assert criterion.tau == (tau or 1.15)
-        assert criterion.warmup_updates == {"wmt": 10000, "iws": 5000, "mul": 200, "mul_iwslt": 120}[
-            dataset[:3] + ("_iwslt" if dataset.endswith("_iwslt") else "")]
-    if dataset.startswith(("iwslt14", "wmt")):
+        expected = {"multi30k_de_en": 200, "multi30k_de_en_iwslt": 120, "multi30k_de_en_small": 570}
+        assert criterion.warmup_updates == expected.get(dataset, 10000 if dataset.startswith("wmt") else 5000)
+    if getattr(args, "eval_bleu", False):  # the validation BLEU that chooses the checkpoint is the test BLEU: on the prepared tokens
+        assert args.eval_tokenized_bleu and args.eval_bleu_detok == "space" and args.eval_bleu_remove_bpe
+    if dataset.startswith(("iwslt14", "wmt")) or dataset in ("multi30k_de_en_iwslt", "multi30k_de_en_small"):
         assert args.eval_bleu and args.best_checkpoint_metric == "bleu"
+    if dataset.startswith(("iwslt14", "wmt")):
         src, tgt = dataset.split("_")[1:]
         assert (args.source_lang, args.target_lang) == (src, tgt)
 

@@ -116,6 +116,15 @@ def test_iwslt14_pipeline_end_to_end_resume_and_no_clobber(iwslt14_standin, tmp_
     m = json.loads((out / "manifest.json").read_text())
     raw = sum(1 for _ in (out / "tmp" / "train.tags.de-en.de").open())
     assert m["counts"]["test"] == 6750
+    # The original references are kept: the XML segments, line-aligned with the prepared test set.
+    assert m["raw_references"]["counts"] == {"test.de": 6750, "test.en": 6750}
+    raw_en = (out / "raw" / "test.en").read_text(encoding="utf-8").splitlines()
+    xml = []
+    for s in ("IWSLT14.TED.dev2010", "IWSLT14.TEDX.dev2012", "IWSLT14.TED.tst2010", "IWSLT14.TED.tst2011",
+              "IWSLT14.TED.tst2012"):
+        xml += list(xml_segments(xz_lines(IWSLT14 / "orig" / "de-en" / f"{s}.de-en.en.xml.xz")))
+    assert raw_en == xml and raw_en[0][0].isupper()  # untokenized, mixed case
+    assert_aligned(raw_en, (out / "tmp" / "test.en").read_text(encoding="utf-8").splitlines())
     assert m["counts"]["valid"] == raw // 23 and m["counts"]["train"] == raw - raw // 23
     assert m["counts_vs_paper"]["checked"] is False  # stand-in data and 800 merges
     assert m["bpe"]["merges"] == 800 and m["tools"]["sacremoses"]
@@ -171,8 +180,11 @@ def test_iwslt17_pipeline_end_to_end(iwslt17_standin):
     for f in ("dict.de.txt", "dict.fr.txt", "dict.en.txt", "train.de-en.de.bin", "train.fr-en.en.bin",
               "valid.fr-en.fr.bin", "test.de-en.en.idx"):
         assert (bin_dir / f).exists(), f
-    # raw, detokenized references are kept for sacrebleu
-    assert len((text / "raw" / "test0.de-en.en").read_text(encoding="utf-8").splitlines()) == 1138
+    # raw, detokenized references are kept for sacrebleu, where evaluate looks for them
+    from labo_fairseq.protocol import dataset_config, raw_reference
+    for src, n in (("de", 1138), ("fr", 1455)):
+        path = raw_reference(text.parent, dataset_config("iwslt17_multi"), "test", src, "en")
+        assert len(path.read_text(encoding="utf-8").splitlines()) == n
 
 
 @binarizes
@@ -193,6 +205,11 @@ def test_wmt14_pipeline_end_to_end(tmp_path):
     assert m["counts"]["test"] == 3003
     assert 0 < m["counts"]["valid"] <= 30 and 2800 < m["counts"]["train"] <= 2973  # every 100th, then cleaned
     assert "@-@" in (tmp_path / "text" / "tmp" / "test.en").read_text(encoding="utf-8")  # tokenizer -a
+    # the original newstest2014 (full) segments are kept, line-aligned with the prepared test set
+    assert m["raw_references"]["counts"] == {"test.en": 3003, "test.de": 3003}
+    raw_de = (tmp_path / "text" / "raw" / "test.de").read_text(encoding="utf-8").splitlines()
+    assert raw_de == text["de"] and raw_de[0] == "Gutach: Noch mehr Sicherheit für Fußgänger"
+    assert_aligned(raw_de, (tmp_path / "text" / "tmp" / "test.de").read_text(encoding="utf-8").splitlines(), "de")
     assert (tmp_path / "bin" / "train.en-de.en.bin").exists() and (tmp_path / "bin" / "dict.de.txt").exists()
 
 
@@ -238,9 +255,41 @@ def test_multi30k_recipe_on_the_official_files(multi30k):
     assert "@@ " in (out / "train.de").read_text(encoding="utf-8")
     assert (dest / "train.de-en.de.bin").is_file() and (dest / "test.de-en.en.idx").is_file()
     assert (dest / "test1.de-en.en.idx").is_file() and (dest / "test2.de-en.de.bin").is_file()
+    # the official files' own text is kept for sacreBLEU/chrF, line-aligned with each prepared test set
+    assert m["raw_references"]["counts"] == {"test.de": 1000, "test.en": 1000, "test1.de": 1000, "test1.en": 1000,
+                                             "test2.de": 461, "test2.en": 461}
+    for split, stem in (("test", "test_2016_flickr"), ("test1", "test_2017_flickr"), ("test2", "test_2017_mscoco")):
+        with gzip.open(MULTI30K / f"{stem}.en.gz", "rt", encoding="utf-8") as f:
+            assert (out / "raw" / f"{split}.en").read_text(encoding="utf-8").splitlines() == f.read().splitlines()
+        assert_aligned((out / "raw" / f"{split}.en").read_text(encoding="utf-8").splitlines(),
+                       (out / "tmp" / f"{split}.en").read_text(encoding="utf-8").splitlines())
     again = run_script("-m", "labo_fairseq", "prepare", "multi30k.de-en", "--source", MULTI30K, "--offline",
                        "--out", out, "--dest", dest)
     assert again.returncode == 0 and "already" in (again.stdout + again.stderr).lower()
+
+
+def assert_aligned(raw, tokenized, lang="en"):
+    """Line i of the raw text is line i of the prepared one: same count, and the words of a sample of
+    lines agree once both are lowercased and stripped of punctuation and Moses escapes."""
+    import html
+
+    assert len(raw) == len(tokenized)
+
+    def words(line):
+        return re.findall(r"\w+", html.unescape(line.replace("@-@", "-")).lower())
+
+    for i in range(0, len(raw), max(1, len(raw) // 50)):
+        assert words(raw[i]) == words(tokenized[i]), (i, raw[i], tokenized[i])
+
+
+def test_a_raw_reference_of_another_length_stops_prepare(tmp_path):
+    from labo_fairseq.prepare.common import check_raw, keep_raw
+    from labo_fairseq.prepare.pipeline import PrepareError
+
+    keep_raw(tmp_path, "test", "en", ["a", "b"])
+    write(tmp_path / "test.en", ["a", "b", "c"])
+    with pytest.raises(PrepareError, match=r"raw/test.en: 2 lines but the prepared test set .*test.en has 3"):
+        check_raw(tmp_path, ("test",), ("en",))
 
 
 def xz_free_first_line(path):
