@@ -275,6 +275,41 @@ class Compare:
         return True
 
 
+def plateau_epoch(curves: Dict[str, List[Dict]], window: int = 10, gain: float = 0.2, step: int = 5) -> Optional[int]:
+    """The pilot's rule: the first epoch E at which, for every curve, the best validation BLEU up to E
+    is less than ``gain`` above the best up to E − ``window``; rounded up to a multiple of ``step``.
+    None while some curve has not reached it."""
+    found = []
+    for rows in curves.values():
+        best, e_found = {}, None
+        for r in sorted(rows, key=lambda r: r["epoch"]):
+            best[r["epoch"]] = max(r["bleu"], best.get(r["epoch"] - 1, float("-inf")))
+            e = r["epoch"]
+            if e - window in best and best[e] - best[e - window] < gain:
+                e_found = e
+                break
+        if e_found is None:
+            return None
+        found.append(e_found)
+    e = max(found)
+    return -(-e // step) * step
+
+
+def curves(c: "Compare") -> Dict:
+    """Validation BLEU and NLL per epoch of every run present (from its train.log), and the pilot's rule."""
+    from labo_fairseq.io import validation_curve
+
+    out = {}
+    for m, s, t in c.runs():
+        rows = validation_curve(run_dir(c.roots.runs, c.dataset, m, s, t) / "train.log")
+        if rows:
+            out[f"{m} seed {s}"] = [{"epoch": r["epoch"], "updates": r.get("updates"), "bleu": r.get("bleu"),
+                                     "nll_loss": r.get("nll_loss")} for r in rows if r.get("bleu") is not None]
+    return {"dataset": c.dataset, "curves": out, "plateau_epoch": plateau_epoch(out) if out else None,
+            "rule": "first epoch E where, for every run, best valid BLEU up to E is < 0.2 above the best up to "
+                    "E - 10; rounded up to a multiple of 5"}
+
+
 def _load(path: Path) -> Dict:
     r = json.loads(path.read_text(encoding="utf-8"))
     r["_path"] = str(path)
@@ -440,6 +475,9 @@ def main(argv=None, prog="labo-fairseq compare") -> int:
     ap.add_argument("--bootstrap-samples", type=int, default=1000, help="bootstrap resamples (default 1000)")
     ap.add_argument("--report", action="store_true",
                     help="only build the report from the results present (n per cell shown), train nothing")
+    ap.add_argument("--curves", action="store_true",
+                    help="print the runs' validation curves (BLEU, NLL per epoch) and the pilot's epoch rule, "
+                         "into RESULTS/compare/DATASET_curves.json")
     ap.add_argument("--no-analysis", action="store_true", help="stop after the report")
     ap.add_argument("--tiny", action="store_true", help="a tiny model and a few updates: the code path on CPU in minutes")
     ap.add_argument("--cpu", action="store_true", help="train and decode on CPU even with a GPU")
@@ -468,6 +506,14 @@ def main(argv=None, prog="labo-fairseq compare") -> int:
         c.say("SIGTERM: stopping the runs (each resumes from its last checkpoint next time)")
 
     signal.signal(signal.SIGTERM, on_sigterm)
+    if a.curves:
+        cur = curves(c)
+        path = write_json(c.roots.results / "compare" / f"{c.dataset}_curves.json", cur)
+        for name, rows in cur["curves"].items():
+            print(f"{name}: " + " ".join(f"{r['epoch']}:{r['bleu']:.2f}" for r in rows))
+        print(f"plateau epoch by the rule: {cur['plateau_epoch'] or 'not yet reached'} ({cur['rule']})")
+        c.say(f"curves {path}")
+        return 0
     if a.report:
         try:
             rep = c.report()

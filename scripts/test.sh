@@ -18,4 +18,4 @@ fi
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 bash "$repo/scripts/install.sh"  # a finished .venv is reused in seconds
 cd "$repo"
-exec "$repo/.venv/bin/python" -m pytest -q "$@"
+exec "$repo/.venv/bin/python" -m pytest -q -rs "$@"  # -rs: every skip with its reason

@@ -23,11 +23,14 @@ LIGHT = [
 
 @pytest.mark.parametrize("args", LIGHT, ids=lambda a: " ".join(a[:2]))
 def test_tables_and_dry_runs_import_neither_torch_nor_fairseq(args, tmp_path):
-    code = ("import sys\nfrom labo_fairseq.cli import main\ntry:\n    main(sys.argv[1:])\nexcept SystemExit:\n    pass\n"
-            "print('LOADED', [m for m in ('torch', 'fairseq') if m in sys.modules], file=sys.stderr)")
+    code = ("import sys\nfrom labo_fairseq.cli import main\ntry:\n    status = main(sys.argv[1:])\n"
+            "except SystemExit as e:\n    status = e.code\n"
+            "print('LOADED', [m for m in ('torch', 'fairseq') if m in sys.modules], file=sys.stderr)\n"
+            "sys.exit(status or 0)")
     proc = subprocess.run([sys.executable, "-c", code, *args], cwd=tmp_path, capture_output=True, text=True,
                           env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"})
     assert "LOADED []" in proc.stderr, proc.stderr[-2000:]
+    assert proc.returncode == 0, proc.stderr[-2000:]  # a dry run that dies on an argparse error fails here
 
 
 def test_listing_and_unknown_names():

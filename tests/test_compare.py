@@ -163,3 +163,16 @@ def test_protocol_key_ignores_method_seed_and_place():
          "--save-dir", "/b/runs/y", "--fp16"]
     assert compare.protocol_key(a) == compare.protocol_key(b) == ("m", "--lr", "1e-3")
     assert compare.protocol_key(b[:3] + ["2e-3"]) != compare.protocol_key(b)
+
+
+def test_plateau_rule_of_the_pilot():
+    def curve(values):
+        return [{"epoch": i + 1, "bleu": v} for i, v in enumerate(values)]
+
+    rising = curve([10 + i for i in range(30)])
+    flat_at_12 = curve([10 + min(i, 11) * 2 for i in range(30)])  # best 32 from epoch 12 on
+    assert compare.plateau_epoch({"ce": flat_at_12}) == 25  # epoch 22: 32 - 32 < 0.2, rounded up to 25
+    assert compare.plateau_epoch({"ce": flat_at_12, "ls": rising}) is None  # LS still rising
+    noisy = curve([20, 25, 30, 29, 31, 30.5, 31.1, 30, 31.15, 30.9, 31.1, 31.2, 31.0, 31.1, 31.25, 31.2, 31.2])
+    assert compare.plateau_epoch({"ls": noisy[:16]}) is None  # epoch 16: 31.25 vs 31.0 at 6: +0.25
+    assert compare.plateau_epoch({"ls": noisy}) == 20  # epoch 17: 31.25 vs 31.1 at 7: +0.15
