@@ -39,7 +39,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 from labo_fairseq import stats as S
 from labo_fairseq.io import atomic_open, cuda_visible, write_json
 from labo_fairseq.protocol import (
-    RUN_MARKER, Roots, absolute, dataset_config, method_config, names, result_path, run_dir,
+    RUN_MARKER, Roots, absolute, dataset_config, method_config, names, result_path, run_dir, tiny_model,
 )
 
 DATASET = "multi30k_de_en_iwslt"
@@ -50,10 +50,7 @@ PAIRS = (("ls", "ce"), ("labo", "ls"))
 MIN_SEEDS = 3
 NOT_FINISHED = 3  # exit status: call again to continue
 # --tiny: a 1-layer model for a few updates, short outputs: the code path in minutes on 2 CPU cores.
-TINY_TRAIN = ["--arch", "transformer", "--encoder-layers", "1", "--decoder-layers", "1", "--encoder-embed-dim", "32",
-              "--decoder-embed-dim", "32", "--encoder-ffn-embed-dim", "64", "--decoder-ffn-embed-dim", "64",
-              "--encoder-attention-heads", "2", "--decoder-attention-heads", "2", "--share-all-embeddings",
-              "--max-tokens", "2000", "--max-update", "24", "--warmup-updates", "8",
+TINY_TRAIN = [*tiny_model(), "--share-all-embeddings", "--max-tokens", "2000", "--max-update", "24", "--warmup-updates", "8",
               "--lr", "2e-3", "--save-interval-updates", "8",
               "--eval-bleu-args", '{"beam": 1, "max_len_a": 0, "max_len_b": 12}']
 TINY_DECODE = ["--max-len-a", "0", "--max-len-b", "12"]

@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Dict, List, Optional
 
 from labo_fairseq import io
+from labo_fairseq.protocol import tiny_model
 
 REPO = Path(__file__).resolve().parents[1]
 USER_DIR = Path(__file__).resolve().parent
@@ -47,10 +48,7 @@ TRAIN_COMMON = ["--task", "translation", "--optimizer", "adam", "--adam-betas", 
                 "--warmup-init-lr", "1e-7", "--dropout", "0.3", "--weight-decay", "0.0001",
                 "--log-format", "json", "--disable-validation", "--no-epoch-checkpoints", "--seed", "1"]
 GPU_MODEL = ["--arch", "transformer_iwslt_de_en", "--share-decoder-input-output-embed", "--max-tokens", "4096"]
-TINY_MODEL = ("--arch transformer --encoder-layers 1 --decoder-layers 1 --encoder-embed-dim 32 "
-              "--decoder-embed-dim 32 --encoder-ffn-embed-dim 64 --decoder-ffn-embed-dim 64 "
-              "--encoder-attention-heads 2 --decoder-attention-heads 2 --share-all-embeddings "
-              "--max-tokens 1000 --num-workers 0 --cpu").split()
+TINY_MODEL = [*tiny_model(), "--share-all-embeddings", "--max-tokens", "1000", "--num-workers", "0", "--cpu"]
 CRITERIA = {
     "ls": ["--criterion", "label_smoothed_cross_entropy", "--label-smoothing", "0.1"],
     "labo": ["--criterion", "label_smoothed_labo", "--labo-tau", "1.15", "--labo-warmup-updates", "0"],

@@ -85,6 +85,17 @@ def raw_reference(text_root: Path, ds: Dict, subset: str, src: str, tgt: str) ->
     return Path(text_root) / ds["data"] / pattern.format(subset=subset, src=src, tgt=tgt)
 
 
+def tiny_model(dim: int = 32, heads: int = 2, arch: bool = True) -> List[str]:
+    """The tiny transformer of the tests and of the ``--tiny`` paths (one definition): 1 encoder and
+    1 decoder layer, embeddings ``dim``, FFN ``2·dim``, ``heads`` heads; ``arch=False`` keeps the
+    dataset config's architecture and overrides its size only."""
+    out = ["--arch", "transformer"] if arch else []
+    for side in ("encoder", "decoder"):
+        out += [f"--{side}-layers", "1", f"--{side}-embed-dim", str(dim), f"--{side}-ffn-embed-dim", str(2 * dim),
+                f"--{side}-attention-heads", str(heads)]
+    return out
+
+
 def run_tag(method: str, tau: Optional[float]) -> str:
     return method if tau is None else f"{method}-tau{tau:g}"
 

@@ -183,8 +183,9 @@ def column_titles(dataset: str, keys: Sequence[str]) -> List[str]:
     return [(f"{k.split('.')[0]} " if several else "") + test_set_name(dataset, k) for k in keys]
 
 
-def _key_order(key: str) -> Tuple[str, int]:
-    return key.split(".")[0], 0 if "." not in key else 1
+def _key_order(key: str) -> Tuple[str, int, str]:
+    """The test set first, then the extra test sets by name."""
+    return key.split(".")[0], 0 if "." not in key else 1, key
 
 
 # LS against CE, and LABO against LS: the comparisons the project exists for.

@@ -9,7 +9,7 @@ import pytest
 from tests.helpers import IWSLT, IWSLT17, MULTI30K, TINY, cli, fairseq, talk_text, write
 
 # Fixtures that run fairseq: every test using one is in the slow tier.
-FAIRSEQ_FIXTURES = {"data_bin", "tiny_checkpoint", "iwslt17_standin", "multi30k"}
+FAIRSEQ_FIXTURES = {"data_bin", "tiny_checkpoint", "tiny_checkpoint_early", "iwslt17_standin", "multi30k"}
 
 
 def pytest_collection_modifyitems(items):
@@ -45,12 +45,21 @@ def data_bin(small_text):
 
 @pytest.fixture(scope="session")
 def tiny_checkpoint(data_bin, tmp_path_factory):
-    """A tiny transformer trained with LABO for 40 updates (warm-up 20) on the small data-bin."""
+    """A tiny transformer trained with LABO for 40 updates (warm-up 20) on the small data-bin; its
+    checkpoint at update 20 is :func:`tiny_checkpoint_early`."""
     ck = tmp_path_factory.mktemp("tiny_ck")
     fairseq("train", data_bin, "--user-dir", "labo_fairseq", "--task", "translation", *TINY,
             "--criterion", "label_smoothed_labo", "--labo-warmup-updates", "20", "--max-update", "40",
-            "--save-dir", ck, "--disable-validation")
+            "--save-interval-updates", "20", "--save-dir", ck, "--disable-validation")
     return ck / "checkpoint_last.pt"
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint_early(tiny_checkpoint):
+    """The same run at update 20: a second, different checkpoint where two systems are compared."""
+    early = sorted(tiny_checkpoint.parent.glob("checkpoint_*_20.pt"))
+    assert early, f"no update-20 checkpoint in {tiny_checkpoint.parent}"
+    return early[0]
 
 
 @pytest.fixture(scope="session")

@@ -7,17 +7,16 @@ import subprocess
 import sys
 from pathlib import Path
 
+from labo_fairseq.protocol import tiny_model
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("LABO_SHARED_DATA", REPO.parent / "shared" / "data"))
 IWSLT = SHARED / "iwslt14.de-en" / "fairseq-tokenized"
 IWSLT17 = SHARED / "iwslt17" / "2017-01-ted-test"
 MULTI30K = SHARED / "multi30k" / "task1" / "raw"
 
-TINY = ("--arch transformer --encoder-layers 1 --decoder-layers 1 --encoder-embed-dim 32 "
-        "--decoder-embed-dim 32 --encoder-ffn-embed-dim 64 --decoder-ffn-embed-dim 64 "
-        "--encoder-attention-heads 2 --decoder-attention-heads 2 --share-all-embeddings "
-        "--optimizer adam --lr 2e-3 --max-tokens 1000 --log-format json --log-interval 1 "
-        "--cpu --seed 1 --no-epoch-checkpoints --num-workers 0").split()
+TINY = [*tiny_model(), *("--share-all-embeddings --optimizer adam --lr 2e-3 --max-tokens 1000 --log-format json --log-interval 1 "
+        "--cpu --seed 1 --no-epoch-checkpoints --num-workers 0").split()]
 
 
 def fairseq(tool, *args, check=True, env=None):

@@ -17,13 +17,12 @@ from fairseq import checkpoint_utils, models  # noqa: E402
 from fairseq.data import Dictionary  # noqa: E402
 
 from labo_fairseq import losses  # noqa: E402
+from labo_fairseq.protocol import tiny_model  # noqa: E402
 from tests.helpers import write_dictionaries  # noqa: E402
 from labo_fairseq.distillation import WordDistillationCriterion  # noqa: E402
 from tests.test_criteria import NSYM, FixedLogitModel, build, make_sample, reduce_logs  # noqa: E402,F401
 
-TINY_ARCH = ["--arch", "transformer", "--encoder-layers", "1", "--decoder-layers", "1", "--encoder-embed-dim", "8",
-             "--decoder-embed-dim", "8", "--encoder-ffn-embed-dim", "16", "--decoder-ffn-embed-dim", "16",
-             "--encoder-attention-heads", "1", "--decoder-attention-heads", "1"]
+TINY_ARCH = tiny_model(8, heads=1)
 
 
 @pytest.fixture(scope="module")

@@ -19,6 +19,7 @@ import pytest
 
 pytest.importorskip("fairseq", reason="fairseq is not installed (scripts/install.sh)")
 
+from labo_fairseq.protocol import tiny_model  # noqa: E402
 from tests.helpers import REPO, SHARED, fairseq, train_log  # noqa: E402
 
 MULTI30K = SHARED / "multi30k" / "task1" / "raw"
@@ -27,11 +28,9 @@ pytestmark = [
     pytest.mark.skipif(not MULTI30K.is_dir(), reason=f"real data not found at {MULTI30K} (set LABO_SHARED_DATA)"),
 ]
 
-ARCH = "--encoder-layers 1 --decoder-layers 1 --encoder-attention-heads 2 --decoder-attention-heads 2".split()
-TEACHER = ARCH + ("--encoder-embed-dim 32 --decoder-embed-dim 32 --encoder-ffn-embed-dim 64 "
-                  "--decoder-ffn-embed-dim 64 --max-update 16").split()
+TEACHER = tiny_model(32, arch=False) + ["--max-update", "16"]
 # smaller than the teacher, as configs/student.yaml is relative to the real teacher
-STUDENT = ARCH + "--encoder-embed-dim 16 --decoder-embed-dim 16 --encoder-ffn-embed-dim 32 --decoder-ffn-embed-dim 32".split()
+STUDENT = tiny_model(16, arch=False)
 COMMON = "--max-tokens 1000 --warmup-updates 5 --log-interval 1".split()
 GEN = ["--max-len-b", "20"]
 

@@ -9,15 +9,14 @@ import subprocess
 
 import pytest
 
+from labo_fairseq.protocol import tiny_model
 from tests.helpers import REPO, cli
 from labo_fairseq import bleu as B
 
 pytest.importorskip("fairseq", reason="fairseq is not installed (scripts/install.sh)")
 pytestmark = pytest.mark.slow
 
-MODEL = ("--encoder-layers 1 --decoder-layers 1 --encoder-embed-dim 32 --decoder-embed-dim 32 "
-         "--encoder-ffn-embed-dim 64 --decoder-ffn-embed-dim 64 --encoder-attention-heads 2 "
-         "--decoder-attention-heads 2 --lr 2e-3 --warmup-updates 5 --max-tokens 1000 --num-workers 0 "
+MODEL = tiny_model(arch=False) + ("--lr 2e-3 --warmup-updates 5 --max-tokens 1000 --num-workers 0 "
          "--log-interval 1").split()
 TINY = ["--arch", "transformer", "--share-all-embeddings", *MODEL,
         "--eval-bleu-args", '{"beam": 1, "max_len_a": 1.2, "max_len_b": 10}']

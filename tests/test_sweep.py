@@ -14,13 +14,12 @@ from pathlib import Path
 import pytest
 
 from labo_fairseq import sweep
+from labo_fairseq.protocol import tiny_model
 from tests.helpers import REPO, SHARED
 
 MULTI30K = SHARED / "multi30k" / "task1" / "raw"
 # A tiny transformer and few updates on the real Multi30k data: the sweep machinery, not a result.
-TINY_TRAIN = ("--encoder-layers 1 --decoder-layers 1 --encoder-embed-dim 32 --decoder-embed-dim 32 "
-              "--encoder-ffn-embed-dim 64 --decoder-ffn-embed-dim 64 --encoder-attention-heads 2 "
-              "--decoder-attention-heads 2 --max-tokens 1024 --max-update 30 --save-interval-updates 10 "
+TINY_TRAIN = tiny_model(arch=False) + ("--max-tokens 1024 --max-update 30 --save-interval-updates 10 "
               "--no-epoch-checkpoints --log-interval 5").split()
 TINY_EVAL = "--max-len-b 10"
 GRID = ["--datasets", "multi30k_de_en", "--methods", "ls", "labo", "--seeds", "1", "2"]

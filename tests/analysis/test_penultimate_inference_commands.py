@@ -38,10 +38,18 @@ def test_features_are_the_input_of_the_output_projection(data_bin, tiny_checkpoi
     assert torch.allclose(x @ output_embedding(model).T, logits, atol=1e-5)
 
 
-def test_penultimate_command(small_text, data_bin, tiny_checkpoint, tmp_path):
+def row_name(res, row):
+    return next(k for k, v in res["rows"].items() if v is row)
+
+
+def test_penultimate_command(small_text, data_bin, tiny_checkpoint, tiny_checkpoint_early, tmp_path):
     out = tmp_path / "pen"
-    proc = analyze("penultimate", data_bin, "--system", f"A={tiny_checkpoint}", "--system", f"B={tiny_checkpoint}",
+    proc = analyze("penultimate", data_bin, "--system", f"A={tiny_checkpoint_early}", "--system", f"B={tiny_checkpoint}",
                    "--subset", "valid", "--cpu", "--out", out)
+    alone = analyze("penultimate", data_bin, "--system", f"B={tiny_checkpoint}", "--subset", "valid", "--cpu",
+                    "--out", tmp_path / "pen_b")
+    assert alone.returncode == 0
+    res_b = json.loads((tmp_path / "pen_b" / "penultimate.json").read_text())
     res = json.loads((out / "penultimate.json").read_text())
     assert list(res["rows"]) == ["frequent", "similar"]
     gold = Counter(t for line in (small_text / "valid.en").read_text(encoding="utf-8").splitlines() for t in line.split())
@@ -50,7 +58,8 @@ def test_penultimate_command(small_text, data_bin, tiny_checkpoint, tmp_path):
     assert [gold[t] for t in freq] == sorted((gold[t] for t in freq), reverse=True)
     for row in res["rows"].values():
         a, b = row["models"]["A"], row["models"]["B"]
-        assert a == b  # the same checkpoint twice: the same numbers
+        assert a != b  # two checkpoints (updates 20 and 40): their own numbers ...
+        assert b == res_b["rows"][row_name(res, row)]["models"]["B"]  # ... B's as when it is analysed alone
         for space in ("full", "plane"):
             st = a[space]
             assert [st["classes"][t]["count"] for t in row["tokens"]] == [gold[t] for t in row["tokens"]]
