@@ -23,6 +23,7 @@ from typing import Dict, List
 
 from labo_fairseq import kd_runs
 from labo_fairseq.io import (
+    split_extra,
     ToolError, atomic_open, cuda_visible, generate_command, parse_generate, preprocess, run_tool, write_json,
     write_lines,
 )
@@ -166,8 +167,9 @@ def main(argv=None, prog="labo-fairseq distill-data") -> int:
     ap.add_argument("--dry-run", action="store_true", help="print the fairseq commands, run nothing")
     ap.epilog = "Extra fairseq-generate flags go after --, e.g. -- --max-len-b 50 (recorded in distill.json)."
     argv = list(sys.argv[1:] if argv is None else argv)
-    a = ap.parse_args(argv[:argv.index("--")] if "--" in argv else argv)
-    a.generate_args = argv[argv.index("--") + 1:] if "--" in argv else []
+    own, extra = split_extra(argv)
+    a = ap.parse_args(own)
+    a.generate_args = extra
     for flag, v in (("--shards", a.shards), ("--batch-size", a.batch_size), ("--workers", a.workers)):
         if v < 1:
             ap.error(f"{flag} must be >= 1, got {v}")

@@ -32,7 +32,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 from labo_fairseq import bleu as B
 from labo_fairseq.io import (
-    ToolError, atomic_open, cuda_visible, generate_command, parse_generate, read_lines, run_tool, validation_curve, write_json,
+    ToolError, atomic_open, overwrite_refusal, split_extra, cuda_visible, generate_command, parse_generate, read_lines, run_tool, validation_curve, write_json,
     write_lines,
 )
 from labo_fairseq.protocol import (
@@ -207,8 +207,9 @@ def evaluate(a) -> int:
                         f"to score it anyway (the result then says 'training not completed')")
     if not ck.is_file():
         raise EvalError(f"{ck}: no such checkpoint (training not finished? --checkpoint last|PATH)")
-    if out.exists() and not a.force:
-        raise EvalError(f"{out} exists: a finished result is kept; --force to evaluate again and replace it")
+    refusal = overwrite_refusal(out, a.force)
+    if refusal:
+        raise EvalError(refusal)
     if not data.is_dir():
         raise EvalError(f"{data}: no such data-bin directory (--data-root; labo-fairseq prepare makes it)")
     eval_dir = rd / "eval"
@@ -301,9 +302,9 @@ def main(argv=None, prog="labo-fairseq evaluate") -> int:
     ap.add_argument("--dry-run", action="store_true", help="print the fairseq-generate command(s), run nothing")
     ap.epilog = ("Extra fairseq-generate flags go after --, e.g. -- --max-len-b 50 (recorded; the table marks "
                  "such results, since they differ from the paper's decoding).")
-    argv = list(sys.argv[1:] if argv is None else argv)
-    a = ap.parse_args(argv[:argv.index("--")] if "--" in argv else argv)
-    a.generate_args = argv[argv.index("--") + 1:] if "--" in argv else []
+    own, extra = split_extra(sys.argv[1:] if argv is None else argv)
+    a = ap.parse_args(own)
+    a.generate_args = extra
     if a.batch_size < 1:
         ap.error(f"--batch-size must be >= 1, got {a.batch_size}")
     if a.tau is not None and a.method != "labo":

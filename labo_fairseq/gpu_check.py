@@ -436,8 +436,9 @@ def main(argv=None, prog="python -m labo_fairseq.gpu_check") -> int:
             print(shlex.join(["fairseq-generate", *plan.generate_args()]))
         return 0
     dest = a.out / f"gpu_check-{kind}.json"
-    if dest.exists() and not a.force:
-        print(f"{prog}: error: {dest} exists; pass --force to overwrite it", file=sys.stderr)
+    refusal = io.overwrite_refusal(dest, a.force)
+    if refusal:
+        print(f"{prog}: error: {refusal}", file=sys.stderr)
         return 2
     if {"training", "decoding"} & set(a.parts):
         missing = [p for p in (a.data_bin / f"dict.{a.source_lang}.txt", a.data_bin / f"dict.{a.target_lang}.txt")

@@ -277,3 +277,20 @@ def validation_curve(train_log: Path) -> List[Dict]:
             row["updates"] = int(row.pop("num_updates"))
         out.append(row)
     return out
+
+
+def split_extra(argv: Sequence[str]) -> "tuple[List[str], List[str]]":
+    """A command's own arguments and the tool's after the first ``--`` (``[]`` without one)."""
+    argv = list(argv)
+    if "--" not in argv:
+        return argv, []
+    i = argv.index("--")
+    return argv[:i], argv[i + 1:]
+
+
+def overwrite_refusal(path: Path, force: bool) -> Optional[str]:
+    """Why ``path`` may not be written (it exists and ``--force`` was not given), else None: no
+    command overwrites a finished output without ``--force``."""
+    if Path(path).exists() and not force:
+        return f"{path} exists; --force to replace it (a finished output is kept)"
+    return None

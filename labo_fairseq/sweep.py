@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 from labo_fairseq import protocol
+from labo_fairseq.io import split_extra
 from labo_fairseq.protocol import CONFIGS, add_root_arguments, method_config, names, read_config, run_tag
 
 SWEEP_DIR = ".sweep"
@@ -416,8 +417,8 @@ def sweep_main(argv: List[str], prog: str) -> int:
     ap.epilog = ("Extra fairseq-train flags go after --; each cell's train command gets them (recorded; the tables "
                  "mark such runs with †).\nFinished cells (result JSON) are skipped; queued or running ones are "
                  "not submitted again;\na run without result resumes from its checkpoint_last.pt.")
-    train_args = argv[argv.index("--") + 1:] if "--" in argv else []
-    a = ap.parse_args(argv[:argv.index("--")] if "--" in argv else argv)
+    own, train_args = split_extra(argv)
+    a = ap.parse_args(own)
     try:
         given = [o for o in SLURM_OPTIONS if getattr(a, o) is not None]
         if a.launcher == "local" and given:

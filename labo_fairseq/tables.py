@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from labo_fairseq import stats as S
+from labo_fairseq.io import overwrite_refusal
 from labo_fairseq.protocol import absolute
 
 # The paper's numbers (Lu et al., Table 1 and Table 2; restated in ../shared/design/method.md):
@@ -344,8 +345,9 @@ def main(argv=None, prog="labo-fairseq tables") -> int:
     a.results = absolute(a.results) if a.results else absolute(a.root or ".") / "results"
     if not a.results.is_dir():
         ap.error(f"{a.results}: no such directory (the evaluate command writes results there)")
-    if a.out and a.out.exists() and not a.force:
-        ap.error(f"{a.out} exists; --force to replace it")
+    refusal = a.out and overwrite_refusal(a.out, a.force)
+    if refusal:
+        ap.error(refusal)
     results = load_results(a.results)
     text = (build_distillation(results, a.metric, a.dataset) if a.view == "distillation"
             else build(results, a.metric, a.dataset, a.significance))

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import List, Optional, Tuple
 
-from labo_fairseq.io import USER_DIR, fairseq_command, run_logged, write_json
+from labo_fairseq.io import USER_DIR, fairseq_command, run_logged, split_extra, write_json
 from labo_fairseq.protocol import (
     RUN_MARKER, Roots, add_root_arguments, common_config, dataset_config, flags, method_config, names, run_dir,
 )
@@ -207,8 +207,8 @@ def main(argv=None, prog="labo-fairseq train") -> int:
     t.epilog = ("Extra fairseq-train flags go after --, e.g. -- --max-update 100 (they come last, so they win).\n"
                 "An existing run directory is resumed from its checkpoint_last.pt; --force starts over.")
     argv = list(sys.argv[1:] if argv is None else argv)
-    extra = argv[argv.index("--") + 1:] if "--" in argv else []
-    a = t.parse_args(argv[:argv.index("--")] if "--" in argv else argv)
+    own, extra = split_extra(argv)
+    a = t.parse_args(own)
     a.fairseq_args = extra
     return cmd_train(a)
 

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Dict, List, Sequence
 
 from labo_fairseq.analysis import plots
+from labo_fairseq.io import overwrite_refusal
 
 
 def summary(values: Sequence[float], bins: int = 20) -> Dict:
@@ -54,8 +55,9 @@ def main(argv=None, prog="labo-fairseq analyze beam-probs") -> int:
 
     require_inputs(ap, dirs=[args.data_bin], files=[args.splits])
     out_json = args.out / "beam_probs.json"
-    if out_json.exists() and not args.force:
-        ap.error(f"{out_json} exists; --force to overwrite")
+    refusal = overwrite_refusal(out_json, args.force)
+    if refusal:
+        ap.error(refusal)
     systems = {}
     for spec in args.system:
         name, _, path = spec.partition("=")

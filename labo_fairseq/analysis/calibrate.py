@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from labo_fairseq.io import overwrite_refusal
 from labo_fairseq.analysis import plots
 from labo_fairseq.analysis.calibration import TemperatureScan, ece_from_reliability, temperature_grid
 
@@ -68,8 +69,9 @@ def main(argv=None, prog="labo-fairseq analyze calibrate") -> int:
 
     require_inputs(ap, dirs=[args.data_bin], files=[args.path])
     out_json = args.out / "calibration.json"
-    if out_json.exists() and not args.force:
-        ap.error(f"{out_json} exists; --force to overwrite")
+    refusal = overwrite_refusal(out_json, args.force)
+    if refusal:
+        ap.error(refusal)
 
     model, task = load(args.path, args.data_bin, args.cpu)
     grid = sorted(set(temperature_grid(args.t_min, args.t_max, args.t_step)) | {1.0})

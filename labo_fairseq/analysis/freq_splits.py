@@ -22,6 +22,7 @@ from typing import Dict, List, Sequence, Tuple
 
 import sacrebleu
 
+from labo_fairseq.io import overwrite_refusal
 from labo_fairseq.io import parse_generate, require_inputs, write_json
 from labo_fairseq.provenance import record
 
@@ -94,8 +95,9 @@ def main(argv=None, prog="labo-fairseq analyze freq-splits") -> int:
         ap.error("--parts must be >= 1 and --split-size >= 0")
     require_inputs(ap, files=[args.train_src, args.src, args.ref])
     out_json = args.out / "freq_splits.json"
-    if out_json.exists() and not args.force:
-        ap.error(f"{out_json} exists; --force to overwrite")
+    refusal = overwrite_refusal(out_json, args.force)
+    if refusal:
+        ap.error(refusal)
     src = args.src.read_text(encoding="utf-8").splitlines()
     systems, refs = {}, []
     for spec in args.system:

@@ -24,6 +24,7 @@ from collections import Counter
 from pathlib import Path
 from typing import Dict, List
 
+from labo_fairseq.io import overwrite_refusal
 from labo_fairseq.analysis import plots, ter
 from labo_fairseq.analysis.calibration import TemperatureScan, ece_from_reliability, reliability, temperature_grid
 
@@ -126,8 +127,9 @@ def main(argv=None, prog="labo-fairseq analyze inference-calibration") -> int:
 
     require_inputs(ap, dirs=[args.data_bin], files=[args.path, args.train_tgt])
     out_json = args.out / "inference_calibration.json"
-    if out_json.exists() and not args.force:
-        ap.error(f"{out_json} exists; --force to overwrite")
+    refusal = overwrite_refusal(out_json, args.force)
+    if refusal:
+        ap.error(refusal)
 
     model, task = load(args.path, args.data_bin, args.cpu)
     grid = sorted(set(temperature_grid(args.t_min, args.t_max, args.t_step)) | {1.0})

@@ -28,6 +28,8 @@ from typing import Dict, List, Sequence, Tuple
 import torch
 from torch import Tensor
 
+from labo_fairseq.io import overwrite_refusal
+
 # Function words of the target languages of the configs, not "content" tokens (words that are also
 # English content words, as German "man" and "war", are left out).
 STOPWORDS = set("""
@@ -240,8 +242,9 @@ def main(argv=None, prog="labo-fairseq analyze penultimate") -> int:
             ap.error(f"--system {name} given twice")
         systems[name] = Path(path)
     out_json = args.out / "penultimate.json"
-    if out_json.exists() and not args.force:
-        ap.error(f"{out_json} exists; --force to overwrite")
+    refusal = overwrite_refusal(out_json, args.force)
+    if refusal:
+        ap.error(refusal)
 
     models = {name: load(path, args.data_bin, args.cpu) for name, path in systems.items()}
     first_task = next(iter(models.values()))[1]
