@@ -242,6 +242,8 @@ class Compare:
         text = self.roots.text / DATA / "tmp"
         cpu = [] if self.gpu else ["--cpu"]
         small = ["--max-tokens", "2000"] if self.a.tiny else []
+        coarse = ["--t-step", "0.1"] if self.a.tiny else []  # --tiny: a coarser temperature grid, the short test set
+        gen = ["--gen-subset", "test2" if self.a.tiny else "test"]
         systems = [f"--system={NAMES.get(m, m)}={ck[m]}" for m in self.methods]
         steps = [
             (out / "freq" / "freq_splits.json",
@@ -257,11 +259,11 @@ class Compare:
               "--out", str(out / "penultimate"), *cpu]),
         ] + [(out / f"calibration_{m}" / "calibration.json",
               [*self.lf, "analyze", "calibrate", str(self.data), "--path", str(ck[m]), "--subset", "valid",
-               "--out", str(out / f"calibration_{m}"), *cpu]) for m in self.methods
+               "--out", str(out / f"calibration_{m}"), *cpu, *coarse]) for m in self.methods
              ] + [(out / "inference_calibration" / m / "inference_calibration.json",
                    [*self.lf, "analyze", "inference-calibration", str(self.data), "--path", str(ck[m]),
-                    "--name", NAMES.get(m, m), "--subset", "valid", "--gen-subset", "test",
-                    "--train-tgt", str(text / "train.en"), "--out", str(out / "inference_calibration" / m), *cpu])
+                    "--name", NAMES.get(m, m), "--subset", "valid", *gen, "--train-tgt", str(text / "train.en"),
+                    "--out", str(out / "inference_calibration" / m), *cpu, *coarse])
                   for m in self.methods]
         for done, cmd in steps:
             if done.is_file():
