@@ -39,7 +39,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 from labo_fairseq import stats as S
 from labo_fairseq.io import atomic_open, cuda_visible, write_json
 from labo_fairseq.protocol import (
-    RUN_MARKER, Roots, absolute, dataset_config, method_config, names, result_path, run_dir, tiny_model,
+    Roots, absolute, dataset_config, method_config, names, result_path, run_dir, tiny_model,
+    training_completed,
 )
 
 DATASET = "multi30k_de_en_iwslt"
@@ -133,8 +134,7 @@ class Compare:
         return cmd + (["--", *TINY_DECODE] if self.a.tiny else [])
 
     def finished(self, method: str, seed: int, tau: Optional[float]) -> bool:
-        marker = run_dir(self.roots.runs, self.dataset, method, seed, tau) / RUN_MARKER
-        return marker.is_file() and "completed" in json.loads(marker.read_text())
+        return training_completed(run_dir(self.roots.runs, self.dataset, method, seed, tau))
 
     def result(self, method: str, seed: int, tau: Optional[float]) -> Path:
         return result_path(self.roots.results, self.dataset, method, seed, tau)

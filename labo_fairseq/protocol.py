@@ -78,6 +78,15 @@ def directions(ds: Dict) -> List[Tuple[str, str]]:
     return [(ds["source_lang"], ds["target_lang"])]
 
 
+def training_completed(run: Path) -> bool:
+    """Whether ``labo-fairseq train`` finished the run in directory ``run`` (``completed`` in its
+    run.json: fairseq reached --max-epoch/--max-update): the one marker of a finished training."""
+    import json
+
+    marker = Path(run) / RUN_MARKER
+    return marker.is_file() and "completed" in json.loads(marker.read_text(encoding="utf-8"))
+
+
 def raw_reference(text_root: Path, ds: Dict, subset: str, src: str, tgt: str) -> Path:
     """The original, untokenized target text of a test subset, as ``labo-fairseq prepare`` keeps it:
     ``TEXT_ROOT/DATA/raw/SUBSET.TGT`` (a dataset config's ``raw_references`` pattern overrides it)."""

@@ -39,7 +39,6 @@ from labo_fairseq.io import split_extra
 from labo_fairseq.protocol import CONFIGS, add_root_arguments, method_config, names, read_config, run_tag
 
 SWEEP_DIR = ".sweep"
-TRAINED = "sweep.trained"  # written in the run directory once `train` has finished the cell's training
 SLURM_OPTIONS = ("partition", "account", "qos", "time", "cpus_per_job", "mem_gb", "sbatch", "setup",
                  "array_parallelism", "array_max_size", "max_requeues", "job_name")
 ACTIVE = {"RUNNING": "running", "COMPLETING": "running", "CONFIGURING": "running", "SIGNALING": "running",
@@ -153,10 +152,8 @@ class CellJob:
     def __call__(self, log=None) -> str:
         if self.result.exists():
             return str(self.result)
-        trained = self.run_dir / TRAINED
-        if not trained.exists():  # resuming a finished fairseq run would train one update more
+        if not protocol.training_completed(self.run_dir):  # resuming a finished run would train one update more
             _run(self.train, log, "train")
-            trained.write_text(datetime.datetime.now(datetime.timezone.utc).isoformat() + "\n")
         _run(self.evaluate, log, "evaluate")
         return str(self.result)
 
@@ -471,7 +468,7 @@ def _submit(a, prog: str, cells: List[Cell], roots: Roots, train_args: List[str]
             rec = records[cell.tag]
             print(f"# {cell.label()}: {active} as {rec['launcher']} job {rec.get('job_id', rec.get('pid'))}; skipped")
             continue
-        what = ("evaluate only (trained)" if (rd / TRAINED).exists() else
+        what = ("evaluate only (trained)" if protocol.training_completed(rd) else
                 "resume from checkpoint_last.pt" if (rd / "checkpoints" / "checkpoint_last.pt").exists() else
                 "resume (run directory exists)" if rd.exists() else "new")
         print(f"# {cell.label()}: {what}")

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from labo_fairseq import sweep
+from labo_fairseq import protocol, sweep
 from labo_fairseq.protocol import tiny_model
 from tests.helpers import REPO, SHARED
 
@@ -280,7 +280,7 @@ def test_slurm_sweep_with_preemption_and_resubmission(capsys, tmp_path, monkeypa
     tag = "multi30k_de_en/ls/seed1"
     run = tmp_path / "runs" / tag
     _wait(lambda: (run / "checkpoints" / "checkpoint_last.pt").exists(), 900, f"{tag}'s first checkpoint")
-    assert not (run / sweep.TRAINED).exists(), "training finished before the requeue: raise --max-update"
+    assert not protocol.training_completed(run), "training finished before the requeue: raise --max-update"
     job = jobs[tag]["job_id"]
     subprocess.run(["scontrol", "requeue", job], check=True, timeout=60)
     # SLURM holds a requeued job for a while (BeginTime, set once it is pending again); release it
