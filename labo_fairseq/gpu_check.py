@@ -7,7 +7,7 @@ JSON to ``results/gpu/`` (under the working directory, or ``--out``).
   python -m labo_fairseq.gpu_check --dry-run                               # the fairseq commands
 
 Parts (docs/gpu.md says what each figure means):
-1. correctness: ``tests/gpu`` with pytest (``-m gpu`` on CUDA, the CPU parameters otherwise);
+1. correctness: :mod:`labo_fairseq.device_checks` with pytest (``-m gpu`` on CUDA, the CPU parameters otherwise);
 2. criterion benchmark (:mod:`labo_fairseq.bench`): time / LS with CUDA events, allocator peak memory;
 3. training: fairseq-train ``transformer_iwslt_de_en``, LS vs LABO (warm-up 0) in ``--fp16`` and in
    ``--bf16``: words/s ratio (fairseq's ``wps``, first updates excluded) and peak memory; LABO with
@@ -39,7 +39,7 @@ from labo_fairseq.protocol import tiny_model
 
 REPO = Path(__file__).resolve().parents[1]
 USER_DIR = Path(__file__).resolve().parent
-GPU_TESTS = REPO / "tests" / "gpu"
+GPU_TESTS = Path(__file__).resolve().parent / "device_checks.py"  # shipped in the package
 PEAK_FLAG = "--_fairseq-train-with-peak"  # internal: run fairseq-train under the peak-memory hook
 
 # The paper's optimisation protocol (configs/common.yaml), minus validation: a speed test.
@@ -191,7 +191,7 @@ class Plan:
 
     def pytest_args(self, junit: Path) -> List[str]:
         return [sys.executable, "-m", "pytest", str(GPU_TESTS), "-q", "-p", "no:cacheprovider",
-                "-m", "gpu" if self.cuda else "not gpu", f"--junitxml={junit}"]
+                "-o", "markers=gpu: needs CUDA", "-m", "gpu" if self.cuda else "not gpu", f"--junitxml={junit}"]
 
 
 # ------------------------------------------------------------------------------------ the parts
@@ -225,17 +225,17 @@ def environment(cuda: bool) -> Dict:
 def part_correctness(plan: Plan) -> Dict:
     import xml.etree.ElementTree as ET
 
-    if not GPU_TESTS.is_dir():
-        raise CheckError(f"the GPU tests are not at {GPU_TESTS}: run gpu_check from a checkout of labo-fairseq")
+    if not GPU_TESTS.is_file():
+        raise CheckError(f"the device checks are not at {GPU_TESTS}: reinstall labo-fairseq")
     import importlib.util
 
     if importlib.util.find_spec("pytest") is None:
-        raise CheckError("pytest is not installed, and the correctness part runs tests/gpu with it "
+        raise CheckError("pytest is not installed, and the correctness part runs labo_fairseq.device_checks with it "
                          "(pip install pytest; or --parts bench training decoding)")
     junit = plan.work / "correctness.xml"
     t0 = time.time()
     argv = plan.pytest_args(junit)
-    proc = run_tool(argv, plan.work / "logs" / "pytest.log", cwd=REPO, check=False)
+    proc = run_tool(argv, plan.work / "logs" / "pytest.log", cwd=plan.work, check=False)
     if not junit.is_file():
         raise CheckError(f"pytest wrote no report (status {proc.returncode}); see {plan.work / 'logs' / 'pytest.log'}")
     root = ET.parse(junit).getroot()
@@ -428,7 +428,7 @@ def main(argv=None, prog="python -m labo_fairseq.gpu_check") -> int:
         print(f"# {kind} check; training runs under the peak-memory hook: "
               f"{sys.executable} -m labo_fairseq.gpu_check {PEAK_FLAG} PEAK.json -- ARGS")
         if "correctness" in a.parts:
-            print("cd " + shlex.quote(str(REPO)) + " && " + shlex.join(plan.pytest_args(a.work / "correctness.xml")))
+            print(shlex.join(plan.pytest_args(a.work / "correctness.xml")))
         if "training" in a.parts:
             for r in plan.runs():
                 print(shlex.join(["fairseq-train", *r["args"]]))
