@@ -243,7 +243,7 @@ class Compare:
         cpu = [] if self.gpu else ["--cpu"]
         small = ["--max-tokens", "2000"] if self.a.tiny else []
         coarse = ["--t-step", "0.1"] if self.a.tiny else []  # --tiny: a coarser temperature grid, the short test set
-        gen = ["--gen-subset", "test2" if self.a.tiny else "test"]
+        gen = ["--gen-subset", "test2", "--max-len-b", "12"] if self.a.tiny else ["--gen-subset", "test"]
         systems = [f"--system={NAMES.get(m, m)}={ck[m]}" for m in self.methods]
         steps = [
             (out / "freq" / "freq_splits.json",

@@ -114,6 +114,8 @@ def main(argv=None, prog="labo-fairseq analyze inference-calibration") -> int:
     ap.add_argument("--t-max", type=float, default=3.0)
     ap.add_argument("--t-step", type=float, default=0.01, help="temperature grid (default 0.5..3.0 by 0.01)")
     ap.add_argument("--max-tokens", type=int, default=4096)
+    ap.add_argument("--max-len-b", type=int,
+                    help="at most this many tokens per hypothesis (fairseq-generate's --max-len-b; default 200)")
     ap.add_argument("--cpu", action="store_true")
     ap.add_argument("--out", type=Path, required=True, help="output directory (JSON + PNGs)")
     ap.add_argument("--force", action="store_true", help="overwrite an existing inference_calibration.json in --out")
@@ -153,7 +155,8 @@ def main(argv=None, prog="labo-fairseq analyze inference-calibration") -> int:
             continue
         print(f"  decoding {args.gen_subset} with beam {args.beam} at T = {temp:.2f}", file=sys.stderr)
         gen = generate(args.data_bin, args.path, args.gen_subset, args.beam, args.cpu,
-                       extra=["--temperature", temp], max_tokens=args.max_tokens, remove_bpe=False)
+                       extra=["--temperature", temp] + ([] if args.max_len_b is None else ["--max-len-b", args.max_len_b]),
+                       max_tokens=args.max_tokens, remove_bpe=False)
         lab = token_labels(gen)
         rel = reliability(lab["confidence"], lab["correct"], args.n_bins)
         result["inference"][key] = summarise(rel, {
