@@ -13,23 +13,9 @@ import re
 import sys
 from pathlib import Path
 
-import torch
-
 from labo_fairseq.io import overwrite_refusal
 from labo_fairseq.analysis import plots
 from labo_fairseq.analysis.calibration import TemperatureScan, ece_from_reliability, temperature_grid
-
-
-def collect(model, task, subset: str, scan: TemperatureScan, max_tokens: int, cpu: bool) -> None:
-    from labo_fairseq.analysis.fairseq_io import batches
-
-    pad = task.target_dictionary.pad()
-    with torch.no_grad():
-        for sample in batches(model, task, subset, max_tokens, cpu, desc=f"teacher forcing on {subset}"):
-            logits = model(**sample["net_input"])[0]
-            target = sample["target"]
-            keep = target.ne(pad)
-            scan.update(logits[keep], target[keep])
 
 
 def bleu_of(gen) -> float:
@@ -63,7 +49,7 @@ def main(argv=None, prog="labo-fairseq analyze calibrate") -> int:
         ap.error("need --n-bins >= 1 and 0 < --t-min < --t-max, --t-step > 0")
     if any(t <= 0 for t in args.bleu_temperatures):
         ap.error("--bleu-temperatures must be positive")
-    from labo_fairseq.analysis.fairseq_io import generate, load
+    from labo_fairseq.analysis.fairseq_io import collect, generate, load
     from labo_fairseq.io import require_inputs, write_json
     from labo_fairseq.provenance import record
 

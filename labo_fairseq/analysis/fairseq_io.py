@@ -121,3 +121,15 @@ def generate(data_bin: Path, checkpoint: Path, subset: str = "test", beam: int =
                            remove_bpe=bpe if remove_bpe else None, task_args=task_args,
                            cpu=cpu or not torch.cuda.is_available(), extra=extra)
     return run_generate(cmd)
+
+
+def collect(model, task, subset: str, scan, max_tokens: int, cpu: bool) -> None:
+    """Teacher-forced logits of every non-padding target of ``subset`` into ``scan`` (a
+    :class:`labo_fairseq.analysis.calibration.TemperatureScan`)."""
+    pad = task.target_dictionary.pad()
+    with torch.no_grad():
+        for sample in batches(model, task, subset, max_tokens, cpu, desc=f"teacher forcing on {subset}"):
+            logits = model(**sample["net_input"])[0]
+            target = sample["target"]
+            keep = target.ne(pad)
+            scan.update(logits[keep], target[keep])

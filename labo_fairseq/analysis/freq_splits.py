@@ -16,45 +16,14 @@ H- lines, BPE removed, are used, ordered by sentence id; --ref may then be omitt
 
 import argparse
 import sys
-from collections import Counter
 from pathlib import Path
-from typing import Dict, List, Sequence, Tuple
+from typing import Dict, List, Tuple
 
 import sacrebleu
 
-from labo_fairseq.io import overwrite_refusal
-from labo_fairseq.io import parse_generate, require_inputs, write_json
+from labo_fairseq.analysis.frequency import frequency_scores, make_splits, split_names
+from labo_fairseq.io import overwrite_refusal, parse_generate, require_inputs, write_json
 from labo_fairseq.provenance import record
-
-SPLIT_NAMES = ("most frequent", "medium", "least frequent")
-
-
-def frequency_scores(src_lines: Sequence[str], train_src_lines: Sequence[str]) -> List[float]:
-    counts = Counter(tok for line in train_src_lines for tok in line.split())
-    scores = []
-    for line in src_lines:
-        toks = line.split()
-        scores.append(sum(counts[t] for t in toks) / len(toks) if toks else 0.0)
-    return scores
-
-
-def make_splits(scores: Sequence[float], parts: int = 3, split_size: int = 0) -> List[List[int]]:
-    """Sentence indices per part, most frequent first (ties keep the original order)."""
-    order = sorted(range(len(scores)), key=lambda i: -scores[i])
-    if split_size:
-        return [order[k * split_size:(k + 1) * split_size] for k in range(parts) if order[k * split_size:(k + 1) * split_size]]
-    base, extra = divmod(len(order), parts)
-    out, start = [], 0
-    for k in range(parts):
-        end = start + base + (1 if k < extra else 0)
-        out.append(order[start:end])
-        start = end
-    return out
-
-
-def split_names(n: int) -> List[str]:
-    return list(SPLIT_NAMES) if n == 3 else [f"part {k + 1}" for k in range(n)]
-
 
 def read_system(path: Path) -> Tuple[List[str], List[str]]:
     """(hypotheses, references-or-empty) from a plain file or a fairseq-generate output."""

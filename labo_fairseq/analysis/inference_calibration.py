@@ -55,7 +55,7 @@ def frequency_counts(train_tgt: Path, dictionary) -> Counter:
 
 
 def by_frequency(labelled: Dict[str, List], counts: Counter, n_bins: int) -> List[Dict]:
-    from labo_fairseq.analysis.freq_splits import make_splits, split_names
+    from labo_fairseq.analysis.frequency import make_splits, split_names
 
     freq = [float(counts.get(t, 0)) for t in labelled["tokens"]]
     parts = make_splits(freq, 3)
@@ -122,8 +122,7 @@ def main(argv=None, prog="labo-fairseq analyze inference-calibration") -> int:
     args = ap.parse_args(argv)
     if args.n_bins < 1 or not (0 < args.t_min < args.t_max) or args.t_step <= 0 or args.beam < 1:
         ap.error("need --n-bins >= 1, --beam >= 1, 0 < --t-min < --t-max and --t-step > 0")
-    from labo_fairseq.analysis.calibrate import collect
-    from labo_fairseq.analysis.fairseq_io import generate, load
+    from labo_fairseq.analysis.fairseq_io import collect, generate, load
     from labo_fairseq.io import require_inputs, write_json
     from labo_fairseq.provenance import record
 

@@ -12,7 +12,7 @@ from tests.helpers import REPO, png_size
 pytest.importorskip("fairseq", reason="fairseq is not installed (scripts/install.sh)")
 pytest.importorskip("matplotlib")
 
-from labo_fairseq.analysis.freq_splits import frequency_scores, make_splits  # noqa: E402
+from labo_fairseq.analysis.frequency import frequency_scores, make_splits  # noqa: E402
 
 
 def run(module, *args):
