@@ -25,7 +25,7 @@ from labo_fairseq import stats as S
 from labo_fairseq.io import overwrite_refusal
 from labo_fairseq.protocol import absolute
 
-# The paper's numbers (Lu et al., Table 1 and Table 2; restated in ../shared/design/method.md):
+# The paper's numbers (Lu et al., Table 1 and Table 2), the only copy in the package:
 # BLEU, beam 5, mean ± std over seeds (Table 2 gives means only).
 PAPER_TABLE1 = {
     "ce": ["33.9±0.09", "27.8±0.11", "40.0±0.15", "39.0±0.14", "27.1±0.03", "29.8±0.10"],
