@@ -15,6 +15,7 @@ from torch import Tensor
 
 __all__ = [
     "labo_loss",
+    "label_smoothing_loss",
     "confidence_penalty_loss",
     "focal_loss",
     "anti_focal_loss",
@@ -290,6 +291,17 @@ def anti_focal_loss(
 
 
 # --------------------------------------------------------------------------------- distillation
+
+
+def label_smoothing_loss(lprobs, target, epsilon, ignore_index=None, reduce=True):
+    """Uniform label smoothing in fairseq's convention, ``sum_tokens sum_j -q_j log p_j`` with
+    ``q_y = 1 - eps`` and ``q_j = eps/(V-1)`` elsewhere (LABO's warm-up). Hugging Face's
+    ``label_smoothing_factor`` spreads eps over all V classes (``q_y = 1 - eps + eps/V``): the same
+    target as this one with ``eps' = eps (V-1)/V``. eps=0 gives NLL."""
+    check_range("epsilon", epsilon, 0.0, 1.0)
+    pad = _pad_mask(target, ignore_index)
+    loss, nll = _label_smoothed(_work(lprobs), target, float(epsilon))
+    return _finish(loss, nll, pad, reduce, lprobs.dtype)
 
 
 def _label_smoothed(x: Tensor, target: Tensor, epsilon: float) -> Tuple[Tensor, Tensor]:
