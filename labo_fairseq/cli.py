@@ -4,12 +4,13 @@
   labo-fairseq train DATASET METHOD SEED the paper's fairseq-train command for one run
   labo-fairseq evaluate DATASET METHOD SEED   beam-5 test BLEU into results/
   labo-fairseq tables                    Tables 1 and 2 from results/
-  labo-fairseq compare                   LS vs LABO on Multi30k, converged, with significance
+  labo-fairseq compare                   CE, LS and LABO on Multi30k, converged, with significance
   labo-fairseq sweep [status]            every cell of a table as jobs: SLURM (submitit) or this machine
   labo-fairseq distill-data DATASET RUN  sequence-level KD data from a teacher run
   labo-fairseq analyze WHAT              freq-splits | beam-probs | calibrate | penultimate | inference-calibration
   labo-fairseq user-dir                  the directory to pass to fairseq as --user-dir
   labo-fairseq gpu-check                 the one-command GPU check (results/gpu/)
+  labo-fairseq hf-train MODEL_DIR ...    LABO or a baseline for a Hugging Face seq2seq model (labo_fairseq.hf)
 
 Every subcommand has ``--help``; those that start fairseq have ``--dry-run``. Relative paths are
 taken from the working directory (or ``--root`` where a command has it), never from the checkout.
@@ -29,10 +30,11 @@ COMMANDS: Dict[str, Tuple[str, str]] = {
     "train": ("labo_fairseq.train", "train one dataset x method x seed with the paper's settings"),
     "evaluate": ("labo_fairseq.evaluate", "beam-5 test BLEU of a trained run into results/"),
     "tables": ("labo_fairseq.tables", "Tables 1 and 2 (mean ± std over seeds) from results/"),
-    "compare": ("labo_fairseq.compare", "the converged LS-vs-LABO comparison on Multi30k (3 seeds, 3 test sets)"),
+    "compare": ("labo_fairseq.compare", "the converged CE/LS/LABO comparison on Multi30k (3 seeds, 3 test sets)"),
     "distill-data": ("labo_fairseq.distill_data", "sequence-level KD data: a teacher's beam-5 translations of the training set"),
     "sweep": ("labo_fairseq.sweep", "every cell of a table as jobs (SLURM or this machine); sweep status"),
     "user-dir": ("labo_fairseq.cli", "print the directory to pass to fairseq as --user-dir"),
+    "hf-train": ("labo_fairseq.hf_train", "fine-tune a Hugging Face seq2seq model with LABO or a baseline, scored into results/"),
     "gpu-check": ("labo_fairseq.gpu_check", "one-command GPU check: correctness, criterion speed/memory, fp16/bf16 training, decoding"),
 }
 ANALYZE: Dict[str, Tuple[str, str]] = {

@@ -2,6 +2,7 @@
 tokenizer trained on real Multi30k text here (no model hub, no network)."""
 
 import gzip
+import json
 import math
 import subprocess
 import sys
@@ -217,3 +218,33 @@ def test_not_an_encoder_decoder_model_is_refused(tmp_path):
     args = Seq2SeqTrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to=[])
     with pytest.raises(ValueError, match="GPT2LMHeadModel is not an encoder-decoder model"):
         hf.LossTrainer(model=model, args=args, loss=hf.LossConfig("labo"))
+
+
+@pytest.mark.slow
+def test_hf_train_command_writes_a_result_the_tables_show(tiny, tmp_path):
+    from labo_fairseq import tables
+    from tests.helpers import cli
+
+    d, _, _ = tiny
+    files = {}
+    for split, src_split, n in (("train", "train", 200), ("valid", "val", 40), ("test", "test_2016_flickr", 40)):
+        for lang in ("de", "en"):
+            files[split, lang] = tmp_path / f"{split}.{lang}"
+            files[split, lang].write_text("\n".join(multi30k(src_split, lang, n)) + "\n", encoding="utf-8")
+    args = ["hf-train", d, *[x for s in ("train", "valid", "test") for x in ("--" + s, files[s, "de"], files[s, "en"])],
+            "--name", "m30k_tiny_hf", "--criterion", "labo", "--warmup-steps", "5", "--max-steps", "12",
+            "--eval-steps", "6", "--batch-size", "8", "--lr", "3e-3", "--max-length", "32", "--cpu", "--root", tmp_path]
+    proc = cli(*args, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    res_path = tmp_path / "results" / "m30k_tiny_hf" / "labo-tau1.15" / "seed1.json"
+    res = json.loads(res_path.read_text())
+    d_ = res["directions"]["de-en"]
+    assert d_["convention"] == "sacrebleu" and "tok:13a" in d_["sacrebleu_signature"] and d_["chrf"] >= 0
+    assert res["train"]["commit"] and res["train"]["hardware"] and res["checkpoint"]["updates"] == 12
+    assert len((res_path.parent / "seed1.de-en.hyp").read_text(encoding="utf-8").splitlines()) == 40
+    table = tables.build(tables.load_results(tmp_path / "results"), only="m30k_tiny_hf")
+    assert "LABO τ=1.15" in table and f"{d_['bleu']:.2f} (n=1)" in table
+    again = cli(*args, cwd=tmp_path)
+    assert again.returncode == 2 and "exists; --force" in again.stderr
+    bad = cli(*args[:-2], "--rho", "0.3", cwd=tmp_path)
+    assert bad.returncode == 2 and "rho must be in [0.5, 1.0], got 0.3" in bad.stderr
