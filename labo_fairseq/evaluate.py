@@ -64,7 +64,11 @@ def hyper_parameters(argv: List[str]) -> Dict:
 
 def count_test_sentences(data: Path, src: str, tgt: str, subset: str = "test") -> int:
     """Sentences in the binarized ``subset`` of src-tgt (either file order)."""
+    import logging
+
     from fairseq.data import data_utils
+
+    logging.getLogger("fairseq.data.data_utils").setLevel(logging.WARNING)  # not one "loaded N examples" line per set
 
     for pair in (f"{src}-{tgt}", f"{tgt}-{src}"):
         ds = data_utils.load_indexed_dataset(str(data / f"{subset}.{pair}.{src}"), None)
