@@ -299,13 +299,21 @@ def curves(c: "Compare") -> Dict:
     """Validation BLEU and NLL per epoch of every run present (from its train.log), and the pilot's rule."""
     from labo_fairseq.io import validation_curve
 
-    out = {}
+    from labo_fairseq.provenance import record
+
+    out, runs = {}, {}
     for m, s, t in c.runs():
-        rows = validation_curve(run_dir(c.roots.runs, c.dataset, m, s, t) / "train.log")
+        rd = run_dir(c.roots.runs, c.dataset, m, s, t)
+        rows = validation_curve(rd / "train.log")
         if rows:
             out[f"{m} seed {s}"] = [{"epoch": r["epoch"], "updates": r.get("updates"), "bleu": r.get("bleu"),
                                      "nll_loss": r.get("nll_loss")} for r in rows if r.get("bleu") is not None]
-    return {"dataset": c.dataset, "curves": out, "plateau_epoch": plateau_epoch(out) if out else None,
+            run = json.loads((rd / "run.json").read_text()) if (rd / "run.json").is_file() else {}
+            runs[f"{m} seed {s}"] = {"training_completed": "completed" in run, "train_command": run.get("command"),
+                                     "commit": run.get("commit"), "dirty": run.get("dirty"),
+                                     "hardware": run.get("hardware")}
+    return {"dataset": c.dataset, "curves": out, "runs": runs, "provenance": record("labo-fairseq compare"),
+            "what": "validation BLEU (beam 5, tokenized as the test BLEU) and NLL (bits) per epoch, from train.log", "plateau_epoch": plateau_epoch(out) if out else None,
             "rule": "first epoch E where, for every run, best valid BLEU up to E is < 0.2 above the best up to "
                     "E - 10; rounded up to a multiple of 5"}
 
