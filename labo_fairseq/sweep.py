@@ -35,8 +35,8 @@ from pathlib import Path
 from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 from labo_fairseq import protocol
-from labo_fairseq.io import split_extra
-from labo_fairseq.protocol import CONFIGS, add_root_arguments, method_config, names, read_config, run_tag
+from labo_fairseq.io import split_extra, write_json
+from labo_fairseq.protocol import CONFIGS, Roots, add_root_arguments, method_config, names, read_config, run_tag
 
 SWEEP_DIR = ".sweep"
 SLURM_OPTIONS = ("partition", "account", "qos", "time", "cpus_per_job", "mem_gb", "sbatch", "setup",
@@ -111,21 +111,17 @@ def select(table: Optional[str], datasets: Optional[Sequence[str]], methods: Opt
     return list(OrderedDict.fromkeys(cells))
 
 
-class Roots(NamedTuple):
-    data: Path
-    runs: Path
-    results: Path
-    text: Path
+def cell_run_dir(roots: Roots, cell: Cell) -> Path:
+    return roots.runs / cell.tag
 
-    def run_dir(self, cell: Cell) -> Path:
-        return self.runs / cell.tag
 
-    def result(self, cell: Cell) -> Path:
-        return self.results / f"{cell.tag}.json"
+def cell_result(roots: Roots, cell: Cell) -> Path:
+    return roots.results / f"{cell.tag}.json"
 
-    @property
-    def sweep(self) -> Path:
-        return self.runs / SWEEP_DIR
+
+def sweep_dir(roots: Roots) -> Path:
+    """The sweep's own bookkeeping (jobs.json, job logs), beside the runs."""
+    return roots.runs / SWEEP_DIR
 
 
 def commands(cell: Cell, roots: Roots, gpus: int, train_args: Sequence[str] = (),
@@ -133,10 +129,10 @@ def commands(cell: Cell, roots: Roots, gpus: int, train_args: Sequence[str] = ()
     """The cell's `train` and `evaluate` commands: the project's own command lines, nothing else."""
     pos = [cell.dataset, cell.method, str(cell.seed)] + ([] if cell.tau is None else ["--tau", f"{cell.tau:g}"])
     exe = [sys.executable, "-m", "labo_fairseq"]
-    train = exe + ["train", *pos, "--data-root", str(roots.data), "--runs-root", str(roots.runs)]
+    train = exe + ["train", *pos, "--data-root", str(roots.data_bin), "--runs-root", str(roots.runs)]
     train += (["--gpus", str(gpus)] if gpus else []) + (["--update-freq", str(update_freq)] if update_freq > 1 else [])
     train += ["--", *train_args] if train_args else []
-    evaluate = exe + ["evaluate", *pos, "--data-root", str(roots.data), "--runs-root", str(roots.runs),
+    evaluate = exe + ["evaluate", *pos, "--data-root", str(roots.data_bin), "--runs-root", str(roots.runs),
                       "--results-root", str(roots.results), "--text-root", str(roots.text)]
     evaluate += ["--", *evaluate_args] if evaluate_args else []
     return train, evaluate
@@ -173,15 +169,12 @@ def _run(cmd: List[str], log, what: str) -> None:
 # ------------------------------------------------------------------------------ bookkeeping
 
 def load_jobs(roots: Roots) -> Dict[str, Dict]:
-    path = roots.sweep / "jobs.json"
+    path = sweep_dir(roots) / "jobs.json"
     return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
 
 
 def save_jobs(roots: Roots, jobs: Dict[str, Dict]) -> None:
-    roots.sweep.mkdir(parents=True, exist_ok=True)
-    tmp = roots.sweep / f"jobs.json.{os.getpid()}.tmp"
-    tmp.write_text(json.dumps(jobs, indent=1, sort_keys=True) + "\n", encoding="utf-8")
-    os.replace(tmp, roots.sweep / "jobs.json")
+    write_json(sweep_dir(roots) / "jobs.json", dict(sorted(jobs.items())))
 
 
 def _now() -> str:
@@ -295,7 +288,7 @@ def sbatch_script(folder: Path, params: Dict, n_tasks: int) -> str:
 def submit_slurm(jobs: List[CellJob], roots: Roots, a, records: Dict[str, Dict]) -> None:
     import submitit
 
-    folder = roots.sweep / "slurm" / "%j"
+    folder = sweep_dir(roots) / "slurm" / "%j"
     executor = submitit.SlurmExecutor(folder=folder, max_num_timeout=a.max_requeues)
     executor.update_parameters(**slurm_parameters(a))
     size = a.array_max_size or 1000
@@ -313,7 +306,7 @@ def submit_slurm(jobs: List[CellJob], roots: Roots, a, records: Dict[str, Dict])
 
 
 def run_local(jobs: List[CellJob], roots: Roots, records: Dict[str, Dict]) -> int:
-    logs = roots.sweep / "local"
+    logs = sweep_dir(roots) / "local"
     logs.mkdir(parents=True, exist_ok=True)
     failed = 0
     for i, j in enumerate(jobs, 1):
@@ -356,8 +349,7 @@ def _common(ap: argparse.ArgumentParser) -> None:
 
 
 def _roots(a) -> Roots:
-    r = protocol.Roots.from_args(a)
-    return Roots(r.data_bin, r.runs, r.results, r.text)
+    return Roots.from_args(a)
 
 
 def _cells(a, prog: str) -> Optional[List[Cell]]:
@@ -456,10 +448,10 @@ def _submit(a, prog: str, cells: List[Cell], roots: Roots, train_args: List[str]
     records = load_jobs(roots)
     queue = squeue() if a.launcher == "slurm" or any(r["launcher"] == "slurm" for r in records.values()) else None
     todo: List[CellJob] = []
-    print(f"# sweep: {len(cells)} cells; runs {roots.runs}, results {roots.results}, data {roots.data}")
+    print(f"# sweep: {len(cells)} cells; runs {roots.runs}, results {roots.results}, data {roots.data_bin}")
     for cell in cells:
         train, evaluate = commands(cell, roots, a.gpus_per_job, train_args, evaluate_args, a.update_freq)
-        rd, res = roots.run_dir(cell), roots.result(cell)
+        rd, res = cell_run_dir(roots, cell), cell_result(roots, cell)
         active = job_state(records.get(cell.tag), queue)
         if res.exists():
             print(f"# {cell.label()}: done ({res}); skipped")
@@ -480,7 +472,7 @@ def _submit(a, prog: str, cells: List[Cell], roots: Roots, train_args: List[str]
         return 0
     if a.dry_run:
         if a.launcher == "slurm":
-            folder = roots.sweep / "slurm" / "%j"
+            folder = sweep_dir(roots) / "slurm" / "%j"
             size = a.array_max_size or 1000
             for start in range(0, len(todo), size):
                 n = len(todo[start:start + size])
@@ -520,7 +512,7 @@ def status_rows(cells: List[Cell], roots: Roots, records: Dict[str, Dict],
                 queue: Optional[Dict[str, str]]) -> List[Tuple[Cell, str, str]]:
     rows = []
     for cell in cells:
-        res, rec, rd = roots.result(cell), records.get(cell.tag), roots.run_dir(cell)
+        res, rec, rd = cell_result(roots, cell), records.get(cell.tag), cell_run_dir(roots, cell)
         if res.exists():
             try:
                 r = json.loads(res.read_text(encoding="utf-8"))
@@ -562,7 +554,7 @@ def status_main(argv: List[str], prog: str) -> int:
         else:
             cells = [Cell(r["cell"][0], r["cell"][1], r["cell"][2], int(r["cell"][3])) for r in records.values()]
             if not cells:
-                raise SweepError(f"no sweep recorded under {roots.sweep}: give the selection (--table or "
+                raise SweepError(f"no sweep recorded under {sweep_dir(roots)}: give the selection (--table or "
                                  f"--datasets/--methods) or the sweep's --runs-root")
     except SweepError as err:
         print(f"{prog}: error: {err}", file=sys.stderr)
@@ -591,7 +583,7 @@ def gpu_hours_report(rows: List[Tuple[Cell, str, str]], roots: Roots) -> str:
     for cell, state, _ in rows:
         if state == "done":
             try:
-                spent.setdefault(cell.dataset, []).append(_hours(json.loads(roots.result(cell).read_text(encoding="utf-8"))))
+                spent.setdefault(cell.dataset, []).append(_hours(json.loads(cell_result(roots, cell).read_text(encoding="utf-8"))))
             except (ValueError, OSError):
                 pass
         else:
