@@ -25,6 +25,7 @@ tiny model and a few updates, on CPU in minutes: a check of the pipeline, not a 
 """
 
 import argparse
+import functools
 import json
 import os
 import shlex
@@ -39,8 +40,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 from labo_fairseq import stats as S
 from labo_fairseq.io import atomic_open, cuda_visible, write_json
 from labo_fairseq.protocol import (
-    Roots, absolute, dataset_config, method_config, names, result_path, run_dir, tiny_model,
-    training_completed,
+    Roots, absolute, dataset_config, method_config, names, result_path, result_sentence_stats, run_dir, test_set_name,
+    tiny_model, training_completed,
 )
 
 DATASET = "multi30k_de_en_iwslt"
@@ -62,13 +63,15 @@ class ReportError(ValueError):
     """Results that cannot be compared (other configs or data), named."""
 
 
-def protocol_flags() -> set:
-    """Flags a method, a seed or a run's place sets: what may differ between the runs compared."""
+@functools.lru_cache(maxsize=None)
+def protocol_flags() -> frozenset:
+    """Flags a method, a seed or a run's place sets: what may differ between the runs compared
+    (read from the method configs once)."""
     out = {"--seed", "--save-dir", "--user-dir", "--labo-warmup-updates", "--labo-tau", "--cpu", "--fp16",
            "--distributed-world-size", "--teacher-path"}
     for m in names("methods"):
         out |= set(method_config(m).get("args", {}))
-    return out
+    return frozenset(out)
 
 
 def protocol_key(command: Sequence[str]) -> Tuple[str, ...]:
@@ -298,7 +301,6 @@ def plateau_epoch(curves: Dict[str, List[Dict]], window: int = 10, gain: float =
 def curves(c: "Compare") -> Dict:
     """Validation BLEU and NLL per epoch of every run present (from its train.log), and the pilot's rule."""
     from labo_fairseq.io import validation_curve
-
     from labo_fairseq.provenance import record
 
     out, runs = {}, {}
@@ -322,11 +324,6 @@ def _load(path: Path) -> Dict:
     r = json.loads(path.read_text(encoding="utf-8"))
     r["_path"] = str(path)
     return r
-
-
-def _sentence_stats(result: Dict, key: str) -> List[List[int]]:
-    path = Path(result["_path"]).with_name(result["sentence_stats"])
-    return json.loads(path.read_text(encoding="utf-8"))["directions"][key]
 
 
 def build_report(dataset: str, found: Dict[Tuple[str, int, Optional[float]], Path], tau: float,
@@ -369,7 +366,7 @@ def build_report(dataset: str, found: Dict[Tuple[str, int, Optional[float]], Pat
             common = sorted(set(per[a]["seeds"]) & set(per[b]["seeds"]))
             if not common:
                 continue
-            st = {m: {s: _sentence_stats(results[(m, s, tau if m == "labo" else None)], key) for s in common}
+            st = {m: {s: result_sentence_stats(results[(m, s, tau if m == "labo" else None)], key) for s in common}
                   for m in (a, b)}
             comparisons[f"{b}_minus_{a}"] = {
                 "seeds": common,
@@ -399,12 +396,6 @@ def build_report(dataset: str, found: Dict[Tuple[str, int, Optional[float]], Pat
             "results": {f"{m} seed {s}": str(p) for (m, s, _), p in found.items()}}
 
 
-def _test_name(dataset: str, key: str) -> str:
-    if "." in key:
-        return key.split(".", 1)[1]
-    return dataset_config(dataset).get("test_name") or "test" if dataset in names("datasets") else "test"
-
-
 def markdown(rep: Dict) -> str:
     """The report as markdown: one table of scores, one of differences, one of the runs."""
     ds = rep["dataset"]
@@ -423,7 +414,7 @@ def markdown(rep: Dict) -> str:
              "|---|---|" + "---|" * len(methods)]
     for key, t in rep["test_sets"].items():
         for metric, title in (("bleu", f"BLEU ({rep['bleu']})"), ("sacrebleu", "sacreBLEU"), ("chrf", "chrF")):
-            lines.append(f"| {_test_name(ds, key)} | {title} | "
+            lines.append(f"| {test_set_name(ds, key)} | {title} | "
                          + " | ".join(cell(t["methods"][m], metric) for m in methods) + " |")
     lines += ["", "| test set | difference (BLEU) | Δ | 95% CI | p (seed-aware bootstrap) | p per seed: bootstrap / AR |",
               "|---|---|---|---|---|---|"]
@@ -433,7 +424,7 @@ def markdown(rep: Dict) -> str:
             sa = c["seed_aware"]
             per = ", ".join(f"{s}: {v['bootstrap']['p']} / {v['approximate_randomization']['p']}"
                             for s, v in c["per_seed"].items())
-            lines.append(f"| {_test_name(ds, key)} | {NAMES.get(b, b)} − {NAMES.get(a, a)} | {sa['delta']:+.2f} | "
+            lines.append(f"| {test_set_name(ds, key)} | {NAMES.get(b, b)} − {NAMES.get(a, a)} | {sa['delta']:+.2f} | "
                          f"[{sa['ci95'][0]:+.2f}, {sa['ci95'][1]:+.2f}] | {sa['p']} | {per} |")
     lines += ["", "| method | seed | chosen epoch (updates) | valid BLEU | valid NLL (bits) | updates | training time |",
               "|---|---|---|---|---|---|---|"]

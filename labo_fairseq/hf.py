@@ -22,7 +22,7 @@ LABO, ``labo_alpha`` (mean α of the LABO tokens) and ``labo_active`` (1 once th
 """
 
 import math
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Dict, Optional, Tuple
 
 CRITERIA = ("ce", "ls", "labo", "cp", "fl", "afl")
@@ -192,7 +192,3 @@ def __getattr__(name):
         globals()["LossTrainer"] = cls
         return cls
     raise AttributeError(name)
-
-
-def config_dict(cfg: LossConfig) -> Dict:
-    return asdict(cfg)

@@ -21,7 +21,9 @@ import time
 from pathlib import Path
 from typing import List
 
-from labo_fairseq.hf import CRITERIA, LossConfig, config_dict
+from dataclasses import asdict
+
+from labo_fairseq.hf import CRITERIA, LossConfig
 from labo_fairseq.io import overwrite_refusal, read_lines, write_json, write_lines
 from labo_fairseq.protocol import Roots, absolute, add_root_arguments, result_path, run_dir
 
@@ -129,6 +131,7 @@ def run(a, loss: LossConfig, model_dir: Path, data, roots: Roots, out: Path, tau
     hyps = [h.strip() for h in tokenizer.batch_decode(ids, skip_special_tokens=True)]
     refs = [t for _, t in data["test"]]
     sacre, ch = B.sacrebleu_13a(hyps, refs, a.lowercase), B.chrf(hyps, refs, a.lowercase)
+    here = {**git_state(), "hardware": hardware()}  # training and decoding ran in this one process
     src_lang, tgt_lang = (p.suffix.lstrip(".") or "src" for p in a.test)
     key = f"{src_lang}-{tgt_lang}"
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -140,7 +143,7 @@ def run(a, loss: LossConfig, model_dir: Path, data, roots: Roots, out: Path, tau
                indent=None)
     result = {
         "dataset": a.name, "method": a.criterion, "seed": a.seed, "tau": tau, "framework": "transformers",
-        "model": str(a.model), "loss": config_dict(loss), "hyper_parameters": {
+        "model": str(a.model), "loss": asdict(loss), "hyper_parameters": {
             "max_steps": a.max_steps, "lr": a.lr, "batch_size": a.batch_size, "grad_accum": a.grad_accum},
         "extra_train_args": [], "extra_generate_args": [], "bleu_convention": "sacrebleu", "lowercase": a.lowercase,
         "directions": {key: {
@@ -151,10 +154,10 @@ def run(a, loss: LossConfig, model_dir: Path, data, roots: Roots, out: Path, tau
         "checkpoint": {"path": str(rd / "model"), "updates": trainer.state.global_step,
                        "valid_metric": "nll_loss", "valid_value": trainer.state.best_metric},
         "validation_curve": [r for r in trainer.state.log_history if "eval_loss" in r],
-        "train": {"run_dir": str(rd), "command": ["labo-fairseq", "hf-train", *sys.argv[1:]], **git_state(),
-                  "hardware": hardware(), "wall_s": round(train_s, 1), "started": started,
+        "train": {"run_dir": str(rd), "command": ["labo-fairseq", "hf-train", *sys.argv[1:]], **here,
+                  "wall_s": round(train_s, 1), "started": started,
                   "last_checkpoint": {"updates": trainer.state.global_step, "train_wall_s": round(train_s, 1)}},
-        "evaluate": {**git_state(), "hardware": hardware(), "beam": 5},
+        "evaluate": {**here, "beam": 5},
     }
     write_json(out, result)
     print(f"hf-train: {a.name} {a.criterion} seed {a.seed}: sacreBLEU {sacre['bleu']:.2f}, chrF {ch['chrf']:.2f}; "

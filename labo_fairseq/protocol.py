@@ -105,6 +105,23 @@ def tiny_model(dim: int = 32, heads: int = 2, arch: bool = True) -> List[str]:
     return out
 
 
+def test_set_name(dataset: str, key: str) -> str:
+    """A result key's test set as it is named: ``SRC-TGT`` is the dataset's test set (its config's
+    ``test_name``, else ``test``), ``SRC-TGT.NAME`` the extra test set NAME."""
+    if "." in key:
+        return key.split(".", 1)[1]
+    return (dataset_config(dataset).get("test_name") if dataset in names("datasets") else None) or "test"
+
+
+def result_sentence_stats(result: Dict, key: str) -> List[List[int]]:
+    """A loaded result's per-sentence BLEU statistics of one test set (``seedS.stats.json`` beside the
+    result; ``result["_path"]`` is where the result was read)."""
+    import json
+
+    path = Path(result["_path"]).with_name(result["sentence_stats"])
+    return json.loads(path.read_text(encoding="utf-8"))["directions"][key]
+
+
 def run_tag(method: str, tau: Optional[float]) -> str:
     return method if tau is None else f"{method}-tau{tau:g}"
 

@@ -23,7 +23,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 from labo_fairseq import stats as S
 from labo_fairseq.io import overwrite_refusal
-from labo_fairseq.protocol import absolute
+from labo_fairseq.protocol import absolute, result_sentence_stats, test_set_name
 
 # The paper's numbers (Lu et al., Table 1 and Table 2), the only copy in the package:
 # BLEU, beam 5, mean ± std over seeds (Table 2 gives means only).
@@ -168,16 +168,6 @@ def paper_table(title: str, cells: Cells, columns, paper: Dict[str, List[str]], 
     return text + "\n\n" + "\n".join(f"- {n}" for n in notes)
 
 
-def test_set_name(dataset: str, key: str) -> str:
-    """A result key's test set as it is named: ``de-en`` is the dataset's test set (its config's
-    ``test_name``, else ``test``), ``de-en.NAME`` the extra test set NAME."""
-    if "." in key:
-        return key.split(".", 1)[1]
-    from labo_fairseq.protocol import dataset_config, names
-
-    return (dataset_config(dataset).get("test_name") if dataset in names("datasets") else None) or "test"
-
-
 def column_titles(dataset: str, keys: Sequence[str]) -> List[str]:
     """Test-set names; with the direction in front where the dataset has several."""
     several = len({k.split(".")[0] for k in keys}) > 1
@@ -208,7 +198,7 @@ def significance_lines(dataset: str, cells: Cells, keys: Sequence[str], samples:
                 lines.append(f"{name}: not tested (seeds {seeds_a} vs {seeds_b} differ)")
                 continue
             try:
-                sa, sb = ([sentence_stats(r, key) for r in sorted(x, key=lambda r: r["seed"])] for x in (a, b))
+                sa, sb = ([result_sentence_stats(r, key) for r in sorted(x, key=lambda r: r["seed"])] for x in (a, b))
             except (OSError, KeyError) as err:
                 lines.append(f"{name}: not tested (no sentence statistics: {err})")
                 continue
@@ -217,12 +207,6 @@ def significance_lines(dataset: str, cells: Cells, keys: Sequence[str], samples:
                          f"p {t['p']} (seed-aware paired bootstrap, {samples} samples, seeds "
                          f"{', '.join(map(str, seeds_a))})")
     return lines
-
-
-def sentence_stats(result: Dict, key: str) -> List[List[int]]:
-    """A result's stored per-sentence BLEU statistics of one test set (``seedS.stats.json`` beside it)."""
-    path = Path(result["_path"]).with_name(result["sentence_stats"])
-    return json.loads(path.read_text(encoding="utf-8"))["directions"][key]
 
 
 def dataset_table(dataset: str, cells: Cells, significance: bool = False) -> str:
