@@ -165,6 +165,7 @@ class Compare:
                  + ", ".join(f"{m} seed {s}" for m, s, _ in todo))
         running: List = []  # (run, process, its output file)
         failed: List = []
+        interrupted: List = []  # ended by the SIGTERM this call got too (a preempted job): they resume
         stopped = False
         try:
             while (todo or running) and not stopped:
@@ -182,7 +183,7 @@ class Compare:
                         if not self.result(*r).is_file() and self.left() > self.a.reserve_s:
                             self.run_one(self.evaluate_cmd(*r))  # its result can be kept at once
                     else:
-                        failed.append(item)
+                        (interrupted if self.terminated else failed).append(item)
                 if self.left() <= self.a.reserve_s:
                     stopped = True
                 elif running or todo:
@@ -204,7 +205,7 @@ class Compare:
             tail = log.read_text(encoding="utf-8")[-1500:] if log.is_file() else ""
             out.seek(0)
             self.say(f"{m} seed {s} failed (exit {p.returncode}): {out.read()[-1500:]}{tail}")
-        for _, _, out in failed + running:
+        for _, _, out in failed + interrupted + running:
             out.close()
         if failed:
             raise SystemExit(1)

@@ -107,6 +107,18 @@ def test_a_run_that_fails_by_itself_is_named_with_its_output(tmp_path, monkeypat
     assert "ls seed 1 failed (exit 5)" in err and err.count("boom") == 4  # each of the 4 runs, its own output's tail
 
 
+def test_runs_ended_by_the_same_sigterm_resume_and_are_not_failures(tmp_path, monkeypatch, capsys):
+    # A preempted job: the call gets SIGTERM while its runs are training (0.5 s in), and the runs,
+    # signalled too, exit 143 by themselves (1 s in) before the call reaps them (its 2-second poll).
+    import threading
+
+    c = _compare_training(tmp_path, monkeypatch, "import sys, time; time.sleep(1); sys.exit(143)")
+    c.a.budget_minutes, c.deadline = 10, time.monotonic() + 600
+    threading.Timer(0.5, lambda: setattr(c, "terminated", True)).start()
+    assert c.train() is False  # "not finished": call again
+    assert "failed" not in capsys.readouterr().err
+
+
 def fake_result(tmp_path, method, seed, bleu, command=None, completed=True):
     """A result JSON with its sentence statistics, as evaluate writes them, for the report."""
     from labo_fairseq import stats as S
