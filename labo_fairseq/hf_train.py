@@ -82,6 +82,9 @@ def main(argv=None, prog="labo-fairseq hf-train") -> int:
     model_dir = absolute(a.model)
     if not (model_dir / "config.json").is_file():
         ap.error(f"{model_dir}: no config.json (a model directory saved by transformers is needed; nothing is downloaded)")
+    missing = [str(absolute(p)) for s in ("train", "valid", "test") for p in getattr(a, s) if not absolute(p).is_file()]
+    if missing:
+        ap.error(f"no such file: {', '.join(missing)}")
     roots = Roots.from_args(a)
     tau = a.tau if a.criterion == "labo" else None
     out = result_path(roots.results, a.name, a.criterion, a.seed, tau)

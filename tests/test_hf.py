@@ -248,3 +248,7 @@ def test_hf_train_command_writes_a_result_the_tables_show(tiny, tmp_path):
     assert again.returncode == 2 and "exists; --force" in again.stderr
     bad = cli(*args[:-2], "--rho", "0.3", cwd=tmp_path)
     assert bad.returncode == 2 and "rho must be in [0.5, 1.0], got 0.3" in bad.stderr
+    files["test", "en"].unlink()
+    gone = cli(*args[:-2], "--force", cwd=tmp_path)
+    assert gone.returncode == 2 and f"no such file: {files['test', 'en']}" in gone.stderr
+    assert json.loads(res_path.read_text()) == res  # nothing overwritten
