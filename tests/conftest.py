@@ -6,10 +6,11 @@ import tarfile
 
 import pytest
 
-from tests.helpers import IWSLT, IWSLT17, MULTI30K, TINY, cli, fairseq, talk_text, write
+from tests.helpers import IWSLT, IWSLT17, MULTI30K, MULTI30K_SMALL, TINY, cli, fairseq, talk_text, write
 
 # Fixtures that run fairseq: every test using one is in the slow tier.
-FAIRSEQ_FIXTURES = {"data_bin", "tiny_checkpoint", "tiny_checkpoint_early", "iwslt17_standin", "multi30k"}
+FAIRSEQ_FIXTURES = {"data_bin", "tiny_checkpoint", "tiny_checkpoint_early", "iwslt17_standin", "multi30k",
+                    "multi30k_small"}
 
 
 def pytest_collection_modifyitems(items):
@@ -102,3 +103,26 @@ def multi30k(tmp_path_factory):
     proc = cli("prepare", "multi30k.de-en", "--source", MULTI30K, "--offline", "--root", root, "--workers", 2)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return root / "data" / "multi30k.de-en", root / "data-bin" / "multi30k.de-en"
+
+
+
+@pytest.fixture(scope="session")
+def multi30k_small(multi30k, tmp_path_factory):
+    """:func:`multi30k` cut to the first lines of each split (``MULTI30K_SMALL``; raw references cut
+    alike) and binarized with the full data's dictionary: the dataset of the sweep and compare tests.
+    Returns the root holding ``data/multi30k.de-en`` and ``data-bin/multi30k.de-en``."""
+    text, full_bin = multi30k
+    root = tmp_path_factory.mktemp("multi30k_small")
+    out, dest = root / "data" / text.name, root / "data-bin" / text.name
+    for split, n in MULTI30K_SMALL.items():
+        for lang in ("de", "en"):
+            # BPE'd text, tokenized text (the frequency analysis counts its words), raw references
+            names = [f"{split}.{lang}", f"tmp/{split}.{lang}"] + ([f"raw/{split}.{lang}"] if split.startswith("test") else [])
+            for name in names:
+                lines = (text / name).read_text(encoding="utf-8").splitlines()[:n]
+                write(out / name, lines)
+    dictionary = full_bin / "dict.de.txt"
+    fairseq("preprocess", "--source-lang", "de", "--target-lang", "en", "--srcdict", dictionary, "--tgtdict",
+            dictionary, "--trainpref", out / "train", "--validpref", out / "valid", "--testpref",
+            ",".join(str(out / t) for t in ("test", "test1", "test2")), "--destdir", dest, "--workers", "2")
+    return root

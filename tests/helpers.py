@@ -14,6 +14,8 @@ SHARED = Path(os.environ.get("LABO_SHARED_DATA", REPO.parent / "shared" / "data"
 IWSLT = SHARED / "iwslt14.de-en" / "fairseq-tokenized"
 IWSLT17 = SHARED / "iwslt17" / "2017-01-ted-test"
 MULTI30K = SHARED / "multi30k" / "task1" / "raw"
+# Lines per split of the multi30k_small fixture: enough to train a tiny model, few enough to decode in seconds.
+MULTI30K_SMALL = {"train": 2000, "valid": 100, "test": 100, "test1": 100, "test2": 50}
 
 TINY = [*tiny_model(), *("--share-all-embeddings --optimizer adam --lr 2e-3 --max-tokens 1000 --log-format json --log-interval 1 "
         "--cpu --seed 1 --no-epoch-checkpoints --num-workers 0").split()]

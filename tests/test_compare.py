@@ -11,18 +11,16 @@ import time
 import pytest
 
 from labo_fairseq import compare
-from tests.helpers import cli
+from tests.helpers import MULTI30K_SMALL, cli
 
 
 @pytest.mark.slow
-def test_compare_tiny_stops_resumes_and_reports(multi30k, tmp_path):
+def test_compare_tiny_stops_resumes_and_reports(multi30k_small, tmp_path):
     """The study path on a tiny setting: train two runs at a time, stopped by the budget and resumed,
     each evaluated as it finishes, the report (also --report alone), the analyses."""
-    text, data_bin = multi30k
-    (tmp_path / "data").mkdir()
-    (tmp_path / "data-bin").mkdir()
-    (tmp_path / "data" / "multi30k.de-en").symlink_to(text)
-    (tmp_path / "data-bin" / "multi30k.de-en").symlink_to(data_bin)
+    for part in ("data", "data-bin"):
+        (tmp_path / part).mkdir()
+        (tmp_path / part / "multi30k.de-en").symlink_to(multi30k_small / part / "multi30k.de-en")
     args = ["compare", "--tiny", "--methods", "ls", "labo", "--seeds", 1, 2, "--bootstrap-samples", 200,
             "--parallel", 2, "--threads", 1]
     ds = "multi30k_de_en_iwslt"
@@ -59,7 +57,8 @@ def test_compare_tiny_stops_resumes_and_reports(multi30k, tmp_path):
             assert cell["chrf"]["values"] == [r["directions"][key]["chrf"] for r in res]
             assert cell["under_min_seeds"] is True  # 2 seeds < 3
         c = t["comparisons"]["labo_minus_ls"]
-        n = {"de-en": 1000, "de-en.test_2017_flickr": 1000, "de-en.test_2017_mscoco": 461}[key]
+        n = {"de-en": MULTI30K_SMALL["test"], "de-en.test_2017_flickr": MULTI30K_SMALL["test1"],
+             "de-en.test_2017_mscoco": MULTI30K_SMALL["test2"]}[key]
         assert c["seed_aware"]["sentences"] == n and c["seed_aware"]["seeds"] == [2, 2]
         assert c["seed_aware"]["delta"] == pytest.approx(
             statistics.fmean(t["methods"]["labo"]["bleu"]["values"]) - statistics.fmean(t["methods"]["ls"]["bleu"]["values"]),
