@@ -10,6 +10,7 @@
   labo-fairseq analyze WHAT              freq-splits | beam-probs | calibrate | penultimate | inference-calibration
   labo-fairseq user-dir                  the directory to pass to fairseq as --user-dir
   labo-fairseq gpu-check                 the one-command GPU check (results/gpu/)
+  labo-fairseq gpu-allocation            one short GPU job: install, check, whole comparison runs
   labo-fairseq hf-train MODEL_DIR ...    LABO or a baseline for a Hugging Face seq2seq model (labo_fairseq.hf)
 
 Every subcommand has ``--help``; those that start fairseq have ``--dry-run``. Relative paths are
@@ -36,6 +37,7 @@ COMMANDS: Dict[str, Tuple[str, str]] = {
     "user-dir": ("labo_fairseq.cli", "print the directory to pass to fairseq as --user-dir"),
     "hf-train": ("labo_fairseq.hf_train", "fine-tune a Hugging Face seq2seq model with LABO or a baseline, scored into results/"),
     "gpu-check": ("labo_fairseq.gpu_check", "one-command GPU check: correctness, criterion speed/memory, fp16/bf16 training, decoding"),
+    "gpu-allocation": ("labo_fairseq.gpu_allocation", "one short GPU job: install from the bundle, check, train whole comparison runs"),
 }
 ANALYZE: Dict[str, Tuple[str, str]] = {
     "freq-splits": ("labo_fairseq.analysis.freq_splits", "BLEU on token-frequency splits (Table 4)"),

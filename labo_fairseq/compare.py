@@ -128,9 +128,10 @@ class Compare:
     def train_cmd(self, method: str, seed: int, tau: Optional[float]) -> List[str]:
         cmd = [*self.lf, "train", self.dataset, method, str(seed), *self.root_args()[:6]]
         cmd += (["--tau", f"{tau:g}"] if tau is not None else []) + (["--gpus", "1"] if self.gpu else [])
-        if self.a.tiny:
-            cmd += ["--", *TINY_TRAIN] + (["--labo-warmup-updates", "8"] if method == "labo" else [])
-        return cmd
+        extra = [*TINY_TRAIN, *(["--labo-warmup-updates", "8"] if method == "labo" else [])] if self.a.tiny else []
+        if getattr(self.a, "max_epoch", None):
+            extra += ["--max-epoch", str(self.a.max_epoch)]
+        return cmd + (["--", *extra] if extra else [])
 
     def evaluate_cmd(self, method: str, seed: int, tau: Optional[float]) -> List[str]:
         cmd = [*self.lf, "evaluate", self.dataset, method, str(seed), *self.root_args()]
@@ -229,8 +230,12 @@ class Compare:
         return True
 
     def report(self) -> Dict:
-        """The report of every result present (see :func:`build_report`)."""
-        found = {r: self.result(*r) for r in self.runs() if self.result(*r).is_file()}
+        """The report of every result present (see :func:`build_report`): of this call's runs, or with
+        ``--results-from`` of every seed found in those results directories."""
+        if getattr(self.a, "results_from", None):
+            found = results_in(self.a.results_from, self.dataset, self.methods, self.a.tau)
+        else:
+            found = {r: self.result(*r) for r in self.runs() if self.result(*r).is_file()}
         return build_report(self.dataset, found, self.a.tau, self.a.bootstrap_samples, self.a.tiny)
 
     def analysis(self) -> bool:
@@ -327,6 +332,31 @@ def _load(path: Path) -> Dict:
     return r
 
 
+def results_in(dirs: Sequence[Path], dataset: str, methods: Sequence[str], tau: float) -> Dict:
+    """Every ``DIR/DATASET/TAG/seedS.json`` of the methods in the results directories ``dirs`` (e.g.
+    one per GPU allocation), by (method, seed, tau); a seed of a method found twice is an error naming
+    both files."""
+    found: Dict = {}
+    for d in dirs:
+        for m in methods:
+            t = tau if m == "labo" else None
+            for path in sorted(result_path(absolute(d), dataset, m, 0, t).parent.glob("seed*.json")):
+                if not path.stem[4:].isdigit():
+                    continue
+                run = (m, int(path.stem[4:]), t)
+                if run in found:
+                    raise ReportError(f"{m} seed {run[1]} is in {found[run]} and in {path}: give each allocation its "
+                                      "own seeds (--seeds)")
+                found[run] = path
+    return found
+
+
+def max_epoch(command: Sequence[str]) -> Optional[int]:
+    """The ``--max-epoch`` a fairseq-train command ran with (its last occurrence wins), or None."""
+    values = [command[i + 1] for i, tok in enumerate(command[:-1]) if tok == "--max-epoch"]
+    return int(values[-1]) if values else None
+
+
 def build_report(dataset: str, found: Dict[Tuple[str, int, Optional[float]], Path], tau: float,
                  samples: int = 1000, tiny: bool = False) -> Dict:
     """Mean ± std per method and test set (BLEU, sacreBLEU, chrF; n, and whether under MIN_SEEDS),
@@ -388,8 +418,12 @@ def build_report(dataset: str, found: Dict[Tuple[str, int, Optional[float]], Pat
             "train_wall_s": ((res["train"].get("last_checkpoint") or {}).get("train_wall_s")),
             "hardware": res["train"].get("hardware"), "commit": res["train"].get("commit"),
             "training_completed": res.get("training_completed"),
+            "max_epoch": max_epoch(res["train"]["command"]),
         } for s, res in rs]
+    config_epochs = dataset_config(dataset).get("args", {}).get("--max-epoch")
     return {"dataset": dataset, "tau": tau, "tiny": tiny, "bleu": first.get("bleu_convention"),
+            "max_epoch": max_epoch(first["train"]["command"]),
+            "config_max_epoch": int(config_epochs) if config_epochs is not None else None,
             "signatures": {k: {"bleu": first["directions"][k]["paper_metric"]["signature"],
                                **{m: first["directions"][k].get(f"{m}_signature") for m in ("sacrebleu", "chrf")}}
                            for k in keys},
@@ -411,6 +445,9 @@ def markdown(rep: Dict) -> str:
 
     head = (f"### {ds}: " + ", ".join(NAMES.get(m, m) for m in methods) + f" (LABO τ={rep['tau']:g}), beam 5"
             + (" — TINY: a pipeline check, not a result" if rep["tiny"] else ""))
+    if rep.get("max_epoch") and rep.get("config_max_epoch") and rep["max_epoch"] != rep["config_max_epoch"]:
+        head += (f" — {rep['max_epoch']} epochs per run instead of the config's {rep['config_max_epoch']} "
+                 "(what fitted the allocation): another protocol than the full one")
     lines = [head, "", "| test set | metric | " + " | ".join(NAMES.get(m, m) for m in methods) + " |",
              "|---|---|" + "---|" * len(methods)]
     for key, t in rep["test_sets"].items():
@@ -475,6 +512,12 @@ def main(argv=None, prog="labo-fairseq compare") -> int:
     ap.add_argument("--bootstrap-samples", type=int, default=1000, help="bootstrap resamples (default 1000)")
     ap.add_argument("--report", action="store_true",
                     help="only build the report from the results present (n per cell shown), train nothing")
+    ap.add_argument("--results-from", type=Path, nargs="+", metavar="DIR",
+                    help="with --report: the results directories to read (e.g. one per GPU allocation), every "
+                         "seed found in them; a method's seed found twice is an error")
+    ap.add_argument("--max-epoch", type=int,
+                    help="train this many epochs instead of the dataset config's (a shorter protocol, stated in "
+                         "the report and never pooled with another)")
     ap.add_argument("--curves", action="store_true",
                     help="print the runs' validation curves (BLEU, NLL per epoch) and the pilot's epoch rule, "
                          "into RESULTS/compare/DATASET_curves.json")
@@ -490,6 +533,13 @@ def main(argv=None, prog="labo-fairseq compare") -> int:
         ap.error("--tau, --budget-minutes and --bootstrap-samples must be positive")
     if (a.parallel is not None and a.parallel < 1) or (a.threads is not None and a.threads < 1):
         ap.error("--parallel and --threads must be >= 1")
+    if a.max_epoch is not None and a.max_epoch < 1:
+        ap.error("--max-epoch must be >= 1")
+    if a.results_from and not a.report:
+        ap.error("--results-from goes with --report")
+    for d in a.results_from or ():
+        if not absolute(d).is_dir():
+            ap.error(f"--results-from {d}: no such directory")
     for m in a.methods:
         if m not in names("methods"):
             ap.error(f"--methods: unknown method {m!r}; choose from {', '.join(names('methods'))}")

@@ -199,7 +199,7 @@ class Plan:
 def environment(cuda: bool) -> Dict:
     import torch
 
-    from labo_fairseq.provenance import git_state, hardware
+    from labo_fairseq.provenance import git_state, hardware, nvidia_driver
 
     env = {**hardware(), "cudnn": torch.backends.cudnn.version() if cuda else None, "driver": None,
            "device": None, "gpu_memory_gib": None}
@@ -212,11 +212,7 @@ def environment(cuda: bool) -> Dict:
         prop = torch.cuda.get_device_properties(0)
         env["device"], env["gpu_memory_gib"] = prop.name, prop.total_memory / 2**30
         env["compute_capability"] = f"{prop.major}.{prop.minor}"
-        smi = shutil.which("nvidia-smi")
-        if smi:
-            out = subprocess.run([smi, "--query-gpu=driver_version", "--format=csv,noheader"],
-                                 capture_output=True, text=True)
-            env["driver"] = out.stdout.strip().splitlines()[0] if out.returncode == 0 and out.stdout.strip() else None
+        env["driver"] = nvidia_driver()
     else:
         env["device"] = f"cpu: {env['cpu']}"
     return {**env, **git_state()}

@@ -133,16 +133,18 @@ def run_logged(processes: Sequence[Sequence[str]], logs: Sequence[Path], cwd: Op
     """Start every process (the first echoed to the terminal), each appending to its log; if one
     fails, stop the others. Returns the first non-zero exit status, else 0. Ctrl-C or SIGTERM (a
     scheduler's preemption) stops the processes too, so none is left running alone."""
-    procs = [subprocess.Popen([str(c) for c in cmd], cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                              text=True) for cmd in processes]
-    threads = [threading.Thread(target=_stream, args=(p, log, i == 0), daemon=True)
-               for i, (p, log) in enumerate(zip(procs, logs))]
-    for t in threads:
-        t.start()
+    # The handler comes first: a SIGTERM between two starts must stop those already started.
     main_thread = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, _raise_terminated) if main_thread else None
+    procs: List[subprocess.Popen] = []
+    threads: List[threading.Thread] = []
     status = 0
     try:
+        for i, (cmd, log) in enumerate(zip(processes, logs)):
+            procs.append(subprocess.Popen([str(c) for c in cmd], cwd=cwd, stdout=subprocess.PIPE,
+                                          stderr=subprocess.STDOUT, text=True))
+            threads.append(threading.Thread(target=_stream, args=(procs[-1], log, i == 0), daemon=True))
+            threads[-1].start()
         while None in [p.poll() for p in procs]:  # a list, not any(): every process is polled
             failed = [p.returncode for p in procs if p.returncode not in (None, 0)]
             if failed:

@@ -14,7 +14,8 @@ PACKAGE = Path(__file__).resolve().parent
 
 def git_state() -> Dict:
     """The plugin checkout's commit and whether tracked files differ from it; for an installed
-    (non-checkout) package, commit and dirty are None and the version says which release it is."""
+    (non-checkout) package, commit and dirty are None (the commit is ``LABO_COMMIT`` where that is
+    set, for a copy carried without .git) and the version says which release it is."""
     from labo_fairseq import __version__
 
     def git(*args):
@@ -26,8 +27,21 @@ def git_state() -> Dict:
             raise subprocess.CalledProcessError(1, "git")
         state = {"commit": git("rev-parse", "HEAD"), "dirty": bool(git("status", "--porcelain", "--untracked-files=no"))}
     except (OSError, subprocess.CalledProcessError):
-        state = {"commit": None, "dirty": None}
+        # a copy without .git (carried to an offline node): the commit its carrier named, if any
+        commit = os.environ.get("LABO_COMMIT") or None
+        state = {"commit": commit, "dirty": None, **({"commit_from": "LABO_COMMIT"} if commit else {})}
     return {**state, "version": __version__}
+
+
+def nvidia_driver() -> Optional[str]:
+    """The NVIDIA driver version that ``nvidia-smi`` reports, or None where there is none."""
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                             capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    lines = out.stdout.strip().splitlines()
+    return lines[0].strip() if out.returncode == 0 and lines else None
 
 
 def hardware() -> Dict:

@@ -7,7 +7,9 @@
                               NAME-VERSION.tar.gz from the index's simple page (PIP_INDEX_URL, default
                               PyPI), sha256-checked, then repacked without the data files (images,
                               notebooks, .npy fixtures) of its examples: no code is removed
-  finish DIR PYVER NUMPY      remove torch/numpy/CUDA wheels, write DIR/bundle.json, print the size
+  finish DIR PYVER NUMPY [FREEZE]
+                              remove torch/numpy/CUDA wheels (and those of FREEZE, the target's
+                              `pip list --format freeze`), write DIR/bundle.json, print the size
   check DIR                   exit 1, naming the problem, unless this interpreter can use the bundle
 """
 
@@ -106,21 +108,50 @@ def _repack(data: bytes, path: str):
     return kept, dropped, dropped_bytes
 
 
-def finish(dest: str, pyver: str, numpy: str) -> None:
+def freeze(path: str) -> Dict[str, str]:
+    """``{normalized name: version}`` of a ``pip list --format freeze`` (or ``pip freeze``) file."""
+    out = {}
+    for line in open(path, encoding="utf-8"):
+        m = re.match(r"^\s*([A-Za-z0-9][A-Za-z0-9._-]*)\s*==\s*([^\s;#]+)", line)
+        if m:
+            out[norm(m.group(1))] = m.group(2)
+    return out
+
+
+def _name_version(fname: str):
+    """(normalized name, version) of a wheel or sdist file name."""
+    stem = fname[:-len(".tar.gz")] if fname.endswith(".tar.gz") else fname
+    name, version = stem.split("-")[:2]
+    return norm(name), version
+
+
+def finish(dest: str, pyver: str, numpy: str, target_freeze: str = "") -> None:
     files = {}  # type: Dict[str, Dict]
+    has = freeze(target_freeze) if target_freeze else {}
+    target_has = {}  # type: Dict[str, str]
     for fname in sorted(os.listdir(dest)):
         path = os.path.join(dest, fname)
         if not (fname.endswith(".whl") or fname.endswith(".tar.gz")):
             continue
-        if EXCLUDED.match(norm(fname.split("-", 1)[0])):
+        name, version = _name_version(fname)
+        if EXCLUDED.match(name):
             os.remove(path)  # pulled in by the resolution (scipy requires numpy): the target has it
             print("left out (the target has it): %s" % fname)
+            continue
+        if has.get(name) == version and name != "fairseq-fixed":
+            os.remove(path)
+            target_has[name] = version
+            print("left out (in the target's list): %s" % fname)
             continue
         with open(path, "rb") as f:
             files[fname] = {"bytes": os.path.getsize(path), "sha256": hashlib.sha256(f.read()).hexdigest()}
     total = sum(v["bytes"] for v in files.values())
     manifest = {"python": pyver, "platform": "manylinux x86_64", "resolved_with_numpy": numpy,
-                "excluded": "torch, numpy (the target's own are used)", "bytes": total, "files": files}
+                "excluded": "torch, numpy (the target's own are used)", "bytes": total, "files": files,
+                "target_has": target_has}
+    if os.path.exists(os.path.join(dest, "fairseq-wheel.json")):
+        with open(os.path.join(dest, "fairseq-wheel.json")) as f:
+            manifest["fairseq_wheel_built_with"] = json.load(f)
     if os.path.exists(os.path.join(dest, "sdist-repack.json")):
         with open(os.path.join(dest, "sdist-repack.json")) as f:
             manifest["fairseq_sdist"] = json.load(f)
@@ -144,6 +175,18 @@ def check(dest: str) -> None:
     missing = [f for f in manifest["files"] if not os.path.isfile(os.path.join(dest, f))]
     if missing:
         sys.exit("install.sh: the bundle %s lacks %s" % (dest, ", ".join(missing)))
+    from importlib.metadata import PackageNotFoundError, version
+    wrong = []
+    for name, want in sorted(manifest.get("target_has", {}).items()):
+        try:
+            got = version(name)
+        except PackageNotFoundError:
+            got = "absent"
+        if got != want:
+            wrong.append("%s %s (the bundle expects %s)" % (name, got, want))
+    if wrong:
+        sys.exit("install.sh: the bundle %s was built with --target-has for another environment; here: %s. "
+                 "Build it again with this node's 'pip list --format freeze'" % (dest, "; ".join(wrong)))
 
 
 def main(argv: List[str]) -> None:
@@ -155,7 +198,7 @@ def main(argv: List[str]) -> None:
         print("\n".join(requirements(args[0])))
     elif cmd == "fetch-sdist" and len(args) == 3:
         fetch_sdist(*args)
-    elif cmd == "finish" and len(args) == 3:
+    elif cmd == "finish" and len(args) in (3, 4):
         finish(*args)
     elif cmd == "check" and len(args) == 1:
         check(args[0])

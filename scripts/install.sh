@@ -25,15 +25,23 @@ Offline install bundle (docs/install.md):
   --numpy VERSION      resolve against this numpy, the target's (default 1.26.4: wheels resolved
                        for numpy 1.26.4 also run on numpy 2; give the target's numpy 2.x for a
                        Python without numpy 1.26 wheels, >= 3.13)
-  --from-bundle DIR    install from DIR with no index: build requirements, fairseq-fixed compiled
-                       here against the torch and numpy already installed (never replaced), then
+  --wheel-python PY    also compile fairseq-fixed into a wheel with PY: an interpreter of the
+                       target's Python version with the target's torch and numpy versions (a CPU
+                       build of that torch will do). The target then installs it with nothing to
+                       compile
+  --target-has FILE    leave out what the target already has: FILE is its 'pip list --format
+                       freeze'; --from-bundle checks that those versions are there
+  --from-bundle DIR    install from DIR with no index: fairseq-fixed from its prebuilt wheel when
+                       the bundle has one and its extensions import here, else compiled here
+                       against the torch and numpy already installed (never replaced), then
                        the plugin (editable, with its test extra). Fails early unless torch and
                        numpy import. Into --venv (created with --system-site-packages, to see the
                        interpreter's torch) or, with --no-venv, into --python itself
   --no-venv            with --from-bundle: install into the interpreter --python
   --jobs N             parallel compilations of fairseq's extensions (default: the CPU count)
 
-usage: scripts/install.sh --bundle DIR [--python-version X.Y] [--numpy VERSION] [--python PYTHON] [--dry-run]
+usage: scripts/install.sh --bundle DIR [--python-version X.Y] [--numpy VERSION] [--wheel-python PY]
+                         [--target-has FILE] [--python PYTHON] [--dry-run]
        scripts/install.sh --from-bundle DIR [--venv DIR | --no-venv] [--python PYTHON] [--jobs N] [--dry-run]
 
 Afterwards: source DIR/bin/activate, or call DIR/bin/fairseq-train directly.
@@ -50,6 +58,8 @@ bundle=""
 from_bundle=""
 pyver=""
 numpy_version=1.26.4
+wheel_python=""
+target_has=""
 use_venv=1
 jobs=$(nproc 2>/dev/null || echo 4)
 while [[ $# -gt 0 ]]; do
@@ -57,6 +67,8 @@ while [[ $# -gt 0 ]]; do
     --bundle) bundle=$2; shift 2 ;;
     --from-bundle) from_bundle=$2; shift 2 ;;
     --python-version) pyver=$2; shift 2 ;;
+    --wheel-python) wheel_python=$2; shift 2 ;;
+    --target-has) target_has=$2; shift 2 ;;
     --numpy) numpy_version=$2; shift 2 ;;
     --no-venv) use_venv=0; shift ;;
     --jobs) jobs=$2; shift 2 ;;

@@ -1,5 +1,6 @@
 # The offline install bundle of scripts/install.sh (--bundle, --from-bundle); sourced by it, which
-# defines run, dry, python, repo, venv, use_venv, pyver, numpy_version, jobs, constraints, fairseq_pin.
+# defines run, dry, python, repo, venv, use_venv, pyver, numpy_version, wheel_python, target_has, jobs,
+# constraints, fairseq_pin.
 
 # Packages published only as sdists: turned into wheels here, so that the target needs no network
 # and no build of them. antlr4-python3-runtime is omegaconf's (pure Python: a py3-none-any wheel).
@@ -50,8 +51,18 @@ make_bundle() {
   fi
   # pip download keeps what DIR already has. numpy comes along (scipy requires it): removed by
   # finish below, like anything of torch's.
+  # With --target-has, the target's own versions are chosen (and left out again by finish below);
+  # not for the build requirements, which keep their pins (setuptools<81).
+  local has_pins=()
+  if [[ -n "$target_has" ]]; then
+    echo "+ grep -v build requirements $target_has > $dir/target-constraints.txt"
+    if [[ $dry -eq 0 ]]; then
+      grep -viE '^(setuptools|wheel|cython|pip)==' "$target_has" > "$dir/target-constraints.txt" || true
+    fi
+    has_pins=(-c "$dir/target-constraints.txt")
+  fi
   if ! run "${pipx[@]}" download -d "$dir" --find-links "$dir" "${target[@]}" \
-      -r "$dir/requirements.txt" -c "$dir/constraints.txt"; then
+      -r "$dir/requirements.txt" -c "$dir/constraints.txt" "${has_pins[@]}"; then
     echo "install.sh: the download failed; is numpy==$numpy_version published for Python $py_target? (--numpy)" >&2
     exit 1
   fi
@@ -66,8 +77,66 @@ make_bundle() {
       --implementation py --platform any "cython==$cy_version"
     run rm "$compiled"
   done
-  run "$python" "$repo/scripts/bundle.py" finish "$dir" "$py_target" "$numpy_version"
+  if [[ -n "$wheel_python" ]]; then
+    build_fairseq_wheel "$dir" "$sdist" "$py_target"
+  fi
+  run "$python" "$repo/scripts/bundle.py" finish "$dir" "$py_target" "$numpy_version" ${target_has:+"$(realpath "$target_has")"}
   echo "carry $dir to the target, then: bash scripts/install.sh --from-bundle $dir [--venv DIR | --no-venv]"
+}
+
+# fairseq-fixed compiled into a wheel by --wheel-python (the target's Python, torch and numpy
+# versions), so that the target installs it with nothing to compile. CUDA_HOME unset: no CUDA kernel
+# is built (translation does not use them), so a CPU build of the same torch gives the same wheel.
+build_fairseq_wheel() {
+  local dir=$1 sdist=$2 py_target=$3 got
+  got=$("$wheel_python" -c 'import sys; print("%d.%d" % sys.version_info[:2])') \
+    || { echo "install.sh: --wheel-python $wheel_python does not run" >&2; exit 2; }
+  if [[ "$got" != "$py_target" ]]; then
+    echo "install.sh: --wheel-python $wheel_python is Python $got, the bundle's target is $py_target" >&2; exit 2
+  fi
+  if compgen -G "$dir/fairseq_fixed-${fairseq_pin#*==}-cp${py_target/./}-*.whl" >/dev/null \
+     && [[ -f "$dir/fairseq-wheel.json" ]]; then
+    echo "already in the bundle: the prebuilt fairseq-fixed wheel ($(cat "$dir/fairseq-wheel.json"))"
+    return
+  fi
+  run "$wheel_python" -m pip install "cython" "setuptools<81" "wheel"
+  local build
+  build=$(mktemp -d "${TMPDIR:-/tmp}/labo-wheel.XXXXXX")
+  run env -u CUDA_HOME MAX_JOBS="$jobs" "$wheel_python" -m pip wheel --no-build-isolation --no-deps --no-cache-dir \
+    -w "$build" "$sdist"
+  # Debug symbols make up 9 of the wheel's 12 MB: stripped (strip --strip-debug keeps every symbol
+  # the loader needs), then repacked, which rewrites the wheel's RECORD of hashes.
+  if [[ $dry -eq 0 ]] && command -v strip >/dev/null; then
+    "$wheel_python" -m wheel unpack "$build"/fairseq_fixed-*.whl -d "$build/unpacked" >/dev/null
+    find "$build/unpacked" -name '*.so' -exec strip --strip-debug {} +
+    "$wheel_python" -m wheel pack "$build"/unpacked/fairseq_fixed-* -d "$dir"
+  else
+    run cp "$build"/fairseq_fixed-*.whl "$dir"/
+  fi
+  rm -rf "$build"
+  if [[ $dry -eq 0 ]]; then
+    "$wheel_python" -c 'import json, sys
+from importlib.metadata import version
+json.dump({"python": "%d.%d" % sys.version_info[:2], "torch": version("torch"), "numpy": version("numpy")},
+          open(sys.argv[1], "w"))' "$dir/fairseq-wheel.json"
+    echo "prebuilt fairseq-fixed wheel: $(cat "$dir/fairseq-wheel.json")"
+  fi
+}
+
+# fairseq's compiled extensions that translation uses: the Cython modules import only under the
+# numpy ABI they were built for. libbase and libnat (torch extensions, bound to the torch version
+# they were built against) are imported only by BASE layers and non-autoregressive models.
+fairseq_extensions="import fairseq.libbleu, fairseq.data.data_utils_fast, fairseq.data.token_block_utils_fast"
+torch_extensions="import fairseq.libbase, fairseq.libnat"
+
+# fairseq's extensions compiled here: --jobs in parallel (setuptools' build_ext --parallel, set
+# through DIST_EXTRA_CONFIG); CUDA_HOME unset, so that none of its CUDA kernels is built: they need
+# an nvcc matching torch's CUDA, take minutes, and translation does not use them.
+compile_fairseq_from_sdist() {
+  run "${pipx[@]}" "${build_reqs[@]}"
+  printf '[build_ext]\nparallel = %s\n' "$jobs" > "$cfg"
+  run env -u CUDA_HOME DIST_EXTRA_CONFIG="$cfg" MAX_JOBS="$jobs" \
+    "${pipx[@]}" --no-build-isolation --no-deps --no-cache-dir --force-reinstall "$dir/fairseq_fixed-${fairseq_pin#*==}.tar.gz"
 }
 
 install_from_bundle() {
@@ -107,18 +176,29 @@ open("'"$pins"'", "w").write("torch==%s\nnumpy==%s\n" % (version("torch"), versi
     "$py" "$repo/scripts/bundle.py" check "$dir"
   fi
   local pipx=("$py" -m pip install --no-index --find-links "$dir" -c "$pins")
-  run "${pipx[@]}" "${build_reqs[@]}" "${extra_reqs[@]}"
-  # fairseq's extensions compile here: --jobs in parallel (setuptools' build_ext --parallel, set
-  # through DIST_EXTRA_CONFIG); CUDA_HOME unset, so that none of its CUDA kernels is built: they
-  # need an nvcc matching torch's CUDA, take minutes, and translation does not use them.
-  printf '[build_ext]\nparallel = %s\n' "$jobs" > "$cfg"
-  run env -u CUDA_HOME DIST_EXTRA_CONFIG="$cfg" MAX_JOBS="$jobs" \
-    "${pipx[@]}" --no-build-isolation --no-deps --no-cache-dir "$fairseq_pin"
+  local wheel="" pytag
+  pytag=$("$py" -c 'import sys; print("cp%d%d" % sys.version_info[:2])')
+  wheel=$(compgen -G "$dir/fairseq_fixed-${fairseq_pin#*==}-$pytag-*.whl" | head -n 1 || true)
+  run "${pipx[@]}" "setuptools<81" "wheel" "${extra_reqs[@]}"
+  if [[ -n "$wheel" ]]; then
+    run "${pipx[@]}" --no-deps --force-reinstall "$wheel"
+    if [[ $dry -eq 0 ]] && ! "$py" -c "$fairseq_extensions" 2>/dev/null; then
+      echo "install.sh: the prebuilt fairseq in the bundle ($(cat "$dir/fairseq-wheel.json" 2>/dev/null || echo "no record"))" \
+        "does not import here (torch $(sed -n 's/^torch==//p' "$pins"), numpy $(sed -n 's/^numpy==//p' "$pins"));" \
+        "compiling it from the sdist instead" >&2
+      compile_fairseq_from_sdist
+    fi
+  else
+    compile_fairseq_from_sdist
+  fi
+  if [[ $dry -eq 0 ]] && ! "$py" -c "$torch_extensions" 2>/dev/null; then
+    echo "install.sh: note: fairseq's torch extensions (libbase, libnat) do not import against this torch;" \
+      "only BASE layers and non-autoregressive models use them, translation does not" >&2
+  fi
   run "${pipx[@]}" --no-build-isolation -e "$repo[test]"
   if [[ $dry -eq 0 ]]; then
     # fairseq's compiled extensions and the plugin import; torch and numpy are those of before
-    after=$("$py" -c "import sys, fairseq, fairseq.libbleu, fairseq.data.data_utils_fast, \
-fairseq.data.token_block_utils_fast, labo_fairseq; sys.stderr.write('fairseq %s | labo_fairseq %s\n' \
+    after=$("$py" -c "$fairseq_extensions; import sys, fairseq, labo_fairseq; sys.stderr.write('fairseq %s | labo_fairseq %s\n' \
 % (fairseq.__version__, labo_fairseq.__version__)); $probe")
     if [[ "$before" != "$after" ]]; then
       echo "install.sh: torch or numpy changed during the install: before '$before', after '$after'" >&2
