@@ -32,6 +32,7 @@ import datetime
 import os
 import re
 import shlex
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -155,8 +156,8 @@ class Allocation:
         self.step("install", ["bash", str(script), "--from-bundle", str(absolute(self.a.bundle)), "--no-venv",
                               "--python", sys.executable], *ESTIMATES["install"])
 
-    def compare_cmd(self, root: Path, results: Path, max_epoch: Optional[int], budget_s: float) -> List[str]:
-        cmd = [*self.lf, "compare", "--dataset", self.a.dataset, "--root", str(root), "--results-root", str(results),
+    def compare_cmd(self, root: Path, max_epoch: Optional[int], budget_s: float) -> List[str]:
+        cmd = [*self.lf, "compare", "--dataset", self.a.dataset, "--root", str(root),
                "--methods", *self.a.methods, "--seeds", *map(str, self.a.seeds), "--no-analysis",
                "--budget-minutes", f"{max(budget_s, 1) / 60:.2f}", "--reserve-s", "10"]
         cmd += (["--max-epoch", str(max_epoch)] if max_epoch else []) + (["--tiny", "--cpu"] if self.a.tiny else [])
@@ -181,6 +182,9 @@ class Allocation:
             from labo_fairseq.provenance import hardware  # torch imports now (after the install)
 
             self.record["provenance"]["hardware"] = hardware()
+        cfg = dataset_config(a.dataset)
+        if cfg.get("data") != DATA or "--max-epoch" not in cfg.get("args", {}):
+            raise AllocationError(f"--dataset {a.dataset}: needs a config on {DATA} with --max-epoch")
         data_bin = self.work / "data-bin" / DATA
         prepared = (data_bin / "test2.de-en.en.idx").is_file()
         self.step("prepare", [*self.lf, "prepare", DATA, "--root", str(self.work), "--offline",
@@ -200,8 +204,8 @@ class Allocation:
                 link.parent.mkdir(parents=True, exist_ok=True)
                 link.symlink_to(self.work / part / DATA)
         est_pilot, how_pilot = ESTIMATES[f"pilot_{kind}"]
-        pilot_s = self.step("pilot", self.compare_cmd(pilot, pilot / "results", 1, self.left()), est_pilot, how_pilot)
-        config_epochs = int(dataset_config(a.dataset)["args"]["--max-epoch"])
+        pilot_s = self.step("pilot", self.compare_cmd(pilot, 1, self.left()), est_pilot, how_pilot)
+        config_epochs = int(cfg["args"]["--max-epoch"])
         if a.dry_run:
             epoch_s, how = ESTIMATES[f"epoch_{kind}"]
         else:
@@ -225,14 +229,18 @@ class Allocation:
                 self.save()
             self.say("no complete run fits in the time left: nothing trained (give more --minutes)")
             return 3
-        self.step("runs", self.compare_cmd(self.work, self.out / "results", n if n < config_epochs else None,
+        self.step("runs", self.compare_cmd(self.work, n if n < config_epochs else None,
                                            self.left() if not a.dry_run else left),
                   n * epoch_s + fixed_s, f"N = {n} epochs x {epoch_s:.0f} s + {fixed_s:.0f} s fixed")
         if a.dry_run:
             return 0
-        report = [*self.lf, "compare", "--report", "--dataset", a.dataset, "--results-from", str(self.out / "results"),
-                  "--root", str(self.work), "--results-root", str(self.out / "results"), "--methods", *a.methods]
+        report = [*self.lf, "compare", "--report", "--dataset", a.dataset, "--root", str(self.work),
+                  "--methods", *a.methods, "--seeds", *map(str, a.seeds)]
         self.step("report", report + (["--tiny"] if a.tiny else []), 5, "a few seconds")
+        # what comes back: the result JSONs, hypotheses, sentence statistics and the report
+        for part in (a.dataset, "compare"):
+            if (self.work / "results" / part).is_dir():
+                shutil.copytree(self.work / "results" / part, self.out / "results" / part, dirs_exist_ok=True)
         results = sorted(str(p.relative_to(self.out)) for p in (self.out / "results").rglob("seed*.json"))
         self.record["results"] = results
         self.record["outcome"] = f"{len(results)} of {len(a.seeds) * len(a.methods)} run(s) trained and evaluated"
@@ -271,12 +279,9 @@ def parse(argv: List[str], prog: str) -> argparse.Namespace:
     for m in a.methods:
         if m not in names("methods"):
             ap.error(f"--methods: unknown method {m!r}; choose from {', '.join(names('methods'))}")
-    try:
-        cfg = dataset_config(a.dataset)
-    except ValueError as err:
-        ap.error(f"--dataset: {err}")
-    if cfg.get("data") != DATA or "--max-epoch" not in cfg.get("args", {}):
-        ap.error(f"--dataset {a.dataset}: needs a config on {DATA} with --max-epoch")
+    # the config itself is read after the install step (a bare node has no YAML reader yet)
+    if a.dataset not in names("datasets"):
+        ap.error(f"--dataset: unknown dataset {a.dataset!r}; choose from {', '.join(names('datasets'))}")
     for d in [*a.source, *([a.bundle] if a.bundle else [])]:
         if not absolute(d).is_dir():
             ap.error(f"no such directory: {d}")

@@ -182,24 +182,26 @@ open("'"$pins"'", "w").write("torch==%s\nnumpy==%s\n" % (version("torch"), versi
   run "${pipx[@]}" "setuptools<81" "wheel" "${extra_reqs[@]}"
   if [[ -n "$wheel" ]]; then
     run "${pipx[@]}" --no-deps --force-reinstall "$wheel"
-    if [[ $dry -eq 0 ]] && ! "$py" -c "$fairseq_extensions" 2>/dev/null; then
-      echo "install.sh: the prebuilt fairseq in the bundle ($(cat "$dir/fairseq-wheel.json" 2>/dev/null || echo "no record"))" \
-        "does not import here (torch $(sed -n 's/^torch==//p' "$pins"), numpy $(sed -n 's/^numpy==//p' "$pins"));" \
-        "compiling it from the sdist instead" >&2
-      compile_fairseq_from_sdist
-    fi
   else
     compile_fairseq_from_sdist
   fi
-  if [[ $dry -eq 0 ]] && ! "$py" -c "$torch_extensions" 2>/dev/null; then
-    echo "install.sh: note: fairseq's torch extensions (libbase, libnat) do not import against this torch;" \
-      "only BASE layers and non-autoregressive models use them, translation does not" >&2
-  fi
+  # the plugin and fairseq's runtime requirements, which importing fairseq needs
   run "${pipx[@]}" --no-build-isolation -e "$repo[test]"
+  if [[ -n "$wheel" && $dry -eq 0 ]] && ! "$py" -c "$fairseq_extensions" 2>/dev/null; then
+    echo "install.sh: the prebuilt fairseq in the bundle ($(cat "$dir/fairseq-wheel.json" 2>/dev/null || echo "no record"))" \
+      "does not import here (torch $(sed -n 's/^torch==//p' "$pins"), numpy $(sed -n 's/^numpy==//p' "$pins"));" \
+      "compiling it from the sdist instead" >&2
+    compile_fairseq_from_sdist
+  fi
   if [[ $dry -eq 0 ]]; then
     # fairseq's compiled extensions and the plugin import; torch and numpy are those of before
     after=$("$py" -c "$fairseq_extensions; import sys, fairseq, labo_fairseq; sys.stderr.write('fairseq %s | labo_fairseq %s\n' \
-% (fairseq.__version__, labo_fairseq.__version__)); $probe")
+% (fairseq.__version__, labo_fairseq.__version__)); $probe
+try:
+    $torch_extensions
+except ImportError as err:
+    sys.stderr.write('install.sh: note: fairseq\'s torch extensions (libbase, libnat) do not import against this torch (%s); '
+                     'only BASE layers and non-autoregressive models use them, translation does not\n' % err)")
     if [[ "$before" != "$after" ]]; then
       echo "install.sh: torch or numpy changed during the install: before '$before', after '$after'" >&2
       exit 1

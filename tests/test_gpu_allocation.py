@@ -47,13 +47,20 @@ def test_dry_run_prints_every_step_with_its_estimate_and_writes_nothing(tmp_path
     (["--minutes", "0"], "--minutes must be > 0"),
     (["--minutes", "9", "--methods", "ls", "nope"], "unknown method 'nope'"),
     (["--minutes", "9", "--seeds", "1", "1"], "--seeds: distinct"),
-    (["--minutes", "9", "--dataset", "iwslt14_de_en"], "needs a config on multi30k.de-en"),
+    (["--minutes", "9", "--dataset", "nope"], "unknown dataset 'nope'"),
     (["--minutes", "9", "--bundle", "no/such/dir"], "no such directory: no/such/dir"),
 ])
 def test_bad_input_is_named_before_anything_runs(tmp_path, args, message):
     proc = cli("gpu-allocation", "--out", "out", *args, cwd=tmp_path)
     assert proc.returncode == 2 and message in proc.stderr, proc.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_a_dataset_on_other_data_is_refused_before_anything_is_trained(tmp_path):
+    proc = cli("gpu-allocation", "--minutes", 9, "--out", "out", "--work", "w", "--dataset", "iwslt14_de_en",
+               "--dry-run", cwd=tmp_path)
+    assert proc.returncode == 1 and "needs a config on multi30k.de-en" in proc.stderr, proc.stderr
+    assert "pilot" not in proc.stderr
 
 
 def test_a_cpu_machine_is_told_to_rehearse_with_tiny(tmp_path, monkeypatch):
