@@ -241,7 +241,8 @@ class Allocation:
         for part in (a.dataset, "compare"):
             if (self.work / "results" / part).is_dir():
                 shutil.copytree(self.work / "results" / part, self.out / "results" / part, dirs_exist_ok=True)
-        results = sorted(str(p.relative_to(self.out)) for p in (self.out / "results").rglob("seed*.json"))
+        results = sorted(str(p.relative_to(self.out)) for p in (self.out / "results").rglob("seed*.json")
+                         if re.fullmatch(r"seed\d+\.json", p.name))  # not the sentence statistics beside them
         self.record["results"] = results
         self.record["outcome"] = f"{len(results)} of {len(a.seeds) * len(a.methods)} run(s) trained and evaluated"
         self.record["wall_s"] = round(time.monotonic() - self.start, 1)
