@@ -40,8 +40,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 from labo_fairseq import stats as S
 from labo_fairseq.io import atomic_open, cuda_visible, write_json
 from labo_fairseq.protocol import (
-    Roots, absolute, dataset_config, method_config, names, result_path, result_sentence_stats, run_dir, test_set_name,
-    tiny_model, training_completed,
+    Roots, absolute, dataset_config, method_config, names, result_path, result_sentence_stats, run_dir, run_tag,
+    test_set_name, tiny_model, training_completed,
 )
 
 DATASET = "multi30k_de_en_iwslt"
@@ -340,7 +340,7 @@ def results_in(dirs: Sequence[Path], dataset: str, methods: Sequence[str], tau: 
     for d in dirs:
         for m in methods:
             t = tau if m == "labo" else None
-            for path in sorted(result_path(absolute(d), dataset, m, 0, t).parent.glob("seed*.json")):
+            for path in sorted((absolute(d) / dataset / run_tag(m, t)).glob("seed*.json")):
                 if not path.stem[4:].isdigit():
                     continue
                 run = (m, int(path.stem[4:]), t)

@@ -33,7 +33,6 @@ import os
 import re
 import shlex
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -141,7 +140,7 @@ class Allocation:
 
     def fairseq_imports(self) -> bool:
         probe = "import fairseq.data.data_utils_fast, fairseq.libbleu"
-        return subprocess.run([sys.executable, "-c", probe], capture_output=True, env=self.env).returncode == 0
+        return run_tool([sys.executable, "-c", probe], env=self.env, check=False).returncode == 0
 
     def install(self) -> None:
         if self.fairseq_imports():

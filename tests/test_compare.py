@@ -187,3 +187,18 @@ def test_plateau_rule_of_the_pilot():
     noisy = curve([20, 25, 30, 29, 31, 30.5, 31.1, 30, 31.15, 30.9, 31.1, 31.2, 31.0, 31.1, 31.25, 31.2, 31.2])
     assert compare.plateau_epoch({"ls": noisy[:16]}) is None  # epoch 16: 31.25 vs 31.0 at 6: +0.25
     assert compare.plateau_epoch({"ls": noisy}) == 20  # epoch 17: 31.25 vs 31.1 at 7: +0.15
+
+
+def test_results_from_several_directories_are_collected_and_a_seed_found_twice_is_refused(tmp_path):
+    for d, seeds in (("a1", (1, 2)), ("a2", (3,))):
+        for m, tag in (("ls", "ls"), ("labo", "labo-tau1.15")):
+            for s in seeds:
+                path = tmp_path / d / "ds" / tag / f"seed{s}.json"
+                path.parent.mkdir(parents=True, exist_ok=True)
+                path.write_text("{}")
+                (path.parent / f"seed{s}.stats.json").write_text("{}")  # not a result
+    found = compare.results_in([tmp_path / "a1", tmp_path / "a2"], "ds", ["ls", "labo"], 1.15)
+    assert sorted(found) == sorted((m, s, 1.15 if m == "labo" else None) for m in ("ls", "labo") for s in (1, 2, 3))
+    assert found[("ls", 3, None)] == tmp_path / "a2" / "ds" / "ls" / "seed3.json"
+    with pytest.raises(compare.ReportError, match="ls seed 1 is in .* and in "):
+        compare.results_in([tmp_path / "a1", tmp_path / "a1"], "ds", ["ls"], 1.15)
