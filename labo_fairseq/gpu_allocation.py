@@ -255,7 +255,9 @@ def parse(argv: List[str], prog: str) -> argparse.Namespace:
     ap.add_argument("--minutes", type=float, required=True, help="wall time of the whole command (e.g. 9 of a 10-minute job)")
     ap.add_argument("--out", type=Path, required=True, help="what to bring back: allocation.json, the check, results/")
     ap.add_argument("--work", type=Path, help="data, data-bin and checkpoints (default: TMPDIR/labo-gpu-allocation)")
-    ap.add_argument("--bundle", type=Path, help="the offline bundle (scripts/install.sh --bundle) for the install step")
+    ap.add_argument("--bundle", type=Path,
+                    help="the offline bundle for the install step: its directory, or the DIR.tar.xz of "
+                         "scripts/install.sh --bundle DIR --pack (a third smaller to carry)")
     ap.add_argument("--source", type=Path, action="append", default=[],
                     help="directory with the Multi30k .gz files (default: download them, if the node can)")
     ap.add_argument("--dataset", default=DEFAULT_DATASET, help=f"the comparison's config (default {DEFAULT_DATASET})")
@@ -282,9 +284,11 @@ def parse(argv: List[str], prog: str) -> argparse.Namespace:
     # the config itself is read after the install step (a bare node has no YAML reader yet)
     if a.dataset not in names("datasets"):
         ap.error(f"--dataset: unknown dataset {a.dataset!r}; choose from {', '.join(names('datasets'))}")
-    for d in [*a.source, *([a.bundle] if a.bundle else [])]:
+    for d in a.source:
         if not absolute(d).is_dir():
             ap.error(f"no such directory: {d}")
+    if a.bundle and not (absolute(a.bundle).is_dir() or (absolute(a.bundle).is_file() and a.bundle.name.endswith(".tar.xz"))):
+        ap.error(f"--bundle {a.bundle}: no such directory or .tar.xz (scripts/install.sh --bundle DIR [--pack])")
     if (a.out / "allocation.json").is_file() and not a.dry_run and (a.out / "results").is_dir() \
             and any((a.out / "results").rglob("seed*.json")):
         ap.error(f"{a.out} holds the results of an earlier allocation: give another --out (nothing is overwritten)")

@@ -31,7 +31,10 @@ Offline install bundle (docs/install.md):
                        compile
   --target-has FILE    leave out what the target already has: FILE is its 'pip list --format
                        freeze'; --from-bundle checks that those versions are there
-  --from-bundle DIR    install from DIR with no index: fairseq-fixed from its prebuilt wheel when
+  --pack               also write DIR.tar.xz, the bundle as one file for transport (its wheels
+                       stored uncompressed inside, so that xz compresses across them: about a
+                       third smaller than DIR)
+  --from-bundle DIR    install from DIR (or from a DIR.tar.xz of --pack) with no index: fairseq-fixed from its prebuilt wheel when
                        the bundle has one and its extensions import here, else compiled here
                        against the torch and numpy already installed (never replaced), then
                        the plugin (editable, with its test extra). Fails early unless torch and
@@ -41,8 +44,8 @@ Offline install bundle (docs/install.md):
   --jobs N             parallel compilations of fairseq's extensions (default: the CPU count)
 
 usage: scripts/install.sh --bundle DIR [--python-version X.Y] [--numpy VERSION] [--wheel-python PY]
-                         [--target-has FILE] [--python PYTHON] [--dry-run]
-       scripts/install.sh --from-bundle DIR [--venv DIR | --no-venv] [--python PYTHON] [--jobs N] [--dry-run]
+                         [--target-has FILE] [--pack] [--python PYTHON] [--dry-run]
+       scripts/install.sh --from-bundle DIR|DIR.tar.xz [--venv DIR | --no-venv] [--python PYTHON] [--jobs N] [--dry-run]
 
 Afterwards: source DIR/bin/activate, or call DIR/bin/fairseq-train directly.
 USAGE
@@ -60,6 +63,7 @@ pyver=""
 numpy_version=1.26.4
 wheel_python=""
 target_has=""
+pack=0
 use_venv=1
 jobs=$(nproc 2>/dev/null || echo 4)
 while [[ $# -gt 0 ]]; do
@@ -71,6 +75,7 @@ while [[ $# -gt 0 ]]; do
     --target-has) target_has=$2; shift 2 ;;
     --numpy) numpy_version=$2; shift 2 ;;
     --no-venv) use_venv=0; shift ;;
+    --pack) pack=1; shift ;;
     --jobs) jobs=$2; shift 2 ;;
     --venv) venv=$2; shift 2 ;;
     --python) python=$2; shift 2 ;;
@@ -135,7 +140,15 @@ if [[ $with_fairseq -eq 1 ]]; then
     # --no-deps: fairseq-fixed requires torchaudio, which fairseq does not need for translation
     #            and which pins another torch; its real dependencies are in pyproject.toml.
     # --no-cache-dir: pip caches the wheel by sdist, not by the numpy it was built against.
-    run "${pip[@]}" install -c "$constraints" --no-build-isolation --no-deps --no-cache-dir "$fairseq_pin"
+    # The wheel is kept in $venv/wheels with the versions it was built for: --bundle
+    # --wheel-python $venv/bin/python reuses it instead of compiling fairseq again.
+    wheels="$venv/wheels"
+    run rm -rf "$wheels"
+    run "${pip[@]}" wheel -c "$constraints" --no-build-isolation --no-deps --no-cache-dir -w "$wheels" "$fairseq_pin"
+    run "${pip[@]}" install --no-deps --force-reinstall "$wheels"/fairseq_fixed-*.whl
+    if [[ $dry -eq 0 ]]; then
+      "$venv/bin/python" "$repo/scripts/bundle.py" built-with > "$wheels/fairseq-wheel.json"
+    fi
   fi
 fi
 run "${pip[@]}" install -c "$constraints" -e "$repo[test,plots,hf]"

@@ -1,6 +1,6 @@
 # The offline install bundle of scripts/install.sh (--bundle, --from-bundle); sourced by it, which
-# defines run, dry, python, repo, venv, use_venv, pyver, numpy_version, wheel_python, target_has, jobs,
-# constraints, fairseq_pin.
+# defines run, dry, python, repo, venv, use_venv, pyver, numpy_version, wheel_python, target_has, pack,
+# jobs, constraints, fairseq_pin.
 
 # Packages published only as sdists: turned into wheels here, so that the target needs no network
 # and no build of them. antlr4-python3-runtime is omegaconf's (pure Python: a py3-none-any wheel).
@@ -81,6 +81,10 @@ make_bundle() {
     build_fairseq_wheel "$dir" "$sdist" "$py_target"
   fi
   run "$python" "$repo/scripts/bundle.py" finish "$dir" "$py_target" "$numpy_version" ${target_has:+"$(realpath "$target_has")"}
+  if [[ $pack -eq 1 ]]; then
+    run "$python" "$repo/scripts/bundle.py" pack "$dir" "$dir.tar.xz"
+    dir="$dir.tar.xz"
+  fi
   echo "carry $dir to the target, then: bash scripts/install.sh --from-bundle $dir [--venv DIR | --no-venv]"
 }
 
@@ -99,11 +103,21 @@ build_fairseq_wheel() {
     echo "already in the bundle: the prebuilt fairseq-fixed wheel ($(cat "$dir/fairseq-wheel.json"))"
     return
   fi
-  run "$wheel_python" -m pip install "cython" "setuptools<81" "wheel"
-  local build
+  local build kept
   build=$(mktemp -d "${TMPDIR:-/tmp}/labo-wheel.XXXXXX")
-  run env -u CUDA_HOME MAX_JOBS="$jobs" "$wheel_python" -m pip wheel --no-build-isolation --no-deps --no-cache-dir \
-    -w "$build" "$sdist"
+  # the wheel scripts/install.sh built when it installed fairseq into --wheel-python's venv, if it was
+  # built for the same Python, torch and numpy as that venv has now: nothing to compile again
+  kept="$("$wheel_python" -c 'import sys; print(sys.prefix)')/wheels"
+  if [[ $dry -eq 0 && -f "$kept/fairseq-wheel.json" ]] \
+     && compgen -G "$kept/fairseq_fixed-${fairseq_pin#*==}-cp${py_target/./}-*.whl" >/dev/null \
+     && [[ "$(cat "$kept/fairseq-wheel.json")" == "$("$wheel_python" "$repo/scripts/bundle.py" built-with)" ]]; then
+    echo "the fairseq-fixed wheel of $kept was built for these versions: reused, not compiled again"
+    cp "$kept"/fairseq_fixed-*.whl "$build"/
+  else
+    run "$wheel_python" -m pip install "cython" "setuptools<81" "wheel"
+    run env -u CUDA_HOME MAX_JOBS="$jobs" "$wheel_python" -m pip wheel --no-build-isolation --no-deps --no-cache-dir \
+      -w "$build" "$sdist"
+  fi
   # Debug symbols make up 9 of the wheel's 12 MB: stripped (strip --strip-debug keeps every symbol
   # the loader needs), then repacked, which rewrites the wheel's RECORD of hashes.
   if [[ $dry -eq 0 ]] && command -v strip >/dev/null; then
@@ -115,10 +129,7 @@ build_fairseq_wheel() {
   fi
   rm -rf "$build"
   if [[ $dry -eq 0 ]]; then
-    "$wheel_python" -c 'import json, sys
-from importlib.metadata import version
-json.dump({"python": "%d.%d" % sys.version_info[:2], "torch": version("torch"), "numpy": version("numpy")},
-          open(sys.argv[1], "w"))' "$dir/fairseq-wheel.json"
+    "$wheel_python" "$repo/scripts/bundle.py" built-with > "$dir/fairseq-wheel.json"
     echo "prebuilt fairseq-fixed wheel: $(cat "$dir/fairseq-wheel.json")"
   fi
 }
@@ -141,10 +152,18 @@ compile_fairseq_from_sdist() {
 
 install_from_bundle() {
   local dir py
-  if [[ ! -d "$from_bundle" ]]; then
-    echo "install.sh: --from-bundle $from_bundle: no such directory" >&2; exit 2
+  unpacked=""
+  if [[ -f "$from_bundle" && "$from_bundle" == *.tar.xz ]]; then
+    # a --pack archive: unpacked (and its files' hashes checked) into a temporary directory
+    unpacked=$(mktemp -d "${TMPDIR:-/tmp}/labo-bundle.XXXXXX")
+    trap 'rm -rf "$unpacked"' EXIT
+    dir=$unpacked
+    run "$python" "$repo/scripts/bundle.py" unpack "$from_bundle" "$dir"
+  elif [[ ! -d "$from_bundle" ]]; then
+    echo "install.sh: --from-bundle $from_bundle: no such directory (or .tar.xz of --bundle DIR --pack)" >&2; exit 2
+  else
+    dir=$(cd "$from_bundle" && pwd)
   fi
-  dir=$(cd "$from_bundle" && pwd)
   if [[ $use_venv -eq 1 ]]; then
     py="$venv/bin/python"
     if [[ ! -x "$py" ]]; then
@@ -160,7 +179,7 @@ install_from_bundle() {
   # pip fails rather than replace them when a wheel of the bundle wants another version.
   pins=$(mktemp "${TMPDIR:-/tmp}/labo-pins.XXXXXX")
   cfg=$(mktemp "${TMPDIR:-/tmp}/labo-build.XXXXXX")
-  trap 'rm -f "$pins" "$cfg"' EXIT
+  trap 'rm -f "$pins" "$cfg"; [[ -z "$unpacked" ]] || rm -rf "$unpacked"' EXIT
   local before="" after
   local probe='import torch, numpy; print(torch.__file__, torch.__version__, numpy.__file__, numpy.__version__)'
   if [[ $dry -eq 0 ]]; then

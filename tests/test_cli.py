@@ -18,6 +18,7 @@ LIGHT = [
     ["prepare", "multi30k.de-en", "--dry-run", "--offline", "--source", str(MULTI30K)],
     ["distill-data", "multi30k_de_en", "ls/seed1", "--dry-run"],
     ["gpu-check", "--dry-run"],
+    ["gpu-allocation", "--minutes", "9", "--out", "out", "--dry-run"],
 ]
 
 

@@ -7,7 +7,8 @@ import re
 import pytest
 
 from labo_fairseq import gpu_allocation as G
-from tests.helpers import MULTI30K, cli, write
+from tests.helpers import MULTI30K, MULTI30K_SMALL, cli, write
+from tests.test_gpu_check import check_cpu_smoke, check_not_overwritten
 
 
 def test_epochs_that_fit_is_capped_by_the_config_and_never_negative():
@@ -48,7 +49,8 @@ def test_dry_run_prints_every_step_with_its_estimate_and_writes_nothing(tmp_path
     (["--minutes", "9", "--methods", "ls", "nope"], "unknown method 'nope'"),
     (["--minutes", "9", "--seeds", "1", "1"], "--seeds: distinct"),
     (["--minutes", "9", "--dataset", "nope"], "unknown dataset 'nope'"),
-    (["--minutes", "9", "--bundle", "no/such/dir"], "no such directory: no/such/dir"),
+    (["--minutes", "9", "--bundle", "no/such/dir"], "--bundle no/such/dir: no such directory or .tar.xz"),
+    (["--minutes", "9", "--source", "no/such/dir"], "no such directory: no/such/dir"),
 ])
 def test_bad_input_is_named_before_anything_runs(tmp_path, args, message):
     proc = cli("gpu-allocation", "--out", "out", *args, cwd=tmp_path)
@@ -100,7 +102,11 @@ def test_tiny_allocation_checks_pilots_sizes_trains_and_reports(multi30k_small, 
     from labo_fairseq.compare import max_epoch
 
     assert max_epoch(cmd) == min(sz["epochs"], 40)  # a shorter run says so in its command
-    assert (tmp_path / "out" / "gpu").is_dir() and list((tmp_path / "out" / "gpu").glob("*.json"))
+    # the check: the whole CPU smoke run on this data-bin, every figure measured
+    check_json = tmp_path / "out" / "gpu" / "gpu_check-cpu-smoke.json"
+    check_cpu_smoke(json.loads(check_json.read_text()), (tmp_path / "out" / steps["check"]["log"]).read_text(),
+                    MULTI30K_SMALL["test"])
+    check_not_overwritten(check_json, work / "data-bin" / "multi30k.de-en", tmp_path, "--out", tmp_path / "out" / "gpu")
     report = json.loads((tmp_path / "out" / "results" / "compare" / "multi30k_de_en_iwslt_tiny.json").read_text())
     assert report["runs"]["ls"][0]["seed"] == 1 and report["tiny"] is True
     # nothing but small files comes back: no checkpoint under --out

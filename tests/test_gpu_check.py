@@ -1,4 +1,5 @@
-"""labo_fairseq.gpu_check: its plans and commands (fast), and the whole CPU smoke run on a real data-bin (slow)."""
+"""labo_fairseq.gpu_check: its plans and commands (fast); what the whole CPU smoke run on a real data-bin
+must hold (:func:`check_cpu_smoke`, applied where ``gpu-allocation --tiny`` runs it)."""
 
 import json
 import math
@@ -121,17 +122,16 @@ def _is_num(x):
     return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
 
-@pytest.mark.slow
-def test_tiny_check_on_a_real_data_bin(data_bin, tmp_path):
-    proc = run_check("--tiny", "--data-bin", data_bin, cwd=tmp_path)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    dest = tmp_path / "results" / "gpu" / "gpu_check-cpu-smoke.json"
-    res = json.loads(dest.read_text())
+def check_cpu_smoke(res: dict, report: str, test_sentences: int) -> None:
+    """What a ``--tiny`` check on a real data-bin must hold: every part run, every figure measured
+    (none faked on the CPU), ratios between different runs. ``gpu-allocation --tiny`` runs the check
+    as its third step; its test (tests/test_gpu_allocation.py) applies this to the JSON it wrote."""
     assert res["kind"] == "cpu-smoke" and "NOT GPU" in res["note"] and res["ok"] is True
-    assert "CPU smoke run" in proc.stdout and "## Training" in proc.stdout
+    assert "CPU smoke run" in report and "## Training" in report
     env = res["environment"]
     assert env["torch"] and env["python"] and env["commit"] and isinstance(env["dirty"], bool)
-    assert res["command"].startswith("python -m labo_fairseq.gpu_check --tiny")
+    assert res["command"].startswith(("labo-fairseq gpu-check ", "python -m labo_fairseq.gpu_check "))
+    assert "--tiny" in res["command"].split()
 
     c = res["correctness"]
     assert c["failed"] == 0 and c["passed"] > 0 and c["passed"] + c["skipped"] + c["failed"] == c["collected"]
@@ -160,13 +160,15 @@ def test_tiny_check_on_a_real_data_bin(data_bin, tmp_path):
     assert t["fp32"]["peak_memory_ratio_labo_over_ls"] > 0
 
     d = res["decoding"]
-    assert d["test_sentences"] == 50 and d["hypotheses"] == 50 and d["all_translated"] is True
+    assert d["test_sentences"] == test_sentences and d["hypotheses"] == test_sentences and d["all_translated"] is True
 
     assert all(math.isfinite(v) for _, v in _numbers(res))
 
-    # no overwrite without --force; the JSON stays as it was
+
+def check_not_overwritten(dest: Path, data_bin: Path, cwd: Path, *out: str) -> None:
+    """A second check into the same place stops, asking for --force; the JSON stays as it was."""
     before = dest.read_bytes()
-    again = run_check("--tiny", "--data-bin", data_bin, "--parts", "bench", cwd=tmp_path)
+    again = run_check("--tiny", "--data-bin", data_bin, "--parts", "bench", *out, cwd=cwd)
     assert again.returncode == 2 and "--force" in again.stderr
     assert dest.read_bytes() == before
 

@@ -244,7 +244,8 @@ def _wait(predicate, timeout, what):
 
 
 @pytest.mark.slow
-def test_slurm_sweep_with_preemption_and_resubmission(capsys, tmp_path, monkeypatch, multi30k_small, slurm_cluster):
+def test_slurm_sweep_with_preemption_and_resubmission(slurm_cluster, capsys, tmp_path, monkeypatch, multi30k_small):
+    # slurm_cluster first: without a cluster the test skips before the data fixture is built
     _env(monkeypatch)
     monkeypatch.chdir(tmp_path)
     roots = _roots_args(tmp_path, multi30k_small / "data-bin")
