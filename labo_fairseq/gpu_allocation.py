@@ -48,8 +48,8 @@ DEFAULT_DATASET = "multi30k_de_en_iwslt"
 # Expected seconds of each step for --dry-run, with where each figure comes from. A GPU node's
 # figures are assumptions until the pilot measures them on the node itself.
 ESTIMATES = {
-    "install": (40, "measured: the bundle with its prebuilt fairseq wheel into Python 3.12, torch 2.11, numpy 2 "
-                    "on 2 CPU cores (docs/gpu.md); assumed no slower on a GPU node"),
+    "install": (30, "measured: 27 s from the packed bundle with its prebuilt fairseq wheel into Python 3.12, "
+                    "torch 2.11, numpy 2 on 2 CPU cores (docs/gpu.md); assumed no slower on a GPU node"),
     "prepare": (20, "measured: 16 s for Multi30k with one worker on 2 CPU cores"),
     "check": (120, "the check's budget: its training parts are sized by --check-updates"),
     "pilot_gpu": (40, "assumed: one epoch (~100 updates of 4,096 tokens) and a beam-5 validation per run on an "
