@@ -78,6 +78,16 @@ def count_test_sentences(data: Path, src: str, tgt: str, subset: str = "test") -
                     f"prepare the data again with --force if it was made by an older version")
 
 
+def saved_in_epoch(iterator: Dict) -> Optional[int]:
+    """The epoch a checkpoint was saved in (1-based). fairseq stores the iterator's state to resume
+    from: after a finished epoch that is the *next* epoch with 0 iterations done, so the end of
+    epoch 45 is stored as ``{"epoch": 46, "iterations_in_epoch": 0}``; mid-epoch, the epoch itself."""
+    epoch = iterator.get("epoch")
+    if epoch is None:
+        return None
+    return epoch - 1 if iterator.get("iterations_in_epoch", 0) == 0 and epoch > 1 else epoch
+
+
 def checkpoint_state(path: Path) -> Dict:
     """Updates, epoch, training wall time and validation metric stored in a fairseq checkpoint."""
     import torch
@@ -93,7 +103,7 @@ def checkpoint_state(path: Path) -> Dict:
     val = extra.get("val_loss")
     return {
         "updates": (state.get("optimizer_history") or [{}])[-1].get("num_updates"),
-        "epoch": (extra.get("train_iterator") or {}).get("epoch"),
+        "epoch": saved_in_epoch(extra.get("train_iterator") or {}),
         "train_wall_s": round(float(extra["previous_training_time"]), 1) if "previous_training_time" in extra else None,
         "valid_metric": ck_cfg.get("best_checkpoint_metric") if ck_cfg is not None else None,
         "valid_value": None if val is None else float(val),

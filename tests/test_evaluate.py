@@ -119,3 +119,15 @@ def test_an_incomplete_translation_is_an_error():
 def test_result_path_is_under_the_results_root():
     assert result_path(Path("/r"), "iwslt14_de_en", "labo", 2, 1.25) == Path("/r/iwslt14_de_en/labo-tau1.25/seed2.json")
     assert result_path(Path("/r"), "iwslt14_de_en", "ls", 1, None) == Path("/r/iwslt14_de_en/ls/seed1.json")
+
+
+@pytest.mark.parametrize("iterator, epoch", [
+    ({"epoch": 46, "iterations_in_epoch": 0}, 45),  # saved at the end of epoch 45 (fairseq stores the next)
+    ({"epoch": 3, "iterations_in_epoch": 57}, 3),   # saved in the middle of epoch 3
+    ({"epoch": 1, "iterations_in_epoch": 0}, 1),
+    ({}, None),
+])
+def test_the_epoch_a_checkpoint_was_saved_in(iterator, epoch):
+    from labo_fairseq.evaluate import saved_in_epoch
+
+    assert saved_in_epoch(iterator) == epoch
