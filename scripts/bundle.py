@@ -14,6 +14,8 @@
   pack DIR ARCHIVE            DIR as one .tar.xz for transport: each wheel stored uncompressed inside
                               (xz then compresses the whole; scipy's 35 MB wheel becomes ~23 MB)
   unpack ARCHIVE DIR          the bundle of ARCHIVE into DIR (a directory --from-bundle reads)
+  prune DIR                   remove the data files of examples/ (as fetch-sdist does) from an unpacked
+                              wheel in DIR, before it is packed again
   built-with                  this interpreter's Python, torch and numpy versions, as JSON: what a
                               fairseq wheel compiled here is bound to
 """
@@ -272,6 +274,22 @@ def check_files(dest: str) -> None:
                 sys.exit("install.sh: %s in %s does not match its sha256 in %s" % (fname, dest, MANIFEST))
 
 
+def prune(unpacked: str) -> None:
+    """The data files of fairseq's ``examples/`` removed from an unpacked wheel (a wheel built from
+    PyPI's sdist carries them; the bundle's repacked sdist does not)."""
+    dropped = dropped_bytes = 0
+    for root, _dirs, names in os.walk(unpacked):
+        if "examples" not in os.path.relpath(root, unpacked).split(os.sep):
+            continue
+        for n in names:
+            if n.lower().endswith(DATA_SUFFIXES):
+                path = os.path.join(root, n)
+                dropped_bytes += os.path.getsize(path)
+                os.remove(path)
+                dropped += 1
+    print("pruned %d data files of examples/ (%.1f MB)" % (dropped, dropped_bytes / 1e6))
+
+
 def built_with() -> str:
     from importlib.metadata import version
     return json.dumps({"python": "%d.%d" % sys.version_info[:2], "torch": version("torch"), "numpy": version("numpy")})
@@ -290,6 +308,8 @@ def main(argv: List[str]) -> None:
         finish(*args)
     elif cmd == "check" and len(args) == 1:
         check(args[0])
+    elif cmd == "prune" and len(args) == 1:
+        prune(args[0])
     elif cmd == "built-with" and not args:
         print(built_with())
     elif cmd == "pack" and len(args) == 2:

@@ -119,9 +119,11 @@ build_fairseq_wheel() {
       -w "$build" "$sdist"
   fi
   # Debug symbols make up 9 of the wheel's 12 MB: stripped (strip --strip-debug keeps every symbol
-  # the loader needs), then repacked, which rewrites the wheel's RECORD of hashes.
+  # the loader needs), then repacked, which rewrites the wheel's RECORD of hashes. A reused wheel,
+  # built from PyPI's sdist, also loses the data files of examples/ that the bundle's sdist lacks.
   if [[ $dry -eq 0 ]] && command -v strip >/dev/null; then
     "$wheel_python" -m wheel unpack "$build"/fairseq_fixed-*.whl -d "$build/unpacked" >/dev/null
+    "$python" "$repo/scripts/bundle.py" prune "$build/unpacked"
     find "$build/unpacked" -name '*.so' -exec strip --strip-debug {} +
     "$wheel_python" -m wheel pack "$build"/unpacked/fairseq_fixed-* -d "$dir"
   else

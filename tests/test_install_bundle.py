@@ -246,3 +246,13 @@ def test_from_bundle_names_an_archive_that_is_missing(tmp_path):
     r = subprocess.run(["bash", str(INSTALL), "--from-bundle", str(tmp_path / "b.tar.xz"), "--no-venv"],
                        capture_output=True, text=True)
     assert r.returncode == 2 and "b.tar.xz: no such directory (or .tar.xz" in r.stderr
+
+
+def test_prune_removes_only_the_data_files_of_examples(tmp_path):
+    for rel in ("fairseq/examples/hubert/tests/sample.npy", "fairseq/examples/mms/tutorial.ipynb",
+                "fairseq/examples/hubert/model.py", "fairseq/data/table.png", "fairseq/models/transformer.py"):
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_bytes(b"x" * 10)
+    subprocess.run([sys.executable, str(BUNDLE_PY), "prune", str(tmp_path)], check=True, capture_output=True)
+    left = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*") if p.is_file())
+    assert left == ["fairseq/data/table.png", "fairseq/examples/hubert/model.py", "fairseq/models/transformer.py"]
