@@ -4,6 +4,7 @@ And how one call treats the training runs it starts: stopped by the budget, or f
 
 import argparse
 import json
+import re
 import statistics
 import sys
 import time
@@ -73,6 +74,10 @@ def test_compare_tiny_stops_resumes_and_reports(multi30k_small, tmp_path):
     # The run the budget stopped was resumed from its checkpoint, not restarted.
     run = json.loads(run_json.read_text())
     assert len(run["sessions"]) == 2 and "completed" in run
+    # ... its second session loaded checkpoint_last with the updates the first had made
+    resumed = re.findall(r"Loaded checkpoint \S*checkpoint_last\.pt \(epoch \d+ @ (\d+) updates\)",
+                         (run_json.parent / "train.log").read_text())
+    assert resumed and int(resumed[-1]) > 0, "the stopped run was restarted, not resumed"
     # A finished comparison is not redone: a third call only prints the report; --report rebuilds it.
     again = cli(*args, cwd=tmp_path)
     assert again.returncode == 0 and "training" not in again.stderr
