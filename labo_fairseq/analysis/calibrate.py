@@ -15,7 +15,7 @@ from pathlib import Path
 
 from labo_fairseq.io import overwrite_refusal
 from labo_fairseq.analysis import plots
-from labo_fairseq.analysis.calibration import TemperatureScan, ece_from_reliability, temperature_grid
+from labo_fairseq.analysis.calibration import ece_from_reliability, scan_with_t1
 
 
 def bleu_of(gen) -> float:
@@ -60,8 +60,8 @@ def main(argv=None, prog="labo-fairseq analyze calibrate") -> int:
         ap.error(refusal)
 
     model, task = load(args.path, args.data_bin, args.cpu)
-    grid = sorted(set(temperature_grid(args.t_min, args.t_max, args.t_step)) | {1.0})
-    scan = TemperatureScan(grid, args.n_bins)
+    scan = scan_with_t1(args.t_min, args.t_max, args.t_step, args.n_bins)
+    grid = list(scan.temperatures)
     collect(model, task, args.subset, scan, args.max_tokens, args.cpu)
     res = scan.result()
     i_one, i_best = grid.index(1.0), grid.index(res["best_nll"]["temperature"])

@@ -71,6 +71,12 @@ def temperature_grid(lo: float = 0.5, hi: float = 3.0, step: float = 0.01) -> Li
     return [round(lo + i * step, 6) for i in range(n + 1)]
 
 
+def scan_with_t1(lo: float, hi: float, step: float, n_bins: int) -> "TemperatureScan":
+    """A :class:`TemperatureScan` over ``temperature_grid(lo, hi, step)`` with T = 1 always in it
+    (the uncalibrated model is reported whatever the grid)."""
+    return TemperatureScan(sorted(set(temperature_grid(lo, hi, step)) | {1.0}), n_bins)
+
+
 @dataclass
 class TemperatureScan:
     """Streams batches of logits and gold targets; accumulates, for every temperature T of the grid,

@@ -26,7 +26,7 @@ from typing import Dict, List
 
 from labo_fairseq.io import overwrite_refusal
 from labo_fairseq.analysis import plots, ter
-from labo_fairseq.analysis.calibration import TemperatureScan, ece_from_reliability, reliability, temperature_grid
+from labo_fairseq.analysis.calibration import TemperatureScan, ece_from_reliability, reliability, scan_with_t1
 
 
 def token_labels(gen) -> Dict[str, List]:
@@ -133,8 +133,7 @@ def main(argv=None, prog="labo-fairseq analyze inference-calibration") -> int:
         ap.error(refusal)
 
     model, task = load(args.path, args.data_bin, args.cpu)
-    grid = sorted(set(temperature_grid(args.t_min, args.t_max, args.t_step)) | {1.0})
-    fit = TemperatureScan(grid, args.n_bins)
+    fit = scan_with_t1(args.t_min, args.t_max, args.t_step, args.n_bins)
     collect(model, task, args.subset, fit, args.max_tokens, args.cpu)
     t_star = fit.result()["best_nll"]["temperature"]
     temps = sorted({1.0, t_star})
