@@ -14,7 +14,8 @@ penultimate (CE, LS, LABO) and inference-calibration (CE, LS, LABO). A step whos
 in --out is skipped, so running it again continues; --force redoes every step.
 
   --work DIR   the quickstart's --work directory (default: work/quickstart)
-  --out DIR    where the JSON and PNG files go (default: docs/figures)
+  --out DIR    where the JSON and PNG files go (default: work/analysis-demo; the committed
+               examples of docs/analysis.md were copied from such a run)
   --force      overwrite earlier results in --out
   --dry-run    print the commands, run nothing
 USAGE
@@ -22,7 +23,7 @@ USAGE
 
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 work="$repo/work/quickstart"
-out="$repo/docs/figures"
+out="$repo/work/analysis-demo"
 force=0
 dry=0
 while [[ $# -gt 0 ]]; do
