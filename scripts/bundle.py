@@ -11,6 +11,7 @@
                               remove torch/numpy/CUDA wheels (and those of FREEZE, the target's
                               `pip list --format freeze`), write DIR/bundle.json, print the size
   check DIR                   exit 1, naming the problem, unless this interpreter can use the bundle
+                              and every file is there with its sha256
   pack DIR ARCHIVE            DIR as one .tar.xz for transport: each wheel stored uncompressed inside
                               (xz then compresses the whole; scipy's 35 MB wheel becomes ~23 MB)
   unpack ARCHIVE DIR          the bundle of ARCHIVE into DIR (a directory --from-bundle reads)
@@ -180,9 +181,7 @@ def check(dest: str) -> None:
     if manifest["python"] != here:
         sys.exit("install.sh: the bundle %s is for Python %s, this interpreter (%s) is %s: build one with "
                  "--bundle DIR --python-version %s" % (dest, manifest["python"], sys.executable, here, here))
-    missing = [f for f in manifest["files"] if not os.path.isfile(os.path.join(dest, f))]
-    if missing:
-        sys.exit("install.sh: the bundle %s lacks %s" % (dest, ", ".join(missing)))
+    check_files(dest)
     from importlib.metadata import PackageNotFoundError, version
     wrong = []
     for name, want in sorted(manifest.get("target_has", {}).items()):
@@ -245,7 +244,8 @@ def pack(dest: str, archive: str) -> None:
 
 
 def unpack(archive: str, dest: str) -> None:
-    """The members of a :func:`pack` archive into ``dest``: plain file names only (no path, no link)."""
+    """The members of a :func:`pack` archive into ``dest``: plain file names only (no path, no link).
+    Their hashes are checked by :func:`check`, as for a bundle directory."""
     if not os.path.isfile(archive):
         sys.exit("install.sh: %s: no such bundle archive" % archive)
     try:
@@ -259,7 +259,6 @@ def unpack(archive: str, dest: str) -> None:
                 sys.exit("install.sh: %s: unexpected member %r (not a bundle archive)" % (archive, m.name))
             with open(os.path.join(dest, m.name), "wb") as f:
                 f.write(tar.extractfile(m).read())
-    check_files(dest)
 
 
 def check_files(dest: str) -> None:

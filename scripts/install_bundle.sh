@@ -121,10 +121,12 @@ build_fairseq_wheel() {
   # Debug symbols make up 9 of the wheel's 12 MB: stripped (strip --strip-debug keeps every symbol
   # the loader needs), then repacked, which rewrites the wheel's RECORD of hashes. A reused wheel,
   # built from PyPI's sdist, also loses the data files of examples/ that the bundle's sdist lacks.
-  if [[ $dry -eq 0 ]] && command -v strip >/dev/null; then
+  if [[ $dry -eq 0 ]]; then
     "$wheel_python" -m wheel unpack "$build"/fairseq_fixed-*.whl -d "$build/unpacked" >/dev/null
     "$python" "$repo/scripts/bundle.py" prune "$build/unpacked"
-    find "$build/unpacked" -name '*.so' -exec strip --strip-debug {} +
+    if command -v strip >/dev/null; then
+      find "$build/unpacked" -name '*.so' -exec strip --strip-debug {} +
+    fi
     "$wheel_python" -m wheel pack "$build"/unpacked/fairseq_fixed-* -d "$dir"
   else
     run cp "$build"/fairseq_fixed-*.whl "$dir"/
