@@ -207,13 +207,14 @@ def test_pack_stores_the_wheels_and_unpack_restores_a_bundle_pip_installs(tmp_pa
 
 
 def test_unpack_refuses_what_is_not_a_bundle_archive(tmp_path):
+    import io
     import tarfile
 
     bad = tmp_path / "evil.tar.xz"
     with tarfile.open(bad, "w:xz") as tar:
         info = tarfile.TarInfo("../outside.whl")
         info.size = 1
-        tar.addfile(info, __import__("io").BytesIO(b"x"))
+        tar.addfile(info, io.BytesIO(b"x"))
     r = subprocess.run([sys.executable, str(BUNDLE_PY), "unpack", str(bad), str(tmp_path / "d")], capture_output=True, text=True)
     assert r.returncode == 1 and "unexpected member" in r.stderr and not (tmp_path / "outside.whl").exists()
     (tmp_path / "plain.tar.xz").write_bytes(b"not xz")
