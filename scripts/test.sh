@@ -10,6 +10,8 @@ usage: scripts/test.sh [PYTEST ARGS...]
 Installs the project into .venv if needed (scripts/install.sh), then runs its tests:
   scripts/test.sh                 everything (CI runs this; end-to-end fairseq runs take minutes)
   scripts/test.sh -m "not slow"   the fast tier (under a minute): no test that starts fairseq
+  scripts/test.sh -n 0 -x tests/test_losses.py   one file in this process (for a debugger)
+Tests run on one pytest-xdist worker per core, up to 4, each with one torch thread.
 Tests on real data read ../shared/data (LABO_SHARED_DATA overrides) and are skipped, with the
 reason, when it is absent.
 USAGE
@@ -18,4 +20,9 @@ fi
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 bash "$repo/scripts/install.sh"  # a finished .venv is reused in seconds
 cd "$repo"
-exec "$repo/.venv/bin/python" -m pytest -q -rs "$@"  # -rs: every skip with its reason
+# One pytest-xdist worker per core, up to 4 (each runs fairseq processes of about a GB); the
+# distillation tests share one trained teacher, so they run on one worker (--dist loadgroup).
+workers=$(nproc 2>/dev/null || echo 1)
+if (( workers > 4 )); then workers=4; fi
+# -rs: every skip with its reason; a -n of yours (-n 0: no workers) comes after, so it wins
+exec "$repo/.venv/bin/python" -m pytest -q -rs -n "$workers" --dist loadgroup "$@"

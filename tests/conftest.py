@@ -1,10 +1,19 @@
-"""Session fixtures: a small real data-bin and a tiny checkpoint trained on it (built once);
-plain helpers live in :mod:`tests.helpers`."""
+"""Session fixtures: a small real data-bin and a tiny checkpoint trained on it (built once, shared by
+pytest-xdist's workers); plain helpers live in :mod:`tests.helpers`."""
 
-import lzma
-import tarfile
+import os
 
-import pytest
+# Before torch is imported, here or in a subprocess: the tests' models are tiny, so a second
+# intra-op thread mostly spins, and the test command runs one pytest-xdist worker per core.
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+os.environ.setdefault("MKL_NUM_THREADS", "1")
+
+import fcntl  # noqa: E402
+import lzma  # noqa: E402
+import shutil  # noqa: E402
+import tarfile  # noqa: E402
+
+import pytest  # noqa: E402
 
 from tests.helpers import IWSLT, IWSLT17, MULTI30K, MULTI30K_SMALL, TINY, cli, fairseq, talk_text, write
 
@@ -13,10 +22,38 @@ FAIRSEQ_FIXTURES = {"data_bin", "tiny_checkpoint", "tiny_checkpoint_early", "iws
                     "multi30k_small"}
 
 
+# The modules of the longest tests (minutes each), started first so that pytest-xdist's workers
+# end together: the short tests fill in at the end instead of one long test running alone.
+LONGEST_FIRST = ("test_compare.py", "test_gpu_allocation.py", "test_sweep.py", "test_distillation_end_to_end.py",
+                 "test_pipeline.py")
+
+
 def pytest_collection_modifyitems(items):
     for item in items:
         if FAIRSEQ_FIXTURES & set(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.slow)
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: (rank.get(item.path.name, len(rank)), item.get_closest_marker("slow") is None))
+
+
+def built_once(tmp_path_factory, name, build):
+    """``build(d)`` into a new directory ``d``, once per test run: under pytest-xdist every worker gets
+    the one the first built (behind a lock beside the workers' temporary directories). Returns ``d``."""
+    if "PYTEST_XDIST_WORKER" not in os.environ:
+        d = tmp_path_factory.mktemp(name)
+        build(d)
+        return d
+    shared = tmp_path_factory.getbasetemp().parent
+    d, done = shared / name, shared / f"{name}.done"
+    with open(shared / f"{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes
+        if not done.exists():  # a worker whose build failed left no .done: built again from scratch
+            shutil.rmtree(d, ignore_errors=True)
+            d.mkdir()
+            build(d)
+            done.touch()
+    return d
+
 
 @pytest.fixture(scope="session")
 def small_text(tmp_path_factory):
@@ -24,34 +61,34 @@ def small_text(tmp_path_factory):
     lines for validation and 50 for test."""
     if not IWSLT.is_dir():
         pytest.skip(f"real data not found at {IWSLT} (set LABO_SHARED_DATA)")
-    root = tmp_path_factory.mktemp("iwslt14_small")
     spans = {"train": (0, 2000, "valid"), "valid": (0, 100, "test"), "test": (100, 150, "test")}
-    for split, (lo, hi, source) in spans.items():
-        for lang in ("de", "en"):
-            with lzma.open(IWSLT / f"{source}.{lang}.xz", "rt", encoding="utf-8") as f:
-                lines = f.read().splitlines()[lo:hi]
-            (root / f"{split}.{lang}").write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return root
+
+    def build(root):
+        for split, (lo, hi, source) in spans.items():
+            for lang in ("de", "en"):
+                with lzma.open(IWSLT / f"{source}.{lang}.xz", "rt", encoding="utf-8") as f:
+                    lines = f.read().splitlines()[lo:hi]
+                (root / f"{split}.{lang}").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return built_once(tmp_path_factory, "iwslt14_small", build)
 
 
 @pytest.fixture(scope="session")
-def data_bin(small_text):
+def data_bin(small_text, tmp_path_factory):
     pytest.importorskip("fairseq", reason="fairseq is not installed (scripts/install.sh)")
-    dest = small_text / "bin"
-    fairseq("preprocess", "--source-lang", "de", "--target-lang", "en", "--trainpref", small_text / "train",
-            "--validpref", small_text / "valid", "--testpref", small_text / "test", "--destdir", dest,
-            "--joined-dictionary", "--workers", "2")
-    return dest
+    return built_once(tmp_path_factory, "iwslt14_small_bin", lambda dest: fairseq(
+        "preprocess", "--source-lang", "de", "--target-lang", "en", "--trainpref", small_text / "train",
+        "--validpref", small_text / "valid", "--testpref", small_text / "test", "--destdir", dest,
+        "--joined-dictionary", "--workers", "2"))
 
 
 @pytest.fixture(scope="session")
 def tiny_checkpoint(data_bin, tmp_path_factory):
     """A tiny transformer trained with LABO for 40 updates (warm-up 20) on the small data-bin; its
     checkpoint at update 20 is :func:`tiny_checkpoint_early`."""
-    ck = tmp_path_factory.mktemp("tiny_ck")
-    fairseq("train", data_bin, "--user-dir", "labo_fairseq", "--task", "translation", *TINY,
-            "--criterion", "label_smoothed_labo", "--labo-warmup-updates", "20", "--max-update", "40",
-            "--save-interval-updates", "20", "--save-dir", ck, "--disable-validation")
+    ck = built_once(tmp_path_factory, "tiny_ck", lambda ck: fairseq(
+        "train", data_bin, "--user-dir", "labo_fairseq", "--task", "translation", *TINY,
+        "--criterion", "label_smoothed_labo", "--labo-warmup-updates", "20", "--max-update", "40",
+        "--save-interval-updates", "20", "--save-dir", ck, "--disable-validation"))
     return ck / "checkpoint_last.pt"
 
 
@@ -99,11 +136,12 @@ def multi30k(tmp_path_factory):
     pytest.importorskip("fairseq", reason="fairseq is not installed (scripts/install.sh)")
     if not MULTI30K.is_dir():
         pytest.skip(f"real data not found at {MULTI30K} (set LABO_SHARED_DATA)")
-    root = tmp_path_factory.mktemp("multi30k")
-    proc = cli("prepare", "multi30k.de-en", "--source", MULTI30K, "--offline", "--root", root, "--workers", 2)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return root / "data" / "multi30k.de-en", root / "data-bin" / "multi30k.de-en"
 
+    def build(root):
+        proc = cli("prepare", "multi30k.de-en", "--source", MULTI30K, "--offline", "--root", root, "--workers", 2)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    root = built_once(tmp_path_factory, "multi30k", build)
+    return root / "data" / "multi30k.de-en", root / "data-bin" / "multi30k.de-en"
 
 
 @pytest.fixture(scope="session")
@@ -112,17 +150,18 @@ def multi30k_small(multi30k, tmp_path_factory):
     alike) and binarized with the full data's dictionary: the dataset of the sweep and compare tests.
     Returns the root holding ``data/multi30k.de-en`` and ``data-bin/multi30k.de-en``."""
     text, full_bin = multi30k
-    root = tmp_path_factory.mktemp("multi30k_small")
-    out, dest = root / "data" / text.name, root / "data-bin" / text.name
-    for split, n in MULTI30K_SMALL.items():
-        for lang in ("de", "en"):
-            # BPE'd text, tokenized text (the frequency analysis counts its words), raw references
-            names = [f"{split}.{lang}", f"tmp/{split}.{lang}"] + ([f"raw/{split}.{lang}"] if split.startswith("test") else [])
-            for name in names:
-                lines = (text / name).read_text(encoding="utf-8").splitlines()[:n]
-                write(out / name, lines)
-    dictionary = full_bin / "dict.de.txt"
-    fairseq("preprocess", "--source-lang", "de", "--target-lang", "en", "--srcdict", dictionary, "--tgtdict",
-            dictionary, "--trainpref", out / "train", "--validpref", out / "valid", "--testpref",
-            ",".join(str(out / t) for t in ("test", "test1", "test2")), "--destdir", dest, "--workers", "2")
-    return root
+
+    def build(root):
+        out, dest = root / "data" / text.name, root / "data-bin" / text.name
+        for split, n in MULTI30K_SMALL.items():
+            for lang in ("de", "en"):
+                # BPE'd text, tokenized text (the frequency analysis counts its words), raw references
+                names = [f"{split}.{lang}", f"tmp/{split}.{lang}"] + ([f"raw/{split}.{lang}"] if split.startswith("test") else [])
+                for name in names:
+                    lines = (text / name).read_text(encoding="utf-8").splitlines()[:n]
+                    write(out / name, lines)
+        dictionary = full_bin / "dict.de.txt"
+        fairseq("preprocess", "--source-lang", "de", "--target-lang", "en", "--srcdict", dictionary, "--tgtdict",
+                dictionary, "--trainpref", out / "train", "--validpref", out / "valid", "--testpref",
+                ",".join(str(out / t) for t in ("test", "test1", "test2")), "--destdir", dest, "--workers", "2")
+    return built_once(tmp_path_factory, "multi30k_small", build)

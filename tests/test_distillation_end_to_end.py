@@ -25,6 +25,7 @@ from tests.helpers import REPO, SHARED, fairseq, train_log  # noqa: E402
 MULTI30K = SHARED / "multi30k" / "task1" / "raw"
 pytestmark = [
     pytest.mark.slow,
+    pytest.mark.xdist_group("distillation"),  # one worker trains the teacher both tests use
     pytest.mark.skipif(not MULTI30K.is_dir(), reason=f"real data not found at {MULTI30K} (set LABO_SHARED_DATA)"),
 ]
 
