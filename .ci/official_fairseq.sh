@@ -10,8 +10,9 @@
 # The venv goes to a temporary directory, removed at the end, unless --keep-venv DIR names one
 # (reused if it already holds the stack). --install-only installs torch and fairseq into DIR and
 # stops; --tests-only installs the plugin into a DIR that holds them and runs the tests (.ci/run
-# installs the stack beside its other parts, as that is mostly download, and tests it after them). pip's cache is off so that a run measures
-# a fresh machine. PYTHON38 overrides the interpreter (default: pyenv's 3.8.18).
+# installs the stack beside its other parts, as that is mostly download, and tests it after them).
+# pip's cache is off so that a run measures a fresh machine. PYTHON38 overrides the interpreter
+# (default: pyenv's 3.8.18).
 set -euo pipefail
 repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 
@@ -22,7 +23,7 @@ while [[ $# -gt 0 ]]; do
     --keep-venv) venv=$2; shift 2 ;;
     --install-only) part=install; shift ;;
     --tests-only) part=tests; shift ;;
-    -h|--help) sed -n '2,14p' "${BASH_SOURCE[0]}"; exit 0 ;;
+    -h|--help) sed -n '2,15p' "${BASH_SOURCE[0]}"; exit 0 ;;
     *) echo "official_fairseq.sh: unknown argument '$1' (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -68,7 +69,7 @@ print(f"stack: Python {sys.version.split()[0]}, torch {torch.__version__}, fairs
 EOF
 
 cd "$repo"
-# -p no:cacheprovider: write nothing into the checkout; a pytest-xdist worker per core, as scripts/test.sh
+# -p no:cacheprovider: write nothing into the checkout; -n: a pytest-xdist worker per core
 run "$venv/bin/python" -m pytest -q -p no:cacheprovider -rs -n "$(nproc)" \
   tests/test_losses.py tests/test_criteria.py tests/test_fairseq_fixes.py tests/test_encoder_fast_path.py \
   tests/test_checkpoints.py "tests/test_end_to_end.py::test_labo_warmup_resume_and_generate"
