@@ -24,7 +24,7 @@ from typing import Dict, List
 from labo_fairseq import kd_runs
 from labo_fairseq.io import (
     split_extra,
-    ToolError, atomic_open, cuda_visible, generate_command, parse_generate, preprocess, run_tool, write_json,
+    ToolError, atomic_open, cuda_visible, generate_command, parse_generate, preprocess, run_generate, write_json,
     write_lines,
 )
 from labo_fairseq.protocol import Roots, add_root_arguments, dataset_config, names
@@ -115,7 +115,7 @@ def distill(a) -> int:
             continue
         print(f"distill-data: translating shard {k + 1}/{a.shards} of {n_train} training sentences", file=sys.stderr)
         try:
-            proc = run_tool(cmd, what=f"fairseq-generate (shard {k})")
+            proc = run_generate(cmd, what=f"fairseq-generate (shard {k})")
         except ToolError as err:
             raise DistillError(str(err)) from None
         with atomic_open(path) as f:  # a shard counts as done only once complete

@@ -32,7 +32,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 from labo_fairseq import bleu as B
 from labo_fairseq.io import (
-    ToolError, atomic_open, overwrite_refusal, split_extra, cuda_visible, generate_command, parse_generate, read_lines, run_tool, validation_curve, write_json,
+    ToolError, atomic_open, overwrite_refusal, split_extra, cuda_visible, generate_command, parse_generate, read_lines, run_generate, validation_curve, write_json,
     write_lines,
 )
 from labo_fairseq.protocol import (
@@ -243,7 +243,7 @@ def evaluate(a) -> int:
         n_test = count_test_sentences(data, src, tgt, subset)
         print(f"evaluate: {a.dataset} {a.method} seed {a.seed} {key}: beam 5 on {n_test} test sentences", file=sys.stderr)
         try:
-            proc = run_tool(cmd, cwd=roots.root, what="fairseq-generate")
+            proc = run_generate(cmd)
         except ToolError as err:
             raise EvalError(str(err)) from None
         gen_file = eval_dir / f"generate-{subset}.{pair}.txt"

@@ -6,6 +6,7 @@ build on it.
 
 import os
 import re
+import shlex
 import shutil
 import signal
 import subprocess
@@ -247,9 +248,52 @@ def preprocess(args: Sequence[str]) -> None:
     run_tool([*fairseq_command("preprocess"), *map(str, args)], what="fairseq-preprocess")
 
 
+def run_generate(cmd: Sequence[str], what: str = "fairseq-generate") -> subprocess.CompletedProcess:
+    """A :func:`generate_command` line run by fairseq's ``generate`` in this process, its stdout and
+    stderr captured as a child's would be (fairseq's log on stdout); :class:`ToolError` with the
+    output's end if it fails. In-process because importing torch and fairseq costs seconds of CPU
+    per start, paid once for all the test sets of an evaluation instead of once per set."""
+    import io as pyio
+    import logging
+    import traceback
+    from contextlib import redirect_stderr, redirect_stdout
+
+    cmd = [str(c) for c in cmd]
+    prefix = fairseq_command("generate")
+    if cmd[:len(prefix)] != prefix:
+        raise ValueError(f"not a fairseq-generate command line: {shlex.join(cmd[:3])} ...")
+    from fairseq import options
+    from fairseq_cli import generate as fairseq_generate
+
+    import labo_fairseq
+
+    labo_fairseq.register()
+    out, err = pyio.StringIO(), pyio.StringIO()
+    root = logging.getLogger()
+    level, handlers = root.level, list(root.handlers)
+    root.handlers[:] = []  # so that generate's logging.basicConfig logs to the captured stdout, as in a child
+    rc = 0
+    try:
+        with redirect_stdout(out), redirect_stderr(err):
+            parser = options.get_generation_parser()
+            parser.add_argument("--arch", "-a", metavar="ARCH", default="wav2vec2")  # as fairseq-generate's cli_main
+            fairseq_generate.main(options.parse_args_and_arch(parser, input_args=cmd[len(prefix):]))
+    except SystemExit as stop:  # argparse's errors
+        rc = stop.code if isinstance(stop.code, int) else 1
+    except Exception:  # noqa: BLE001 (reported with the command's output, as a child's failure is)
+        err.write(traceback.format_exc())
+        rc = 1
+    finally:
+        root.handlers[:] = handlers
+        root.setLevel(level)
+    if rc != 0:
+        raise ToolError(f"{what} failed (exit {rc}):\n{(out.getvalue() + err.getvalue())[-3000:]}")
+    return subprocess.CompletedProcess(cmd, rc, out.getvalue(), err.getvalue())
+
+
 def generate(cmd: Sequence[str]) -> Generation:
-    """Run a :func:`generate_command` and parse it (the BLEU line may be on either stream)."""
-    proc = run_tool(cmd, what="fairseq-generate")
+    """Run a :func:`generate_command` (:func:`run_generate`) and parse it (the BLEU line may be on either stream)."""
+    proc = run_generate(cmd)
     return parse_generate(proc.stdout + "\n" + proc.stderr)
 
 

@@ -44,19 +44,39 @@ def nvidia_driver() -> Optional[str]:
     return lines[0].strip() if out.returncode == 0 and lines else None
 
 
-def hardware() -> Dict:
-    """What this process runs on: CPU model and cores, GPUs, torch and CUDA versions."""
-    import torch
+def torch_build() -> Dict:
+    """torch's ``__version__`` and ``version.cuda``, read from its ``version.py`` without importing
+    torch (seconds of CPU at every start of a command that only records them)."""
+    import importlib.util
+    import runpy
 
+    spec = importlib.util.find_spec("torch")
+    if spec is None or not spec.submodule_search_locations:
+        raise ImportError("torch is not installed")
+    v = runpy.run_path(str(Path(next(iter(spec.submodule_search_locations))) / "version.py"))
+    return {"torch": v["__version__"], "cuda": v.get("cuda")}
+
+
+def hardware() -> Dict:
+    """What this process runs on: CPU model and cores, GPUs, torch and CUDA versions. torch is
+    imported only where a GPU may be visible (or it is loaded already)."""
+    from labo_fairseq.io import cuda_visible
+
+    if "torch" in sys.modules or cuda_visible(probe_torch=False):
+        import torch
+
+        gpus = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] if torch.cuda.is_available() else []
+        build = {"torch": torch.__version__, "cuda": torch.version.cuda}
+    else:
+        gpus, build = [], torch_build()
     cpu = platform.processor() or platform.machine()
     try:
         with open("/proc/cpuinfo", encoding="utf-8") as f:
             cpu = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), cpu)
     except OSError:
         pass
-    gpus = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] if torch.cuda.is_available() else []
     return {"host": platform.node(), "cpu": cpu, "cpu_cores": os.cpu_count(), "gpus": gpus,
-            "torch": torch.__version__, "cuda": torch.version.cuda, "python": platform.python_version()}
+            **build, "python": platform.python_version()}
 
 
 def record(prog: str, argv: Optional[Sequence[str]] = None, with_hardware: bool = True) -> Dict:

@@ -78,3 +78,43 @@ def test_sigterm_stops_the_children_too(tmp_path):
     time.sleep(0.5)
     with pytest.raises(ProcessLookupError):
         os.kill(child, 0)
+
+
+def _lines(text):
+    """The S/T/H/D/P lines and the BLEU line: what a run's output means (timestamps aside)."""
+    return [ln for ln in text.splitlines() if ln[:2] in ("S-", "T-", "H-", "D-", "P-") or ln.startswith("Generate ")]
+
+
+def test_run_generate_in_process_prints_what_the_fairseq_generate_child_prints(data_bin, tiny_checkpoint):
+    import logging
+
+    from labo_fairseq.io import generate_command, run_generate
+
+    cmd = generate_command(data_bin, tiny_checkpoint, "test", beam=3, max_tokens=2000)
+    child = run_tool(cmd)
+    root = logging.getLogger()
+    before = (root.level, list(root.handlers))
+    here = run_generate(cmd)
+    assert (root.level, list(root.handlers)) == before  # generate's basicConfig is not left behind
+    assert len([ln for ln in _lines(child.stdout) if ln.startswith("H-")]) == 50
+    assert _lines(here.stdout) == _lines(child.stdout)
+    assert "fairseq_cli.generate | Translated 50 sentences" in here.stdout  # fairseq's log where a child puts it
+    # a second test set in the same process: fairseq's state from the first does not leak into it
+    valid = generate_command(data_bin, tiny_checkpoint, "valid", beam=3, max_tokens=2000)
+    assert _lines(run_generate(valid).stdout) == _lines(run_tool(valid).stdout)
+
+
+def test_run_generate_names_the_failure_with_its_output(data_bin, tiny_checkpoint):
+    import logging
+
+    from labo_fairseq.io import generate_command, run_generate
+
+    root = logging.getLogger()
+    before = (root.level, list(root.handlers))
+    with pytest.raises(ToolError, match=r"fairseq-generate failed \(exit 2\):\n(.|\n)*unrecognized arguments: --no-such"):
+        run_generate([*generate_command(data_bin, tiny_checkpoint), "--no-such"])
+    with pytest.raises(ToolError, match=r"failed \(exit 1\):\n(.|\n)*no-such-subset"):
+        run_generate(generate_command(data_bin, tiny_checkpoint, "no-such-subset"))
+    assert (root.level, list(root.handlers)) == before
+    with pytest.raises(ValueError, match="not a fairseq-generate command line"):
+        run_generate([sys.executable, "-c", "print(1)"])

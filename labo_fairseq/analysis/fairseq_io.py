@@ -10,7 +10,7 @@ import torch
 
 from labo_fairseq import register
 from labo_fairseq.io import Generation, generate_command
-from labo_fairseq.io import generate as run_generate
+from labo_fairseq.io import generate as generate_parsed
 
 # Before any fairseq import: importing fairseq sets the root logger to DEBUG with a handler (its
 # wav2vec module calls logging.basicConfig), and register() puts the logger back as it was.
@@ -120,7 +120,7 @@ def generate(data_bin: Path, checkpoint: Path, subset: str = "test", beam: int =
     cmd = generate_command(data_bin, checkpoint, subset, beam, max_tokens=max_tokens,
                            remove_bpe=bpe if remove_bpe else None, task_args=task_args,
                            cpu=cpu or not torch.cuda.is_available(), extra=extra)
-    return run_generate(cmd)
+    return generate_parsed(cmd)
 
 
 def collect(model, task, subset: str, scan, max_tokens: int, cpu: bool) -> None:
