@@ -53,7 +53,9 @@ SelectTypeParameters=CR_CPU
 ReturnToService=2
 JobRequeue=1
 MinJobAge=600
-SchedulerParameters=defer_batch
+# A submitted job waits for the main scheduling pass (queued, as on a busy cluster); every 2 s
+# instead of the default 60, so that the tests do not wait a minute for each start
+SchedulerParameters=defer_batch,sched_interval=2
 MpiDefault=none
 NodeName=$host NodeAddr=127.0.0.1 CPUs=$cpus RealMemory=$mem_mb State=UNKNOWN
 PartitionName=ci Nodes=$host Default=YES MaxTime=INFINITE State=UP

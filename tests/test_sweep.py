@@ -268,11 +268,11 @@ def test_slurm_sweep_with_preemption_and_resubmission(slurm_cluster, capsys, tmp
     assert not protocol.training_completed(run), "training finished before the requeue: raise --max-update"
     job = jobs[tag]["job_id"]
     subprocess.run(["scontrol", "requeue", job], check=True, timeout=60)
-    # SLURM holds a requeued job for a while (BeginTime, set once it is pending again); release it
-    # now, as an administrator may, so that the test does not wait for it
+    # SLURM holds a requeued job for two minutes (BeginTime, set a moment after it is pending again:
+    # "PENDING None" comes first); release it now, as an administrator may, so that the test does not wait
     def held():
         q = subprocess.run(["squeue", "-h", "-r", "-j", job, "-o", "%T %r"], capture_output=True, text=True).stdout
-        return q.split() if q.startswith("PENDING") or q.startswith("RUNNING") else None
+        return q.split() if q.split()[:2] == ["PENDING", "BeginTime"] or q.startswith("RUNNING") else None
 
     if _wait(held, 120, f"job {job} to be requeued") == ["PENDING", "BeginTime"]:
         subprocess.run(["scontrol", "update", f"JobId={job}", "StartTime=now"], check=False, timeout=60)
