@@ -243,7 +243,7 @@ def evaluate(a) -> int:
         n_test = count_test_sentences(data, src, tgt, subset)
         print(f"evaluate: {a.dataset} {a.method} seed {a.seed} {key}: beam 5 on {n_test} test sentences", file=sys.stderr)
         try:
-            proc = run_generate(cmd)
+            proc = run_generate(cmd, cwd=roots.root)
         except ToolError as err:
             raise EvalError(str(err)) from None
         gen_file = eval_dir / f"generate-{subset}.{pair}.txt"

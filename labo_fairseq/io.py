@@ -248,11 +248,12 @@ def preprocess(args: Sequence[str]) -> None:
     run_tool([*fairseq_command("preprocess"), *map(str, args)], what="fairseq-preprocess")
 
 
-def run_generate(cmd: Sequence[str], what: str = "fairseq-generate") -> subprocess.CompletedProcess:
-    """A :func:`generate_command` line run by fairseq's ``generate`` in this process, its stdout and
-    stderr captured as a child's would be (fairseq's log on stdout); :class:`ToolError` with the
-    output's end if it fails. In-process because importing torch and fairseq costs seconds of CPU
-    per start, paid once for all the test sets of an evaluation instead of once per set."""
+def run_generate(cmd: Sequence[str], what: str = "fairseq-generate", cwd: Optional[Path] = None) -> subprocess.CompletedProcess:
+    """A :func:`generate_command` line run by fairseq's ``generate`` in this process (in ``cwd``),
+    its stdout and stderr captured as a child's would be (fairseq's log on stdout);
+    :class:`ToolError` with the output's end if it fails. In-process because importing torch and
+    fairseq costs seconds of CPU per start, paid once for all the test sets of an evaluation
+    instead of once per set."""
     import io as pyio
     import logging
     import traceback
@@ -272,8 +273,10 @@ def run_generate(cmd: Sequence[str], what: str = "fairseq-generate") -> subproce
     root = logging.getLogger()
     level, handlers = root.level, list(root.handlers)
     root.handlers[:] = []  # so that generate's logging.basicConfig logs to the captured stdout, as in a child
-    rc = 0
+    rc, here = 0, os.getcwd()
     try:
+        if cwd is not None:
+            os.chdir(cwd)
         with redirect_stdout(out), redirect_stderr(err):
             parser = options.get_generation_parser()
             parser.add_argument("--arch", "-a", metavar="ARCH", default="wav2vec2")  # as fairseq-generate's cli_main
@@ -284,6 +287,7 @@ def run_generate(cmd: Sequence[str], what: str = "fairseq-generate") -> subproce
         err.write(traceback.format_exc())
         rc = 1
     finally:
+        os.chdir(here)
         root.handlers[:] = handlers
         root.setLevel(level)
     if rc != 0:

@@ -90,11 +90,13 @@ def test_run_generate_in_process_prints_what_the_fairseq_generate_child_prints(d
 
     from labo_fairseq.io import generate_command, run_generate
 
-    cmd = generate_command(data_bin, tiny_checkpoint, "test", beam=3, max_tokens=2000)
-    child = run_tool(cmd)
+    from pathlib import Path
+
+    cmd = generate_command(Path("."), tiny_checkpoint, "test", beam=3, max_tokens=2000)  # the data, relative to cwd
+    child = run_tool(cmd, cwd=data_bin)
     root = logging.getLogger()
     before = (root.level, list(root.handlers))
-    here = run_generate(cmd)
+    here = run_generate(cmd, cwd=data_bin)
     assert (root.level, list(root.handlers)) == before  # generate's basicConfig is not left behind
     assert len([ln for ln in _lines(child.stdout) if ln.startswith("H-")]) == 50
     assert _lines(here.stdout) == _lines(child.stdout)
@@ -116,5 +118,9 @@ def test_run_generate_names_the_failure_with_its_output(data_bin, tiny_checkpoin
     with pytest.raises(ToolError, match=r"failed \(exit 1\):\n(.|\n)*no-such-subset"):
         run_generate(generate_command(data_bin, tiny_checkpoint, "no-such-subset"))
     assert (root.level, list(root.handlers)) == before
+    here = os.getcwd()
+    with pytest.raises(ToolError):  # a failure in another directory leaves this one the working directory
+        run_generate(generate_command(data_bin, tiny_checkpoint, "no-such-subset"), cwd=data_bin)
+    assert os.getcwd() == here
     with pytest.raises(ValueError, match="not a fairseq-generate command line"):
         run_generate([sys.executable, "-c", "print(1)"])
