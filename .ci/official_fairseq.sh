@@ -3,7 +3,8 @@
 # (built for Python 3.8 only), torch 2.4.1 and pip<24.1 (newer pip refuses omegaconf 2.0's
 # metadata). It runs the tests that depend on fairseq's version: the losses and criteria against
 # their references, the plugin's fairseq fixes (incl. the encoder fast path, docs/fairseq-compat.md),
-# checkpoint loading, and one end-to-end train -> resume -> generate with --user-dir on real text.
+# checkpoint loading, one end-to-end train -> resume -> generate with --user-dir on real text,
+# fairseq-generate run in-process as evaluate runs it, and torch's build read without importing it.
 #
 #   .ci/official_fairseq.sh [--keep-venv DIR] [--install-only | --tests-only]
 #
@@ -23,7 +24,7 @@ while [[ $# -gt 0 ]]; do
     --keep-venv) venv=$2; shift 2 ;;
     --install-only) part=install; shift ;;
     --tests-only) part=tests; shift ;;
-    -h|--help) sed -n '2,15p' "${BASH_SOURCE[0]}"; exit 0 ;;
+    -h|--help) sed -n '2,16p' "${BASH_SOURCE[0]}"; exit 0 ;;
     *) echo "official_fairseq.sh: unknown argument '$1' (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -72,5 +73,7 @@ cd "$repo"
 # -p no:cacheprovider: write nothing into the checkout; -n: a pytest-xdist worker per core
 run "$venv/bin/python" -m pytest -q -p no:cacheprovider -rs -n "$(nproc)" \
   tests/test_losses.py tests/test_criteria.py tests/test_fairseq_fixes.py tests/test_encoder_fast_path.py \
-  tests/test_checkpoints.py "tests/test_end_to_end.py::test_labo_warmup_resume_and_generate"
+  tests/test_checkpoints.py "tests/test_end_to_end.py::test_labo_warmup_resume_and_generate" \
+  tests/test_provenance.py "tests/test_io.py::test_run_generate_in_process_prints_what_the_fairseq_generate_child_prints" \
+  "tests/test_io.py::test_run_generate_names_the_failure_with_its_output"
 echo "official fairseq CI: $((SECONDS - start)) s in all"
