@@ -1,17 +1,19 @@
 """labo_fairseq.io: atomic files, lines, fairseq-generate parsing, and starting processes."""
 
 import json
+import logging
 import os
 import signal
 import subprocess
 import sys
 import textwrap
 import time
+from pathlib import Path
 
 import pytest
 
-from labo_fairseq.io import (ToolError, atomic_open, parse_generate, read_lines, run_logged, run_tool, write_json,
-                             write_lines)
+from labo_fairseq.io import (ToolError, atomic_open, generate_command, parse_generate, read_lines, run_generate,
+                             run_logged, run_tool, write_json, write_lines)
 from tests.helpers import REPO
 
 
@@ -86,12 +88,6 @@ def _lines(text):
 
 
 def test_run_generate_in_process_prints_what_the_fairseq_generate_child_prints(data_bin, tiny_checkpoint):
-    import logging
-
-    from labo_fairseq.io import generate_command, run_generate
-
-    from pathlib import Path
-
     cmd = generate_command(Path("."), tiny_checkpoint, "test", beam=3, max_tokens=2000)  # the data, relative to cwd
     child = run_tool(cmd, cwd=data_bin)
     root = logging.getLogger()
@@ -107,10 +103,6 @@ def test_run_generate_in_process_prints_what_the_fairseq_generate_child_prints(d
 
 
 def test_run_generate_names_the_failure_with_its_output(data_bin, tiny_checkpoint):
-    import logging
-
-    from labo_fairseq.io import generate_command, run_generate
-
     root = logging.getLogger()
     before = (root.level, list(root.handlers))
     with pytest.raises(ToolError, match=r"fairseq-generate failed \(exit 2\):\n(.|\n)*unrecognized arguments: --no-such"):
