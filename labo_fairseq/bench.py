@@ -25,6 +25,7 @@ from typing import Callable, Dict, List, Sequence, Tuple
 import torch
 
 from labo_fairseq import losses
+from labo_fairseq.io import write_json
 
 PAD = 1
 LS = "ls (fairseq)"
@@ -204,5 +205,5 @@ def main(argv=None, prog="bench_criteria.py") -> int:
         print(markdown(rows))
         all_rows += rows
     if args.json:
-        args.json.write_text(json.dumps(all_rows, indent=1))
+        write_json(args.json, all_rows)
     return 0

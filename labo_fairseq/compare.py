@@ -30,15 +30,13 @@ import json
 import os
 import shlex
 import signal
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from labo_fairseq import stats as S
-from labo_fairseq.io import atomic_open, cuda_visible, write_json
+from labo_fairseq.io import Child, ToolError, atomic_open, cuda_visible, run_tool, stop, write_json
 from labo_fairseq.protocol import (
     Roots, absolute, dataset_config, method_config, names, result_path, result_sentence_stats, run_dir, run_tag,
     test_set_name, tiny_model, training_completed,
@@ -164,61 +162,47 @@ class Compare:
         parallel = getattr(self.a, "parallel", None) or len(todo)
         self.say(f"training {len(todo)} run(s), {min(parallel, len(todo))} at a time: "
                  + ", ".join(f"{m} seed {s}" for m, s, _ in todo))
-        running: List = []  # (run, process, its output file)
-        failed: List = []
-        interrupted: List = []  # ended by the SIGTERM this call got too (a preempted job): they resume
+        running: List[Tuple[Tuple, Child]] = []
+        failed: List[Tuple[Tuple, Child]] = []
         stopped = False
         try:
             while (todo or running) and not stopped:
                 while todo and len(running) < parallel and self.left() > self.a.reserve_s:
                     r = todo.pop(0)
-                    # The train command's own output goes to a temporary file, read back only if it fails:
-                    # a pipe nobody reads fills up (64 KiB) and then blocks the command.
-                    out = tempfile.TemporaryFile("w+", encoding="utf-8")
-                    running.append((r, subprocess.Popen(self.train_cmd(*r), stdout=subprocess.DEVNULL, stderr=out,
-                                                        text=True, env=self.env()), out))
+                    running.append((r, Child(self.train_cmd(*r), self.train_output(*r), env=self.env())))
                 for item in [x for x in running if x[1].poll() is not None]:
                     running.remove(item)
-                    r, p, out = item
-                    if p.returncode == 0 and self.finished(*r):
+                    r, child = item
+                    child.wait()
+                    if child.returncode == 0 and self.finished(*r):
                         if not self.result(*r).is_file() and self.left() > self.a.reserve_s:
                             self.run_one(self.evaluate_cmd(*r))  # its result can be kept at once
-                    else:
-                        (interrupted if self.terminated else failed).append(item)
+                    elif not self.terminated:  # ended by the SIGTERM this call got (a preempted job): it resumes
+                        failed.append(item)
                 if self.left() <= self.a.reserve_s:
                     stopped = True
                 elif running or todo:
                     time.sleep(2)
         finally:
-            for _, p, _ in running:
-                if p.poll() is None:
-                    # SIGTERM, which the train command handles (it stops fairseq; checkpoint_last stays):
-                    # SIGINT is ignored by a command started in the background of a script
-                    p.send_signal(signal.SIGTERM)
-            for _, p, _ in running:
-                try:
-                    p.wait(timeout=60)
-                except subprocess.TimeoutExpired:
-                    p.kill()
-                    p.wait()
-        for (m, s, t), p, out in failed:
-            log = run_dir(self.roots.runs, self.dataset, m, s, t) / "train.log"
-            tail = log.read_text(encoding="utf-8")[-1500:] if log.is_file() else ""
-            out.seek(0)
-            self.say(f"{m} seed {s} failed (exit {p.returncode}): {out.read()[-1500:]}{tail}")
-        for _, _, out in failed + interrupted + running:
-            out.close()
+            stop([child for _, child in running])  # each train command stops fairseq; checkpoint_last.pt stays
+        for (m, s, _), child in failed:
+            self.say(child.failure(f"{m} seed {s}", chars=1500))
         if failed:
             raise SystemExit(1)
         return all(self.finished(*r) for r in self.runs())
+
+    def train_output(self, method: str, seed: int, tau: Optional[float]) -> Path:
+        """The train command's own output (fairseq's log is the run's train.log)."""
+        return self.roots.root / "logs" / "compare" / self.dataset / f"{run_tag(method, tau)}-seed{seed}.train.out"
 
     def run_one(self, cmd: Sequence[str]) -> bool:
         self.say("+ " + shlex.join(cmd))
         if self.a.dry_run:
             return True
-        proc = subprocess.run(list(cmd), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=self.env())
-        if proc.returncode != 0:
-            raise SystemExit(f"compare: error: {cmd[3]} failed (exit {proc.returncode}):\n{proc.stderr[-3000:]}")
+        try:
+            run_tool(cmd, env=self.env(), what=cmd[3])
+        except ToolError as err:
+            raise SystemExit(f"compare: error: {err}") from None
         return True
 
     def evaluate(self) -> bool:
@@ -317,7 +301,7 @@ def curves(c: "Compare") -> Dict:
             out[f"{m} seed {s}"] = [{"epoch": r["epoch"], "updates": r.get("updates"), "bleu": r.get("bleu"),
                                      "nll_loss": r.get("nll_loss")} for r in rows if r.get("bleu") is not None]
             run = json.loads((rd / "run.json").read_text()) if (rd / "run.json").is_file() else {}
-            runs[f"{m} seed {s}"] = {"training_completed": "completed" in run, "train_command": run.get("command"),
+            runs[f"{m} seed {s}"] = {"training_completed": training_completed(rd), "train_command": run.get("command"),
                                      "commit": run.get("commit"), "dirty": run.get("dirty"),
                                      "hardware": run.get("hardware")}
     return {"dataset": c.dataset, "curves": out, "runs": runs, "provenance": record("labo-fairseq compare"),
@@ -437,11 +421,10 @@ def markdown(rep: Dict) -> str:
     methods = list(next(iter(rep["test_sets"].values()))["methods"])
 
     def cell(d, metric):
-        c = d[metric]
-        if not c["n"]:
+        if not d[metric]["n"]:
             return "–"
-        txt = f"{c['mean']:.2f}" + (f" ± {c['std']:.2f}" if c["std"] is not None else "") + f" (n={c['n']})"
-        return txt + (" *" if d["under_min_seeds"] else "") + (" ‡" if d["incomplete_training"] else "")
+        return (S.mean_std_text(d[metric]["values"]) + (" *" if d["under_min_seeds"] else "")
+                + (" ‡" if d["incomplete_training"] else ""))
 
     head = (f"### {ds}: " + ", ".join(NAMES.get(m, m) for m in methods) + f" (LABO τ={rep['tau']:g}), beam 5"
             + (" — TINY: a pipeline check, not a result" if rep["tiny"] else ""))

@@ -23,9 +23,8 @@ from typing import Dict, List
 
 from labo_fairseq import kd_runs
 from labo_fairseq.io import (
-    split_extra,
-    ToolError, atomic_open, cuda_visible, generate_command, parse_generate, preprocess, run_generate, write_json,
-    write_lines,
+    ToolError, atomic_open, cuda_visible, generate_command, parse_generate, preprocess, report_errors, run_generate,
+    split_extra, split_size, write_json, write_lines,
 )
 from labo_fairseq.protocol import Roots, add_root_arguments, dataset_config, names
 
@@ -35,16 +34,6 @@ WORK = ".distill"
 
 class DistillError(RuntimeError):
     """Missing inputs, an existing output, a failed or incomplete translation; the message says which."""
-
-
-def split_size(data: Path, split: str, src: str, tgt: str) -> int:
-    """Sentences in a binarized split of src-tgt."""
-    from fairseq.data import data_utils
-
-    ds = data_utils.load_indexed_dataset(str(data / f"{split}.{src}-{tgt}.{src}"), None)
-    if ds is None:
-        raise DistillError(f"{data}: no binarized {split} split for {src}-{tgt} ({split}.{src}-{tgt}.{src}.bin)")
-    return len(ds)
 
 
 def shard_file(work: Path, k: int, n: int) -> Path:
@@ -105,7 +94,10 @@ def distill(a) -> int:
         raise DistillError(f"{ck}: no such teacher checkpoint (train the teacher first, or --checkpoint last|PATH)")
     if not data.is_dir():
         raise DistillError(f"{data}: no such data-bin directory (labo-fairseq prepare; --data-root)")
-    n_train = split_size(data, "train", src, tgt)
+    try:
+        n_train = split_size(data, "train", src, tgt)
+    except FileNotFoundError as err:
+        raise DistillError(str(err)) from None
     work.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     for k, cmd in cmds.items():
@@ -173,11 +165,7 @@ def main(argv=None, prog="labo-fairseq distill-data") -> int:
     for flag, v in (("--shards", a.shards), ("--batch-size", a.batch_size), ("--workers", a.workers)):
         if v < 1:
             ap.error(f"{flag} must be >= 1, got {v}")
-    try:
-        return distill(a)
-    except (DistillError, ValueError) as err:
-        print(f"distill-data: error: {err}", file=sys.stderr)
-        return 2
+    return report_errors("distill-data", lambda: distill(a), DistillError, ValueError)
 
 
 if __name__ == "__main__":

@@ -32,12 +32,12 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 from labo_fairseq import bleu as B
 from labo_fairseq.io import (
-    ToolError, atomic_open, overwrite_refusal, split_extra, cuda_visible, generate_command, parse_generate, read_lines, run_generate, validation_curve, write_json,
-    write_lines,
+    ToolError, atomic_open, cuda_visible, generate_command, overwrite_refusal, parse_generate, read_lines,
+    report_errors, run_generate, split_extra, split_size, validation_curve, write_json, write_lines,
 )
 from labo_fairseq.protocol import (
-    RUN_MARKER, Roots, absolute, add_root_arguments, dataset_config, directions, method_config, names, raw_reference,
-    result_path, run_dir,
+    RUN_MARKER, Roots, absolute, add_root_arguments, add_run_arguments, dataset_config, directions, method_config,
+    raw_reference, result_path, run_dir, training_completed,
 )
 
 # The criterion hyper-parameters worth recording, by fairseq-train flag.
@@ -60,22 +60,6 @@ def hyper_parameters(argv: List[str]) -> Dict:
             nxt = argv[i + 1] if i + 1 < len(argv) else None
             out[tok.lstrip("-").replace("-", "_")] = True if nxt is None or nxt.startswith("--") else nxt
     return out
-
-
-def count_test_sentences(data: Path, src: str, tgt: str, subset: str = "test") -> int:
-    """Sentences in the binarized ``subset`` of src-tgt (either file order)."""
-    import logging
-
-    from fairseq.data import data_utils
-
-    logging.getLogger("fairseq.data.data_utils").setLevel(logging.WARNING)  # not one "loaded N examples" line per set
-
-    for pair in (f"{src}-{tgt}", f"{tgt}-{src}"):
-        ds = data_utils.load_indexed_dataset(str(data / f"{subset}.{pair}.{src}"), None)
-        if ds is not None:
-            return len(ds)
-    raise EvalError(f"{data}: no binarized {subset} set for {src}-{tgt} ({subset}.{src}-{tgt}.{src}.bin); "
-                    f"prepare the data again with --force if it was made by an older version")
 
 
 def saved_in_epoch(iterator: Dict) -> Optional[int]:
@@ -214,7 +198,7 @@ def evaluate(a) -> int:
         raise EvalError(f"{rd}: no run here ({RUN_MARKER} missing); train it first: "
                         f"labo-fairseq train {a.dataset} {a.method} {a.seed}" + (f" --tau {a.tau:g}" if a.tau else ""))
     run = json.loads(marker.read_text())
-    completed = "completed" in run
+    completed = training_completed(rd)
     if not completed and not named:
         raise EvalError(f"{rd}: training has not completed ({RUN_MARKER} has no 'completed'): finish it with the same "
                         f"labo-fairseq train command (it resumes), or name a checkpoint with --checkpoint best|last|PATH "
@@ -240,7 +224,10 @@ def evaluate(a) -> int:
             print(f"evaluate: note: {data} has no {subset} ({key.split('.', 1)[1]}): not scored; "
                   f"`labo-fairseq prepare ... --force` binarizes it", file=sys.stderr)
             continue
-        n_test = count_test_sentences(data, src, tgt, subset)
+        try:
+            n_test = split_size(data, subset, src, tgt)
+        except FileNotFoundError as err:
+            raise EvalError(f"{err}; prepare the data again with --force if it was made by an older version") from None
         print(f"evaluate: {a.dataset} {a.method} seed {a.seed} {key}: beam 5 on {n_test} test sentences", file=sys.stderr)
         try:
             proc = run_generate(cmd, cwd=roots.root)
@@ -299,10 +286,7 @@ def evaluate(a) -> int:
 
 def main(argv=None, prog="labo-fairseq evaluate") -> int:
     ap = argparse.ArgumentParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("dataset", help=f"one of: {', '.join(names('datasets'))}")
-    ap.add_argument("method", help=f"one of: {', '.join(names('methods'))}")
-    ap.add_argument("seed", type=int)
-    ap.add_argument("--tau", type=float, help="LABO's tau, as given to the train command")
+    add_run_arguments(ap, "LABO's tau, as given to the train command")
     ap.add_argument("--checkpoint",
                     help="best (chosen by validation BLEU, or NLL for IWSLT'17; the default), last, or a path; "
                          "naming one scores a run whose training has not completed (the result says so)")
@@ -323,11 +307,7 @@ def main(argv=None, prog="labo-fairseq evaluate") -> int:
         ap.error(f"--batch-size must be >= 1, got {a.batch_size}")
     if a.tau is not None and a.method != "labo":
         ap.error("--tau applies to the labo method only")
-    try:
-        return evaluate(a)
-    except (EvalError, ValueError) as err:
-        print(f"evaluate: error: {err}", file=sys.stderr)
-        return 2
+    return report_errors("evaluate", lambda: evaluate(a), EvalError, ValueError)
 
 
 if __name__ == "__main__":

@@ -27,7 +27,6 @@ import re
 import shlex
 import shutil
 import statistics
-import struct
 import subprocess
 import sys
 import time
@@ -74,10 +73,6 @@ def run_tool(argv: List[str], log: Path, env: Optional[Dict[str, str]] = None, c
         raise CheckError(str(err)) from None
 
 
-def fairseq_cmd(tool: str, args: List[str]) -> List[str]:
-    return [sys.executable, "-m", f"fairseq_cli.{tool}", *args]
-
-
 def train_with_peak(peak_json: str, args: List[str]) -> None:
     """fairseq-train in this process, recording peak memory of the training steps into ``peak_json``.
 
@@ -102,7 +97,7 @@ def train_with_peak(peak_json: str, args: List[str]) -> None:
     def dump():
         out = {"cuda_peak_bytes": max(peaks) if peaks else None, "steps_recorded": len(peaks),
                "max_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
-        Path(peak_json).write_text(json.dumps(out))
+        io.write_json(Path(peak_json), out, indent=None)
 
     atexit.register(dump)
     from fairseq_cli.train import cli_main
@@ -123,16 +118,6 @@ def train_log(text: str) -> List[Dict]:
         if m:
             out.append(json.loads(m.group(1)))
     return out
-
-
-def idx_length(prefix: Path) -> int:
-    """Sentences in a fairseq mmap data-bin split (``PREFIX.idx`` header: magic, version, dtype, length)."""
-    path = Path(str(prefix) + ".idx")
-    with open(path, "rb") as f:
-        head = f.read(26)
-    if len(head) < 26 or head[:9] != b"MMIDIDX\x00\x00":
-        raise CheckError(f"{path} is not a fairseq mmap index (was the data-bin made by fairseq-preprocess?)")
-    return struct.unpack("<Q", head[18:26])[0]
 
 
 # ------------------------------------------------------------------------------------ the plan
@@ -291,7 +276,7 @@ def run_training(plan: Plan, run: Dict) -> Dict:
            "max_rss_mib": p["max_rss_bytes"] / 2**20, "seconds": time.time() - t0,
            "command": shlex.join(["fairseq-train", *run["args"]]), "args": run["args"]}
     out["finite_loss"] = all(math.isfinite(float(r["loss"])) for r in records)
-    done.write_text(json.dumps(out, indent=1))
+    io.write_json(done, out)
     return out
 
 
@@ -315,12 +300,14 @@ def part_training(plan: Plan) -> Dict:
 
 
 def part_decoding(plan: Plan) -> Dict:
-    prefix = plan.a.data_bin / f"test.{plan.a.source_lang}-{plan.a.target_lang}.{plan.a.source_lang}"
-    expected = idx_length(prefix)
+    try:
+        expected = io.split_size(plan.a.data_bin, "test", plan.a.source_lang, plan.a.target_lang)
+    except FileNotFoundError as err:
+        raise CheckError(f"{err} (was the data-bin made by fairseq-preprocess?)") from None
     log = plan.work / "logs" / "generate.log"
     t0 = time.time()
     args = plan.generate_args()
-    run_tool(fairseq_cmd("generate", args), log)
+    run_tool([*io.fairseq_command("generate"), *args], log)
     ids = {int(m.group(1)) for m in re.finditer(r"^H-(\d+)\t", log.read_text(encoding="utf-8"), re.M)}
     return {"test_sentences": expected, "hypotheses": len(ids), "all_translated": ids == set(range(expected)),
             "checkpoint": str(plan.checkpoint()), "beam": 5, "seconds": time.time() - t0,
@@ -471,10 +458,7 @@ def main(argv=None, prog="python -m labo_fairseq.gpu_check") -> int:
           and all(r["finite_loss"] for r in res.get("training", {}).get("runs", {}).values())
           and res.get("decoding", {}).get("all_translated", True))
     res["ok"] = bool(ok)
-    a.out.mkdir(parents=True, exist_ok=True)
-    tmp = dest.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(res, indent=1, default=str), encoding="utf-8")
-    os.replace(tmp, dest)
+    io.write_json(dest, res, default=str)
     print(report_safe(res))
     print(f"\nwrote {dest}")
     return status or (0 if ok else 1)

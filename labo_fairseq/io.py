@@ -16,7 +16,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, Iterable, Iterator, List, Optional, Sequence, TextIO
+from typing import Callable, Dict, Iterable, Iterator, List, Optional, Sequence, TextIO, Type
 
 USER_DIR = Path(__file__).resolve().parent  # the labo_fairseq package: fairseq's --user-dir
 
@@ -46,12 +46,13 @@ def write_lines(path: Path, lines: Iterable[str]) -> int:
     return n
 
 
-def write_json(path: Path, obj, indent: Optional[int] = 1) -> Path:
-    """``obj`` as JSON (indented; ``indent=None``: one compact line), written atomically (:func:`atomic_open`)."""
+def write_json(path: Path, obj, indent: Optional[int] = 1, default=None) -> Path:
+    """``obj`` as JSON (indented; ``indent=None``: one compact line; ``default``: as json.dumps's),
+    written atomically (:func:`atomic_open`)."""
     import json
 
     with atomic_open(path) as f:
-        f.write(json.dumps(obj, indent=indent, separators=None if indent else (",", ":")) + "\n")
+        f.write(json.dumps(obj, indent=indent, separators=None if indent else (",", ":"), default=default) + "\n")
     return Path(path)
 
 
@@ -67,14 +68,29 @@ def count_lines(path: Path) -> int:
         return sum(chunk.count(b"\n") for chunk in iter(lambda: f.read(1 << 20), b""))
 
 
-def require_inputs(ap, dirs: Sequence = (), files: Sequence = ()) -> None:
-    """Stop a command with a message naming the first missing input (argparse exits with 2)."""
+def require_inputs(ap, dirs: Sequence = (), files: Sequence = (), output: Optional[Path] = None,
+                   force: bool = False) -> None:
+    """Stop a command with a message naming the first missing input, or its ``output`` where that
+    exists and not ``force`` (:func:`overwrite_refusal`); argparse exits with 2."""
     for d in dirs:
         if not Path(d).is_dir():
             ap.error(f"{d}: no such directory")
     for f in files:
         if f is not None and not Path(f).is_file():
             ap.error(f"{f}: no such file")
+    refusal = overwrite_refusal(output, force) if output is not None else None
+    if refusal:
+        ap.error(refusal)
+
+
+def report_errors(prog: str, fn: Callable[[], int], *errors: Type[BaseException]) -> int:
+    """``fn()``; where it raises one of ``errors`` (bad input, named in the message), ``PROG: error:
+    MESSAGE`` on stderr and exit status 2 instead of a traceback."""
+    try:
+        return fn()
+    except errors as err:
+        print(f"{prog}: error: {err}", file=sys.stderr)
+        return 2
 
 
 # ---------------------------------------------------------------------------- fairseq's tools
@@ -93,26 +109,6 @@ class ToolError(RuntimeError):
     """A fairseq tool exited with an error; the message holds the end of its output."""
 
 
-def run_tool(cmd: Sequence[str], cwd: Optional[Path] = None, what: str = "", log: Optional[Path] = None,
-             env: Optional[Dict[str, str]] = None, check: bool = True) -> subprocess.CompletedProcess:
-    """Run one command to completion, its output captured (or, with ``log``, written there, stderr
-    included); :class:`ToolError` with the output's end if it fails and ``check``."""
-    cmd = [str(c) for c in cmd]
-    if log is None:
-        proc = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, env=env)
-        tail = proc.stderr
-    else:
-        Path(log).parent.mkdir(parents=True, exist_ok=True)
-        with open(log, "w", encoding="utf-8") as f:
-            proc = subprocess.run(cmd, cwd=cwd, stdout=f, stderr=subprocess.STDOUT, text=True, env=env)
-        tail = Path(log).read_text(encoding="utf-8", errors="replace")
-    if check and proc.returncode != 0:
-        name = what or " ".join(Path(c).name if i == 0 else c for i, c in enumerate(cmd[:4]))
-        where = f" (log: {log})" if log else ""
-        raise ToolError(f"{name} failed (exit {proc.returncode}){where}:\n{tail[-3000:]}")
-    return proc
-
-
 def _stream(proc: subprocess.Popen, log_path: Path, echo: bool) -> None:
     with open(log_path, "a", encoding="utf-8") as log:
         for line in proc.stdout:
@@ -120,6 +116,84 @@ def _stream(proc: subprocess.Popen, log_path: Path, echo: bool) -> None:
                 sys.stdout.write(line)
             log.write(line)
             log.flush()
+
+
+class Child:
+    """A process started through this module, the one way the package starts one: stdout and stderr
+    appended to ``log`` by a thread (echoed too with ``echo``), so that no pipe fills up and a
+    failure can be reported with the end of its output."""
+
+    def __init__(self, cmd: Sequence, log: Path, cwd: Optional[Path] = None,
+                 env: Optional[Dict[str, str]] = None, echo: bool = False):
+        self.cmd, self.log = [str(c) for c in cmd], Path(log)
+        self.log.parent.mkdir(parents=True, exist_ok=True)
+        self.proc = subprocess.Popen(self.cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                     text=True, errors="replace")
+        self._thread = threading.Thread(target=_stream, args=(self.proc, self.log, echo), daemon=True)
+        self._thread.start()
+
+    @property
+    def returncode(self) -> Optional[int]:
+        return self.proc.returncode
+
+    def poll(self) -> Optional[int]:
+        return self.proc.poll()
+
+    def wait(self, timeout: Optional[float] = None) -> int:
+        rc = self.proc.wait(timeout)
+        self._thread.join()  # the log is complete once the pipe is drained
+        return rc
+
+    def terminate(self) -> None:
+        """SIGTERM, which fairseq and the project's commands handle (checkpoint_last.pt stays)."""
+        if self.proc.poll() is None:
+            self.proc.terminate()
+
+    def tail(self, chars: int = 3000) -> str:
+        return self.log.read_text(encoding="utf-8", errors="replace")[-chars:] if self.log.is_file() else ""
+
+    def failure(self, what: str = "", chars: int = 3000) -> str:
+        """'NAME failed (exit N) (log: LOG):' and the end of the output."""
+        name = what or " ".join(Path(c).name if i == 0 else c for i, c in enumerate(self.cmd[:4]))
+        return f"{name} failed (exit {self.returncode}) (log: {self.log}):\n{self.tail(chars)}"
+
+
+def stop(children: Iterable[Child], grace: float = 60.0) -> None:
+    """Stop every child still running: SIGTERM to all, then SIGKILL to those alive after ``grace`` s."""
+    children = list(children)
+    for c in children:
+        c.terminate()
+    for c in children:
+        try:
+            c.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            c.proc.kill()
+            c.wait()
+
+
+def run_tool(cmd: Sequence[str], cwd: Optional[Path] = None, what: str = "", log: Optional[Path] = None,
+             env: Optional[Dict[str, str]] = None, check: bool = True, append: bool = False,
+             echo: bool = False) -> subprocess.CompletedProcess:
+    """Run one command to completion (a :class:`Child`), its output written to ``log`` (stderr
+    included; ``append``: after what is there; without ``log``, captured and returned as
+    ``stdout``); :class:`ToolError` with the output's end if it fails and ``check``. An exception
+    here (Ctrl-C) stops the command too."""
+    import tempfile
+
+    if log is not None and not append:
+        Path(log).parent.mkdir(parents=True, exist_ok=True)
+        Path(log).write_text("", encoding="utf-8")  # this run's output only
+    with tempfile.TemporaryDirectory(prefix="labo-tool-") as tmp:
+        child = Child(cmd, Path(log) if log is not None else Path(tmp) / "output.log", cwd=cwd, env=env, echo=echo)
+        try:
+            rc = child.wait()
+        finally:
+            stop([child])
+        text = child.log.read_text(encoding="utf-8", errors="replace")
+        if check and rc != 0:
+            message = child.failure(what)
+            raise ToolError(message if log is not None else message.replace(f" (log: {child.log})", ""))
+    return subprocess.CompletedProcess(child.cmd, rc, text, "")
 
 
 class _Terminated(Exception):
@@ -137,41 +211,26 @@ def run_logged(processes: Sequence[Sequence[str]], logs: Sequence[Path], cwd: Op
     # The handler comes first: a SIGTERM between two starts must stop those already started.
     main_thread = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, _raise_terminated) if main_thread else None
-    procs: List[subprocess.Popen] = []
-    threads: List[threading.Thread] = []
+    children: List[Child] = []
     status = 0
     try:
         for i, (cmd, log) in enumerate(zip(processes, logs)):
-            procs.append(subprocess.Popen([str(c) for c in cmd], cwd=cwd, stdout=subprocess.PIPE,
-                                          stderr=subprocess.STDOUT, text=True))
-            threads.append(threading.Thread(target=_stream, args=(procs[-1], log, i == 0), daemon=True))
-            threads[-1].start()
-        while None in [p.poll() for p in procs]:  # a list, not any(): every process is polled
-            failed = [p.returncode for p in procs if p.returncode not in (None, 0)]
+            children.append(Child(cmd, log, cwd=cwd, echo=i == 0))
+        while None in [c.poll() for c in children]:  # a list, not any(): every process is polled
+            failed = [c.returncode for c in children if c.returncode not in (None, 0)]
             if failed:
                 status = failed[0]
-                for p in procs:
-                    if p.poll() is None:
-                        p.terminate()
+                for c in children:
+                    c.terminate()
             time.sleep(0.2)
-    except (KeyboardInterrupt, _Terminated) as stop:
-        for p in procs:
-            if p.poll() is None:
-                p.terminate()
-        for p in procs:
-            try:
-                p.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                p.kill()
-        if isinstance(stop, _Terminated):
-            raise SystemExit(128 + signal.SIGTERM) from None
-        raise
+    except _Terminated:
+        stop(children, grace=30)
+        raise SystemExit(128 + signal.SIGTERM) from None
     finally:
+        stop(children, grace=30)  # Ctrl-C, or any error here: no child left running alone
         if main_thread:
             signal.signal(signal.SIGTERM, previous)
-        for t in threads:
-            t.join()
-    return status or next((p.returncode for p in procs if p.returncode), 0)
+    return status or next((c.returncode for c in children if c.returncode), 0)
 
 
 def cuda_visible(probe_torch: bool = True) -> bool:
@@ -299,6 +358,21 @@ def generate(cmd: Sequence[str]) -> Generation:
     """Run a :func:`generate_command` (:func:`run_generate`) and parse it (the BLEU line may be on either stream)."""
     proc = run_generate(cmd)
     return parse_generate(proc.stdout + "\n" + proc.stderr)
+
+
+def split_size(data: Path, split: str, src: str, tgt: str) -> int:
+    """Sentences in the binarized ``split`` of a data-bin (``SPLIT.SRC-TGT.SRC`` or ``SPLIT.TGT-SRC.SRC``),
+    read by fairseq as training reads it; FileNotFoundError naming the files where there is none."""
+    import logging
+
+    from fairseq.data import data_utils
+
+    logging.getLogger("fairseq.data.data_utils").setLevel(logging.WARNING)  # not one "loaded N examples" line a set
+    for pair in (f"{src}-{tgt}", f"{tgt}-{src}"):
+        ds = data_utils.load_indexed_dataset(str(Path(data) / f"{split}.{pair}.{src}"), None)
+        if ds is not None:
+            return len(ds)
+    raise FileNotFoundError(f"{data}: no binarized {split} split for {src}-{tgt} ({split}.{src}-{tgt}.{src}.bin)")
 
 
 def validation_curve(train_log: Path) -> List[Dict]:

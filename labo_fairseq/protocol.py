@@ -163,6 +163,14 @@ class Roots:
                    pick("results_root", "results"))
 
 
+def add_run_arguments(ap: argparse.ArgumentParser, tau_help: str) -> None:
+    """A run's ``dataset method seed`` and ``--tau``, as train, evaluate and the sweeps name it."""
+    ap.add_argument("dataset", help=f"one of: {', '.join(names('datasets'))}")
+    ap.add_argument("method", help=f"one of: {', '.join(names('methods'))}")
+    ap.add_argument("seed", type=int)
+    ap.add_argument("--tau", type=float, help=tau_help)
+
+
 def add_root_arguments(ap: argparse.ArgumentParser, *which: str) -> None:
     """``--root`` and the chosen overrides (``data``, ``text``, ``runs``, ``results``)."""
     ap.add_argument("--root", type=Path, help="directory holding data-bin/, data/, runs/ and results/ "

@@ -20,7 +20,8 @@ from typing import List, Optional, Tuple
 
 from labo_fairseq.io import USER_DIR, fairseq_command, run_logged, split_extra, write_json
 from labo_fairseq.protocol import (
-    RUN_MARKER, Roots, add_root_arguments, common_config, dataset_config, flags, method_config, names, run_dir,
+    RUN_MARKER, Roots, add_root_arguments, add_run_arguments, common_config, dataset_config, flags, method_config,
+    run_dir,
 )
 
 
@@ -183,10 +184,7 @@ def cmd_train(a) -> int:
 
 def main(argv=None, prog="labo-fairseq train") -> int:
     t = argparse.ArgumentParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    t.add_argument("dataset", help=f"one of: {', '.join(names('datasets'))}")
-    t.add_argument("method", help=f"one of: {', '.join(names('methods'))}")
-    t.add_argument("seed", type=int)
-    t.add_argument("--tau", type=float, help="LABO's tau (default from configs/methods/labo.yaml: 1.15)")
+    add_run_arguments(t, "LABO's tau (default from configs/methods/labo.yaml: 1.15)")
     t.add_argument("--gpus", type=int, default=0, help="GPUs per node (0: CPU); >1 spawns one process per GPU; fp16")
     t.add_argument("--procs", type=int, default=1,
                    help="CPU only: ranks to start on this machine (fairseq's gloo backend, legacy_ddp)")

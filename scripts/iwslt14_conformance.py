@@ -5,7 +5,7 @@ Runs the pipeline's own reader and tokenizer (labo_fairseq.prepare) on the raw I
 XML files and compares, line by line, with fairseq's output of the same files:
   tok.*  our tokenized + lowercased test set   vs  fairseq-tokenized/tmp/test.*
   bpe.*  fairseq's tmp/test.* with BPE applied by our code using fairseq's `code`  vs  fairseq-tokenized/test.*
-The training text is not in ../shared/data, so learning the BPE codes cannot be compared; as an extra
+The test-data directory holds no training text, so learning the BPE codes cannot be compared; as an extra
 check on training-side text, fairseq's tmp/valid.* (every 23rd training line) is also BPE'd and compared.
 The last line reads: identical lines: tok.de=...% tok.en=...% bpe.de=...% bpe.en=...%
 """

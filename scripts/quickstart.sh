@@ -21,7 +21,8 @@ a GPU is used when there is one (fp16). Re-running reuses what is finished (a tr
 evaluation) and prints the table again.
 
   --data DIR        directory holding the Multi30k files {train,val,test_2016_flickr}.{de,en}.gz
-                    (default: ../shared/data/multi30k/task1/raw if present, else they are downloaded)
+                    (default: multi30k/task1/raw of the test-data directory, LABO_SHARED_DATA,
+                    if present, else they are downloaded)
   --work DIR        where data, runs and results go (default: work/quickstart in the working directory)
   --updates N       optimizer updates per method (default: the config's 800)
   --labo-warmup N   LABO's uniform-LS warm-up in updates (default: the config's 200; paper: 5000)
@@ -62,7 +63,8 @@ py=$(labo_python)
 lf=("$py" -m labo_fairseq)  # the labo-fairseq command of this checkout
 
 prepare=("${lf[@]}" prepare multi30k.de-en --root "$work")
-if [[ -z "$data" && -d "$repo/../shared/data/multi30k/task1/raw" ]]; then data="$repo/../shared/data/multi30k/task1/raw"; fi
+shared_raw="${LABO_SHARED_DATA:-$repo/../shared/data}/multi30k/task1/raw"  # the tests' default directory
+if [[ -z "$data" && -d "$shared_raw" ]]; then data="$shared_raw"; fi
 if [[ -n "$data" ]]; then
   [[ -d "$data" ]] || { echo "quickstart.sh: --data $data: no such directory" >&2; exit 1; }
   prepare+=(--source "$data" --offline)

@@ -10,6 +10,7 @@ from pathlib import Path
 from labo_fairseq.protocol import tiny_model
 
 REPO = Path(__file__).resolve().parents[1]
+# the test-data directory (real dev/test text, Multi30k): LABO_SHARED_DATA, else shared/data beside the checkout
 SHARED = Path(os.environ.get("LABO_SHARED_DATA", REPO.parent / "shared" / "data"))
 IWSLT = SHARED / "iwslt14.de-en" / "fairseq-tokenized"
 IWSLT17 = SHARED / "iwslt17" / "2017-01-ted-test"

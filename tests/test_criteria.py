@@ -18,7 +18,6 @@ register()  # criteria, fixes, checkpoint allow-list
 pytestmark = pytest.mark.slow  # builds fairseq tasks and models
 from fairseq import options, tasks  # noqa: E402
 from fairseq.criterions.label_smoothed_cross_entropy import label_smoothed_nll_loss  # noqa: E402
-from fairseq.data import Dictionary  # noqa: E402
 from fairseq.dataclass.utils import convert_namespace_to_omegaconf  # noqa: E402
 from fairseq.logging import metrics  # noqa: E402
 

@@ -1,7 +1,7 @@
 """End to end through fairseq's own command-line tools on real IWSLT'14 text (CPU, tiny transformer).
 
-Data: fairseq's tokenized+BPE IWSLT'14 de-en valid/test files from ../shared/data (the training text
-is not available here): 2,000 lines stand in for training data, then 100 for validation, 50 for test.
+Data: fairseq's tokenized+BPE IWSLT'14 de-en valid/test files from the test-data directory (it holds
+no training text): 2,000 lines stand in for training data, then 100 for validation, 50 for test.
 """
 
 import os

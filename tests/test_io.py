@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from labo_fairseq.io import (ToolError, atomic_open, generate_command, parse_generate, read_lines, run_generate,
-                             run_logged, run_tool, write_json, write_lines)
+from labo_fairseq.io import (Child, ToolError, atomic_open, generate_command, parse_generate, read_lines, run_generate,
+                             run_logged, run_tool, stop, write_json, write_lines)
 from tests.helpers import REPO
 
 
@@ -50,6 +50,29 @@ def test_run_tool_names_the_failure_and_keeps_the_log(tmp_path):
         run_tool([sys.executable, "-c", "import sys; print('boom'); sys.exit(3)"], log=log)
     assert log.read_text() == "boom\n"
     assert run_tool([sys.executable, "-c", "print(1)"]).stdout == "1\n"
+
+
+def test_run_tool_appends_and_echoes_when_asked(tmp_path, capfd):
+    log = tmp_path / "job.log"
+    log.write_text("+ train\n")
+    proc = run_tool([sys.executable, "-c", "print('second')"], log=log, append=True, echo=True)
+    assert log.read_text() == "+ train\nsecond\n" and proc.stdout == log.read_text()
+    assert capfd.readouterr().out == "second\n"  # echoed as it came
+    run_tool([sys.executable, "-c", "print('third')"], log=log)  # without append: this run's output only
+    assert log.read_text() == "third\n"
+
+
+def test_stop_kills_a_child_that_ignores_sigterm(tmp_path):
+    code = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print('ready', flush=True); time.sleep(60)"
+    child = Child([sys.executable, "-c", code], tmp_path / "c.log")
+    for _ in range(100):
+        if "ready" in child.tail():
+            break
+        time.sleep(0.1)
+    t0 = time.time()
+    stop([child], grace=1)
+    assert child.returncode == -signal.SIGKILL and time.time() - t0 < 10
+    assert child.failure("stubborn").startswith(f"stubborn failed (exit {-signal.SIGKILL}) (log: {tmp_path / 'c.log'}):\nready")
 
 
 def test_run_logged_stops_the_others_when_one_fails(tmp_path):

@@ -18,7 +18,8 @@ from fairseq import options  # noqa: E402
 from fairseq.criterions import CRITERION_REGISTRY  # noqa: E402
 from fairseq.dataclass.utils import convert_namespace_to_omegaconf  # noqa: E402
 
-from labo_fairseq.train import names, train_command  # noqa: E402
+from labo_fairseq.protocol import names  # noqa: E402
+from labo_fairseq.train import train_command  # noqa: E402
 
 DATASETS = ["iwslt14_de_en", "iwslt14_en_de", "iwslt14_en_fr", "iwslt14_fr_en", "iwslt17_multi",
             "wmt14_en_de", "wmt14_de_en", "multi30k_de_en", "multi30k_de_en_iwslt",

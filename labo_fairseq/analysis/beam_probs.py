@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Dict, List, Sequence
 
 from labo_fairseq.analysis import plots
-from labo_fairseq.io import overwrite_refusal
 
 
 def summary(values: Sequence[float], bins: int = 20) -> Dict:
@@ -53,11 +52,8 @@ def main(argv=None, prog="labo-fairseq analyze beam-probs") -> int:
     from labo_fairseq.io import require_inputs, write_json
     from labo_fairseq.provenance import record
 
-    require_inputs(ap, dirs=[args.data_bin], files=[args.splits])
     out_json = args.out / "beam_probs.json"
-    refusal = overwrite_refusal(out_json, args.force)
-    if refusal:
-        ap.error(refusal)
+    require_inputs(ap, dirs=[args.data_bin], files=[args.splits], output=out_json, force=args.force)
     systems = {}
     for spec in args.system:
         name, _, path = spec.partition("=")

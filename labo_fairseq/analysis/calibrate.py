@@ -13,7 +13,6 @@ import re
 import sys
 from pathlib import Path
 
-from labo_fairseq.io import overwrite_refusal
 from labo_fairseq.analysis import plots
 from labo_fairseq.analysis.calibration import ece_from_reliability, scan_with_t1
 
@@ -53,11 +52,8 @@ def main(argv=None, prog="labo-fairseq analyze calibrate") -> int:
     from labo_fairseq.io import require_inputs, write_json
     from labo_fairseq.provenance import record
 
-    require_inputs(ap, dirs=[args.data_bin], files=[args.path])
     out_json = args.out / "calibration.json"
-    refusal = overwrite_refusal(out_json, args.force)
-    if refusal:
-        ap.error(refusal)
+    require_inputs(ap, dirs=[args.data_bin], files=[args.path], output=out_json, force=args.force)
 
     model, task = load(args.path, args.data_bin, args.cpu)
     scan = scan_with_t1(args.t_min, args.t_max, args.t_step, args.n_bins)

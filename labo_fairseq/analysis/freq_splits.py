@@ -22,7 +22,7 @@ from typing import Dict, List, Tuple
 import sacrebleu
 
 from labo_fairseq.analysis.frequency import frequency_scores, make_splits, split_names
-from labo_fairseq.io import overwrite_refusal, parse_generate, require_inputs, write_json
+from labo_fairseq.io import parse_generate, require_inputs, write_json
 from labo_fairseq.provenance import record
 
 def read_system(path: Path) -> Tuple[List[str], List[str]]:
@@ -62,11 +62,8 @@ def main(argv=None, prog="labo-fairseq analyze freq-splits") -> int:
     args = ap.parse_args(argv)
     if args.parts < 1 or args.split_size < 0:
         ap.error("--parts must be >= 1 and --split-size >= 0")
-    require_inputs(ap, files=[args.train_src, args.src, args.ref])
     out_json = args.out / "freq_splits.json"
-    refusal = overwrite_refusal(out_json, args.force)
-    if refusal:
-        ap.error(refusal)
+    require_inputs(ap, files=[args.train_src, args.src, args.ref], output=out_json, force=args.force)
     src = args.src.read_text(encoding="utf-8").splitlines()
     systems, refs = {}, []
     for spec in args.system:

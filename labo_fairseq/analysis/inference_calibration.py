@@ -24,7 +24,6 @@ from collections import Counter
 from pathlib import Path
 from typing import Dict, List
 
-from labo_fairseq.io import overwrite_refusal
 from labo_fairseq.analysis import plots, ter
 from labo_fairseq.analysis.calibration import TemperatureScan, ece_from_reliability, reliability, scan_with_t1
 
@@ -126,11 +125,8 @@ def main(argv=None, prog="labo-fairseq analyze inference-calibration") -> int:
     from labo_fairseq.io import require_inputs, write_json
     from labo_fairseq.provenance import record
 
-    require_inputs(ap, dirs=[args.data_bin], files=[args.path, args.train_tgt])
     out_json = args.out / "inference_calibration.json"
-    refusal = overwrite_refusal(out_json, args.force)
-    if refusal:
-        ap.error(refusal)
+    require_inputs(ap, dirs=[args.data_bin], files=[args.path, args.train_tgt], output=out_json, force=args.force)
 
     model, task = load(args.path, args.data_bin, args.cpu)
     fit = scan_with_t1(args.t_min, args.t_max, args.t_step, args.n_bins)

@@ -28,7 +28,6 @@ from typing import Dict, List, Sequence, Tuple
 import torch
 from torch import Tensor
 
-from labo_fairseq.io import overwrite_refusal
 
 # Function words of the target languages of the configs, not "content" tokens (words that are also
 # English content words, as German "man" and "war", are left out).
@@ -242,9 +241,7 @@ def main(argv=None, prog="labo-fairseq analyze penultimate") -> int:
             ap.error(f"--system {name} given twice")
         systems[name] = Path(path)
     out_json = args.out / "penultimate.json"
-    refusal = overwrite_refusal(out_json, args.force)
-    if refusal:
-        ap.error(refusal)
+    require_inputs(ap, output=out_json, force=args.force)
 
     models = {name: load(path, args.data_bin, args.cpu) for name, path in systems.items()}
     first_task = next(iter(models.values()))[1]

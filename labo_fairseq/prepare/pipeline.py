@@ -1,7 +1,6 @@
 """Resumable preparation steps: atomic outputs, step markers, refusal to clobber, the manifest."""
 
 import datetime
-import json
 import multiprocessing
 import shutil
 import sys
@@ -88,7 +87,7 @@ class Workspace:
         elif not dry_run:
             for d in (self.root, self.dest):
                 d.mkdir(parents=True, exist_ok=True)
-                (d / MARKER).write_text(json.dumps({"dataset": dataset}) + "\n")
+                write_json(d / MARKER, {"dataset": dataset}, indent=None)
 
     def step(self, name: str, fn: Callable[[], None]) -> None:
         marker = self.root / ".done" / name

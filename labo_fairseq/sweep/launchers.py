@@ -171,8 +171,7 @@ def run_local(jobs: List[CellJob], roots: Roots, records: Dict[str, Dict]) -> in
         save_jobs(roots, records)
         print(f"sweep: [{i}/{len(jobs)}] {j.cell.label()} (log: {log_path})", flush=True)
         try:
-            with open(log_path, "a", encoding="utf-8") as log:
-                j(log)
+            j(log_path)
             rec["state"] = "done"
         except RuntimeError as err:
             failed += 1

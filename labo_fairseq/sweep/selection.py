@@ -3,13 +3,13 @@ runs and lands, and one cell as a job (train unless finished, then evaluate)."""
 
 import argparse
 import shlex
-import subprocess
 import sys
 from collections import OrderedDict
 from pathlib import Path
 from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
 
 from labo_fairseq import protocol
+from labo_fairseq.io import run_tool
 from labo_fairseq.protocol import CONFIGS, Roots, add_root_arguments, method_config, names, read_config, run_tag
 
 
@@ -116,12 +116,15 @@ class CellJob:
     def __init__(self, cell: Cell, train: List[str], evaluate: List[str], run_dir: Path, result: Path):
         self.cell, self.train, self.evaluate, self.run_dir, self.result = cell, train, evaluate, run_dir, result
 
-    def __call__(self, log=None) -> str:
+    def __call__(self, log: Optional[Path] = None) -> str:
+        """Train and evaluate, their output appended to ``log``; without one (a SLURM job) to the run's
+        ``job.log`` and echoed to the job's stdout, which submitit keeps."""
         if self.result.exists():
             return str(self.result)
+        echo, log = log is None, Path(log) if log is not None else self.run_dir / "job.log"
         if not protocol.training_completed(self.run_dir):  # resuming a finished run would train one update more
-            _run(self.train, log, "train")
-        _run(self.evaluate, log, "evaluate")
+            _run(self.train, log, "train", echo)
+        _run(self.evaluate, log, "evaluate", echo)
         return str(self.result)
 
     def checkpoint(self, *args, **kwargs):
@@ -130,9 +133,14 @@ class CellJob:
         return submitit.helpers.DelayedSubmission(self)  # train resumes from checkpoint_last.pt on its own
 
 
-def _run(cmd: List[str], log, what: str) -> None:
-    print("+ " + shlex.join(cmd), file=log or sys.stderr, flush=True)
-    rc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT if log else None).returncode
+def _run(cmd: List[str], log: Path, what: str, echo: bool) -> None:
+    line = "+ " + shlex.join(cmd)
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "a", encoding="utf-8") as f:
+        print(line, file=f)
+    if echo:
+        print(line, flush=True)
+    rc = run_tool(cmd, log=log, what=what, append=True, echo=echo, check=False).returncode
     if rc != 0:
         raise RuntimeError(f"{what} exited with status {rc}: {shlex.join(cmd)}")
 

@@ -77,20 +77,25 @@ def test_calibrate_command(data_bin, tiny_checkpoint, tmp_path):
     assert again.returncode != 0 and "--force" in again.stderr
 
 
-def test_beam_probs_command_with_frequency_splits(small_text, data_bin, tiny_checkpoint, tmp_path):
+def test_beam_probs_command_with_frequency_splits(small_text, data_bin, tiny_checkpoint, tiny_checkpoint_early,
+                                                  tmp_path):
     refs = (small_text / "test.en").read_text(encoding="utf-8").splitlines()
     (tmp_path / "ref.hyp").write_text("\n".join(refs) + "\n", encoding="utf-8")
     run("freq_splits", "--train-src", small_text / "train.de", "--src", small_text / "test.de",
         "--ref", small_text / "test.en", "--system", f"REF={tmp_path / 'ref.hyp'}", "--out", tmp_path / "freq")
     out = tmp_path / "beam"
-    proc = run("beam_probs", data_bin, "--system", f"LABO={tiny_checkpoint}", "--system", f"LABO2={tiny_checkpoint}",
-               "--splits", tmp_path / "freq" / "freq_splits.json", "--cpu", "--out", out)
+    splits = ["--splits", tmp_path / "freq" / "freq_splits.json", "--cpu"]
+    proc = run("beam_probs", data_bin, "--system", f"EARLY={tiny_checkpoint_early}", "--system", f"LABO={tiny_checkpoint}",
+               *splits, "--out", out)
+    run("beam_probs", data_bin, "--system", f"LABO={tiny_checkpoint}", *splits, "--out", tmp_path / "alone")
     res = json.loads((out / "beam_probs.json").read_text())
+    alone = json.loads((tmp_path / "alone" / "beam_probs.json").read_text())
     assert list(res["stats"]) == ["most frequent", "medium", "least frequent"]
-    for per in res["stats"].values():
-        a, b = per["LABO"], per["LABO2"]
-        assert a["steps"] > 0 and 0 < a["mean"] < 1 and a == b  # same checkpoint, same decode
-        assert sum(a["histogram"]) == a["steps"]
+    for split, per in res["stats"].items():
+        a, b = per["LABO"], per["EARLY"]
+        assert a["steps"] > 0 and 0 < a["mean"] < 1 and sum(a["histogram"]) == a["steps"]
+        assert a != b  # two checkpoints (updates 40 and 20), each its own decode ...
+        assert a == alone["stats"][split]["LABO"]  # ... and LABO's numbers as when it is decoded alone
     assert sum(per["LABO"]["steps"] for per in res["stats"].values()) > 50  # every sentence has >= 1 step
     assert png_size(out / "beam_probs.png") == (960, 480)
     assert "mode bin" in proc.stdout

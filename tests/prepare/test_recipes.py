@@ -1,16 +1,14 @@
-"""Data preparation on the real files in ../shared/data: conformance with fairseq's IWSLT'14 output,
-the IWSLT'17/WMT'14 test-set readers, and each recipe end to end on small stand-in inputs built from
-real dev/test text (the training corpora are not available here)."""
+"""Data preparation on the real files of the test-data directory (LABO_SHARED_DATA): conformance
+with fairseq's IWSLT'14 output, the IWSLT'17/WMT'14 test-set readers, and each recipe end to end
+on small stand-in inputs built from real dev/test text (it holds no training corpora)."""
 
 import gzip
 import json
 import lzma
-import os
 import re
 import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
@@ -19,14 +17,12 @@ from labo_fairseq.prepare.common import Options
 from labo_fairseq.prepare.sources import SourceError, Sources
 from labo_fairseq.prepare.text import xml_segments
 
-from tests.helpers import MULTI30K, talk_text, write
+from tests.helpers import MULTI30K, REPO, SHARED, talk_text, write
 
-REPO = Path(__file__).resolve().parents[2]
-SHARED = Path(os.environ.get("LABO_SHARED_DATA", REPO.parent / "shared" / "data"))
 IWSLT14 = SHARED / "iwslt14.de-en"
 IWSLT17 = SHARED / "iwslt17" / "2017-01-ted-test"
 WMT14 = SHARED / "wmt14.en-de"
-# Tests that read ../shared/data; the others (bad inputs made here) run everywhere.
+# Tests that read the test-data directory; the others (bad inputs made here) run everywhere.
 needs_data = pytest.mark.skipif(not SHARED.is_dir(), reason=f"real data not found at {SHARED} (set LABO_SHARED_DATA)")
 def _have_fairseq():
     try:
