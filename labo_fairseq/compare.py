@@ -38,7 +38,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 from labo_fairseq import stats as S
 from labo_fairseq.io import Child, ToolError, atomic_open, cuda_visible, run_tool, stop, write_json
 from labo_fairseq.protocol import (
-    Roots, absolute, dataset_config, method_config, names, result_path, result_sentence_stats, run_dir, run_tag,
+    Roots, absolute, dataset_config, is_labo, method_config, names, result_path, result_sentence_stats, run_dir, run_tag,
     test_set_name, tiny_model, training_completed,
 )
 
@@ -55,6 +55,21 @@ TINY_TRAIN = [*tiny_model(), "--share-all-embeddings", "--max-tokens", "2000", "
               "--eval-bleu-args", '{"beam": 1, "max_len_a": 0, "max_len_b": 12}']
 TINY_DECODE = ["--max-len-a", "0", "--max-len-b", "12"]
 NAMES = {"ce": "CE", "ls": "LS", "labo": "LABO"}
+
+
+def label(method: str) -> str:
+    """A method's name in the report: CE, LS, LABO, or an ablation's ``name:``."""
+    return NAMES.get(method) or method_config(method).get("name", method)
+
+
+def pairs(methods: Sequence[str]) -> List[Tuple[str, str]]:
+    """(system, baseline) pairs tested: LS − CE, LABO − LS, and each ablation of LABO − LABO."""
+    return [*PAIRS, *((m, "labo") for m in methods if m not in METHODS and is_labo(m))]
+
+
+def report_name(dataset: str, methods: Sequence[str], tiny: bool = False) -> str:
+    """``DATASET`` for CE/LS/LABO, ``DATASET_ablations`` when an ablation is among the methods."""
+    return dataset + ("_ablations" if set(methods) - set(METHODS) else "") + ("_tiny" if tiny else "")
 
 
 class ReportError(ValueError):
@@ -126,7 +141,7 @@ class Compare:
     def train_cmd(self, method: str, seed: int, tau: Optional[float]) -> List[str]:
         cmd = [*self.lf, "train", self.dataset, method, str(seed), *self.root_args()[:6]]
         cmd += (["--tau", f"{tau:g}"] if tau is not None else []) + (["--gpus", "1"] if self.gpu else [])
-        extra = [*TINY_TRAIN, *(["--labo-warmup-updates", "8"] if method == "labo" else [])] if self.a.tiny else []
+        extra = [*TINY_TRAIN, *(["--labo-warmup-updates", "8"] if is_labo(method) else [])] if self.a.tiny else []
         if getattr(self.a, "max_epoch", None):
             extra += ["--max-epoch", str(self.a.max_epoch)]
         return cmd + (["--", *extra] if extra else [])
@@ -229,7 +244,7 @@ class Compare:
             self.say("analysis skipped: its figures need matplotlib (pip install 'labo-fairseq[plots]'); "
                      "run the same command again where it is installed")
             return True
-        out = self.roots.root / "analysis" / "compare" / self.dataset
+        out = self.roots.root / "analysis" / "compare" / report_name(self.dataset, self.methods)
         seed = self.a.seeds[0]
         rd = {m: run_dir(self.roots.runs, self.dataset, m, seed, self.tau(m)) for m in self.methods}
         ck = {m: rd[m] / "checkpoints" / "checkpoint_best.pt" for m in self.methods}
@@ -238,12 +253,12 @@ class Compare:
         small = ["--max-tokens", "2000"] if self.a.tiny else []
         coarse = ["--t-step", "0.1"] if self.a.tiny else []  # --tiny: a coarser temperature grid, the short test set
         gen = ["--gen-subset", "test2", "--max-len-b", "12"] if self.a.tiny else ["--gen-subset", "test"]
-        systems = [f"--system={NAMES.get(m, m)}={ck[m]}" for m in self.methods]
+        systems = [f"--system={label(m)}={ck[m]}" for m in self.methods]
         steps = [
             (out / "freq" / "freq_splits.json",
              [*self.lf, "analyze", "freq-splits", "--train-src", str(text / "train.de"), "--src", str(text / "test.de"),
               "--ref", str(text / "test.en"),
-              *[f"--system={NAMES.get(m, m)}={rd[m] / 'eval' / 'generate-test.de-en.txt'}" for m in self.methods],
+              *[f"--system={label(m)}={rd[m] / 'eval' / 'generate-test.de-en.txt'}" for m in self.methods],
               "--tokenize", "none", "--parts", "3", "--out", str(out / "freq")]),
             (out / "beam" / "beam_probs.json",
              [*self.lf, "analyze", "beam-probs", str(self.data), *systems,
@@ -256,7 +271,7 @@ class Compare:
                "--out", str(out / f"calibration_{m}"), *cpu, *coarse]) for m in self.methods
              ] + [(out / "inference_calibration" / m / "inference_calibration.json",
                    [*self.lf, "analyze", "inference-calibration", str(self.data), "--path", str(ck[m]),
-                    "--name", NAMES.get(m, m), "--subset", "valid", *gen, "--train-tgt", str(text / "train.en"),
+                    "--name", label(m), "--subset", "valid", *gen, "--train-tgt", str(text / "train.en"),
                     "--out", str(out / "inference_calibration" / m), *cpu, *coarse])
                   for m in self.methods]
         for done, cmd in steps:
@@ -375,7 +390,7 @@ def build_report(dataset: str, found: Dict[Tuple[str, int, Optional[float]], Pat
             cell["incomplete_training"] = [s for s, res in rs if res.get("training_completed") is False]
             per[method] = cell
         comparisons = {}
-        for b, a in PAIRS:
+        for b, a in pairs(methods):
             if b not in per or a not in per:
                 continue
             common = sorted(set(per[a]["seeds"]) & set(per[b]["seeds"]))
@@ -426,12 +441,12 @@ def markdown(rep: Dict) -> str:
         return (S.mean_std_text(d[metric]["values"]) + (" *" if d["under_min_seeds"] else "")
                 + (" ‡" if d["incomplete_training"] else ""))
 
-    head = (f"### {ds}: " + ", ".join(NAMES.get(m, m) for m in methods) + f" (LABO τ={rep['tau']:g}), beam 5"
+    head = (f"### {ds}: " + ", ".join(label(m) for m in methods) + f" (LABO τ={rep['tau']:g}), beam 5"
             + (" — TINY: a pipeline check, not a result" if rep["tiny"] else ""))
     if rep.get("max_epoch") and rep.get("config_max_epoch") and rep["max_epoch"] != rep["config_max_epoch"]:
         head += (f" — {rep['max_epoch']} epochs per run instead of the config's {rep['config_max_epoch']} "
                  "(what fitted the allocation): another protocol than the full one")
-    lines = [head, "", "| test set | metric | " + " | ".join(NAMES.get(m, m) for m in methods) + " |",
+    lines = [head, "", "| test set | metric | " + " | ".join(label(m) for m in methods) + " |",
              "|---|---|" + "---|" * len(methods)]
     for key, t in rep["test_sets"].items():
         for metric, title in (("bleu", f"BLEU ({rep['bleu']})"), ("sacrebleu", "sacreBLEU"), ("chrf", "chrF")):
@@ -445,7 +460,7 @@ def markdown(rep: Dict) -> str:
             sa = c["seed_aware"]
             per = ", ".join(f"{s}: {v['bootstrap']['p']} / {v['approximate_randomization']['p']}"
                             for s, v in c["per_seed"].items())
-            lines.append(f"| {test_set_name(ds, key)} | {NAMES.get(b, b)} − {NAMES.get(a, a)} | {sa['delta']:+.2f} | "
+            lines.append(f"| {test_set_name(ds, key)} | {label(b)} − {label(a)} | {sa['delta']:+.2f} | "
                          f"[{sa['ci95'][0]:+.2f}, {sa['ci95'][1]:+.2f}] | {sa['p']} | {per} |")
     lines += ["", "| method | seed | chosen epoch (updates) | valid BLEU | valid NLL (bits) | updates | training time |",
               "|---|---|---|---|---|---|---|"]
@@ -454,7 +469,7 @@ def markdown(rep: Dict) -> str:
             nll = "–" if r["valid_nll_bits"] is None else f"{r['valid_nll_bits']:.3f}"
             vb = "–" if r["valid_bleu"] is None else f"{r['valid_bleu']:.2f}"
             wall = "–" if r["train_wall_s"] is None else f"{r['train_wall_s'] / 60:.0f} min"
-            lines.append(f"| {NAMES.get(m, m)} | {r['seed']} | {r['epoch']} ({r['updates']}) | {vb} | {nll} | "
+            lines.append(f"| {label(m)} | {r['seed']} | {r['epoch']} ({r['updates']}) | {vb} | {nll} | "
                          f"{r['last_updates']} | {wall} |")
     sig = next(iter(rep["signatures"].values()))
     notes = ["Cells: mean ± sample std over n seeds; * fewer than 3 seeds; ‡ includes a run whose training had not "
@@ -467,7 +482,7 @@ def markdown(rep: Dict) -> str:
 
 
 def write_report(c: Compare, rep: Dict) -> Path:
-    path = c.roots.results / "compare" / (f"{c.dataset}_tiny.json" if c.a.tiny else f"{c.dataset}.json")
+    path = c.roots.results / "compare" / f"{report_name(c.dataset, c.methods, c.a.tiny)}.json"
     write_json(path, rep)
     with atomic_open(path.with_suffix(".md")) as f:
         f.write(markdown(rep))

@@ -38,25 +38,51 @@ def common_config() -> Dict:
     return read_config(CONFIGS / "common.yaml")
 
 
-def dataset_config(name: str) -> Dict:
-    """The dataset's config with its ``base:`` chain applied (keys and ``args`` both override)."""
-    if name not in names("datasets"):
-        raise ValueError(f"unknown dataset {name!r}; choose from {', '.join(names('datasets'))}")
-    cfg = read_config(CONFIGS / "datasets" / f"{name}.yaml")
+def _config(kind: str, name: str) -> Dict:
+    """``configs/KIND/NAME.yaml`` with its ``base:`` chain applied (keys and ``args`` both override)."""
+    if name not in names(kind):
+        raise ValueError(f"unknown {kind[:-1]} {name!r}; choose from {', '.join(names(kind))}")
+    cfg = read_config(CONFIGS / kind / f"{name}.yaml")
     base = cfg.pop("base", None)
     if base is None:
         return cfg
-    merged = dataset_config(base)
+    merged = _config(kind, base)
     args = {**merged.get("args", {}), **cfg.pop("args", {})}
     merged.update(cfg)
     merged["args"] = args
     return merged
 
 
+def dataset_config(name: str) -> Dict:
+    return _config("datasets", name)
+
+
 def method_config(name: str) -> Dict:
-    if name not in names("methods"):
-        raise ValueError(f"unknown method {name!r}; choose from {', '.join(names('methods'))}")
-    return read_config(CONFIGS / "methods" / f"{name}.yaml")
+    """A method's config; an ablation of LABO names ``base: labo`` and overrides what it ablates."""
+    return _config("methods", name)
+
+
+def is_labo(method: str) -> bool:
+    """LABO or one of its ablations (a method whose criterion is ``label_smoothed_labo``)."""
+    return method_config(method).get("args", {}).get("--criterion") == "label_smoothed_labo"
+
+
+WARMUPS = {"default": "labo_warmup_updates", "short": "labo_warmup_updates_short"}
+
+
+def labo_warmup_updates(dataset: str, method: str) -> int:
+    """LABO's uniform-LS warm-up (updates): the dataset's ``labo_warmup_updates``; a method's
+    ``labo_warmup: short`` takes the dataset's ``labo_warmup_updates_short`` (the paper's 5,000
+    updates read the other way), ``none`` 0."""
+    choice = method_config(method).get("labo_warmup", "default")
+    if choice == "none":
+        return 0
+    if choice not in WARMUPS:
+        raise ValueError(f"method {method}: labo_warmup must be one of default, short, none; got {choice!r}")
+    ds = dataset_config(dataset)
+    if WARMUPS[choice] not in ds:
+        raise ValueError(f"dataset {dataset} has no {WARMUPS[choice]}, which method {method} needs")
+    return int(ds[WARMUPS[choice]])
 
 
 def flags(args: Dict) -> List[str]:

@@ -20,8 +20,8 @@ from typing import List, Optional, Tuple
 
 from labo_fairseq.io import USER_DIR, fairseq_command, run_logged, split_extra, write_json
 from labo_fairseq.protocol import (
-    RUN_MARKER, Roots, add_root_arguments, add_run_arguments, common_config, dataset_config, flags, method_config,
-    run_dir,
+    RUN_MARKER, Roots, add_root_arguments, add_run_arguments, common_config, dataset_config, flags, is_labo,
+    labo_warmup_updates, method_config, run_dir,
 )
 
 
@@ -72,10 +72,10 @@ def train_command(dataset: str, method: str, seed: int, tau: Optional[float] = N
     if tau is not None and tau <= 0:
         raise ValueError(f"--tau must be > 0, got {tau}")
     args = {**common_config().get("args", {}), **ds.get("args", {}), **me.get("args", {})}
-    if method == "labo":
-        args["--labo-warmup-updates"] = ds["labo_warmup_updates"]
-        if tau is not None:
-            args["--labo-tau"] = tau
+    if is_labo(method):
+        args["--labo-warmup-updates"] = labo_warmup_updates(dataset, method)
+    if tau is not None:
+        args["--labo-tau"] = tau
     if student is not None:
         args.update(student.args)
     out = run_dir(runs_root, dataset, method, seed, tau) if student is None else run_dir(runs_root, dataset, student.tag, seed, None)

@@ -26,10 +26,36 @@ DATASETS = ["iwslt14_de_en", "iwslt14_en_de", "iwslt14_en_fr", "iwslt14_fr_en", 
             "multi30k_de_en_small"]  # the last three: not the paper's
 PILOTS = ["multi30k_de_en_small_pilot"]  # multi30k_de_en_small with another --max-epoch
 METHODS = ["afl", "ce", "cp", "fl", "labo", "ls"]
+ABLATIONS = ["labo_fixed_alpha", "labo_no_warmup", "labo_rho1", "labo_short_warmup"]  # of LABO, base: labo
 
 
 def test_every_dataset_and_method_has_a_config():
-    assert names("datasets") == sorted(DATASETS + PILOTS) and names("methods") == sorted(METHODS + ["kd"])
+    assert names("datasets") == sorted(DATASETS + PILOTS) and names("methods") == sorted(METHODS + ABLATIONS + ["kd"])
+
+
+def flag(argv, name):
+    return argv[argv.index(name) + 1] if name in argv else None
+
+
+@pytest.mark.parametrize("method,changed", [
+    ("labo_fixed_alpha", {"--labo-alpha": "0.1"}), ("labo_rho1", {"--labo-rho": "1.0"}),
+    ("labo_no_warmup", {"--labo-warmup-updates": "0"}), ("labo_short_warmup", {"--labo-warmup-updates": "180"})])
+def test_an_ablation_is_labo_with_one_thing_changed(method, changed, tmp_path):
+    labo = train_command("multi30k_de_en_small", "labo", 1, runs_root=tmp_path).train_argv
+    ab = train_command("multi30k_de_en_small", method, 1, runs_root=tmp_path).train_argv
+    assert flag(labo, "--labo-warmup-updates") == "570" and flag(labo, "--labo-alpha") is None
+    for name, value in changed.items():
+        assert flag(ab, name) == value != flag(labo, name)
+    strip = {"--save-dir", *changed}
+    assert [t for i, t in enumerate(ab) if t not in strip and (i == 0 or ab[i - 1] not in strip)] == \
+           [t for i, t in enumerate(labo) if t not in strip and (i == 0 or labo[i - 1] not in strip)]
+    assert ab[ab.index("--save-dir") + 1] == str(tmp_path / "multi30k_de_en_small" / method / "seed1" / "checkpoints")
+
+
+def test_the_short_warmup_needs_the_datasets_reading_of_it():
+    with pytest.raises(ValueError, match="dataset iwslt14_de_en has no labo_warmup_updates_short, which method "
+                                         "labo_short_warmup needs"):
+        train_command("iwslt14_de_en", "labo_short_warmup", 1)
 
 
 @pytest.mark.parametrize("dataset", DATASETS)
@@ -56,6 +82,17 @@ def test_config_parses_with_fairseq_and_builds_its_criterion(dataset, method, ta
     if dataset.startswith(("iwslt14", "wmt")):
         src, tgt = dataset.split("_")[1:]
         assert (args.source_lang, args.target_lang) == (src, tgt)
+
+
+@pytest.mark.parametrize("method", ABLATIONS)
+@pytest.mark.slow
+def test_an_ablation_builds_labos_criterion_with_its_change(method):
+    argv = train_command("multi30k_de_en_small", method, 1).train_argv
+    args = options.parse_args_and_arch(options.get_training_parser(), argv[1:])
+    c = CRITERION_REGISTRY[args.criterion].build_criterion(convert_namespace_to_omegaconf(args).criterion, None)
+    got = (c.alpha, c.rho, c.warmup_updates, c.tau)
+    assert got == {"labo_fixed_alpha": (0.1, 0.5, 570, 1.15), "labo_rho1": (None, 1.0, 570, 1.15),
+                   "labo_no_warmup": (None, 0.5, 0, 1.15), "labo_short_warmup": (None, 0.5, 180, 1.15)}[method]
 
 
 def run(*args, cwd=REPO):
