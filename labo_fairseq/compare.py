@@ -14,8 +14,8 @@ exists:
      under 3 seeds marked), LS − CE and LABO − LS with the seed-aware paired bootstrap and, per seed
      pair, sacrebleu's paired bootstrap and approximate randomization (:mod:`labo_fairseq.stats`),
      validation NLL and training time per method, into ``RESULTS/compare/DATASET.{json,md}``;
-  4. the analyses on the seed-1 checkpoints (frequency splits, beam probabilities, calibration,
-     penultimate layer, inference calibration) into ``ROOT/analysis/compare/DATASET/``.
+  4. the analyses on the checkpoints of the first seed given (frequency splits, beam probabilities,
+     calibration, penultimate layer, inference calibration) into ``ROOT/analysis/compare/DATASET/``.
 
 ``--report`` only builds the report from the results present (of any number of calls or machines).
 ``--budget-minutes`` bounds one call: training stops (losing at most the updates since its last
@@ -67,9 +67,12 @@ def pairs(methods: Sequence[str]) -> List[Tuple[str, str]]:
     return [*PAIRS, *((m, "labo") for m in methods if m not in METHODS and is_labo(m))]
 
 
-def report_name(dataset: str, methods: Sequence[str], tiny: bool = False) -> str:
-    """``DATASET`` for CE/LS/LABO, ``DATASET_ablations`` when an ablation is among the methods."""
-    return dataset + ("_ablations" if set(methods) - set(METHODS) else "") + ("_tiny" if tiny else "")
+def report_name(dataset: str, methods: Sequence[str], tau: float, tiny: bool = False) -> str:
+    """``DATASET`` for CE/LS/LABO at LABO's default τ; ``_tauT`` for another τ, ``_ablations`` when an
+    ablation is among the methods, ``_tiny`` for ``--tiny``: a report never replaces another's."""
+    other_tau = tau != float(method_config("labo")["args"]["--labo-tau"])
+    return (dataset + (f"_tau{tau:g}" if other_tau else "") + ("_ablations" if set(methods) - set(METHODS) else "")
+            + ("_tiny" if tiny else ""))
 
 
 class ReportError(ValueError):
@@ -237,6 +240,12 @@ class Compare:
             found = {r: self.result(*r) for r in self.runs() if self.result(*r).is_file()}
         return build_report(self.dataset, found, self.a.tau, self.a.bootstrap_samples, self.a.tiny)
 
+    def report_path(self) -> Path:
+        return self.roots.results / "compare" / f"{report_name(self.dataset, self.methods, self.a.tau, self.a.tiny)}.json"
+
+    def analysis_dir(self) -> Path:
+        return self.roots.root / "analysis" / "compare" / report_name(self.dataset, self.methods, self.a.tau)
+
     def analysis(self) -> bool:
         import importlib.util
 
@@ -244,7 +253,7 @@ class Compare:
             self.say("analysis skipped: its figures need matplotlib (pip install 'labo-fairseq[plots]'); "
                      "run the same command again where it is installed")
             return True
-        out = self.roots.root / "analysis" / "compare" / report_name(self.dataset, self.methods)
+        out = self.analysis_dir()
         seed = self.a.seeds[0]
         rd = {m: run_dir(self.roots.runs, self.dataset, m, seed, self.tau(m)) for m in self.methods}
         ck = {m: rd[m] / "checkpoints" / "checkpoint_best.pt" for m in self.methods}
@@ -406,6 +415,10 @@ def build_report(dataset: str, found: Dict[Tuple[str, int, Optional[float]], Pat
                              for s in common},
             }
         table[key] = {"methods": per, "comparisons": comparisons}
+    for name in {n for t in table.values() for n in t["comparisons"]}:  # one family per pair: its test sets
+        tests = [t["comparisons"][name]["seed_aware"] for t in table.values() if name in t["comparisons"]]
+        for sa, p in zip(tests, S.holm([sa["p_value"] for sa in tests])):
+            sa["p_holm"], sa["holm_family"] = p, len(tests)
     runs = {}
     for method in methods:
         rs = sorted(((r[1], res) for r, res in results.items() if r[0] == method), key=lambda x: x[0])
@@ -452,8 +465,8 @@ def markdown(rep: Dict) -> str:
         for metric, title in (("bleu", f"BLEU ({rep['bleu']})"), ("sacrebleu", "sacreBLEU"), ("chrf", "chrF")):
             lines.append(f"| {test_set_name(ds, key)} | {title} | "
                          + " | ".join(cell(t["methods"][m], metric) for m in methods) + " |")
-    lines += ["", "| test set | difference (BLEU) | Δ | 95% CI | p (seed-aware bootstrap) | p per seed: bootstrap / AR |",
-              "|---|---|---|---|---|---|"]
+    lines += ["", "| test set | difference (BLEU) | Δ | 95% CI | p (seed-aware bootstrap) | p, Holm over the test sets "
+                  "| p per seed: bootstrap / AR |", "|---|---|---|---|---|---|---|"]
     for key, t in rep["test_sets"].items():
         for name, c in t["comparisons"].items():
             b, a = name.split("_minus_")
@@ -461,7 +474,7 @@ def markdown(rep: Dict) -> str:
             per = ", ".join(f"{s}: {v['bootstrap']['p']} / {v['approximate_randomization']['p']}"
                             for s, v in c["per_seed"].items())
             lines.append(f"| {test_set_name(ds, key)} | {label(b)} − {label(a)} | {sa['delta']:+.2f} | "
-                         f"[{sa['ci95'][0]:+.2f}, {sa['ci95'][1]:+.2f}] | {sa['p']} | {per} |")
+                         f"[{sa['ci95'][0]:+.2f}, {sa['ci95'][1]:+.2f}] | {sa['p']} | {sa['p_holm']:.3f} | {per} |")
     lines += ["", "| method | seed | chosen epoch (updates) | valid BLEU | valid NLL (bits) | updates | training time |",
               "|---|---|---|---|---|---|---|"]
     for m, rs in rep["runs"].items():
@@ -476,13 +489,14 @@ def markdown(rep: Dict) -> str:
              "completed.",
              f"Differences: seed-aware paired bootstrap ({rep['samples']} samples: one set of sentence indices per "
              "sample for every seed of both methods; Δ of the seed-averaged corpus BLEU), and per seed pair "
-             f"sacrebleu's paired bootstrap ({rep['samples']}) and approximate randomization ({10 * rep['samples']}).",
+             f"sacrebleu's paired bootstrap ({rep['samples']}) and approximate randomization ({10 * rep['samples']}). "
+             "Holm: the seed-aware p-values of one difference over the test sets, adjusted for testing it on each.",
              "Signatures: " + "; ".join(f"{k} `{v}`" for k, v in sig.items() if v)]
     return "\n".join(lines) + "\n\n" + "\n".join(f"- {n}" for n in notes) + "\n"
 
 
 def write_report(c: Compare, rep: Dict) -> Path:
-    path = c.roots.results / "compare" / f"{report_name(c.dataset, c.methods, c.a.tiny)}.json"
+    path = c.report_path()
     write_json(path, rep)
     with atomic_open(path.with_suffix(".md")) as f:
         f.write(markdown(rep))
@@ -579,7 +593,7 @@ def main(argv=None, prog="labo-fairseq compare") -> int:
         for r in c.runs():
             c.say("+ " + shlex.join(c.evaluate_cmd(*r)))
         return 0
-    report_json = c.roots.results / "compare" / (f"{c.dataset}_tiny.json" if a.tiny else f"{c.dataset}.json")
+    report_json = c.report_path()
     if not (c.prepare() and c.train() and c.evaluate()):
         why = "by SIGTERM" if c.terminated else f"for the time budget ({a.budget_minutes:g} min)"
         c.say(f"stopped {why}; run the same command again to continue")
@@ -598,7 +612,7 @@ def main(argv=None, prog="labo-fairseq compare") -> int:
     if not c.analysis():
         c.say("analysis stopped for the time budget; run the same command again to continue")
         return NOT_FINISHED
-    c.say(f"analysis in {c.roots.root / 'analysis' / 'compare' / c.dataset}")
+    c.say(f"analysis in {c.analysis_dir()}")
     return 0
 
 

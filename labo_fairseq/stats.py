@@ -11,6 +11,7 @@ evaluate command stores beside each result, so a test needs no references and no
   systems (the seeds translate the same sentences); the statistic is
   ``mean_seeds score(B) − mean_seeds score(A)``. It reports that difference, its 95% percentile
   interval, and a two-sided p-value for "no difference" (the bootstrap distribution shifted to mean 0).
+- :func:`holm`: p-values of one comparison made on several test sets, adjusted for the number made.
 """
 
 import math
@@ -40,6 +41,17 @@ def format_p(p: float, samples: int) -> str:
     if p <= 1.0 / (samples + 1) + 1e-12:
         return f"< {10 ** -digits:.{digits}f}"
     return f"{p:.{digits}f}"
+
+
+def holm(p_values: Sequence[float]) -> List[float]:
+    """Holm's step-down adjustment of m p-values (family-wise error): the i-th smallest becomes
+    ``max_{j <= i} min(1, (m − j + 1) p_(j))``, returned in the input's order."""
+    order = sorted(range(len(p_values)), key=lambda i: p_values[i])
+    out, running = [0.0] * len(p_values), 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (len(p_values) - rank) * p_values[i]))
+        out[i] = running
+    return out
 
 
 def metric(name: str, lowercase: bool = False):

@@ -12,6 +12,7 @@ import time
 import pytest
 
 from labo_fairseq import compare
+from labo_fairseq import stats as S
 from tests.helpers import MULTI30K_SMALL, cli
 
 
@@ -123,23 +124,23 @@ def test_runs_ended_by_the_same_sigterm_resume_and_are_not_failures(tmp_path, mo
     assert "failed" not in capsys.readouterr().err
 
 
-def fake_result(tmp_path, method, seed, bleu, command=None, completed=True):
+def fake_result(tmp_path, method, seed, bleu, command=None, completed=True, keys=("de-en",)):
     """A result JSON with its sentence statistics, as evaluate writes them, for the report."""
     from labo_fairseq import stats as S
 
     refs = [f"w{i} a b c d e f {i % 3}" for i in range(60)]
-    cut = {"ce": 3, "ls": 2, "labo": 1}[method] + seed % 2
+    cut = {"ce": 3, "ls": 2, "labo": 1}.get(method, 2) + seed % 2  # another method: an ablation of LABO
     st = S.sentence_stats(S.metric("bleu"), [" ".join(r.split()[:-cut]) for r in refs], refs)
     tag = "labo-tau1.15" if method == "labo" else method
     path = tmp_path / "results" / tag / f"seed{seed}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.with_name(f"seed{seed}.stats.json").write_text(json.dumps({"directions": {"de-en": st}}))
+    path.with_name(f"seed{seed}.stats.json").write_text(json.dumps({"directions": {k: st for k in keys}}))
+    crit = {"ce": "cross_entropy", "ls": "label_smoothed_cross_entropy"}.get(method, "label_smoothed_labo")
     cmd = command or ["fairseq-train", f"/somewhere/{seed}/data-bin/multi30k.de-en", "--arch", "transformer_iwslt_de_en",
-                      "--criterion", {"ce": "cross_entropy", "ls": "label_smoothed_cross_entropy",
-                                      "labo": "label_smoothed_labo"}[method], "--seed", str(seed), "--cpu"]
+                      "--criterion", crit, "--seed", str(seed), "--cpu"]
     d = {"bleu": bleu, "sacrebleu": bleu - 1, "chrf": bleu + 20, "convention": "tokenized",
          "paper_metric": {"signature": "tok:none"}, "sacrebleu_signature": "case:lc|tok:13a", "chrf_signature": "nc:6"}
-    r = {"dataset": "multi30k_de_en_small", "method": method, "seed": seed, "directions": {"de-en": d},
+    r = {"dataset": "multi30k_de_en_small", "method": method, "seed": seed, "directions": {k: d for k in keys},
          "sentence_stats": f"seed{seed}.stats.json", "training_completed": completed, "bleu_convention": "tokenized",
          "checkpoint": {"epoch": 20, "updates": 2660, "valid_value": 40.0},
          "validation": {"nll_loss": 2.5}, "train": {"command": cmd, "last_checkpoint": {"updates": 4000, "train_wall_s": 3600}}}
@@ -158,9 +159,40 @@ def test_report_counts_seeds_marks_small_cells_and_tests_the_pairs(tmp_path):
     assert comp["ls_minus_ce"]["seeds"] == [1, 2, 3] and comp["labo_minus_ls"]["seeds"] == [1, 2]
     assert comp["ls_minus_ce"]["seed_aware"]["delta"] > 0 and comp["ls_minus_ce"]["seed_aware"]["p_value"] < 0.01
     assert set(comp["labo_minus_ls"]["per_seed"][1]) == {"bootstrap", "approximate_randomization"}
+    sa = comp["labo_minus_ls"]["seed_aware"]
+    assert sa["holm_family"] == 1 and sa["p_holm"] == sa["p_value"]  # one test set: nothing to adjust
     md = compare.markdown(rep)
     assert "| test_2016_flickr | BLEU (tokenized) | 38.20 ± 0.10 (n=3) | 39.20 ± 0.10 (n=3) | 40.15 ± 0.07 (n=2) * |" in md
     assert "| test_2016_flickr | LS − CE |" in md and "| LS | 1 | 20 (2660) | 40.00 | 2.500 | 4000 | 60 min |" in md
+
+
+def test_a_difference_tested_on_several_test_sets_gets_holms_adjustment(tmp_path):
+    keys = ("de-en", "de-en.test_2017_flickr", "de-en.test_2017_mscoco")
+    found = {(m, s, 1.15 if m == "labo" else None): fake_result(tmp_path, m, s, 39.0, keys=keys)
+             for m in ("ls", "labo") for s in (1, 2)}
+    rep = compare.build_report("multi30k_de_en_small", found, 1.15, samples=100)
+    tests = [rep["test_sets"][k]["comparisons"]["labo_minus_ls"]["seed_aware"] for k in keys]
+    assert [t["holm_family"] for t in tests] == [3, 3, 3]
+    assert [t["p_holm"] for t in tests] == S.holm([t["p_value"] for t in tests])
+    assert all(t["p_holm"] >= t["p_value"] for t in tests) and any(t["p_holm"] > t["p_value"] for t in tests)
+
+
+def test_an_ablation_is_tested_against_labo_and_reported_apart(tmp_path):
+    found = {(m, s, 1.15 if m == "labo" else None): fake_result(tmp_path, m, s, 39.0)
+             for m in ("ls", "labo", "labo_fixed_alpha") for s in (1, 2)}
+    found[("labo_no_warmup", 1, None)] = fake_result(tmp_path, "labo_no_warmup", 1, 39.0)
+    rep = compare.build_report("multi30k_de_en_small", found, 1.15, samples=100)
+    comp = rep["test_sets"]["de-en"]["comparisons"]
+    assert set(comp) == {"labo_minus_ls", "labo_fixed_alpha_minus_labo", "labo_no_warmup_minus_labo"}
+    assert comp["labo_fixed_alpha_minus_labo"]["seeds"] == [1, 2] and comp["labo_no_warmup_minus_labo"]["seeds"] == [1]
+    assert comp["labo_fixed_alpha_minus_labo"]["seed_aware"]["delta"] < 0  # it drops one word more than LABO
+    md = compare.markdown(rep)
+    assert "| test_2016_flickr | LABO, alpha 0.1 − LABO | -" in md and "| LABO, no warm-up | 1 |" in md
+    names = {(ms, t, tiny): compare.report_name("multi30k_de_en_small", ms, t, tiny)
+             for ms in (("ce", "ls", "labo"), ("labo", "labo_rho1")) for t in (1.15, 1.25) for tiny in (False, True)}
+    assert names[("ce", "ls", "labo"), 1.15, False] == "multi30k_de_en_small"
+    assert names[("labo", "labo_rho1"), 1.25, True] == "multi30k_de_en_small_tau1.25_ablations_tiny"
+    assert len(set(names.values())) == len(names)  # no report replaces another's
 
 
 def test_report_refuses_runs_of_other_configs_and_names_them(tmp_path):

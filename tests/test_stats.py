@@ -98,3 +98,10 @@ def test_test_sets_of_different_sizes_are_refused():
         S.seed_bootstrap(m, [S.sentence_stats(m, worse, refs)], [S.sentence_stats(m, worse[:10], refs[:10])])
     with pytest.raises(ValueError, match="not the same test set"):
         S.paired_bootstrap(m, S.sentence_stats(m, worse, refs), S.sentence_stats(m, worse[:10], refs[:10]))
+
+
+def test_holm_adjusts_step_down_in_the_inputs_order():
+    # sorted: 0.005*4 = 0.02, 0.01*3 = 0.03, 0.03*2 = 0.06, 0.04*1 = 0.04 -> kept monotone: 0.06
+    assert S.holm([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.03, 0.06, 0.06, 0.02])
+    assert S.holm([0.027, 0.845, 0.859]) == pytest.approx([0.081, 1.0, 1.0])  # clipped at 1
+    assert S.holm([0.2]) == [0.2] and S.holm([]) == []
