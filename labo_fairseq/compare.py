@@ -11,9 +11,11 @@ exists:
   2. ``train`` of every run not finished, ``--parallel`` at a time (default: all at once), each
      evaluated as soon as it finishes (``evaluate``: BLEU, sacreBLEU and chrF);
   3. the report, from every result present: mean ± std per method and test set (n per cell, cells
-     under 3 seeds marked), LS − CE and LABO − LS with the seed-aware paired bootstrap and, per seed
-     pair, sacrebleu's paired bootstrap and approximate randomization (:mod:`labo_fairseq.stats`),
-     validation NLL and training time per method, into ``RESULTS/compare/DATASET.{json,md}``;
+     under 3 seeds marked), LS − CE, LABO − LS and each ablation of LABO − LABO with the seed-aware
+     paired bootstrap (Holm's adjustment over the test sets) and, per seed pair, sacrebleu's paired
+     bootstrap and approximate randomization (:mod:`labo_fairseq.stats`), validation NLL and training
+     time per method, into ``RESULTS/compare/DATASET.{json,md}`` (``DATASET_tauT`` for another τ,
+     ``DATASET_ablations`` with ablations; a rebuilt report may add results, not leave any out);
   4. the analyses on the checkpoints of the first seed given (frequency splits, beam probabilities,
      calibration, penultimate layer, inference calibration) into ``ROOT/analysis/compare/DATASET/``.
 
@@ -38,8 +40,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 from labo_fairseq import stats as S
 from labo_fairseq.io import Child, ToolError, atomic_open, cuda_visible, run_tool, stop, write_json
 from labo_fairseq.protocol import (
-    Roots, absolute, dataset_config, is_labo, method_config, names, result_path, result_sentence_stats, run_dir, run_tag,
-    test_set_name, tiny_model, training_completed,
+    Roots, absolute, check_methods, dataset_config, is_labo, labo_warmup_updates, method_config, names, result_path,
+    result_sentence_stats, run_dir, run_tag, test_set_name, tiny_model, training_completed,
 )
 
 DATASET = "multi30k_de_en_iwslt"
@@ -64,14 +66,23 @@ def label(method: str) -> str:
 
 def pairs(methods: Sequence[str]) -> List[Tuple[str, str]]:
     """(system, baseline) pairs tested: LS − CE, LABO − LS, and each ablation of LABO − LABO."""
-    return [*PAIRS, *((m, "labo") for m in methods if m not in METHODS and is_labo(m))]
+    return [*PAIRS, *((m, "labo") for m in ablations(methods))]
+
+
+def default_tau() -> float:
+    return float(method_config("labo")["args"]["--labo-tau"])
+
+
+def ablations(methods: Sequence[str]) -> List[str]:
+    """The methods that are ablations of LABO (``base: labo``)."""
+    return [m for m in methods if m not in METHODS and is_labo(m)]
 
 
 def report_name(dataset: str, methods: Sequence[str], tau: float, tiny: bool = False) -> str:
-    """``DATASET`` for CE/LS/LABO at LABO's default τ; ``_tauT`` for another τ, ``_ablations`` when an
-    ablation is among the methods, ``_tiny`` for ``--tiny``: a report never replaces another's."""
-    other_tau = tau != float(method_config("labo")["args"]["--labo-tau"])
-    return (dataset + (f"_tau{tau:g}" if other_tau else "") + ("_ablations" if set(methods) - set(METHODS) else "")
+    """``DATASET``, with ``_tauT`` when LABO runs at another τ than its config's, ``_ablations`` when
+    ablations of LABO are among the methods and ``_tiny`` for ``--tiny``."""
+    other_tau = "labo" in methods and tau != default_tau()
+    return (dataset + (f"_tau{tau:g}" if other_tau else "") + ("_ablations" if ablations(methods) else "")
             + ("_tiny" if tiny else ""))
 
 
@@ -144,7 +155,8 @@ class Compare:
     def train_cmd(self, method: str, seed: int, tau: Optional[float]) -> List[str]:
         cmd = [*self.lf, "train", self.dataset, method, str(seed), *self.root_args()[:6]]
         cmd += (["--tau", f"{tau:g}"] if tau is not None else []) + (["--gpus", "1"] if self.gpu else [])
-        extra = [*TINY_TRAIN, *(["--labo-warmup-updates", "8"] if is_labo(method) else [])] if self.a.tiny else []
+        warmup = ["--labo-warmup-updates", str(min(8, labo_warmup_updates(self.dataset, method)))] if is_labo(method) else []
+        extra = [*TINY_TRAIN, *warmup] if self.a.tiny else []
         if getattr(self.a, "max_epoch", None):
             extra += ["--max-epoch", str(self.a.max_epoch)]
         return cmd + (["--", *extra] if extra else [])
@@ -368,9 +380,10 @@ def max_epoch(command: Sequence[str]) -> Optional[int]:
 def build_report(dataset: str, found: Dict[Tuple[str, int, Optional[float]], Path], tau: float,
                  samples: int = 1000, tiny: bool = False) -> Dict:
     """Mean ± std per method and test set (BLEU, sacreBLEU, chrF; n, and whether under MIN_SEEDS),
-    LS − CE and LABO − LS (seed-aware bootstrap; per seed pair sacrebleu's bootstrap and AR), and
-    per method the chosen checkpoints' epochs, validation NLL and training time. Refuses results of
-    other configs or data (:func:`protocol_key`), naming two that differ."""
+    the differences of :func:`pairs` (seed-aware bootstrap with Holm's adjustment over the test sets;
+    per seed pair sacrebleu's bootstrap and AR), and per method the chosen checkpoints' epochs,
+    validation NLL and training time. Refuses results of other configs or data (:func:`protocol_key`),
+    naming two that differ."""
     if not found:
         raise ReportError(f"no results of {dataset} yet (train and evaluate first)")
     results = {r: _load(p) for r, p in found.items()}
@@ -471,10 +484,11 @@ def markdown(rep: Dict) -> str:
         for name, c in t["comparisons"].items():
             b, a = name.split("_minus_")
             sa = c["seed_aware"]
+            holm = "–" if sa.get("p_holm") is None else S.format_p(sa["p_holm"], sa["samples"])  # older reports lack it
             per = ", ".join(f"{s}: {v['bootstrap']['p']} / {v['approximate_randomization']['p']}"
                             for s, v in c["per_seed"].items())
             lines.append(f"| {test_set_name(ds, key)} | {label(b)} − {label(a)} | {sa['delta']:+.2f} | "
-                         f"[{sa['ci95'][0]:+.2f}, {sa['ci95'][1]:+.2f}] | {sa['p']} | {sa['p_holm']:.3f} | {per} |")
+                         f"[{sa['ci95'][0]:+.2f}, {sa['ci95'][1]:+.2f}] | {sa['p']} | {holm} | {per} |")
     lines += ["", "| method | seed | chosen epoch (updates) | valid BLEU | valid NLL (bits) | updates | training time |",
               "|---|---|---|---|---|---|---|"]
     for m, rs in rep["runs"].items():
@@ -496,7 +510,13 @@ def markdown(rep: Dict) -> str:
 
 
 def write_report(c: Compare, rep: Dict) -> Path:
+    """Write the report; one that would leave out results the existing report has needs ``--force``."""
     path = c.report_path()
+    if path.is_file() and not c.a.force:
+        dropped = sorted(set(json.loads(path.read_text(encoding="utf-8")).get("results", {})) - set(rep["results"]))
+        if dropped:
+            raise ReportError(f"{path} has results this report would leave out ({', '.join(dropped)}): "
+                              "name them too (--methods, --seeds, --results-from) or replace it with --force")
     write_json(path, rep)
     with atomic_open(path.with_suffix(".md")) as f:
         f.write(markdown(rep))
@@ -552,15 +572,19 @@ def main(argv=None, prog="labo-fairseq compare") -> int:
     for d in a.results_from or ():
         if not absolute(d).is_dir():
             ap.error(f"--results-from {d}: no such directory")
-    for m in a.methods:
-        if m not in names("methods"):
-            ap.error(f"--methods: unknown method {m!r}; choose from {', '.join(names('methods'))}")
     try:
         if dataset_config(a.dataset).get("data") != DATA:
             ap.error(f"--dataset {a.dataset}: compare runs on {DATA} (its config's data is "
                      f"{dataset_config(a.dataset).get('data')})")
     except ValueError as err:
         ap.error(f"--dataset: {err}")
+    try:
+        check_methods(a.dataset, a.methods)
+    except ValueError as err:
+        ap.error(f"--methods: {err}")
+    if ablations(a.methods) and a.tau != default_tau():
+        ap.error(f"--tau {a.tau:g}: the ablations of LABO ({', '.join(ablations(a.methods))}) run at LABO's "
+                 f"config's tau ({default_tau():g}); compare them without --tau")
     c = Compare(a)
 
     def on_sigterm(signum, frame):
@@ -578,11 +602,11 @@ def main(argv=None, prog="labo-fairseq compare") -> int:
         return 0
     if a.report:
         try:
-            rep = c.report()
+            path = write_report(c, c.report())
         except ReportError as err:
             print(f"compare: error: {err}", file=sys.stderr)
             return 2
-        path = write_report(c, rep)
+        rep = json.loads(path.read_text(encoding="utf-8"))
         sys.stdout.write(markdown(rep))
         c.say(f"report {path} (from {len(rep['results'])} result(s))")
         return 0

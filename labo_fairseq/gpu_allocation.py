@@ -40,7 +40,7 @@ from pathlib import Path
 from typing import Dict, List, Optional
 
 from labo_fairseq.io import ToolError, cuda_visible, run_tool, write_json
-from labo_fairseq.protocol import absolute, dataset_config, names, run_dir
+from labo_fairseq.protocol import absolute, check_methods, dataset_config, names, run_dir
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = "multi30k.de-en"
@@ -157,7 +157,8 @@ class Allocation:
 
     def compare_cmd(self, root: Path, max_epoch: Optional[int], budget_s: float) -> List[str]:
         cmd = [*self.lf, "compare", "--dataset", self.a.dataset, "--root", str(root),
-               "--methods", *self.a.methods, "--seeds", *map(str, self.a.seeds), "--no-analysis",
+               "--methods", *self.a.methods, "--seeds", *map(str, self.a.seeds), "--tau", f"{self.a.tau:g}",
+               "--no-analysis",
                "--budget-minutes", f"{max(budget_s, 1) / 60:.2f}", "--reserve-s", "10"]
         cmd += (["--max-epoch", str(max_epoch)] if max_epoch else []) + (["--tiny", "--cpu"] if self.a.tiny else [])
         return cmd + (["--threads", str(self.a.threads)] if self.a.threads else [])
@@ -184,6 +185,10 @@ class Allocation:
         cfg = dataset_config(a.dataset)
         if cfg.get("data") != DATA or "--max-epoch" not in cfg.get("args", {}):
             raise AllocationError(f"--dataset {a.dataset}: needs a config on {DATA} with --max-epoch")
+        try:
+            check_methods(a.dataset, a.methods)
+        except ValueError as err:
+            raise AllocationError(f"--methods: {err}") from None
         data_bin = self.work / "data-bin" / DATA
         prepared = (data_bin / "test2.de-en.en.idx").is_file()
         self.step("prepare", [*self.lf, "prepare", DATA, "--root", str(self.work), "--offline",

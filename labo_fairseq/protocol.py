@@ -85,6 +85,13 @@ def labo_warmup_updates(dataset: str, method: str) -> int:
     return int(ds[WARMUPS[choice]])
 
 
+def check_methods(dataset: str, methods) -> None:
+    """ValueError naming the first of ``methods`` that is unknown or cannot train on ``dataset``."""
+    for m in methods:
+        if is_labo(m):  # method_config raises for an unknown method
+            labo_warmup_updates(dataset, m)
+
+
 def flags(args: Dict) -> List[str]:
     """``{flag: value}`` as an argv: ``True`` is a bare flag, ``None``/``False`` leave it out."""
     out: List[str] = []

@@ -12,7 +12,6 @@ import time
 import pytest
 
 from labo_fairseq import compare
-from labo_fairseq import stats as S
 from tests.helpers import MULTI30K_SMALL, cli
 
 
@@ -166,15 +165,47 @@ def test_report_counts_seeds_marks_small_cells_and_tests_the_pairs(tmp_path):
     assert "| test_2016_flickr | LS − CE |" in md and "| LS | 1 | 20 (2660) | 40.00 | 2.500 | 4000 | 60 min |" in md
 
 
-def test_a_difference_tested_on_several_test_sets_gets_holms_adjustment(tmp_path):
+def test_a_difference_tested_on_several_test_sets_gets_holms_adjustment(tmp_path, monkeypatch):
     keys = ("de-en", "de-en.test_2017_flickr", "de-en.test_2017_mscoco")
     found = {(m, s, 1.15 if m == "labo" else None): fake_result(tmp_path, m, s, 39.0, keys=keys)
              for m in ("ls", "labo") for s in (1, 2)}
+    p_values = iter([0.01, 0.04, 0.03])  # the seed-aware test's p of each test set, in the report's order
+    monkeypatch.setattr(compare.S, "seed_bootstrap", lambda *a, **k: {"p_value": next(p_values), "samples": 100})
     rep = compare.build_report("multi30k_de_en_small", found, 1.15, samples=100)
     tests = [rep["test_sets"][k]["comparisons"]["labo_minus_ls"]["seed_aware"] for k in keys]
     assert [t["holm_family"] for t in tests] == [3, 3, 3]
-    assert [t["p_holm"] for t in tests] == S.holm([t["p_value"] for t in tests])
-    assert all(t["p_holm"] >= t["p_value"] for t in tests) and any(t["p_holm"] > t["p_value"] for t in tests)
+    # sorted: 0.01 x 3 = 0.03; 0.03 x 2 = 0.06; 0.04 x 1 = 0.04, kept at 0.06 (step-down is monotone)
+    assert [t["p_holm"] for t in tests] == pytest.approx([0.03, 0.06, 0.06])
+
+
+def test_a_rebuilt_report_may_add_results_but_not_leave_any_out(tmp_path):
+    found = {(m, s, 1.15 if m == "labo" else None): fake_result(tmp_path, m, s, 39.0)
+             for m in ("ls", "labo") for s in (1, 2)}
+    a = argparse.Namespace(root=tmp_path, seeds=[1, 2], tau=1.15, budget_minutes=1, cpu=True, dry_run=True,
+                           tiny=False, force=False, methods=["ls", "labo"], dataset="multi30k_de_en_small")
+    c = compare.Compare(a)
+    fewer = dict(list(found.items())[:3])
+    path = compare.write_report(c, compare.build_report(c.dataset, fewer, 1.15, samples=50))
+    assert path == tmp_path / "results" / "compare" / "multi30k_de_en_small.json"
+    compare.write_report(c, compare.build_report(c.dataset, found, 1.15, samples=50))  # one more: fine
+    with pytest.raises(compare.ReportError, match=r"has results this report would leave out \(labo seed 2\)"):
+        compare.write_report(c, compare.build_report(c.dataset, fewer, 1.15, samples=50))
+    assert len(json.loads(path.read_text())["results"]) == 4
+    c.a.force = True
+    compare.write_report(c, compare.build_report(c.dataset, fewer, 1.15, samples=50))
+    assert len(json.loads(path.read_text())["results"]) == 3
+
+
+def test_tiny_shortens_labos_warmup_but_never_lengthens_an_ablations(tmp_path):
+    a = argparse.Namespace(root=tmp_path, seeds=[1], tau=1.15, budget_minutes=1, cpu=True, dry_run=True, tiny=True,
+                           methods=["labo", "labo_no_warmup"], dataset="multi30k_de_en_small")
+    c = compare.Compare(a)
+
+    def warmup(method):
+        cmd = c.train_cmd(method, 1, c.tau(method))
+        return cmd[len(cmd) - 1 - cmd[::-1].index("--labo-warmup-updates") + 1]
+
+    assert warmup("labo") == "8" and warmup("labo_no_warmup") == "0"
 
 
 def test_an_ablation_is_tested_against_labo_and_reported_apart(tmp_path):
@@ -192,7 +223,21 @@ def test_an_ablation_is_tested_against_labo_and_reported_apart(tmp_path):
              for ms in (("ce", "ls", "labo"), ("labo", "labo_rho1")) for t in (1.15, 1.25) for tiny in (False, True)}
     assert names[("ce", "ls", "labo"), 1.15, False] == "multi30k_de_en_small"
     assert names[("labo", "labo_rho1"), 1.25, True] == "multi30k_de_en_small_tau1.25_ablations_tiny"
-    assert len(set(names.values())) == len(names)  # no report replaces another's
+    assert len(set(names.values())) == len(names)  # another tau, ablations or --tiny: another report
+    assert compare.report_name("multi30k_de_en_small", ("ce", "ls"), 1.25) == "multi30k_de_en_small"  # no LABO in it
+
+
+@pytest.mark.parametrize("args,error", [
+    (["--dataset", "multi30k_de_en_small", "--methods", "labo", "labo_rho1", "--tau", "1.25"],
+     "--tau 1.25: the ablations of LABO (labo_rho1) run at LABO's config's tau (1.15)"),
+    (["--methods", "labo_short_warmup"],
+     "--methods: dataset multi30k_de_en_iwslt has no labo_warmup_updates_short, which method labo_short_warmup needs"),
+    (["--methods", "labo_nothing"], "--methods: unknown method 'labo_nothing'"),
+])
+def test_ablations_that_cannot_run_as_asked_are_refused_at_startup(args, error, tmp_path):
+    done = cli("compare", *args, "--dry-run", cwd=tmp_path)
+    assert done.returncode == 2 and error in done.stderr, done.stderr
+    assert not any(tmp_path.iterdir())
 
 
 def test_report_refuses_runs_of_other_configs_and_names_them(tmp_path):

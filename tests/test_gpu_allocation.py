@@ -65,6 +65,16 @@ def test_a_dataset_on_other_data_is_refused_before_anything_is_trained(tmp_path)
     assert "pilot" not in proc.stderr
 
 
+def test_labos_tau_and_an_ablations_warmup_reach_compare_or_are_refused_before_training(tmp_path):
+    proc = cli("gpu-allocation", "--minutes", 9, "--out", "out", "--work", "w", "--tau", "1.25", "--dry-run",
+               cwd=tmp_path)
+    assert proc.returncode == 0 and len(re.findall(r"compare .*--tau 1\.25 ", proc.stderr)) == 2, proc.stderr
+    proc = cli("gpu-allocation", "--minutes", 9, "--out", "out", "--work", "w", "--methods", "labo_short_warmup",
+               "--dry-run", cwd=tmp_path)
+    assert proc.returncode == 1 and "multi30k_de_en_iwslt has no labo_warmup_updates_short" in proc.stderr
+    assert "pilot" not in proc.stderr
+
+
 def test_a_cpu_machine_is_told_to_rehearse_with_tiny(tmp_path, monkeypatch):
     monkeypatch.setattr(G, "cuda_visible", lambda probe_torch=True: False)
     assert G.main(["--minutes", "9", "--out", str(tmp_path / "out"), "--work", str(tmp_path / "w")]) == 1
