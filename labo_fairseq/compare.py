@@ -17,7 +17,8 @@ exists:
      time per method, into ``RESULTS/compare/DATASET.{json,md}`` (``DATASET_tauT`` for another τ,
      ``DATASET_ablations`` with ablations; a rebuilt report may add results, not leave any out);
   4. the analyses on the checkpoints of the first seed given (frequency splits, beam probabilities,
-     calibration, penultimate layer, inference calibration) into ``ROOT/analysis/compare/DATASET/``.
+     calibration, penultimate layer, inference calibration) into ``ROOT/analysis/compare/DATASET/`` (named
+     as the report).
 
 ``--report`` only builds the report from the results present (of any number of calls or machines).
 ``--budget-minutes`` bounds one call: training stops (losing at most the updates since its last
@@ -256,7 +257,7 @@ class Compare:
         return self.roots.results / "compare" / f"{report_name(self.dataset, self.methods, self.a.tau, self.a.tiny)}.json"
 
     def analysis_dir(self) -> Path:
-        return self.roots.root / "analysis" / "compare" / report_name(self.dataset, self.methods, self.a.tau)
+        return self.roots.root / "analysis" / "compare" / report_name(self.dataset, self.methods, self.a.tau, self.a.tiny)
 
     def analysis(self) -> bool:
         import importlib.util

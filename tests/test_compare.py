@@ -66,7 +66,7 @@ def test_compare_tiny_stops_resumes_and_reports(multi30k_small, tmp_path):
             abs=0.01)
         assert sorted(c["per_seed"]) == ["1", "2"]
     assert "TINY" in done.stdout and "| test_2017_mscoco | chrF |" in done.stdout
-    analysis = tmp_path / "analysis" / "compare" / ds
+    analysis = tmp_path / "analysis" / "compare" / f"{ds}_tiny"
     for part in ("freq/freq_splits.json", "beam/beam_probs.json", "penultimate/penultimate.json",
                  "calibration_ls/calibration.json", "calibration_labo/calibration.json",
                  "inference_calibration/labo/inference_calibration.json"):
