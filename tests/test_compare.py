@@ -218,7 +218,7 @@ def test_an_ablation_is_tested_against_labo_and_reported_apart(tmp_path):
     assert comp["labo_fixed_alpha_minus_labo"]["seeds"] == [1, 2] and comp["labo_no_warmup_minus_labo"]["seeds"] == [1]
     assert comp["labo_fixed_alpha_minus_labo"]["seed_aware"]["delta"] < 0  # it drops one word more than LABO
     md = compare.markdown(rep)
-    assert "| test_2016_flickr | LABO, alpha 0.1 − LABO | -" in md and "| LABO, no warm-up | 1 |" in md
+    assert "| test_2016_flickr | LABO α=0.1 − LABO | -" in md and "| LABO no warm-up | 1 |" in md
     names = {(ms, t, tiny): compare.report_name("multi30k_de_en_small", ms, t, tiny)
              for ms in (("ce", "ls", "labo"), ("labo", "labo_rho1")) for t in (1.15, 1.25) for tiny in (False, True)}
     assert names[("ce", "ls", "labo"), 1.15, False] == "multi30k_de_en_small"
