@@ -4,6 +4,7 @@
   labo-fairseq train DATASET METHOD SEED the paper's fairseq-train command for one run
   labo-fairseq evaluate DATASET METHOD SEED   beam-5 test BLEU into results/
   labo-fairseq tables                    Tables 1 and 2 from results/
+  labo-fairseq tune GRID                 a tuning grid, each point to its plateau, judged on validation
   labo-fairseq compare                   CE, LS and LABO on Multi30k, converged, with significance
   labo-fairseq sweep [status]            every cell of a table as jobs: SLURM (submitit) or this machine
   labo-fairseq distill-data DATASET RUN  sequence-level KD data from a teacher run
@@ -31,6 +32,7 @@ COMMANDS: Dict[str, Tuple[str, str]] = {
     "train": ("labo_fairseq.train", "train one dataset x method x seed with the paper's settings"),
     "evaluate": ("labo_fairseq.evaluate", "beam-5 test BLEU of a trained run into results/"),
     "tables": ("labo_fairseq.tables", "Tables 1 and 2 (mean ± std over seeds) from results/"),
+    "tune": ("labo_fairseq.tune", "a study's tuning grid on validation only (configs/grids), resumable"),
     "compare": ("labo_fairseq.compare", "the converged CE/LS/LABO comparison on Multi30k (3 seeds, 3 test sets)"),
     "distill-data": ("labo_fairseq.distill_data", "sequence-level KD data: a teacher's beam-5 translations of the training set"),
     "sweep": ("labo_fairseq.sweep", "every cell of a table as jobs (SLURM or this machine); sweep status"),

@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from labo_fairseq import stats as S
-from labo_fairseq.io import Child, ToolError, atomic_open, cuda_visible, run_tool, stop, write_json
+from labo_fairseq.io import ToolError, atomic_open, cuda_visible, run_queue, run_tool, write_json
 from labo_fairseq.protocol import (
     Roots, absolute, check_methods, dataset_config, is_labo, labo_warmup_updates, method_config, names, result_path,
     result_sentence_stats, run_dir, run_tag, test_set_name, tiny_model, training_completed,
@@ -194,34 +194,22 @@ class Compare:
         parallel = getattr(self.a, "parallel", None) or len(todo)
         self.say(f"training {len(todo)} run(s), {min(parallel, len(todo))} at a time: "
                  + ", ".join(f"{m} seed {s}" for m, s, _ in todo))
-        running: List[Tuple[Tuple, Child]] = []
-        failed: List[Tuple[Tuple, Child]] = []
-        stopped = False
-        try:
-            while (todo or running) and not stopped:
-                while todo and len(running) < parallel and self.left() > self.a.reserve_s:
-                    r = todo.pop(0)
-                    running.append((r, Child(self.train_cmd(*r), self.train_output(*r), env=self.env())))
-                for item in [x for x in running if x[1].poll() is not None]:
-                    running.remove(item)
-                    r, child = item
-                    child.wait()
-                    if child.returncode == 0 and self.finished(*r):
-                        if not self.result(*r).is_file() and self.left() > self.a.reserve_s:
-                            self.run_one(self.evaluate_cmd(*r))  # its result can be kept at once
-                    elif not self.terminated:  # ended by the SIGTERM this call got (a preempted job): it resumes
-                        failed.append(item)
-                if self.left() <= self.a.reserve_s:
-                    stopped = True
-                elif running or todo:
-                    time.sleep(2)
-        finally:
-            stop([child for _, child in running])  # each train command stops fairseq; checkpoint_last.pt stays
+        jobs = [(r, self.train_cmd(*r), self.train_output(*r)) for r in todo]
+        _, failed = run_queue(jobs, parallel, lambda: self.left() - self.a.reserve_s, self.trained, env=self.env(),
+                              interrupted=lambda: self.terminated)
         for (m, s, _), child in failed:
             self.say(child.failure(f"{m} seed {s}", chars=1500))
         if failed:
             raise SystemExit(1)
         return all(self.finished(*r) for r in self.runs())
+
+    def trained(self, r: Tuple) -> bool:
+        """After a train command exits 0: evaluate the run at once, so that its result can be kept."""
+        if not self.finished(*r):
+            return False
+        if not self.result(*r).is_file() and self.left() > self.a.reserve_s:
+            self.run_one(self.evaluate_cmd(*r))
+        return True
 
     def train_output(self, method: str, seed: int, tau: Optional[float]) -> Path:
         """The train command's own output (fairseq's log is the run's train.log)."""

@@ -16,7 +16,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Dict, Iterable, Iterator, List, Optional, Sequence, TextIO, Type
+from typing import Callable, Dict, Iterable, Iterator, List, Optional, Sequence, TextIO, Tuple, Type
 
 USER_DIR = Path(__file__).resolve().parent  # the labo_fairseq package: fairseq's --user-dir
 
@@ -54,6 +54,23 @@ def write_json(path: Path, obj, indent: Optional[int] = 1, default=None) -> Path
     with atomic_open(path) as f:
         f.write(json.dumps(obj, indent=indent, separators=None if indent else (",", ":"), default=default) + "\n")
     return Path(path)
+
+
+class InvalidFile(ValueError):
+    """A file that is missing or not what it should be, named in the message."""
+
+
+def read_json(path: Path):
+    """The JSON in ``path``: the one reader; :class:`InvalidFile` naming the file when it is missing
+    or not valid JSON (e.g. truncated)."""
+    import json
+
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise InvalidFile(f"{path}: no such file") from None
+    except ValueError as err:
+        raise InvalidFile(f"{path} is not valid JSON ({err}); restore it, or delete it to redo its step") from None
 
 
 def read_lines(path: Path) -> List[str]:
@@ -169,6 +186,37 @@ def stop(children: Iterable[Child], grace: float = 60.0) -> None:
         except subprocess.TimeoutExpired:
             c.proc.kill()
             c.wait()
+
+
+def run_queue(jobs: Sequence[Tuple[object, Sequence[str], Path]], parallel: int, time_left: Callable[[], float],
+              on_done: Callable[[object], bool], env: Optional[Dict[str, str]] = None,
+              interrupted: Callable[[], bool] = lambda: False,
+              poll_s: float = 2.0) -> "tuple[bool, List[Tuple[object, Child]]]":
+    """Run ``jobs`` (key, command, log), ``parallel`` at a time, starting one only while
+    ``time_left()`` > 0; ``on_done(key)`` after each that exits 0 (False: count it as failed). When
+    time runs out the running ones are stopped (SIGTERM: they resume next time). Returns whether every
+    job ran, and the failed ones with their processes; a job ended while ``interrupted()`` (a SIGTERM
+    sent to the whole process group) is not a failure."""
+    todo, running, failed = list(jobs), [], []
+    try:
+        while todo or running:
+            while todo and len(running) < parallel and time_left() > 0:
+                key, cmd, log = todo.pop(0)
+                running.append((key, Child(cmd, log, env=env)))
+            for item in [x for x in running if x[1].poll() is not None]:
+                running.remove(item)
+                item[1].wait()
+                if item[1].returncode == 0 and on_done(item[0]):
+                    continue
+                if not interrupted():
+                    failed.append(item)
+            if time_left() <= 0:
+                break
+            if running or todo:
+                time.sleep(poll_s)
+    finally:
+        stop([child for _, child in running])
+    return not todo and not running, failed
 
 
 def run_tool(cmd: Sequence[str], cwd: Optional[Path] = None, what: str = "", log: Optional[Path] = None,

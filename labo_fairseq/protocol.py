@@ -15,7 +15,7 @@ import argparse
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 CONFIGS = Path(__file__).resolve().parent / "configs"
 RUN_MARKER = "run.json"
@@ -215,3 +215,49 @@ def add_root_arguments(ap: argparse.ArgumentParser, *which: str) -> None:
     for w in which:
         flag, text = helps[w]
         ap.add_argument(flag, type=Path, help=text)
+
+
+def flag_value(command: Sequence[str], flag: str) -> Optional[str]:
+    """The value of ``flag`` in an argv (its last occurrence wins, as in argparse), or None."""
+    values = [command[i + 1] for i, tok in enumerate(command[:-1]) if tok == flag]
+    return values[-1] if values else None
+
+
+@dataclass
+class Plateau:
+    """Where a run stands by its stopping rule: validations without improvement of the checkpoint
+    metric (fairseq's ``--patience``), under the ``--max-epoch``/``--max-update`` cap."""
+
+    patience: int            # 0: no rule (the run is bounded by the cap alone)
+    best_epoch: Optional[int]
+    last_epoch: Optional[int]
+    since_best: int          # validations after the best one
+    best: Optional[float]
+
+    @property
+    def converged(self) -> bool:
+        """The rule says so: ``patience`` validations without improvement."""
+        return self.patience > 0 and self.since_best >= self.patience
+
+    def as_dict(self) -> Dict:
+        return {"patience": self.patience, "best_epoch": self.best_epoch, "last_epoch": self.last_epoch,
+                "validations_since_best": self.since_best, "best": self.best, "converged": self.converged}
+
+
+def plateau(curve: Sequence[Dict], command: Sequence[str]) -> Plateau:
+    """The stopping rule applied to a run's validation curve (:func:`labo_fairseq.io.validation_curve`)
+    as fairseq applies it: the best is the first validation that no later one beats strictly, on
+    ``--best-checkpoint-metric`` (``loss`` by default; larger is better with
+    ``--maximize-best-checkpoint-metric``). A validation repeated by a resume counts once."""
+    metric = flag_value(command, "--best-checkpoint-metric") or "loss"
+    maximize = "--maximize-best-checkpoint-metric" in command
+    patience = int(flag_value(command, "--patience") or 0)
+    rows = list({(r.get("epoch"), r.get("updates")): r for r in curve if r.get(metric) is not None}.values())
+    best_i, best = None, None
+    for i, r in enumerate(rows):
+        v = float(r[metric])
+        if best is None or (v > best if maximize else v < best):
+            best_i, best = i, v
+    if best_i is None:
+        return Plateau(patience, None, None, 0, None)
+    return Plateau(patience, rows[best_i].get("epoch"), rows[-1].get("epoch"), len(rows) - 1 - best_i, best)

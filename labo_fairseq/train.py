@@ -18,10 +18,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import List, Optional, Tuple
 
-from labo_fairseq.io import USER_DIR, fairseq_command, run_logged, split_extra, write_json
+from labo_fairseq.io import USER_DIR, fairseq_command, run_logged, split_extra, validation_curve, write_json
 from labo_fairseq.protocol import (
     RUN_MARKER, Roots, add_root_arguments, add_run_arguments, common_config, dataset_config, flags, is_labo,
-    labo_warmup_updates, method_config, run_dir,
+    labo_warmup_updates, method_config, plateau, run_dir, training_completed,
 )
 
 
@@ -125,6 +125,7 @@ def _record(a, launch: Launch, previous: dict) -> dict:
     }
     record["sessions"] = previous.get("sessions", []) + [
         {k: record[k] for k in ("started", "commit", "dirty", "hardware", "command")}]
+    record["started"] = previous.get("started", record["started"])  # the run's start, not this session's
     return record
 
 
@@ -148,6 +149,10 @@ def cmd_train(a) -> int:
         return 2
     out = launch.run_dir
     exists = out.exists()
+    if exists and not a.force and training_completed(out):
+        print(f"train: {out} has finished training ({_finished_how(out)}); nothing to do (--force starts over)",
+              file=sys.stderr)
+        return 0
     lead = a.node_rank == 0  # on several nodes, only node 0 manages the run directory
     if exists and a.force and lead and not (out / RUN_MARKER).exists():
         print(f"train: error: {out} was not made by this command; not deleting it", file=sys.stderr)
@@ -166,6 +171,7 @@ def cmd_train(a) -> int:
     elif exists:
         print(f"{out} exists: resuming (fairseq continues from checkpoint_last.pt); --force to start over",
               file=sys.stderr)
+    rule = plateau(validation_curve(logs[0]), launch.train_argv) if exists and not a.force else None
     out.mkdir(parents=True, exist_ok=True)
     if lead:
         marker = out / RUN_MARKER
@@ -174,12 +180,36 @@ def cmd_train(a) -> int:
         if student is not None:
             record["distillation"] = student.record
         write_json(marker, record)
-    status = run_logged(launch.processes, logs, cwd=roots.root)
-    if status == 0 and lead:  # fairseq reached --max-update/--max-epoch: the run is finished
-        record = json.loads((out / RUN_MARKER).read_text())
-        record["completed"] = datetime.datetime.now(datetime.timezone.utc).isoformat()
-        write_json(out / RUN_MARKER, record)
+    processes = launch.processes
+    if rule is not None and rule.patience:
+        if rule.converged:  # stopped after its last validation, before fairseq could say so
+            processes = []
+        else:  # fairseq's patience count restarts with each process: give it what is left
+            left = ["--patience", str(rule.patience - rule.since_best)]
+            processes = [[*cmd, *left] for cmd in processes]
+    status = run_logged(processes, logs, cwd=roots.root) if processes else 0
+    if status == 0 and lead:  # fairseq stopped by the rule or reached --max-update/--max-epoch: finished
+        _mark_completed(out, plateau(validation_curve(logs[0]), launch.train_argv))
     return status
+
+
+def _mark_completed(out: Path, rule) -> None:
+    """``completed`` in run.json, and where the stopping rule left the run."""
+    record = json.loads((out / RUN_MARKER).read_text())
+    record["completed"] = datetime.datetime.now(datetime.timezone.utc).isoformat()
+    if rule.patience:
+        record["stopping"] = rule.as_dict()
+    write_json(out / RUN_MARKER, record)
+
+
+def _finished_how(out: Path) -> str:
+    stopping = json.loads((out / RUN_MARKER).read_text()).get("stopping")
+    if not stopping:
+        return "reached its --max-epoch/--max-update"
+    if stopping["converged"]:
+        return (f"converged: best epoch {stopping['best_epoch']}, stopped at epoch {stopping['last_epoch']} after "
+                f"{stopping['patience']} validations without improvement")
+    return f"reached its cap at epoch {stopping['last_epoch']} before its patience ran out: not converged"
 
 
 def main(argv=None, prog="labo-fairseq train") -> int:

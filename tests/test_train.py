@@ -23,7 +23,7 @@ from labo_fairseq.train import train_command  # noqa: E402
 
 DATASETS = ["iwslt14_de_en", "iwslt14_en_de", "iwslt14_en_fr", "iwslt14_fr_en", "iwslt17_multi",
             "wmt14_en_de", "wmt14_de_en", "multi30k_de_en", "multi30k_de_en_iwslt",
-            "multi30k_de_en_small"]  # the last three: not the paper's
+            "multi30k_de_en_small", "multi30k_de_en_converged"]  # the last four: not the paper's
 PILOTS = ["multi30k_de_en_small_pilot"]  # multi30k_de_en_small with another --max-epoch
 METHODS = ["afl", "ce", "cp", "fl", "labo", "ls"]
 ABLATIONS = ["labo_fixed_alpha", "labo_no_warmup", "labo_rho1", "labo_short_warmup"]  # of LABO, base: labo
