@@ -25,6 +25,7 @@ from typing import Callable, Dict, List, Sequence, Tuple
 import torch
 
 from labo_fairseq import losses
+from labo_fairseq.errors import UsageError
 from labo_fairseq.io import write_json
 
 PAD = 1
@@ -36,7 +37,7 @@ def fairseq_ls(lprobs, target, ignore_index):
     try:
         from fairseq.criterions.label_smoothed_cross_entropy import label_smoothed_nll_loss
     except ImportError:
-        raise SystemExit("the benchmark compares against fairseq's LS: install fairseq (scripts/install.sh)")
+        raise UsageError("the benchmark compares against fairseq's LS: install fairseq (scripts/install.sh)")
     return label_smoothed_nll_loss(lprobs, target, 0.1, ignore_index=ignore_index)
 
 

@@ -73,9 +73,20 @@ def user_dir_main(argv: List[str], prog: str) -> int:
 
 
 def _run(module: str, argv: List[str], prog: str) -> int:
-    if module == __name__:
-        return user_dir_main(argv, prog)
-    return importlib.import_module(module).main(argv, prog=prog) or 0
+    """A subcommand's ``main``; the errors a user can fix become one line on stderr and an exit status."""
+    from labo_fairseq.errors import LaboError
+
+    try:
+        if module == __name__:
+            return user_dir_main(argv, prog)
+        return importlib.import_module(module).main(argv, prog=prog) or 0
+    except LaboError as err:
+        print(f"{prog}: error: {err}", file=sys.stderr)
+        return err.status
+    except KeyboardInterrupt:
+        print(f"{prog}: interrupted; what finished is kept (training keeps its checkpoint_last.pt): run the "
+              "same command again to resume", file=sys.stderr)
+        return 130
 
 
 def main(argv: Optional[List[str]] = None) -> int:

@@ -39,9 +39,11 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from labo_fairseq import stats as S
-from labo_fairseq.io import ToolError, atomic_open, cuda_visible, run_queue, run_tool, write_json
+from labo_fairseq.errors import ToolError, UsageError
+from labo_fairseq.io import atomic_open, cuda_visible, read_json, run_queue, run_tool, write_json
 from labo_fairseq.protocol import (
-    Roots, absolute, check_methods, dataset_config, is_labo, labo_warmup_updates, method_config, names, result_path,
+    Roots, absolute, check_methods, dataset_config, is_labo, labo_warmup_updates, method_config, names, result_candidates,
+    result_path,
     result_sentence_stats, run_dir, run_tag, test_set_name, tiny_model, training_completed,
 )
 
@@ -172,7 +174,9 @@ class Compare:
         return training_completed(run_dir(self.roots.runs, self.dataset, method, seed, tau))
 
     def result(self, method: str, seed: int, tau: Optional[float]) -> Path:
-        return result_path(self.roots.results, self.dataset, method, seed, tau)
+        """Where the run's result is (see :func:`result_candidates`), else where evaluate writes it."""
+        found = [p for p in result_candidates(self.roots.results, self.dataset, method, seed, tau) if p.is_file()]
+        return found[0] if found else result_path(self.roots.results, self.dataset, method, seed, tau)
 
     # ------------------------------------------------------------------------------- steps
 
@@ -180,7 +184,7 @@ class Compare:
         if (self.data / "test2.de-en.en.idx").is_file():
             return True
         if (self.data / "test.de-en.en.idx").is_file():
-            raise SystemExit(f"compare: error: {self.data} lacks the 2017 test sets (test1, test2): prepare it again "
+            raise UsageError(f"{self.data} lacks the 2017 test sets (test1, test2): prepare it again "
                              f"with `labo-fairseq prepare multi30k.de-en --force`")
         cmd = [*self.lf, "prepare", DATA, "--root", str(self.roots.root), "--dest", str(self.data)]
         cmd += [x for s in self.a.source for x in ("--source", str(absolute(s)))] + (["--offline"] if self.a.source else [])
@@ -200,7 +204,7 @@ class Compare:
         for (m, s, _), child in failed:
             self.say(child.failure(f"{m} seed {s}", chars=1500))
         if failed:
-            raise SystemExit(1)
+            raise ToolError(f"{len(failed)} training run(s) failed (above); fix the cause and run the same command again")
         return all(self.finished(*r) for r in self.runs())
 
     def trained(self, r: Tuple) -> bool:
@@ -219,10 +223,7 @@ class Compare:
         self.say("+ " + shlex.join(cmd))
         if self.a.dry_run:
             return True
-        try:
-            run_tool(cmd, env=self.env(), what=cmd[3])
-        except ToolError as err:
-            raise SystemExit(f"compare: error: {err}") from None
+        run_tool(cmd, env=self.env(), what=cmd[3])
         return True
 
     def evaluate(self) -> bool:
@@ -337,7 +338,7 @@ def curves(c: "Compare") -> Dict:
 
 
 def _load(path: Path) -> Dict:
-    r = json.loads(path.read_text(encoding="utf-8"))
+    r = read_json(path)
     r["_path"] = str(path)
     return r
 
@@ -350,7 +351,8 @@ def results_in(dirs: Sequence[Path], dataset: str, methods: Sequence[str], tau: 
     for d in dirs:
         for m in methods:
             t = tau if m == "labo" else None
-            for path in sorted((absolute(d) / dataset / run_tag(m, t)).glob("seed*.json")):
+            tags = {p.parent.name for p in result_candidates(absolute(d), dataset, m, 0, t)}
+            for path in sorted(p for tag in sorted(tags) for p in (absolute(d) / dataset / tag).glob("seed*.json")):
                 if not path.stem[4:].isdigit():
                     continue
                 run = (m, int(path.stem[4:]), t)
@@ -400,6 +402,7 @@ def build_report(dataset: str, found: Dict[Tuple[str, int, Optional[float]], Pat
                 cell[metric] = {"values": values, "mean": mean, "std": std, "n": len(values)}
             cell["under_min_seeds"] = len(rs) < MIN_SEEDS
             cell["incomplete_training"] = [s for s, res in rs if res.get("training_completed") is False]
+            cell["not_converged"] = [s for s, res in rs if (res["train"].get("stopping") or {}).get("converged") is False]
             per[method] = cell
         comparisons = {}
         for b, a in pairs(methods):
@@ -427,7 +430,8 @@ def build_report(dataset: str, found: Dict[Tuple[str, int, Optional[float]], Pat
         rs = sorted(((r[1], res) for r, res in results.items() if r[0] == method), key=lambda x: x[0])
         runs[method] = [{
             "seed": s, "epoch": res["checkpoint"].get("epoch"), "updates": res["checkpoint"].get("updates"),
-            "valid_bleu": res["checkpoint"].get("valid_value"),
+            "valid_metric": res["checkpoint"].get("valid_metric"), "valid_value": res["checkpoint"].get("valid_value"),
+            "stopping": res["train"].get("stopping"),
             "valid_nll_bits": (res.get("validation") or {}).get("nll_loss"),
             "last_updates": ((res["train"].get("last_checkpoint") or {}).get("updates")),
             "train_wall_s": ((res["train"].get("last_checkpoint") or {}).get("train_wall_s")),
@@ -446,6 +450,21 @@ def build_report(dataset: str, found: Dict[Tuple[str, int, Optional[float]], Pat
             "results": {f"{m} seed {s}": str(p) for (m, s, _), p in found.items()}}
 
 
+METRIC_NAMES = {"bleu": "BLEU", "nll_loss": "NLL (bits)", "loss": "loss (bits)"}
+
+
+def run_cells(r: Dict) -> List[str]:
+    """A run's row of the report after its chosen epoch: where it stopped, whether its rule says
+    converged, the chosen checkpoint's validation metric named, NLL, updates, time."""
+    value = r.get("valid_value", r.get("valid_bleu"))  # reports written before the metric was named: BLEU
+    metric = METRIC_NAMES.get(r.get("valid_metric") or "bleu", r.get("valid_metric"))
+    stop = r.get("stopping") or {}
+    converged = "–" if not stop else "yes" if stop["converged"] else "no: reached the cap"
+    return [str(stop.get("last_epoch", "–")), converged, "–" if value is None else f"{metric} {value:.2f}",
+            "–" if r["valid_nll_bits"] is None else f"{r['valid_nll_bits']:.3f}", str(r["last_updates"]),
+            "–" if r["train_wall_s"] is None else f"{r['train_wall_s'] / 60:.0f} min"]
+
+
 def markdown(rep: Dict) -> str:
     """The report as markdown: one table of scores, one of differences, one of the runs."""
     ds = rep["dataset"]
@@ -455,7 +474,7 @@ def markdown(rep: Dict) -> str:
         if not d[metric]["n"]:
             return "–"
         return (S.mean_std_text(d[metric]["values"]) + (" *" if d["under_min_seeds"] else "")
-                + (" ‡" if d["incomplete_training"] else ""))
+                + (" ‡" if d["incomplete_training"] else "") + (" §" if d.get("not_converged") else ""))
 
     head = (f"### {ds}: " + ", ".join(label(m) for m in methods) + f" (LABO τ={rep['tau']:g}), beam 5"
             + (" — TINY: a pipeline check, not a result" if rep["tiny"] else ""))
@@ -479,18 +498,14 @@ def markdown(rep: Dict) -> str:
                             for s, v in c["per_seed"].items())
             lines.append(f"| {test_set_name(ds, key)} | {label(b)} − {label(a)} | {sa['delta']:+.2f} | "
                          f"[{sa['ci95'][0]:+.2f}, {sa['ci95'][1]:+.2f}] | {sa['p']} | {holm} | {per} |")
-    lines += ["", "| method | seed | chosen epoch (updates) | valid BLEU | valid NLL (bits) | updates | training time |",
-              "|---|---|---|---|---|---|---|"]
+    lines += ["", "| method | seed | chosen epoch (updates) | stopped at epoch | converged | valid metric of the chosen "
+                  "checkpoint | valid NLL (bits) | updates | training time |", "|---|---|---|---|---|---|---|---|---|"]
     for m, rs in rep["runs"].items():
         for r in rs:
-            nll = "–" if r["valid_nll_bits"] is None else f"{r['valid_nll_bits']:.3f}"
-            vb = "–" if r["valid_bleu"] is None else f"{r['valid_bleu']:.2f}"
-            wall = "–" if r["train_wall_s"] is None else f"{r['train_wall_s'] / 60:.0f} min"
-            lines.append(f"| {label(m)} | {r['seed']} | {r['epoch']} ({r['updates']}) | {vb} | {nll} | "
-                         f"{r['last_updates']} | {wall} |")
+            lines.append(f"| {label(m)} | {r['seed']} | {r['epoch']} ({r['updates']}) | " + " | ".join(run_cells(r)) + " |")
     sig = next(iter(rep["signatures"].values()))
     notes = ["Cells: mean ± sample std over n seeds; * fewer than 3 seeds; ‡ includes a run whose training had not "
-             "completed.",
+             "completed; § includes a run that reached its epoch cap before its stopping rule said it had converged.",
              f"Differences: seed-aware paired bootstrap ({rep['samples']} samples: one set of sentence indices per "
              "sample for every seed of both methods; Δ of the seed-averaged corpus BLEU), and per seed pair "
              f"sacrebleu's paired bootstrap ({rep['samples']}) and approximate randomization ({10 * rep['samples']}). "

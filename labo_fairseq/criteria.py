@@ -24,7 +24,7 @@ from fairseq.logging import metrics
 from omegaconf import II
 
 from labo_fairseq import losses
-from labo_fairseq.losses import check_range
+from labo_fairseq.hparams import HP, check_range
 
 logger = logging.getLogger(__name__)
 Stats = Dict[str, torch.Tensor]
@@ -73,6 +73,18 @@ class RegularizedCriterion(LabelSmoothedCrossEntropyCriterion):
             metrics.log_scalar(name, total * scale / ntokens, ntokens, round=3)
 
 
+def hp_field(key: str, **override):
+    """A dataclass field of :data:`labo_fairseq.hparams.HP`: its default, and its help with the range
+    (what ``fairseq-train --help`` prints)."""
+    return field(default=override.get("default", HP[key].default), metadata={"help": HP[key].describe()})
+
+
+def check(**values) -> None:
+    """Each ``key=value`` checked against its range in HP, the error naming the fairseq flag."""
+    for key, value in values.items():
+        HP[key].check(value)
+
+
 def _pad_count(target, padding_idx):
     return target.ne(padding_idx).sum().float()
 
@@ -82,28 +94,11 @@ def _pad_count(target, padding_idx):
 
 @dataclass
 class LaboConfig(RegularizedCriterionConfig):
-    label_smoothing: float = field(
-        default=0.1,
-        metadata={"help": "epsilon of the uniform label smoothing used during the LABO warm-up, in [0, 1)"},
-    )
-    labo_tau: float = field(
-        default=1.15, metadata={"help": "tau = beta/alpha > 0: temperature of P* = softmax(log p / tau)"}
-    )
-    labo_rho: float = field(
-        default=0.5, metadata={"help": "rho in [0, 1] of the adaptive alpha = (log V - rho H(p)) / log V"}
-    )
-    labo_alpha: Optional[float] = field(
-        default=None,
-        metadata={"help": "fixed smoothing mass alpha in [0, 1]; unset: adaptive alpha (paper Eq. 16)"},
-    )
-    labo_warmup_updates: int = field(
-        default=5000,
-        metadata={
-            "help": "optimizer updates (>= 0) trained with uniform label smoothing before LABO starts "
-            "(paper: 5000 IWSLT, 10000 WMT); counted by the trainer, so --update-freq, validation "
-            "and resume do not shift it"
-        },
-    )
+    label_smoothing: float = hp_field("epsilon")
+    labo_tau: float = hp_field("tau")
+    labo_rho: float = hp_field("rho")
+    labo_alpha: Optional[float] = hp_field("alpha")
+    labo_warmup_updates: int = hp_field("warmup_updates")
 
 
 @register_criterion("label_smoothed_labo", dataclass=LaboConfig)
@@ -119,20 +114,15 @@ class LaboCriterion(RegularizedCriterion):
         self,
         task,
         sentence_avg,
-        label_smoothing=0.1,
-        labo_tau=1.15,
-        labo_rho=0.5,
+        label_smoothing=HP["epsilon"].default,
+        labo_tau=HP["tau"].default,
+        labo_rho=HP["rho"].default,
         labo_alpha=None,
-        labo_warmup_updates=5000,
+        labo_warmup_updates=HP["warmup_updates"].default,
         ignore_prefix_size=0,
         report_accuracy=False,
     ):
-        check_range("--label-smoothing", label_smoothing, 0.0, 1.0, hi_open=True)
-        check_range("--labo-tau", labo_tau, 0.0, math.inf, lo_open=True, hi_open=True)
-        check_range("--labo-rho", labo_rho, 0.0, 1.0)
-        if labo_alpha is not None:
-            check_range("--labo-alpha", labo_alpha, 0.0, 1.0)
-        check_range("--labo-warmup-updates", labo_warmup_updates, 0, math.inf, hi_open=True)
+        check(epsilon=label_smoothing, tau=labo_tau, rho=labo_rho, alpha=labo_alpha, warmup_updates=labo_warmup_updates)
         super().__init__(task, sentence_avg, ignore_prefix_size, report_accuracy, label_smoothing)
         self.tau, self.rho, self.alpha = labo_tau, labo_rho, labo_alpha
         self.warmup_updates = int(labo_warmup_updates)
@@ -218,17 +208,15 @@ def follow_trainer_updates(task) -> None:
 
 @dataclass
 class ConfidencePenaltyConfig(RegularizedCriterionConfig):
-    cp_beta: float = field(
-        default=0.1, metadata={"help": "beta >= 0: weight of the entropy bonus, loss = NLL - beta * H(p)"}
-    )
+    cp_beta: float = hp_field("beta")
 
 
 @register_criterion("confidence_penalty", dataclass=ConfidencePenaltyConfig)
 class ConfidencePenaltyCriterion(RegularizedCriterion):
     """Confidence penalty (Pereyra et al., 2017), :func:`labo_fairseq.losses.confidence_penalty_loss`."""
 
-    def __init__(self, task, sentence_avg, cp_beta=0.1, ignore_prefix_size=0, report_accuracy=False):
-        check_range("--cp-beta", cp_beta, 0.0, math.inf, hi_open=True)
+    def __init__(self, task, sentence_avg, cp_beta=HP["beta"].default, ignore_prefix_size=0, report_accuracy=False):
+        check(beta=cp_beta)
         super().__init__(task, sentence_avg, ignore_prefix_size, report_accuracy)
         self.beta = cp_beta
 
@@ -239,7 +227,7 @@ class ConfidencePenaltyCriterion(RegularizedCriterion):
 
 @dataclass
 class FocalConfig(RegularizedCriterionConfig):
-    focal_gamma: float = field(default=1.0, metadata={"help": "gamma >= 0 of -(1 - p_y)^gamma log p_y (paper: 1 or 2)"})
+    focal_gamma: float = hp_field("gamma")
     focal_detach_weight: bool = field(
         default=False,
         metadata={"help": "treat (1 - p_y)^gamma as a constant; default: differentiate it (Lin et al.)"},
@@ -250,9 +238,9 @@ class FocalConfig(RegularizedCriterionConfig):
 class FocalCriterion(RegularizedCriterion):
     """Focal loss (Lin et al., 2017), :func:`labo_fairseq.losses.focal_loss`."""
 
-    def __init__(self, task, sentence_avg, focal_gamma=1.0, focal_detach_weight=False,
+    def __init__(self, task, sentence_avg, focal_gamma=HP["gamma"].default, focal_detach_weight=False,
                  ignore_prefix_size=0, report_accuracy=False):
-        check_range("--focal-gamma", focal_gamma, 0.0, math.inf, hi_open=True)
+        check(gamma=focal_gamma)
         super().__init__(task, sentence_avg, ignore_prefix_size, report_accuracy)
         self.gamma, self.detach_weight = focal_gamma, focal_detach_weight
 
@@ -265,12 +253,8 @@ class FocalCriterion(RegularizedCriterion):
 
 @dataclass
 class AntiFocalConfig(RegularizedCriterionConfig):
-    anti_focal_gamma: float = field(
-        default=1.0, metadata={"help": "gamma >= 0 of -(1 + alpha p_y)^gamma log p_y (Raunak et al.: 1)"}
-    )
-    anti_focal_alpha: float = field(
-        default=0.5, metadata={"help": "alpha >= 0 of -(1 + alpha p_y)^gamma log p_y (Raunak et al.: 0.5)"}
-    )
+    anti_focal_gamma: float = hp_field("afl_gamma")
+    anti_focal_alpha: float = hp_field("afl_alpha")
     anti_focal_differentiate_weight: bool = field(
         default=False,
         metadata={"help": "differentiate through (1 + alpha p_y)^gamma; default: detached, as the authors' code"},
@@ -281,10 +265,10 @@ class AntiFocalConfig(RegularizedCriterionConfig):
 class AntiFocalCriterion(RegularizedCriterion):
     """Anti-focal loss (Raunak et al., 2020), :func:`labo_fairseq.losses.anti_focal_loss`."""
 
-    def __init__(self, task, sentence_avg, anti_focal_gamma=1.0, anti_focal_alpha=0.5,
-                 anti_focal_differentiate_weight=False, ignore_prefix_size=0, report_accuracy=False):
-        check_range("--anti-focal-gamma", anti_focal_gamma, 0.0, math.inf, hi_open=True)
-        check_range("--anti-focal-alpha", anti_focal_alpha, 0.0, math.inf, hi_open=True)
+    def __init__(self, task, sentence_avg, anti_focal_gamma=HP["afl_gamma"].default,
+                 anti_focal_alpha=HP["afl_alpha"].default, anti_focal_differentiate_weight=False,
+                 ignore_prefix_size=0, report_accuracy=False):
+        check(afl_gamma=anti_focal_gamma, afl_alpha=anti_focal_alpha)
         super().__init__(task, sentence_avg, ignore_prefix_size, report_accuracy)
         self.gamma, self.alpha = anti_focal_gamma, anti_focal_alpha
         self.detach_weight = not anti_focal_differentiate_weight

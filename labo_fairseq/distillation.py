@@ -20,8 +20,7 @@ import torch
 from fairseq.criterions import register_criterion
 
 from labo_fairseq import losses
-from labo_fairseq.criteria import RegularizedCriterion, RegularizedCriterionConfig
-from labo_fairseq.losses import check_range
+from labo_fairseq.criteria import RegularizedCriterion, RegularizedCriterionConfig, check, hp_field
 
 logger = logging.getLogger(__name__)
 
@@ -33,19 +32,10 @@ class WordDistillationConfig(RegularizedCriterionConfig):
         metadata={"help": "teacher checkpoint(s) CKPT[:CKPT...]; several form an ensemble that averages "
                           "probabilities, as fairseq-generate does"},
     )
-    kd_alpha: float = field(
-        default=0.5,
-        metadata={"help": "alpha in [0, 1]: loss = (1 - alpha) LS_eps + alpha T^2 KL(teacher_T || student_T)"},
-    )
-    kd_temperature: float = field(
-        default=1.0, metadata={"help": "temperature T > 0 of both softmaxes in the KL term (the term is scaled by T^2)"}
-    )
-    kd_topk: Optional[int] = field(
-        default=None,
-        metadata={"help": "k >= 1: keep the teacher's k most probable tokens, renormalized (pytorch/translate); "
-                          "unset: the full distribution"},
-    )
-    label_smoothing: float = field(
+    kd_alpha: float = hp_field("kd_alpha")
+    kd_temperature: float = hp_field("kd_temperature")
+    kd_topk: Optional[int] = hp_field("kd_topk")
+    label_smoothing: float = field(  # not HP's default: the hard-label term is plain NLL unless asked
         default=0.0, metadata={"help": "epsilon in [0, 1) of the hard-label term's label smoothing (0: plain NLL)"}
     )
 
@@ -123,11 +113,7 @@ class WordDistillationCriterion(RegularizedCriterion):
 
     def __init__(self, task, sentence_avg, teacher_path="", kd_alpha=0.5, kd_temperature=1.0, kd_topk=None,
                  label_smoothing=0.0, ignore_prefix_size=0, report_accuracy=False, teachers=None):
-        check_range("--kd-alpha", kd_alpha, 0.0, 1.0)
-        check_range("--kd-temperature", kd_temperature, 0.0, math.inf, lo_open=True, hi_open=True)
-        if kd_topk is not None and kd_topk < 1:
-            raise ValueError(f"--kd-topk must be >= 1, got {kd_topk}")
-        check_range("--label-smoothing", label_smoothing, 0.0, 1.0, hi_open=True)
+        check(kd_alpha=kd_alpha, kd_temperature=kd_temperature, kd_topk=kd_topk, epsilon=label_smoothing)
         paths = teacher_paths(teacher_path) if teachers is None else []
         super().__init__(task, sentence_avg, ignore_prefix_size, report_accuracy, label_smoothing)
         self.alpha, self.temperature, self.topk = float(kd_alpha), float(kd_temperature), kd_topk

@@ -23,7 +23,6 @@ for :mod:`labo_fairseq.stats`); the full fairseq-generate output stays in the ru
 
 import argparse
 import datetime
-import json
 import shlex
 import sys
 import time
@@ -32,8 +31,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 from labo_fairseq import bleu as B
 from labo_fairseq.io import (
-    ToolError, atomic_open, cuda_visible, generate_command, overwrite_refusal, parse_generate, read_lines,
-    report_errors, run_generate, split_extra, split_size, validation_curve, write_json, write_lines,
+    ToolError, atomic_open, check_checkpoint, cuda_visible, generate_command, parse_generate, read_json, read_lines,
+    relative, report_errors, run_generate, split_extra, split_size, validation_curve, write_json, write_lines,
 )
 from labo_fairseq.protocol import (
     RUN_MARKER, Roots, absolute, add_root_arguments, add_run_arguments, dataset_config, directions, method_config,
@@ -193,11 +192,14 @@ def evaluate(a) -> int:
         for cmd in cmds.values():
             print(shlex.join(cmd))
         return 0
+    if out.is_file() and not a.force:
+        print(f"evaluate: {out} exists: already evaluated, nothing to do (--force scores it again)", file=sys.stderr)
+        return 0
     marker = rd / RUN_MARKER
     if not marker.is_file():
         raise EvalError(f"{rd}: no run here ({RUN_MARKER} missing); train it first: "
                         f"labo-fairseq train {a.dataset} {a.method} {a.seed}" + (f" --tau {a.tau:g}" if a.tau else ""))
-    run = json.loads(marker.read_text())
+    run = read_json(marker)
     completed = training_completed(rd)
     if not completed and not named:
         raise EvalError(f"{rd}: training has not completed ({RUN_MARKER} has no 'completed'): finish it with the same "
@@ -205,9 +207,7 @@ def evaluate(a) -> int:
                         f"to score it anyway (the result then says 'training not completed')")
     if not ck.is_file():
         raise EvalError(f"{ck}: no such checkpoint (training not finished? --checkpoint last|PATH)")
-    refusal = overwrite_refusal(out, a.force)
-    if refusal:
-        raise EvalError(refusal)
+    check_checkpoint(ck)
     if not data.is_dir():
         raise EvalError(f"{data}: no such data-bin directory (--data-root; labo-fairseq prepare makes it)")
     eval_dir = rd / "eval"
@@ -238,10 +238,12 @@ def evaluate(a) -> int:
             f.write(proc.stdout)
         refs = raw_reference(roots.text, ds, subset, src, tgt)
         score, hyps, stats = score_direction(ds, proc.stdout + "\n" + proc.stderr, n_test, src, tgt, refs)
+        if score.get("raw_references"):
+            score["raw_references"] = relative(refs, roots.root)
         hyp_file = out.with_name(f"{out.stem}.{key}.hyp")
         write_lines(hyp_file, hyps)
         sentence_stats[key] = stats
-        scores[key] = {**score, "subset": subset, "hypotheses": hyp_file.name, "generate_output": str(gen_file),
+        scores[key] = {**score, "subset": subset, "hypotheses": hyp_file.name, "generate_output": relative(gen_file, roots.root),
                        "command": cmd}
         if score["sacrebleu"] is None:
             no_raw.append(str(refs))
@@ -269,8 +271,8 @@ def evaluate(a) -> int:
         "sentence_stats": stats_file.name, "training_completed": completed,
         "validation": next((v for v in curve if v.get("updates") == chosen["updates"]), None),
         "validation_curve": curve,
-        "checkpoint": {"path": str(ck), **chosen},
-        "train": {"run_dir": str(rd), "command": run["command"], "commit": run.get("commit"), "dirty": run.get("dirty"),
+        "checkpoint": {"path": relative(ck, roots.root), **chosen},
+        "train": {"run_dir": relative(rd, roots.root), "stopping": run.get("stopping"), "command": run["command"], "commit": run.get("commit"), "dirty": run.get("dirty"),
                   "hardware": run.get("hardware"), "gpus": run.get("gpus"), "procs": run.get("procs"),
                   "nodes": run.get("nodes"), "sessions": len(run.get("sessions", [])) or 1,
                   "last_checkpoint": last_state},

@@ -21,9 +21,10 @@ own loss; the logs get ``nll_loss`` (nats per token, the plain NLL under every c
 LABO, ``labo_alpha`` (mean α of the LABO tokens) and ``labo_active`` (1 once the warm-up is over).
 """
 
-import math
 from dataclasses import dataclass
 from typing import Dict, Optional, Tuple
+
+from labo_fairseq.hparams import HP
 
 CRITERIA = ("ce", "ls", "labo", "cp", "fl", "afl")
 IGNORE = -100  # transformers' label padding
@@ -34,31 +35,23 @@ class LossConfig:
     """The criterion and its hyper-parameters (checked at construction, naming the bad value)."""
 
     criterion: str = "labo"
-    label_smoothing: float = 0.1  # ls, and labo's warm-up (fairseq's convention)
-    tau: float = 1.15
-    rho: float = 0.5
+    label_smoothing: float = HP["epsilon"].default  # ls, and labo's warm-up (fairseq's convention)
+    tau: float = HP["tau"].default
+    rho: float = HP["rho"].default
     alpha: Optional[float] = None  # labo: a fixed alpha instead of Eq. 16's adaptive one
     warmup_steps: int = 0  # labo: optimizer steps of uniform label smoothing first
-    cp_beta: float = 0.1
-    focal_gamma: float = 1.0
-    anti_focal_gamma: float = 1.0
-    anti_focal_alpha: float = 0.5
+    cp_beta: float = HP["beta"].default
+    focal_gamma: float = HP["gamma"].default
+    anti_focal_gamma: float = HP["afl_gamma"].default
+    anti_focal_alpha: float = HP["afl_alpha"].default
 
     def __post_init__(self):
-        from labo_fairseq.losses import check_range
-
         if self.criterion not in CRITERIA:
             raise ValueError(f"unknown criterion {self.criterion!r}; choose from {', '.join(CRITERIA)}")
-        check_range("label_smoothing", self.label_smoothing, 0.0, 1.0, hi_open=True)
-        check_range("tau", self.tau, 0.0, math.inf, lo_open=True, hi_open=True)
-        check_range("rho", self.rho, 0.5, 1.0)
-        if self.alpha is not None:
-            check_range("alpha", self.alpha, 0.0, 1.0)
-        check_range("warmup_steps", self.warmup_steps, 0, math.inf, hi_open=True)
-        check_range("cp_beta", self.cp_beta, 0.0, math.inf, hi_open=True)
-        check_range("focal_gamma", self.focal_gamma, 0.0, math.inf, hi_open=True)
-        check_range("anti_focal_gamma", self.anti_focal_gamma, 0.0, math.inf, hi_open=True)
-        check_range("anti_focal_alpha", self.anti_focal_alpha, 0.0, math.inf, hi_open=True)
+        for name, key in (("label_smoothing", "epsilon"), ("tau", "tau"), ("rho", "rho"), ("alpha", "alpha"),
+                          ("warmup_steps", "warmup_updates"), ("cp_beta", "beta"), ("focal_gamma", "gamma"),
+                          ("anti_focal_gamma", "afl_gamma"), ("anti_focal_alpha", "afl_alpha")):
+            HP[key].check(getattr(self, name), name)
 
 
 def token_loss(cfg: LossConfig, logits, labels, step: int = 0) -> Tuple["object", "object", Dict[str, float]]:

@@ -23,6 +23,7 @@ from typing import List
 
 from dataclasses import asdict
 
+from labo_fairseq.errors import UsageError
 from labo_fairseq.hf import CRITERIA, LossConfig
 from labo_fairseq.io import overwrite_refusal, read_lines, write_json, write_lines
 from labo_fairseq.protocol import Roots, absolute, add_root_arguments, result_path, run_dir
@@ -31,7 +32,7 @@ from labo_fairseq.protocol import Roots, absolute, add_root_arguments, result_pa
 def _pairs(src: Path, tgt: Path) -> List:
     a, b = read_lines(src), read_lines(tgt)
     if len(a) != len(b):
-        raise SystemExit(f"hf-train: error: {src} has {len(a)} lines but {tgt} has {len(b)}")
+        raise UsageError(f"{src} has {len(a)} lines but {tgt} has {len(b)}")
     return list(zip(a, b))
 
 
@@ -107,7 +108,7 @@ def run(a, loss: LossConfig, model_dir: Path, data, roots: Roots, out: Path, tau
     from labo_fairseq.provenance import git_state, hardware
 
     if not getattr(AutoConfig.from_pretrained(model_dir), "is_encoder_decoder", False):
-        raise SystemExit(f"hf-train: error: {model_dir} is not an encoder-decoder model")
+        raise UsageError(f"{model_dir} is not an encoder-decoder model")
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForSeq2SeqLM.from_pretrained(model_dir)
     rd = run_dir(roots.runs, a.name, a.criterion, a.seed, tau)

@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Dict, Iterable, Iterator, List, Optional, Sequence, TextIO, Tuple, Type
 
+from labo_fairseq.errors import InvalidFile, ToolError  # noqa: F401  (re-exported: callers catch them here)
+
 USER_DIR = Path(__file__).resolve().parent  # the labo_fairseq package: fairseq's --user-dir
 
 
@@ -54,10 +56,6 @@ def write_json(path: Path, obj, indent: Optional[int] = 1, default=None) -> Path
     with atomic_open(path) as f:
         f.write(json.dumps(obj, indent=indent, separators=None if indent else (",", ":"), default=default) + "\n")
     return Path(path)
-
-
-class InvalidFile(ValueError):
-    """A file that is missing or not what it should be, named in the message."""
 
 
 def read_json(path: Path):
@@ -120,10 +118,6 @@ def fairseq_command(tool: str) -> List[str]:
     if exe.is_file():
         return [str(exe)]
     return [sys.executable, "-m", f"fairseq_cli.{tool}"]
-
-
-class ToolError(RuntimeError):
-    """A fairseq tool exited with an error; the message holds the end of its output."""
 
 
 def _stream(proc: subprocess.Popen, log_path: Path, echo: bool) -> None:
@@ -458,6 +452,27 @@ def split_extra(argv: Sequence[str]) -> "tuple[List[str], List[str]]":
         return argv, []
     i = argv.index("--")
     return argv[:i], argv[i + 1:]
+
+
+def relative(path: Path, root: Path) -> str:
+    """``path`` relative to ``root`` where it lies under it (results name files so, to be read on
+    another machine), else as given."""
+    try:
+        return str(Path(path).relative_to(root))
+    except ValueError:
+        return str(path)
+
+
+def check_checkpoint(path: Path) -> None:
+    """:class:`InvalidFile` when ``path`` is a torch zip checkpoint cut short (an interrupted copy or
+    save): caught before fairseq, whose traceback would end in torch's advice about ``weights_only``."""
+    import zipfile
+
+    with open(path, "rb") as f:
+        is_zip = f.read(4) == b"PK\x03\x04"
+    if is_zip and not zipfile.is_zipfile(path):
+        raise InvalidFile(f"{path} is truncated or damaged (an incomplete checkpoint archive): train again, "
+                          "or restore the file")
 
 
 def overwrite_refusal(path: Path, force: bool) -> Optional[str]:

@@ -13,6 +13,8 @@ from typing import Dict, Optional, Tuple
 import torch
 from torch import Tensor
 
+from labo_fairseq.hparams import HP, check_range
+
 __all__ = [
     "labo_loss",
     "label_smoothing_loss",
@@ -23,15 +25,6 @@ __all__ = [
     "distillation_terms",
     "check_range",
 ]
-
-
-def check_range(name: str, value: float, lo: float, hi: float, lo_open=False, hi_open=False):
-    """Raise ``ValueError`` naming ``name`` and the allowed range unless ``lo (<|<=) value (<|<=) hi``."""
-    ok_lo = value > lo if lo_open else value >= lo
-    ok_hi = value < hi if hi_open else value <= hi
-    if not (ok_lo and ok_hi) or math.isnan(value):
-        rng = f"{'(' if lo_open else '['}{lo}, {hi}{')' if hi_open else ']'}"
-        raise ValueError(f"{name} must be in {rng}, got {value}")
 
 
 def _pad_mask(target: Tensor, ignore_index: Optional[int]) -> Optional[Tensor]:
@@ -169,10 +162,9 @@ def labo_terms(
     Statistics are sums over non-padding tokens (``reduce=True``) or per-token (``reduce=False``),
     in nats; they carry no gradient.
     """
-    check_range("tau", tau, 0.0, math.inf, lo_open=True, hi_open=True)
-    check_range("rho", rho, 0.0, 1.0)
-    if alpha is not None:
-        check_range("alpha", alpha, 0.0, 1.0)
+    HP["tau"].check(tau, "tau")
+    HP["rho"].check(rho, "rho")
+    HP["alpha"].check(alpha, "alpha")
     pad = _pad_mask(target, ignore_index)
     keep = torch.ones_like(target, dtype=torch.bool) if pad is None else ~pad
     loss, nll, a, ent = _LaboFunction.apply(lprobs, target, keep, float(tau), float(rho), alpha)
@@ -245,7 +237,7 @@ def confidence_penalty_loss(lprobs, target, beta, ignore_index=None, reduce=True
     ``H(p) = -sum_j p_j log p_j`` in nats, differentiated (the penalty's gradient pushes towards
     higher entropy). beta=0 gives NLL.
     """
-    check_range("beta", beta, 0.0, math.inf, hi_open=True)
+    HP["beta"].check(beta, "beta")
     pad = _pad_mask(target, ignore_index)
     keep = torch.ones_like(target, dtype=torch.bool) if pad is None else ~pad
     loss, nll = _ConfidencePenaltyFunction.apply(lprobs, target, keep, float(beta))
@@ -268,7 +260,7 @@ def focal_loss(lprobs, target, gamma, ignore_index=None, reduce=True, detach_wei
     ``detach_weight=False`` (default, Lin et al.'s form) differentiates through the weight;
     ``True`` treats it as a constant (a re-weighted NLL). gamma=0 gives NLL.
     """
-    check_range("gamma", gamma, 0.0, math.inf, hi_open=True)
+    HP["gamma"].check(gamma, "gamma")
     return _weighted_nll(
         lprobs, target, lambda p: (1.0 - p).pow(gamma), detach_weight, ignore_index, reduce
     )
@@ -283,8 +275,8 @@ def anti_focal_loss(
     is detached (a re-weighted NLL); ``False`` differentiates through it. Their NMT setting is
     gamma=1, alpha=0.5; gamma=0 or alpha=0 gives NLL.
     """
-    check_range("gamma", gamma, 0.0, math.inf, hi_open=True)
-    check_range("alpha", alpha, 0.0, math.inf, hi_open=True)
+    HP["afl_gamma"].check(gamma, "gamma")
+    HP["afl_alpha"].check(alpha, "alpha")
     return _weighted_nll(
         lprobs, target, lambda p: (1.0 + alpha * p).pow(gamma), detach_weight, ignore_index, reduce
     )
@@ -298,7 +290,7 @@ def label_smoothing_loss(lprobs, target, epsilon, ignore_index=None, reduce=True
     ``q_y = 1 - eps`` and ``q_j = eps/(V-1)`` elsewhere (LABO's warm-up). Hugging Face's
     ``label_smoothing_factor`` spreads eps over all V classes (``q_y = 1 - eps + eps/V``): the same
     target as this one with ``eps' = eps (V-1)/V``. eps=0 gives NLL."""
-    check_range("epsilon", epsilon, 0.0, 1.0)
+    HP["epsilon"].check(epsilon, "epsilon")
     pad = _pad_mask(target, ignore_index)
     loss, nll = _label_smoothed(_work(lprobs), target, float(epsilon))
     return _finish(loss, nll, pad, reduce, lprobs.dtype)
@@ -332,11 +324,10 @@ def distillation_terms(
     at T = 1; ``gamma = (1 - p_t(y; T)) V / (V - 1)`` (Mueller et al.'s mass off the gold, scaled so
     that uniform label smoothing eps has gamma = eps), of the (top-k) target the student sees.
     """
-    check_range("alpha", alpha, 0.0, 1.0)
-    check_range("temperature", temperature, 0.0, math.inf, lo_open=True, hi_open=True)
-    check_range("epsilon", epsilon, 0.0, 1.0, hi_open=True)
-    if teacher_topk is not None and teacher_topk < 1:
-        raise ValueError(f"teacher_topk must be >= 1, got {teacher_topk}")
+    HP["kd_alpha"].check(alpha, "alpha")
+    HP["kd_temperature"].check(temperature, "temperature")
+    HP["epsilon"].check(epsilon, "epsilon")
+    HP["kd_topk"].check(teacher_topk, "teacher_topk")
     if teacher_lprobs.shape != lprobs.shape:
         raise ValueError(f"teacher_lprobs has shape {tuple(teacher_lprobs.shape)}, lprobs {tuple(lprobs.shape)}")
     x = _work(lprobs)

@@ -17,6 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
+from labo_fairseq.hparams import HP
+
 CONFIGS = Path(__file__).resolve().parent / "configs"
 RUN_MARKER = "run.json"
 
@@ -165,6 +167,15 @@ def run_dir(runs_root: Path, dataset: str, method: str, seed: int, tau: Optional
 
 def result_path(results_root: Path, dataset: str, method: str, seed: int, tau: Optional[float]) -> Path:
     return Path(results_root) / dataset / run_tag(method, tau) / f"seed{seed}.json"
+
+
+def result_candidates(results_root: Path, dataset: str, method: str, seed: int, tau: Optional[float]) -> List[Path]:
+    """Where a run's result may be: ``METHOD-tauT/`` (compare and the sweeps name τ always), and for
+    LABO at its default τ also ``labo/`` (``train``/``evaluate`` without ``--tau``)."""
+    out = [result_path(results_root, dataset, method, seed, tau)]
+    if method == "labo" and tau is not None and tau == HP["tau"].default:
+        out.append(result_path(results_root, dataset, method, seed, None))
+    return out
 
 
 def absolute(path: Path, base: Optional[Path] = None) -> Path:

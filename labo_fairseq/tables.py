@@ -15,14 +15,13 @@ outside the two tables (e.g. the quickstart's) get a table of their own, without
 """
 
 import argparse
-import json
 import sys
 from collections import defaultdict
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from labo_fairseq import stats as S
-from labo_fairseq.io import overwrite_refusal
+from labo_fairseq.io import overwrite_refusal, read_json
 from labo_fairseq.protocol import absolute, result_sentence_stats, test_set_name
 
 # The paper's numbers (Lu et al., Table 1 and Table 2), the only copy in the package:
@@ -49,10 +48,7 @@ DEFAULT_TAU = 1.15
 def load_results(root: Path) -> List[Dict]:
     out = []
     for path in sorted(root.rglob("*.json")):
-        try:
-            r = json.loads(path.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as err:
-            raise SystemExit(f"tables: error: {path} is not valid JSON ({err})")
+        r = read_json(path)
         if isinstance(r, dict) and "directions" in r and "dataset" in r:
             r["_path"] = str(path)
             out.append(r)

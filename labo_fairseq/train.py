@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import List, Optional, Tuple
 
+from labo_fairseq.hparams import HP, check_flags
 from labo_fairseq.io import USER_DIR, fairseq_command, run_logged, split_extra, validation_curve, write_json
 from labo_fairseq.protocol import (
     RUN_MARKER, Roots, add_root_arguments, add_run_arguments, common_config, dataset_config, flags, is_labo,
@@ -69,8 +70,8 @@ def train_command(dataset: str, method: str, seed: int, tau: Optional[float] = N
     ds, me = dataset_config(dataset), method_config(method)
     if tau is not None and method != "labo":
         raise ValueError("--tau applies to the labo method only")
-    if tau is not None and tau <= 0:
-        raise ValueError(f"--tau must be > 0, got {tau}")
+    if tau is not None:
+        HP["tau"].check(tau, "--tau")
     args = {**common_config().get("args", {}), **ds.get("args", {}), **me.get("args", {})}
     if is_labo(method):
         args["--labo-warmup-updates"] = labo_warmup_updates(dataset, method)
@@ -92,6 +93,7 @@ def train_command(dataset: str, method: str, seed: int, tau: Optional[float] = N
     if update_freq > 1:
         argv += ["--update-freq", str(update_freq)]
     argv += list(extra)
+    check_flags(argv)  # the criterion's hyper-parameters, wherever they came from, before anything starts
     exe = fairseq_command("train")
     if not gpus and procs > 1:
         port = master_port or _free_port()
@@ -149,14 +151,22 @@ def cmd_train(a) -> int:
         return 2
     out = launch.run_dir
     exists = out.exists()
-    if exists and not a.force and training_completed(out):
-        print(f"train: {out} has finished training ({_finished_how(out)}); nothing to do (--force starts over)",
-              file=sys.stderr)
-        return 0
     lead = a.node_rank == 0  # on several nodes, only node 0 manages the run directory
     if exists and a.force and lead and not (out / RUN_MARKER).exists():
         print(f"train: error: {out} was not made by this command; not deleting it", file=sys.stderr)
         return 2
+    data = Path(launch.train_argv[1])
+    if not data.is_dir() and student is None:
+        hint = (f"no prepared data at {data}: run `labo-fairseq prepare {dataset_config(a.dataset)['data']}"
+                f"{' --root ' + str(roots.root) if a.root else ''}` first")
+        if not a.dry_run:
+            print(f"train: error: {hint}", file=sys.stderr)
+            return 2
+        print(f"# {hint}")
+    if exists and not a.force and training_completed(out):
+        print(f"train: {out} has finished training ({_finished_how(out)}); nothing to do (--force starts over)",
+              file=sys.stderr)
+        return 0
     logs = log_paths(out, len(launch.processes), a.node_rank)
     if a.dry_run:
         if exists:

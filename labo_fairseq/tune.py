@@ -13,7 +13,6 @@ the next call resumes them (exit status 3 until the grid is complete).
 
 import argparse
 import itertools
-import json
 import os
 import shlex
 import signal

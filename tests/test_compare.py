@@ -12,6 +12,7 @@ import time
 import pytest
 
 from labo_fairseq import compare
+from labo_fairseq.errors import ToolError
 from tests.helpers import MULTI30K_SMALL, cli
 
 
@@ -105,7 +106,7 @@ def test_a_run_stopped_by_the_budget_stops_promptly_and_is_not_a_failure(tmp_pat
 
 def test_a_run_that_fails_by_itself_is_named_with_its_output(tmp_path, monkeypatch, capsys):
     c = _compare_training(tmp_path, monkeypatch, "import sys; sys.stderr.write('y' * 2**17 + 'boom'); sys.exit(5)")
-    with pytest.raises(SystemExit):
+    with pytest.raises(ToolError, match="4 training run"):
         c.train()
     err = capsys.readouterr().err
     assert "ls seed 1 failed (exit 5)" in err and err.count("boom") == 4  # each of the 4 runs, its own output's tail
@@ -162,7 +163,7 @@ def test_report_counts_seeds_marks_small_cells_and_tests_the_pairs(tmp_path):
     assert sa["holm_family"] == 1 and sa["p_holm"] == sa["p_value"]  # one test set: nothing to adjust
     md = compare.markdown(rep)
     assert "| test_2016_flickr | BLEU (tokenized) | 38.20 ± 0.10 (n=3) | 39.20 ± 0.10 (n=3) | 40.15 ± 0.07 (n=2) * |" in md
-    assert "| test_2016_flickr | LS − CE |" in md and "| LS | 1 | 20 (2660) | 40.00 | 2.500 | 4000 | 60 min |" in md
+    assert "| test_2016_flickr | LS − CE |" in md and "| LS | 1 | 20 (2660) | – | – | BLEU 40.00 | 2.500 | 4000 | 60 min |" in md
 
 
 def test_a_difference_tested_on_several_test_sets_gets_holms_adjustment(tmp_path, monkeypatch):

@@ -102,7 +102,7 @@ def test_invalid_flag_stops_training_at_startup(data_bin, tmp_path):
                    "--criterion", "label_smoothed_labo", "--labo-tau", "0", "--max-update", "5",
                    "--save-dir", tmp_path / "ck", check=False)
     assert proc.returncode != 0
-    assert "--labo-tau must be in (0.0, inf), got 0.0" in proc.stderr
+    assert "--labo-tau must be in (0, inf), got 0.0" in proc.stderr
     assert not (tmp_path / "ck" / "checkpoint_last.pt").exists()
 
 

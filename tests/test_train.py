@@ -121,7 +121,7 @@ def test_dry_run_prints_the_command_and_writes_nothing(tmp_path):
     (("iwslt14_de_en", "nope", 1), "unknown method 'nope'"),
     (("iwslt14_de_en", "ls", 1, "--tau", "1.25"), "--tau applies to the labo method only"),
     (("iwslt14_de_en", "ls", 1, "--update-freq", "0"), "--update-freq >= 1"),
-    (("iwslt14_de_en", "labo", 1, "--tau", "0"), "--tau must be > 0"),
+    (("iwslt14_de_en", "labo", 1, "--tau", "0"), "--tau must be in (0, inf), got 0.0"),
     (("iwslt14_de_en", "ls", 1, "--gpus", "2", "--procs", "2"), "--procs is for CPU ranks"),
     (("wmt14_en_de", "ls", 1, "--nodes", "2"), "--nodes needs --gpus"),
     (("wmt14_en_de", "ls", 1, "--gpus", "8", "--nodes", "2"), "needs --master-addr"),

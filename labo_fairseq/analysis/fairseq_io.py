@@ -9,6 +9,7 @@ from typing import Iterator, List, Optional, Sequence, Tuple
 import torch
 
 from labo_fairseq import register
+from labo_fairseq.errors import InvalidFile
 from labo_fairseq.io import Generation, generate_command
 from labo_fairseq.io import generate as generate_parsed
 
@@ -25,15 +26,13 @@ def device(cpu: bool) -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() and not cpu else "cpu")
 
 
-class CheckpointError(SystemExit):
-    """A checkpoint that cannot be read (truncated, corrupt, not a fairseq checkpoint).
-
-    A ``SystemExit`` whose code is the one-line message, so that every command that loads a
-    checkpoint stops with that line and status 1 instead of torch's traceback."""
+class CheckpointError(InvalidFile):
+    """A checkpoint that cannot be read (truncated, corrupt, not a fairseq checkpoint), in one line
+    instead of torch's traceback."""
 
     def __init__(self, checkpoint, reason: str):
         reason = " ".join(str(reason).split()).split(". ")[0][:200]  # torch's first sentence says it
-        super().__init__(f"error: {checkpoint}: not a readable fairseq checkpoint (truncated or corrupt?): {reason}")
+        super().__init__(f"{checkpoint}: not a readable fairseq checkpoint (truncated or corrupt?): {reason}")
 
 
 def read_checkpoint(checkpoint: Path, arg_overrides: Optional[dict] = None) -> dict:

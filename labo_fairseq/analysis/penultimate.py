@@ -28,6 +28,8 @@ from typing import Dict, List, Sequence, Tuple
 import torch
 from torch import Tensor
 
+from labo_fairseq.errors import UsageError
+
 
 # Function words of the target languages of the configs, not "content" tokens (words that are also
 # English content words, as German "man" and "war", are left out).
@@ -92,7 +94,7 @@ def cluster_stats(x: Tensor, labels: Tensor, templates: Tensor, names: Sequence[
 def output_embedding(model) -> Tensor:
     proj = getattr(model.decoder, "output_projection", None)
     if proj is None or getattr(proj, "bias", None) is not None:
-        raise SystemExit("error: the decoder has no bias-free output projection (adaptive softmax?); "
+        raise UsageError("the decoder has no bias-free output projection (adaptive softmax?); "
                          "the picture needs logits = x·w_k")
     return proj.weight.detach()
 
