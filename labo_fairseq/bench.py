@@ -25,7 +25,7 @@ from typing import Callable, Dict, List, Sequence, Tuple
 import torch
 
 from labo_fairseq import losses
-from labo_fairseq.errors import UsageError
+from labo_fairseq.errors import ArgumentParser, UsageError
 from labo_fairseq.io import write_json
 
 PAD = 1
@@ -183,7 +183,7 @@ def markdown(rows: List[Dict]) -> str:
 
 
 def main(argv=None, prog="bench_criteria.py") -> int:
-    ap = argparse.ArgumentParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = ArgumentParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--tokens", type=int, nargs="+", default=[4096], help="target tokens per batch (default 4096)")
     ap.add_argument("--vocab", type=int, nargs="+", default=[10000, 40000], help="vocabulary sizes")
     ap.add_argument("--repeats", type=int, default=11,

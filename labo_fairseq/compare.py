@@ -39,7 +39,8 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from labo_fairseq import stats as S
-from labo_fairseq.errors import ToolError, UsageError
+from labo_fairseq.hparams import HP
+from labo_fairseq.errors import ArgumentParser, ToolError, UsageError
 from labo_fairseq.io import atomic_open, cuda_visible, read_json, run_queue, run_tool, write_json
 from labo_fairseq.protocol import (
     Roots, absolute, check_methods, dataset_config, is_labo, labo_warmup_updates, method_config, names, result_candidates,
@@ -529,7 +530,7 @@ def write_report(c: Compare, rep: Dict) -> Path:
 
 
 def main(argv=None, prog="labo-fairseq compare") -> int:
-    ap = argparse.ArgumentParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = ArgumentParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--root", type=Path, help="directory for data/, data-bin/, runs/, results/ and analysis/ "
                                                "(default: the working directory)")
     ap.add_argument("--dataset", default=DATASET,
@@ -537,7 +538,7 @@ def main(argv=None, prog="labo-fairseq compare") -> int:
                          "multi30k_de_en_small: the quickstart's model to convergence, for a CPU)")
     ap.add_argument("--methods", nargs="+", default=list(METHODS), help="methods (default: ce ls labo)")
     ap.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3], help="seeds per method (default: 1 2 3)")
-    ap.add_argument("--tau", type=float, default=1.15, help="LABO's tau (default 1.15)")
+    ap.add_argument("--tau", type=float, default=HP["tau"].default, help=f"LABO's tau (default {HP['tau'].default:g})")
     ap.add_argument("--parallel", type=int, help="runs trained at a time (default: all at once)")
     ap.add_argument("--threads", type=int, help="CPU threads per run (OMP_NUM_THREADS; default: torch's choice)")
     ap.add_argument("--source", type=Path, action="append", default=[],
@@ -566,8 +567,12 @@ def main(argv=None, prog="labo-fairseq compare") -> int:
     a = ap.parse_args(argv)
     if not a.seeds or any(s < 0 for s in a.seeds) or len(set(a.seeds)) != len(a.seeds):
         ap.error("--seeds: distinct integers >= 0")
-    if a.tau <= 0 or a.budget_minutes <= 0 or a.bootstrap_samples < 1:
-        ap.error("--tau, --budget-minutes and --bootstrap-samples must be positive")
+    try:
+        HP["tau"].check(a.tau, "--tau")
+    except ValueError as err:
+        ap.error(str(err))
+    if a.budget_minutes <= 0 or a.bootstrap_samples < 1:
+        ap.error("--budget-minutes and --bootstrap-samples must be positive")
     if (a.parallel is not None and a.parallel < 1) or (a.threads is not None and a.threads < 1):
         ap.error("--parallel and --threads must be >= 1")
     if a.max_epoch is not None and a.max_epoch < 1:

@@ -27,6 +27,7 @@ from labo_fairseq.io import (
     split_extra, split_size, write_json, write_lines,
 )
 from labo_fairseq.protocol import Roots, add_root_arguments, dataset_config, names
+from labo_fairseq.errors import ArgumentParser
 
 MANIFEST = "distill.json"
 WORK = ".distill"
@@ -146,7 +147,7 @@ def distill(a) -> int:
 
 
 def main(argv=None, prog="labo-fairseq distill-data") -> int:
-    ap = argparse.ArgumentParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = ArgumentParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("dataset", help=f"one of: {', '.join(names('datasets'))}")
     ap.add_argument("teacher", metavar="RUN", help="the teacher run: METHOD[-tauT]/seedS under RUNS/DATASET, or a run directory")
     ap.add_argument("--checkpoint", default="best", help="the teacher's checkpoint: best (default), last, or a path")

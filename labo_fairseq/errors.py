@@ -1,6 +1,8 @@
 """The errors a user can fix. Library code raises them; only the command line (:mod:`labo_fairseq.cli`)
 turns them into one line on stderr and an exit status."""
 
+import argparse
+
 
 class LaboError(Exception):
     """An error stated in one line that names what is wrong and the fix; ``status``: the exit status."""
@@ -20,3 +22,10 @@ class InvalidFile(UsageError):
 
 class ToolError(LaboError, RuntimeError):
     """A tool this package started (fairseq, a compiler) failed; the message ends with its output's tail."""
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse's parser whose errors are one line (the usage is ``--help``'s), as every error here."""
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (--help lists the options)\n")

@@ -38,6 +38,7 @@ from labo_fairseq.protocol import (
     RUN_MARKER, Roots, absolute, add_root_arguments, add_run_arguments, dataset_config, directions, method_config,
     raw_reference, result_path, run_dir, training_completed,
 )
+from labo_fairseq.errors import ArgumentParser
 
 # The criterion hyper-parameters worth recording, by fairseq-train flag.
 HPARAM_FLAGS = ("--criterion", "--label-smoothing", "--labo-tau", "--labo-rho", "--labo-alpha",
@@ -287,7 +288,7 @@ def evaluate(a) -> int:
 
 
 def main(argv=None, prog="labo-fairseq evaluate") -> int:
-    ap = argparse.ArgumentParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = ArgumentParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_run_arguments(ap, "LABO's tau, as given to the train command")
     ap.add_argument("--checkpoint",
                     help="best (chosen by validation BLEU, or NLL for IWSLT'17; the default), last, or a path; "

@@ -41,6 +41,7 @@ from typing import Dict, List, Optional
 
 from labo_fairseq.io import ToolError, cuda_visible, run_tool, write_json
 from labo_fairseq.protocol import absolute, check_methods, dataset_config, names, run_dir
+from labo_fairseq.errors import ArgumentParser
 
 REPO = Path(__file__).resolve().parents[1]
 DATA = "multi30k.de-en"
@@ -256,7 +257,7 @@ class Allocation:
 
 
 def parse(argv: List[str], prog: str) -> argparse.Namespace:
-    ap = argparse.ArgumentParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = ArgumentParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--minutes", type=float, required=True, help="wall time of the whole command (e.g. 9 of a 10-minute job)")
     ap.add_argument("--out", type=Path, required=True, help="what to bring back: allocation.json, the check, results/")
     ap.add_argument("--work", type=Path, help="data, data-bin and checkpoints (default: TMPDIR/labo-gpu-allocation)")

@@ -35,6 +35,7 @@ from typing import Dict, List, Optional
 
 from labo_fairseq import io
 from labo_fairseq.protocol import tiny_model
+from labo_fairseq.errors import ArgumentParser
 
 REPO = Path(__file__).resolve().parents[1]
 USER_DIR = Path(__file__).resolve().parent
@@ -361,7 +362,7 @@ def report(res: Dict) -> str:
 # ------------------------------------------------------------------------------------ command
 
 def parse(argv, prog):
-    ap = argparse.ArgumentParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = ArgumentParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data-bin", type=Path, default=Path("data-bin/multi30k.de-en"),
                     help="fairseq data-bin with train and test splits (default data-bin/multi30k.de-en, as "
                          "'labo-fairseq prepare multi30k.de-en' makes it)")

@@ -23,7 +23,7 @@ from typing import List
 
 from dataclasses import asdict
 
-from labo_fairseq.errors import UsageError
+from labo_fairseq.errors import ArgumentParser, UsageError
 from labo_fairseq.hf import CRITERIA, LossConfig
 from labo_fairseq.io import overwrite_refusal, read_lines, write_json, write_lines
 from labo_fairseq.protocol import Roots, absolute, add_root_arguments, result_path, run_dir
@@ -48,7 +48,7 @@ class _Dataset:
 
 
 def main(argv=None, prog="labo-fairseq hf-train") -> int:
-    ap = argparse.ArgumentParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = ArgumentParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("model", type=Path, help="a seq2seq model directory (weights and tokenizer)")
     for split in ("train", "valid", "test"):
         ap.add_argument(f"--{split}", type=Path, nargs=2, required=True, metavar=("SRC", "TGT"))

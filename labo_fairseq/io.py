@@ -16,7 +16,7 @@ import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Dict, Iterable, Iterator, List, Optional, Sequence, TextIO, Tuple, Type
+from typing import Callable, Dict, Iterable, Iterator, List, Optional, Sequence, TextIO, Tuple, Type, Union
 
 from labo_fairseq.errors import InvalidFile, ToolError  # noqa: F401  (re-exported: callers catch them here)
 
@@ -120,11 +120,17 @@ def fairseq_command(tool: str) -> List[str]:
     return [sys.executable, "-m", f"fairseq_cli.{tool}"]
 
 
-def _stream(proc: subprocess.Popen, log_path: Path, echo: bool) -> None:
+Echo = Union[bool, Callable[[str], Optional[str]]]
+
+
+def _stream(proc: subprocess.Popen, log_path: Path, echo: Echo) -> None:
+    """Append the output to the log; echo each line (``True``) or what ``echo(line)`` makes of it."""
     with open(log_path, "a", encoding="utf-8") as log:
         for line in proc.stdout:
-            if echo:
-                sys.stdout.write(line)
+            shown = line if echo is True else echo(line) if echo else None
+            if shown:
+                sys.stdout.write(shown)
+                sys.stdout.flush()
             log.write(line)
             log.flush()
 
@@ -135,7 +141,7 @@ class Child:
     failure can be reported with the end of its output."""
 
     def __init__(self, cmd: Sequence, log: Path, cwd: Optional[Path] = None,
-                 env: Optional[Dict[str, str]] = None, echo: bool = False):
+                 env: Optional[Dict[str, str]] = None, echo: Echo = False):
         self.cmd, self.log = [str(c) for c in cmd], Path(log)
         self.log.parent.mkdir(parents=True, exist_ok=True)
         self.proc = subprocess.Popen(self.cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
@@ -246,7 +252,8 @@ def _raise_terminated(signum, frame):
     raise _Terminated()
 
 
-def run_logged(processes: Sequence[Sequence[str]], logs: Sequence[Path], cwd: Optional[Path] = None) -> int:
+def run_logged(processes: Sequence[Sequence[str]], logs: Sequence[Path], cwd: Optional[Path] = None,
+               echo: Echo = True) -> int:
     """Start every process (the first echoed to the terminal), each appending to its log; if one
     fails, stop the others. Returns the first non-zero exit status, else 0. Ctrl-C or SIGTERM (a
     scheduler's preemption) stops the processes too, so none is left running alone."""
@@ -257,7 +264,7 @@ def run_logged(processes: Sequence[Sequence[str]], logs: Sequence[Path], cwd: Op
     status = 0
     try:
         for i, (cmd, log) in enumerate(zip(processes, logs)):
-            children.append(Child(cmd, log, cwd=cwd, echo=i == 0))
+            children.append(Child(cmd, log, cwd=cwd, echo=echo if i == 0 else False))
         while None in [c.poll() for c in children]:  # a list, not any(): every process is polled
             failed = [c.returncode for c in children if c.returncode not in (None, 0)]
             if failed:

@@ -18,13 +18,15 @@ N x V x d instead of 4. The price is holding the fp32 ``grad_weight`` (V x d: 1 
 d = 1024) and ``grad_hidden`` (N x d) from forward to backward, where recompute would hold them
 only during backward; with bf16/fp16 weights an fp32 copy of ``weight`` (V x d) also exists
 during forward. The gradient of ``nll_loss`` is not precomputed (it is usually only logged):
-a backward that reaches ``nll_loss`` recomputes the chunks' logits for ``p - onehot(y)``.
+a backward that reaches ``nll_loss`` recomputes the chunks' logits for ``p - onehot(y)``
+(differentiable under every criterion, where the pure LABO and CP losses mark theirs non-differentiable).
 A no-grad call (validation) does the value sweep only.
 
 Memory: a few (chunk x V) buffers of the working dtype at a time (logits, log-probs, the pure loss's
 buffer, its gradient), freed before the next chunk. Precision: at least float32 inside (bf16/fp16
 inputs are upcast chunk by chunk; the weight once), outputs and gradients in the inputs' dtypes.
-On a GPU the fp32 matmuls are slower than bf16 tensor-core ones (TF32 if the caller enables it).
+The fp32 GEMMs cost more than an unfused bf16 path's bf16 ones (2x on an AVX512-BF16 CPU; more on a
+GPU's tensor cores, TF32 if the caller enables it) but round neither the logits nor their gradient.
 Backward reuses the forward's buffers in place, so it can run once (like the pure losses).
 """
 
@@ -137,7 +139,8 @@ def _sweep(hidden, w, b, target, run, chunk, ignore_index, grads, scale=None):
     stats: dict[str, Tensor] = {}
     for s in range(0, hidden.size(0), chunk):
         h = hidden[s:s + chunk].to(w.dtype)
-        l_c, nll_c, st, dz = _chunk_terms(run, h, w, b, target[s:s + chunk], ignore_index, want)
+        with torch.autocast(hidden.device.type, enabled=False):  # an AMP region must not downcast the GEMMs
+            l_c, nll_c, st, dz = _chunk_terms(run, h, w, b, target[s:s + chunk], ignore_index, want)
         loss += l_c
         nll += nll_c
         for k, v in (st or {}).items():
@@ -146,10 +149,11 @@ def _sweep(hidden, w, b, target, run, chunk, ignore_index, grads, scale=None):
             continue
         if scale is not None:
             dz.mul_(scale.to(dz.dtype))
-        if gh is not None:
-            gh[s:s + chunk].addmm_(dz, w)
-        if gw is not None:
-            gw.addmm_(dz.t(), h)
+        with torch.autocast(hidden.device.type, enabled=False):
+            if gh is not None:
+                gh[s:s + chunk].addmm_(dz, w)
+            if gw is not None:
+                gw.addmm_(dz.t(), h)
         if gb is not None:
             gb.add_(dz.sum(0))
         del dz

@@ -55,6 +55,32 @@ def _config(kind: str, name: str) -> Dict:
     return merged
 
 
+def dataset_name(name: str) -> str:
+    """A dataset config's name, also from prepare's spelling of its data (``multi30k.de-en`` is
+    ``multi30k_de_en``); ValueError naming both kinds of name otherwise."""
+    known = names("datasets")
+    if name in known:
+        return name
+    spelled = name.replace(".", "_").replace("-", "_")
+    if spelled in known and dataset_config(spelled).get("data") == name:
+        return spelled
+    users = [d for d in known if dataset_config(d).get("data") == name]
+    hint = f" ({name} is the data of {', '.join(users)}: name one of those)" if users else ""
+    raise ValueError(f"unknown dataset {name!r}{hint}; choose from {', '.join(known)}")
+
+
+def data_name(name: str) -> str:
+    """The data (prepare's name) of ``name``: itself, or the data of the dataset config so named."""
+    from labo_fairseq.prepare import NAMES
+
+    if name in NAMES:
+        return name
+    if name in names("datasets"):
+        return dataset_config(name)["data"]
+    raise ValueError(f"unknown dataset {name!r}; choose from {', '.join(NAMES)} (or a dataset config: "
+                     f"{', '.join(names('datasets'))})")
+
+
 def dataset_config(name: str) -> Dict:
     return _config("datasets", name)
 
@@ -209,10 +235,22 @@ class Roots:
 
 def add_run_arguments(ap: argparse.ArgumentParser, tau_help: str) -> None:
     """A run's ``dataset method seed`` and ``--tau``, as train, evaluate and the sweeps name it."""
-    ap.add_argument("dataset", help=f"one of: {', '.join(names('datasets'))}")
+    ap.add_argument("dataset", type=_argtype(dataset_name), help=f"one of: {', '.join(names('datasets'))} (or "
+                    "prepare's name of its data, e.g. multi30k.de-en)")
     ap.add_argument("method", help=f"one of: {', '.join(names('methods'))}")
     ap.add_argument("seed", type=int)
     ap.add_argument("--tau", type=float, help=tau_help)
+
+
+def _argtype(fn):
+    """An argparse ``type`` from a function raising ValueError: its message becomes argparse's error."""
+    def convert(value: str):
+        try:
+            return fn(value)
+        except ValueError as err:
+            raise argparse.ArgumentTypeError(str(err)) from None
+    convert.__name__ = fn.__name__
+    return convert
 
 
 def add_root_arguments(ap: argparse.ArgumentParser, *which: str) -> None:

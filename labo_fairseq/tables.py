@@ -23,6 +23,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 from labo_fairseq import stats as S
 from labo_fairseq.io import overwrite_refusal, read_json
 from labo_fairseq.protocol import absolute, result_sentence_stats, test_set_name
+from labo_fairseq.errors import ArgumentParser
 
 # The paper's numbers (Lu et al., Table 1 and Table 2), the only copy in the package:
 # BLEU, beam 5, mean ± std over seeds (Table 2 gives means only).
@@ -308,7 +309,7 @@ def build_distillation(results: List[Dict], metric: str = "bleu", only: Optional
 
 
 def main(argv=None, prog="labo-fairseq tables") -> int:
-    ap = argparse.ArgumentParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = ArgumentParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--root", type=Path, help="directory holding results/ (default: the working directory)")
     ap.add_argument("--results", type=Path, help="directory of results JSONs (default: ROOT/results)")
     ap.add_argument("--metric", choices=tuple(METRICS), default="bleu",

@@ -14,6 +14,7 @@ import shlex
 import shutil
 import socket
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import List, Optional, Tuple
@@ -24,6 +25,7 @@ from labo_fairseq.protocol import (
     RUN_MARKER, Roots, add_root_arguments, add_run_arguments, common_config, dataset_config, flags, is_labo,
     labo_warmup_updates, method_config, plateau, run_dir, training_completed,
 )
+from labo_fairseq.errors import ArgumentParser
 
 
 @dataclass
@@ -109,6 +111,46 @@ def train_command(dataset: str, method: str, seed: int, tau: Optional[float] = N
     return Launch(argv, processes, out)
 
 
+class Progress:
+    """fairseq-train's output as one line per epoch for the terminal (its full log stays in train.log):
+    the epoch's loss and plain NLL (bits), the validation's NLL and BLEU, and the time left to the cap."""
+
+    def __init__(self, argv: List[str]):
+        from labo_fairseq.protocol import flag_value
+
+        cap_update, cap_epoch = flag_value(argv, "--max-update"), flag_value(argv, "--max-epoch")
+        self.max_update = int(cap_update) if cap_update not in (None, "0") else None
+        self.max_epoch = int(cap_epoch) if cap_epoch not in (None, "0") else None
+        self.start = time.monotonic()
+        self.pending = ""
+
+    def __call__(self, line: str) -> Optional[str]:
+        if "Traceback" in line or "Error" in line:  # fairseq failing: the user sees why at once
+            return line
+        kind = "train" if "| train |" in line else "valid" if "| valid |" in line else None
+        if kind is None or "{" not in line:
+            return None
+        try:
+            rec = json.loads(line[line.index("{"):])
+        except ValueError:
+            return None
+        if kind == "train":
+            self.pending = (f"epoch {rec.get('epoch')}: loss {rec.get('train_loss')} nll {rec.get('train_nll_loss')} "
+                            f"({rec.get('train_num_updates')} updates, {self.left(rec)})")
+            return self.pending + "\n"
+        bleu = f", BLEU {rec['valid_bleu']}" if "valid_bleu" in rec else ""
+        return f"  valid: nll {rec.get('valid_nll_loss')}{bleu}\n"
+
+    def left(self, rec: dict) -> str:
+        elapsed = time.monotonic() - self.start
+        done = [(int(rec.get("train_num_updates") or 0), self.max_update), (int(rec.get("epoch") or 0), self.max_epoch)]
+        fractions = [d / cap for d, cap in done if cap]
+        shown = f"{elapsed / 60:.0f} min"
+        if fractions and max(fractions) > 0:
+            shown += f", at most ~{elapsed * (1 / max(fractions) - 1) / 60:.0f} min left"
+        return shown
+
+
 def log_paths(out: Path, n_processes: int, node_rank: int) -> List[Path]:
     """train.log for the lead process; one file per other CPU rank or node."""
     if n_processes > 1:
@@ -155,6 +197,10 @@ def cmd_train(a) -> int:
     if exists and a.force and lead and not (out / RUN_MARKER).exists():
         print(f"train: error: {out} was not made by this command; not deleting it", file=sys.stderr)
         return 2
+    if exists and not a.force and training_completed(out):
+        print(f"train: {out} has finished training ({_finished_how(out)}); nothing to do (--force starts over)",
+              file=sys.stderr)
+        return 0
     data = Path(launch.train_argv[1])
     if not data.is_dir() and student is None:
         hint = (f"no prepared data at {data}: run `labo-fairseq prepare {dataset_config(a.dataset)['data']}"
@@ -163,10 +209,6 @@ def cmd_train(a) -> int:
             print(f"train: error: {hint}", file=sys.stderr)
             return 2
         print(f"# {hint}")
-    if exists and not a.force and training_completed(out):
-        print(f"train: {out} has finished training ({_finished_how(out)}); nothing to do (--force starts over)",
-              file=sys.stderr)
-        return 0
     logs = log_paths(out, len(launch.processes), a.node_rank)
     if a.dry_run:
         if exists:
@@ -197,7 +239,11 @@ def cmd_train(a) -> int:
         else:  # fairseq's patience count restarts with each process: give it what is left
             left = ["--patience", str(rule.patience - rule.since_best)]
             processes = [[*cmd, *left] for cmd in processes]
-    status = run_logged(processes, logs, cwd=roots.root) if processes else 0
+    status = run_logged(processes, logs, cwd=roots.root, echo=Progress(launch.train_argv) if a.quiet else True) \
+        if processes else 0
+    if status and lead:
+        tail = "".join(logs[0].read_text(encoding="utf-8", errors="replace").splitlines(True)[-15:])
+        print(f"train: fairseq-train failed (exit {status}); the end of {logs[0]}:\n{tail}", file=sys.stderr)
     if status == 0 and lead:  # fairseq stopped by the rule or reached --max-update/--max-epoch: finished
         _mark_completed(out, plateau(validation_curve(logs[0]), launch.train_argv))
     return status
@@ -223,7 +269,7 @@ def _finished_how(out: Path) -> str:
 
 
 def main(argv=None, prog="labo-fairseq train") -> int:
-    t = argparse.ArgumentParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    t = ArgumentParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_run_arguments(t, "LABO's tau (default from configs/methods/labo.yaml: 1.15)")
     t.add_argument("--gpus", type=int, default=0, help="GPUs per node (0: CPU); >1 spawns one process per GPU; fp16")
     t.add_argument("--procs", type=int, default=1,
@@ -241,6 +287,9 @@ def main(argv=None, prog="labo-fairseq train") -> int:
 
     kd_runs.add_arguments(t)
     t.add_argument("--force", action="store_true", help="delete an existing run directory (made by this command) first")
+    t.add_argument("--quiet", action="store_true",
+                   help="show one line per epoch (loss, NLL, validation, time left) instead of fairseq's output; "
+                        "train.log has it all either way")
     t.add_argument("--dry-run", action="store_true", help="print the command(s) this would start, run nothing")
     t.epilog = ("Extra fairseq-train flags go after --, e.g. -- --max-update 100 (they come last, so they win).\n"
                 "An existing run directory is resumed from its checkpoint_last.pt; --force starts over.")

@@ -27,6 +27,7 @@ from labo_fairseq.protocol import (
     CONFIGS, RUN_MARKER, Roots, absolute, dataset_config, flag_value, flags, plateau, read_config, run_dir,
     training_completed,
 )
+from labo_fairseq.errors import ArgumentParser
 
 NOT_FINISHED = 3
 
@@ -172,7 +173,7 @@ def write_report(t: Tune) -> Dict:
 
 
 def main(argv=None, prog="labo-fairseq tune") -> int:
-    ap = argparse.ArgumentParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = ArgumentParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("grid", help=f"one of: {', '.join(grid_names())}")
     ap.add_argument("--root", type=Path, help="directory holding data-bin/, grids/ and results/ (default: .)")
     ap.add_argument("--source", type=Path, help="directory with the dataset's raw files, for an offline prepare "

@@ -91,9 +91,13 @@ if [[ $force -eq 1 && -d "$work" && $dry -eq 0 ]]; then
   run rm -rf "$work"
 fi
 if [[ $dry -eq 0 ]]; then mkdir -p "$work" && touch "$marker"; fi
-run "${prepare[@]}" "${dryflag[@]}"
+if [[ -n "$data" ]]; then echo "quickstart.sh: Multi30k from $data" >&2
+else echo "quickstart.sh: no --data and no test-data directory at $shared_raw (LABO_SHARED_DATA): downloading Multi30k" >&2; fi
+run "${prepare[@]}" "${dryflag[@]}" || {
+  echo "quickstart.sh: preparing the data failed (above); offline, give the directory holding Multi30k's" \
+       "{train,val,test_2016_flickr}.{de,en}.gz with --data DIR" >&2; exit 1; }
 for method in ls labo; do
-  train=("${lf[@]}" train multi30k_de_en "$method" "$seed" --root "$work" "${gpus[@]}" "${dryflag[@]}")
+  train=("${lf[@]}" train multi30k_de_en "$method" "$seed" --root "$work" --quiet "${gpus[@]}" "${dryflag[@]}")
   # shellcheck disable=SC2206  # the overrides are a word list of flags and integers
   [[ -z "${extra[$method]}" ]] || train+=(-- ${extra[$method]})
   run "${train[@]}"

@@ -45,3 +45,17 @@ def test_listing_and_unknown_names():
     bad = cli("analyze", "nope")
     assert bad.returncode == 2 and "unknown analysis 'nope'" in bad.stderr
     assert cli("user-dir").stdout.strip() == str(REPO / "labo_fairseq")
+
+
+def test_an_interrupted_command_says_how_to_resume_in_one_line(monkeypatch, capsys):
+    from labo_fairseq import cli as C
+
+    class Interrupted:
+        @staticmethod
+        def main(argv, prog):
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(C.importlib, "import_module", lambda name: Interrupted)
+    assert C.main(["train", "x", "ls", "1"]) == 130
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "interrupted" in err and "run the same command again to resume" in err

@@ -285,3 +285,28 @@ def test_results_from_several_directories_are_collected_and_a_seed_found_twice_i
     assert found[("ls", 3, None)] == tmp_path / "a2" / "ds" / "ls" / "seed3.json"
     with pytest.raises(compare.ReportError, match="ls seed 1 is in .* and in "):
         compare.results_in([tmp_path / "a1", tmp_path / "a1"], "ds", ["ls"], 1.15)
+
+
+def test_the_report_finds_labo_wherever_train_put_it_and_names_each_runs_metric_and_convergence(tmp_path):
+    # train without --tau writes labo/, compare's runs labo-tau1.15/: both are LABO at its default tau
+    ls = fake_result(tmp_path / "a", "ls", 1, 30.0)
+    labo = fake_result(tmp_path / "b", "labo", 1, 31.0)
+    res = tmp_path / "results" / "multi30k_de_en_small"
+    for src, tag in ((ls, "ls"), (labo, "labo")):
+        (res / tag).mkdir(parents=True)
+        for f in src.parent.iterdir():
+            (res / tag / f.name).write_bytes(f.read_bytes())
+    r = json.loads((res / "labo" / "seed1.json").read_text())
+    r["checkpoint"].update(valid_metric="nll_loss", valid_value=2.9)
+    r["train"]["stopping"] = {"converged": False, "last_epoch": 150}
+    (res / "labo" / "seed1.json").write_text(json.dumps(r))
+    found = compare.results_in([tmp_path / "results"], "multi30k_de_en_small", ["ls", "labo"], 1.15)
+    assert sorted(found) == [("labo", 1, 1.15), ("ls", 1, None)]
+    rep = compare.build_report("multi30k_de_en_small", found, 1.15, samples=50)
+    md = compare.markdown(rep)
+    assert "| LABO | 1 | 20 (2660) | 150 | no: reached the cap | NLL (bits) 2.90 |" in md
+    assert "| LS | 1 | 20 (2660) | – | – | BLEU 40.00 |" in md and " §" in md
+    (res / "labo-tau1.15").mkdir()
+    (res / "labo-tau1.15" / "seed1.json").write_text("{}")
+    with pytest.raises(compare.ReportError, match="labo seed 1 is in"):
+        compare.results_in([tmp_path / "results"], "multi30k_de_en_small", ["ls", "labo"], 1.15)

@@ -90,7 +90,7 @@ def assert_matches(got, ref, rtol, atol_rel):
         torch.testing.assert_close(a.double(), r, rtol=rtol, atol=atol_rel * float(r.abs().max()))
 
 
-@pytest.mark.parametrize("chunk", [1, 5, 16, N, 100])
+@pytest.mark.parametrize("chunk", [1, 5, 16, N, 100, None])
 @pytest.mark.parametrize("name", list(CONFIGS))
 def test_values_and_gradients_match_fp64_reference(name, chunk):
     hidden, weight, bias, target = make()
@@ -124,6 +124,15 @@ def test_half_precision_inputs(name, dtype):
     assert got[0].dtype == dtype and got[1].dtype == dtype and all(g.dtype == dtype for g in got[2])
     # the reference sees the same (rounded) inputs in fp64: what is left is the output rounding
     assert_matches(got, reference(hidden, weight, bias, target, name, PAD), rtol=1e-2, atol_rel=1e-2)
+
+
+@pytest.mark.parametrize("name", ["labo", "ls"])
+def test_autocast_region_does_not_downcast(name):
+    # Hugging Face's Trainer runs the model under autocast: the GEMMs inside must stay fp32
+    hidden, weight, bias, target = make()
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = fused(hidden, weight, bias, target, name, PAD, 5)
+    assert_matches(got, reference(hidden, weight, bias, target, name, PAD), rtol=1e-5, atol_rel=1e-5)
 
 
 @pytest.mark.parametrize("name", list(CONFIGS))

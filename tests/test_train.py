@@ -1,6 +1,7 @@
 """configs/ and the train command: every dataset x method builds a fairseq-train command that
 fairseq's own parser accepts, with a registered criterion whose flags pass its checks."""
 
+import json
 import os
 import subprocess
 import sys
@@ -18,7 +19,7 @@ from fairseq import options  # noqa: E402
 from fairseq.criterions import CRITERION_REGISTRY  # noqa: E402
 from fairseq.dataclass.utils import convert_namespace_to_omegaconf  # noqa: E402
 
-from labo_fairseq.protocol import names  # noqa: E402
+from labo_fairseq.protocol import RUN_MARKER, names  # noqa: E402
 from labo_fairseq.train import train_command  # noqa: E402
 
 DATASETS = ["iwslt14_de_en", "iwslt14_en_de", "iwslt14_en_fr", "iwslt14_fr_en", "iwslt17_multi",
@@ -170,3 +171,87 @@ def test_several_nodes_launch_fairseq_train_under_torchrun():
     assert cmd[11].endswith("fairseq-train")
     args = _parse(cmd[12:])  # fairseq takes rank and world size from torchrun's environment (env://)
     assert args.distributed_world_size == 16 and args.fp16 and args.seed == 2
+
+
+def _curve(*bleus):
+    return [{"epoch": e, "updates": 10 * e, "bleu": b, "nll_loss": 3.0} for e, b in enumerate(bleus, 1)]
+
+
+RULE = ["fairseq-train", "d", "--best-checkpoint-metric", "bleu", "--maximize-best-checkpoint-metric", "--patience", "3"]
+
+
+def test_the_stopping_rule_counts_validations_after_the_first_best_as_fairseq_does():
+    from labo_fairseq.protocol import plateau
+
+    rising = plateau(_curve(10, 20, 30, 29, 30), RULE)  # an equal value is no improvement, as in fairseq
+    assert (rising.best_epoch, rising.last_epoch, rising.since_best, rising.converged) == (3, 5, 2, False)
+    done = plateau(_curve(10, 20, 30, 29, 30, 28), RULE)
+    assert done.converged and done.as_dict()["best"] == 30
+    repeated = plateau(_curve(10, 30, 29) + _curve(10, 30, 29)[2:] + [{"epoch": 4, "updates": 40, "bleu": 1}], RULE)
+    assert repeated.since_best == 2  # epoch 3 validated twice (a resume) counts once
+    by_nll = plateau([{"epoch": 1, "nll_loss": 3.0}, {"epoch": 2, "nll_loss": 2.0}],
+                     ["x", "--best-checkpoint-metric", "nll_loss", "--patience", "1"])
+    assert by_nll.best_epoch == 2 and not by_nll.converged
+    assert not plateau(_curve(30, 1, 1, 1), ["x", "--best-checkpoint-metric", "bleu"]).converged  # no rule: never
+
+
+def _fake_train(tmp_path, monkeypatch, curve_lines):
+    """train's wrapper around a fake fairseq-train that appends validations to the log."""
+    from labo_fairseq import train as T
+
+    calls = []
+
+    def fake_run_logged(processes, logs, cwd=None, echo=True):
+        calls.append(processes)
+        with open(logs[0], "a") as f:
+            f.writelines(curve_lines.pop(0) if curve_lines else [])
+        return 0
+
+    monkeypatch.setattr(T, "run_logged", fake_run_logged)
+    data = tmp_path / "data-bin" / "multi30k.de-en"
+    data.mkdir(parents=True)
+    return calls, lambda: T.main(["multi30k_de_en_converged", "ls", "1", "--root", str(tmp_path)])
+
+
+def _valid(epoch, bleu):
+    return f'x | INFO | valid | {{"epoch": {epoch}, "valid_bleu": "{bleu}", "valid_num_updates": "{epoch * 133}"}}\n'
+
+
+def test_a_resumed_run_gets_the_patience_it_has_left_and_a_finished_one_is_not_trained_again(tmp_path, monkeypatch,
+                                                                                            capsys):
+    first = [_valid(1, 10), _valid(2, 20), _valid(3, 19), _valid(4, 18)]  # stopped: 2 validations since the best
+    calls, train = _fake_train(tmp_path, monkeypatch, [first])
+    rd = tmp_path / "runs" / "multi30k_de_en_converged" / "ls" / "seed1"
+    rd.mkdir(parents=True)
+    (rd / RUN_MARKER).write_text(json.dumps({"command": []}))  # an interrupted run: no 'completed'
+    (rd / "train.log").write_text("".join(first))
+    assert train() == 0
+    assert calls[-1][0][-2:] == ["--patience", "8"]  # 10 - 2
+    record = json.loads((rd / RUN_MARKER).read_text())
+    assert record["completed"] and record["stopping"]["best_epoch"] == 2 and not record["stopping"]["converged"]
+    assert train() == 0 and len(calls) == 1  # finished: not started again
+    assert "has finished training (reached its cap at epoch 4" in capsys.readouterr().err
+
+
+def test_a_run_whose_rule_was_met_before_it_was_stopped_is_marked_converged_without_training(tmp_path, monkeypatch):
+    done = [_valid(1, 30)] + [_valid(e, 20) for e in range(2, 12)]
+    calls, train = _fake_train(tmp_path, monkeypatch, [])
+    rd = tmp_path / "runs" / "multi30k_de_en_converged" / "ls" / "seed1"
+    rd.mkdir(parents=True)
+    (rd / RUN_MARKER).write_text(json.dumps({"command": [], "started": "then"}))
+    (rd / "train.log").write_text("".join(done))
+    assert train() == 0 and calls == []
+    record = json.loads((rd / RUN_MARKER).read_text())
+    assert record["stopping"]["converged"] and record["stopping"]["last_epoch"] == 11 and record["started"] == "then"
+
+
+def test_progress_shows_one_line_per_epoch_and_its_validation():
+    from labo_fairseq.train import Progress
+
+    p = Progress(["fairseq-train", "--max-epoch", "10"])
+    assert p("2026 | INFO | fairseq.trainer | loaded checkpoint\n") is None
+    line = p('x | INFO | train | {"epoch": 2, "train_loss": "5.1", "train_nll_loss": "4.9", "train_num_updates": "266"}\n')
+    assert line.startswith("epoch 2: loss 5.1 nll 4.9 (266 updates, ") and "min left" in line
+    assert p('x | INFO | valid | {"epoch": 2, "valid_nll_loss": "4.2", "valid_bleu": "30.1"}\n') == \
+        "  valid: nll 4.2, BLEU 30.1\n"
+    assert p("ValueError: --labo-tau must be in (0, inf), got -1.0\n").startswith("ValueError")

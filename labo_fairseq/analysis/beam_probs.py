@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Dict, List, Sequence
 
 from labo_fairseq.analysis import plots
+from labo_fairseq.errors import ArgumentParser
 
 
 def summary(values: Sequence[float], bins: int = 20) -> Dict:
@@ -34,7 +35,7 @@ def step_probabilities(positional_scores: Dict[int, List[float]], ids: Sequence[
 
 
 def main(argv=None, prog="labo-fairseq analyze beam-probs") -> int:
-    ap = argparse.ArgumentParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = ArgumentParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("data_bin", type=Path)
     ap.add_argument("--system", action="append", required=True, metavar="NAME=CHECKPOINT", help="repeatable")
     ap.add_argument("--subset", default="test")

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from labo_fairseq.analysis import plots
 from labo_fairseq.analysis.calibration import ece_from_reliability, scan_with_t1
+from labo_fairseq.errors import ArgumentParser
 
 
 def bleu_of(gen) -> float:
@@ -25,7 +26,7 @@ def bleu_of(gen) -> float:
 
 
 def main(argv=None, prog="labo-fairseq analyze calibrate") -> int:
-    ap = argparse.ArgumentParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = ArgumentParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("data_bin", type=Path)
     ap.add_argument("--path", type=Path, required=True, help="checkpoint")
     ap.add_argument("--subset", default="valid", help="split for teacher forcing and temperature fitting (default valid)")

@@ -24,6 +24,7 @@ import sacrebleu
 from labo_fairseq.analysis.frequency import frequency_scores, make_splits, split_names
 from labo_fairseq.io import parse_generate, require_inputs, write_json
 from labo_fairseq.provenance import record
+from labo_fairseq.errors import ArgumentParser
 
 def read_system(path: Path) -> Tuple[List[str], List[str]]:
     """(hypotheses, references-or-empty) from a plain file or a fairseq-generate output."""
@@ -48,7 +49,7 @@ def bleu_table(splits: List[List[int]], systems: Dict[str, List[str]], refs: Lis
 
 
 def main(argv=None, prog="labo-fairseq analyze freq-splits") -> int:
-    ap = argparse.ArgumentParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = ArgumentParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--train-src", type=Path, required=True, help="training source text (token counts)")
     ap.add_argument("--src", type=Path, required=True, help="source side of the evaluated set, same tokenization")
     ap.add_argument("--ref", type=Path, help="reference file (default: T- lines of the first fairseq-generate output)")

@@ -26,6 +26,7 @@ from typing import Dict, List
 
 from labo_fairseq.analysis import plots, ter
 from labo_fairseq.analysis.calibration import TemperatureScan, ece_from_reliability, reliability, scan_with_t1
+from labo_fairseq.errors import ArgumentParser
 
 
 def token_labels(gen) -> Dict[str, List]:
@@ -99,7 +100,7 @@ def plot_curves(curves: Dict[str, Dict], path: Path, title: str) -> Path:
 
 
 def main(argv=None, prog="labo-fairseq analyze inference-calibration") -> int:
-    ap = argparse.ArgumentParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = ArgumentParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("data_bin", type=Path)
     ap.add_argument("--path", type=Path, required=True, help="checkpoint")
     ap.add_argument("--name", help="the model's name in the figures' titles (default: the checkpoint's file name)")

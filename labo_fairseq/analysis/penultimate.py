@@ -28,7 +28,7 @@ from typing import Dict, List, Sequence, Tuple
 import torch
 from torch import Tensor
 
-from labo_fairseq.errors import UsageError
+from labo_fairseq.errors import ArgumentParser, UsageError
 
 
 # Function words of the target languages of the configs, not "content" tokens (words that are also
@@ -209,7 +209,7 @@ def _strip(res: Dict) -> Dict:
 
 
 def main(argv=None, prog="labo-fairseq analyze penultimate") -> int:
-    ap = argparse.ArgumentParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = ArgumentParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("data_bin", type=Path)
     ap.add_argument("--system", action="append", required=True, metavar="NAME=CHECKPOINT",
                     help="a model (repeatable): one panel per model")

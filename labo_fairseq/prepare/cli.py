@@ -25,13 +25,15 @@ from pathlib import Path
 from labo_fairseq.prepare.pipeline import PrepareError
 from labo_fairseq.prepare import NAMES, recipe
 from labo_fairseq.prepare.common import Options
-from labo_fairseq.protocol import absolute
+from labo_fairseq.protocol import _argtype, absolute, data_name
 from labo_fairseq.prepare.sources import SourceError, Sources
+from labo_fairseq.errors import ArgumentParser
 
 
 def main(argv=None, prog="labo-fairseq prepare"):
-    ap = argparse.ArgumentParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("dataset", choices=NAMES)
+    ap = ArgumentParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("dataset", type=_argtype(data_name), help=f"one of {', '.join(NAMES)}, or a dataset config of "
+                    "train (e.g. multi30k_de_en), which names its data")
     ap.add_argument("--root", type=Path, help="directory for data/, data-bin/ and downloads/ (default: the working directory)")
     ap.add_argument("--source", type=Path, action="append", default=[],
                     help="local archive or directory with archives / unpacked files (repeatable)")

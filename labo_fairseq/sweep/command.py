@@ -16,10 +16,11 @@ from labo_fairseq.sweep.selection import (
     Cell, CellJob, SweepError, _cells, _common, _roots, cell_result, cell_run_dir, commands, sweep_dir,
 )
 from labo_fairseq.sweep.status import status_main
+from labo_fairseq.errors import ArgumentParser
 
 
 def sweep_main(argv: List[str], prog: str) -> int:
-    ap = argparse.ArgumentParser(prog=prog, description=sys.modules["labo_fairseq.sweep"].__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = ArgumentParser(prog=prog, description=sys.modules["labo_fairseq.sweep"].__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     _common(ap)
     ap.add_argument("--launcher", choices=("slurm", "local"), required=True,
                     help="slurm: one SLURM job per cell (submitit); local: the cells one after the other here")

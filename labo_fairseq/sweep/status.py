@@ -1,6 +1,5 @@
 """``labo-fairseq sweep status``: each cell's state, its last error, and the GPU-hours spent and left."""
 
-import argparse
 import json
 import sys
 from collections import OrderedDict
@@ -9,6 +8,7 @@ from typing import Dict, List, Optional, Tuple
 from labo_fairseq.protocol import Roots
 from labo_fairseq.sweep.launchers import job_state, last_error, load_jobs, squeue
 from labo_fairseq.sweep.selection import Cell, SweepError, _cells, _common, _roots, cell_result, cell_run_dir, sweep_dir
+from labo_fairseq.errors import ArgumentParser
 
 
 def _hours(result: Dict) -> Tuple[float, float]:
@@ -55,7 +55,7 @@ def status_rows(cells: List[Cell], roots: Roots, records: Dict[str, Dict],
 
 
 def status_main(argv: List[str], prog: str) -> int:
-    ap = argparse.ArgumentParser(prog=prog, description="The sweep's grid: done / running / pending / failed "
+    ap = ArgumentParser(prog=prog, description="The sweep's grid: done / running / pending / failed "
                                  "(with the log's last error) / missing, then the GPU-hours spent and an estimate "
                                  "of those remaining. Without a selection: every cell the sweep has submitted.")
     _common(ap)
