@@ -72,8 +72,8 @@ EOF
 cd "$repo"
 # -p no:cacheprovider: write nothing into the checkout; -n: a pytest-xdist worker per core
 run "$venv/bin/python" -m pytest -q -p no:cacheprovider -rs -n "$(nproc)" \
-  tests/test_losses.py tests/test_criteria.py tests/test_fairseq_fixes.py tests/test_encoder_fast_path.py \
-  tests/test_checkpoints.py "tests/test_end_to_end.py::test_labo_warmup_resume_and_generate" \
-  tests/test_provenance.py "tests/test_io.py::test_run_generate_in_process_prints_what_the_fairseq_generate_child_prints" \
-  "tests/test_io.py::test_run_generate_names_the_failure_with_its_output"
+  tests/losses/test_token.py tests/plugin/test_criteria.py tests/plugin/test_fixes.py tests/plugin/test_encoder_fast_path.py \
+  tests/plugin/test_checkpoints.py "tests/study/test_end_to_end.py::test_labo_warmup_resume_and_generate" \
+  tests/runtime/test_provenance.py "tests/runtime/test_runtime.py::test_run_generate_in_process_prints_what_the_fairseq_generate_child_prints" \
+  "tests/runtime/test_runtime.py::test_run_generate_names_the_failure_with_its_output"
 echo "official fairseq CI: $((SECONDS - start)) s in all"

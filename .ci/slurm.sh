@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # CI: a real single-node SLURM cluster on localhost (Debian's slurmctld, slurmd, munge), for the sweep
-# tests (tests/test_sweep.py). Run as root, before the test command; it returns once `sinfo` shows the
+# tests (tests/study/test_sweep.py). Run as root, before the test command; it returns once `sinfo` shows the
 # node idle, or fails with the daemons' logs. Idempotent: an already running cluster is kept.
 # Addresses are 127.0.0.1, so the host name need not resolve.
 #   bash .ci/slurm.sh            # install, configure, start, wait

@@ -3,8 +3,8 @@
 Under ``--user-dir labo_fairseq`` (and whenever fairseq is imported before this package),
 importing it runs :func:`register`: the criteria ``label_smoothed_labo``, ``confidence_penalty``,
 ``focal_loss``, ``anti_focal_loss`` and ``word_distillation`` are registered, fairseq checkpoints load on torch >= 2.6
-(:mod:`labo_fairseq.checkpoints`) and known fairseq defects are repaired
-(:mod:`labo_fairseq.fairseq_fixes`). Code that imports this package first calls :func:`register`
+(:mod:`labo_fairseq.plugin.checkpoints`) and known fairseq defects are repaired
+(:mod:`labo_fairseq.plugin.fixes`). Code that imports this package first calls :func:`register`
 itself. Without fairseq loaded, importing it loads neither torch nor fairseq, so the
 ``labo-fairseq`` command's tables and ``--dry-run`` start fast on a machine without them; the pure
 losses in :mod:`labo_fairseq.losses` need torch only.
@@ -29,10 +29,9 @@ def register() -> None:
     root = logging.getLogger()
     level, handlers = root.level, list(root.handlers)
     try:
-        from labo_fairseq import criteria  # noqa: F401  (registers the criteria)
-        from labo_fairseq import distillation  # noqa: F401  (registers word_distillation)
-        from labo_fairseq.checkpoints import allow_fairseq_checkpoints
-        from labo_fairseq.fairseq_fixes import apply_fixes
+        from labo_fairseq.plugin import criteria, word_distillation  # noqa: F401  (registering on import)
+        from labo_fairseq.plugin.checkpoints import allow_fairseq_checkpoints
+        from labo_fairseq.plugin.fixes import apply_fixes
 
         allow_fairseq_checkpoints()
         apply_fixes()

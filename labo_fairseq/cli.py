@@ -12,7 +12,7 @@
   labo-fairseq user-dir                  the directory to pass to fairseq as --user-dir
   labo-fairseq gpu-check                 the one-command GPU check (results/gpu/)
   labo-fairseq gpu-allocation            one short GPU job: install, check, whole comparison runs
-  labo-fairseq hf-train MODEL_DIR ...    LABO or a baseline for a Hugging Face seq2seq model (labo_fairseq.hf)
+  labo-fairseq hf-train MODEL_DIR ...    LABO or a baseline for a Hugging Face seq2seq model (labo_fairseq.hf.trainer)
 
 Every subcommand has ``--help``; those that start fairseq have ``--dry-run``. Relative paths are
 taken from the working directory (or ``--root`` where a command has it), never from the checkout.
@@ -28,25 +28,25 @@ PROG = "labo-fairseq"
 
 # name -> (module with main(argv, prog), one-line help)
 COMMANDS: Dict[str, Tuple[str, str]] = {
-    "prepare": ("labo_fairseq.prepare.cli", "prepare a dataset as fairseq's recipes do (text and data-bin)"),
-    "train": ("labo_fairseq.train", "train one dataset x method x seed with the paper's settings"),
-    "evaluate": ("labo_fairseq.evaluate", "beam-5 test BLEU of a trained run into results/"),
-    "tables": ("labo_fairseq.tables", "Tables 1 and 2 (mean ± std over seeds) from results/"),
-    "tune": ("labo_fairseq.tune", "a study's tuning grid on validation only (configs/grids), resumable"),
-    "compare": ("labo_fairseq.compare", "the converged CE/LS/LABO comparison on Multi30k (3 seeds, 3 test sets)"),
-    "distill-data": ("labo_fairseq.distill_data", "sequence-level KD data: a teacher's beam-5 translations of the training set"),
-    "sweep": ("labo_fairseq.sweep", "every cell of a table as jobs (SLURM or this machine); sweep status"),
+    "prepare": ("labo_fairseq.study.prepare.cli", "prepare a dataset as fairseq's recipes do (text and data-bin)"),
+    "train": ("labo_fairseq.study.train", "train one dataset x method x seed with the paper's settings"),
+    "evaluate": ("labo_fairseq.study.evaluate", "beam-5 test BLEU of a trained run into results/"),
+    "tables": ("labo_fairseq.study.tables", "Tables 1 and 2 (mean ± std over seeds) from results/"),
+    "tune": ("labo_fairseq.study.tune", "a study's tuning grid on validation only (configs/grids), resumable"),
+    "compare": ("labo_fairseq.study.compare", "the converged CE/LS/LABO comparison on Multi30k (3 seeds, 3 test sets)"),
+    "distill-data": ("labo_fairseq.study.kd.seqkd_data", "sequence-level KD data: a teacher's beam-5 translations of the training set"),
+    "sweep": ("labo_fairseq.study.sweep", "every cell of a table as jobs (SLURM or this machine); sweep status"),
     "user-dir": ("labo_fairseq.cli", "print the directory to pass to fairseq as --user-dir"),
-    "hf-train": ("labo_fairseq.hf_train", "fine-tune a Hugging Face seq2seq model with LABO or a baseline, scored into results/"),
-    "gpu-check": ("labo_fairseq.gpu_check", "one-command GPU check: correctness, criterion speed/memory, fp16/bf16 training, decoding"),
-    "gpu-allocation": ("labo_fairseq.gpu_allocation", "one short GPU job: install from the bundle, check, train whole comparison runs"),
+    "hf-train": ("labo_fairseq.study.hf_train", "fine-tune a Hugging Face seq2seq model with LABO or a baseline, scored into results/"),
+    "gpu-check": ("labo_fairseq.gpu.check", "one-command GPU check: correctness, criterion speed/memory, fp16/bf16 training, decoding"),
+    "gpu-allocation": ("labo_fairseq.gpu.allocation", "one short GPU job: install from the bundle, check, train whole comparison runs"),
 }
 ANALYZE: Dict[str, Tuple[str, str]] = {
-    "freq-splits": ("labo_fairseq.analysis.freq_splits", "BLEU on token-frequency splits (Table 4)"),
-    "beam-probs": ("labo_fairseq.analysis.beam_probs", "probability of the chosen token in beam search (Figure 2)"),
-    "calibrate": ("labo_fairseq.analysis.calibrate", "ECE, reliability diagrams, temperature scaling (Müller et al.)"),
-    "penultimate": ("labo_fairseq.analysis.penultimate", "decoder features on the plane of 3 output embeddings (Müller et al. Fig. 1)"),
-    "inference-calibration": ("labo_fairseq.analysis.inference_calibration",
+    "freq-splits": ("labo_fairseq.study.analysis.freq_splits", "BLEU on token-frequency splits (Table 4)"),
+    "beam-probs": ("labo_fairseq.study.analysis.beam_probs", "probability of the chosen token in beam search (Figure 2)"),
+    "calibrate": ("labo_fairseq.study.analysis.calibrate", "ECE, reliability diagrams, temperature scaling (Müller et al.)"),
+    "penultimate": ("labo_fairseq.study.analysis.penultimate", "decoder features on the plane of 3 output embeddings (Müller et al. Fig. 1)"),
+    "inference-calibration": ("labo_fairseq.study.analysis.inference_calibration",
                               "ECE of beam-search tokens labelled by TER, beside teacher-forced ECE (Wang et al.)"),
 }
 
@@ -74,7 +74,7 @@ def user_dir_main(argv: List[str], prog: str) -> int:
 
 def _run(module: str, argv: List[str], prog: str) -> int:
     """A subcommand's ``main``; the errors a user can fix become one line on stderr and an exit status."""
-    from labo_fairseq.errors import LaboError
+    from labo_fairseq.runtime.errors import LaboError
 
     try:
         if module == __name__:

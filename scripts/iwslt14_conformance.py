@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """How closely our IWSLT'14 preparation reproduces fairseq's prepare-iwslt14.sh (perl Moses + subword-nmt).
 
-Runs the pipeline's own reader and tokenizer (labo_fairseq.prepare) on the raw IWSLT'14 de-en dev/test
+Runs the pipeline's own reader and tokenizer (labo_fairseq.study.prepare) on the raw IWSLT'14 de-en dev/test
 XML files and compares, line by line, with fairseq's output of the same files:
   tok.*  our tokenized + lowercased test set   vs  fairseq-tokenized/tmp/test.*
   bpe.*  fairseq's tmp/test.* with BPE applied by our code using fairseq's `code`  vs  fairseq-tokenized/test.*
@@ -16,9 +16,9 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from labo_fairseq.prepare.common import _BpeFactory  # noqa: E402
-from labo_fairseq.prepare.iwslt14 import iwslt14_test_sets  # noqa: E402
-from labo_fairseq.prepare.text import MosesTokenizer, xml_segments  # noqa: E402
+from labo_fairseq.study.prepare.common import _BpeFactory  # noqa: E402
+from labo_fairseq.study.prepare.iwslt14 import iwslt14_test_sets  # noqa: E402
+from labo_fairseq.study.prepare.text import MosesTokenizer, xml_segments  # noqa: E402
 
 
 def read_xz(path: Path):

@@ -10,7 +10,7 @@ usage: scripts/test.sh [PYTEST ARGS...]
 Installs the project into .venv if needed (scripts/install.sh), then runs its tests:
   scripts/test.sh                 everything (CI runs this; end-to-end fairseq runs take minutes)
   scripts/test.sh -m "not slow"   the fast tier (under a minute): no test that starts fairseq
-  scripts/test.sh -n 0 -x tests/test_losses.py   one file in this process (for a debugger)
+  scripts/test.sh -n 0 -x tests/losses/test_token.py   one file in this process (for a debugger)
 Tests run on one pytest-xdist worker per core, up to 4, each with one torch thread.
 Tests on real data read the test-data directory that LABO_SHARED_DATA names (default: shared/data
 beside the checkout) and are skipped, with the

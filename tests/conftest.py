@@ -108,9 +108,9 @@ def iwslt17_standin(tmp_path_factory):
     pytest.importorskip("fairseq", reason="fairseq is not installed (scripts/install.sh)")
     if not IWSLT17.is_dir():
         pytest.skip(f"real data not found at {IWSLT17} (set LABO_SHARED_DATA)")
-    from labo_fairseq.prepare.iwslt17 import Iwslt17Options, prepare_iwslt17
-    from labo_fairseq.prepare.sources import Sources
-    from labo_fairseq.prepare.text import xml_segments
+    from labo_fairseq.study.prepare.iwslt17 import Iwslt17Options, prepare_iwslt17
+    from labo_fairseq.study.prepare.sources import Sources
+    from labo_fairseq.study.prepare.text import xml_segments
 
     root = tmp_path_factory.mktemp("iwslt17")
     d = root / "src"

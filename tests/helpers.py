@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from labo_fairseq.protocol import tiny_model
+from labo_fairseq.study.protocol import tiny_model
 
 REPO = Path(__file__).resolve().parents[1]
 # the test-data directory (real dev/test text, Multi30k): LABO_SHARED_DATA, else shared/data beside the checkout

@@ -1,0 +1,482 @@
+"""One-command GPU check (at most ~5 minutes on one H100): correctness, criterion speed and memory,
+a whole fairseq training step in fp16/bf16, and decoding. Prints a markdown report and writes one
+JSON to ``results/gpu/`` (under the working directory, or ``--out``).
+
+  python -m labo_fairseq.gpu.check [--data-bin data-bin/multi30k.de-en]   # on a GPU
+  python -m labo_fairseq.gpu.check --tiny                                  # CPU smoke run, ~2-3 min
+  python -m labo_fairseq.gpu.check --dry-run                               # the fairseq commands
+
+Parts (docs/gpu.md says what each figure means):
+1. correctness: :mod:`labo_fairseq.gpu.device_checks` with pytest (``-m gpu`` on CUDA, the CPU parameters otherwise);
+2. criterion benchmark (:mod:`labo_fairseq.bench.criteria`): time / LS with CUDA events, allocator peak memory;
+3. training: fairseq-train ``transformer_iwslt_de_en``, LS vs LABO (warm-up 0) in ``--fp16`` and in
+   ``--bf16``: words/s ratio (fairseq's ``wps``, first updates excluded) and peak memory; LABO with
+   ``--memory-efficient-fp16`` must keep a finite loss;
+4. decoding: fairseq-generate (beam 5) from the fp16 LABO checkpoint translates every test sentence.
+Without CUDA (or with ``--tiny``) everything is scaled down and runs in fp32 on the CPU; the JSON
+then says ``"kind": "cpu-smoke"``: those are not GPU figures.
+"""
+
+import argparse
+import atexit
+import datetime
+import json
+import math
+import os
+import re
+import shlex
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Dict, List, Optional
+
+from labo_fairseq.runtime.errors import ToolError
+from labo_fairseq.runtime.files import overwrite_refusal, write_json
+from labo_fairseq.study.fairseq_tools import fairseq_command, split_size
+from labo_fairseq.runtime.processes import run_tool as io_run_tool
+from labo_fairseq.study.protocol import tiny_model
+from labo_fairseq.runtime.commandline import ArgumentParser
+
+REPO = Path(__file__).resolve().parents[2]
+USER_DIR = Path(__file__).resolve().parents[1]
+GPU_TESTS = Path(__file__).resolve().parent / "device_checks.py"  # shipped in the package
+PEAK_FLAG = "--_fairseq-train-with-peak"  # internal: run fairseq-train under the peak-memory hook
+
+# The paper's optimisation protocol (configs/common.yaml), minus validation: a speed test.
+TRAIN_COMMON = ["--task", "translation", "--optimizer", "adam", "--adam-betas", "(0.9, 0.98)",
+                "--lr", "5e-4", "--lr-scheduler", "inverse_sqrt", "--warmup-updates", "1000",
+                "--warmup-init-lr", "1e-7", "--dropout", "0.3", "--weight-decay", "0.0001",
+                "--log-format", "json", "--disable-validation", "--no-epoch-checkpoints", "--seed", "1"]
+GPU_MODEL = ["--arch", "transformer_iwslt_de_en", "--share-decoder-input-output-embed", "--max-tokens", "4096"]
+TINY_MODEL = [*tiny_model(), "--share-all-embeddings", "--max-tokens", "1000", "--num-workers", "0", "--cpu"]
+CRITERIA = {
+    "ls": ["--criterion", "label_smoothed_cross_entropy", "--label-smoothing", "0.1"],
+    "labo": ["--criterion", "label_smoothed_labo", "--labo-tau", "1.15", "--labo-warmup-updates", "0"],
+}
+PRECISION_FLAGS = {"fp16": ["--fp16"], "bf16": ["--bf16"], "memory_efficient_fp16": ["--memory-efficient-fp16"]}
+
+
+class CheckError(RuntimeError):
+    """A step of the check could not run (the message names it and where its log is)."""
+
+
+# ------------------------------------------------------------------------ running fairseq tools
+
+def run_tool(argv: List[str], log: Path, env: Optional[Dict[str, str]] = None, cwd: Optional[Path] = None,
+             check: bool = True) -> subprocess.CompletedProcess:
+    """:func:`labo_fairseq.runtime.processes.run_tool` into ``log``, with the checkout's package first on the path
+    (the tests and the user dir are this one); :class:`CheckError` on failure."""
+    full_env = dict(os.environ, **(env or {}))
+    full_env["PYTHONPATH"] = os.pathsep.join([str(REPO)] + [p for p in [os.environ.get("PYTHONPATH")] if p])
+    try:
+        return io_run_tool(argv, cwd=cwd, log=log, env=full_env, check=check)
+    except ToolError as err:
+        raise CheckError(str(err)) from None
+
+
+def train_with_peak(peak_json: str, args: List[str]) -> None:
+    """fairseq-train in this process, recording peak memory of the training steps into ``peak_json``.
+
+    fairseq's trainer reads ``torch.cuda.max_memory_allocated()`` and calls
+    ``reset_peak_memory_stats()`` after every update (it logs ``gb_free`` from it, rounded to 0.1 GB);
+    wrapping that reset records each update's exact allocator peak before it is cleared.
+    """
+    import resource
+
+    import torch
+
+    peaks: List[int] = []
+    if torch.cuda.is_available():
+        reset = torch.cuda.reset_peak_memory_stats
+
+        def recording_reset(device=None):
+            peaks.append(torch.cuda.max_memory_allocated(device))
+            reset(device)
+
+        torch.cuda.reset_peak_memory_stats = recording_reset
+
+    def dump():
+        out = {"cuda_peak_bytes": max(peaks) if peaks else None, "steps_recorded": len(peaks),
+               "max_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
+        write_json(Path(peak_json), out, indent=None)
+
+    atexit.register(dump)
+    from fairseq_cli.train import cli_main
+
+    from labo_fairseq import register
+
+    register()  # this package was imported before fairseq, so --user-dir would not register it
+
+    sys.argv = ["fairseq-train", *args]
+    cli_main()
+
+
+def train_log(text: str) -> List[Dict]:
+    """fairseq's ``train_inner`` json records (``--log-format json``)."""
+    out = []
+    for line in text.splitlines():
+        m = re.search(r"train_inner\s*[|:]\s*(\{.*\})", line)
+        if m:
+            out.append(json.loads(m.group(1)))
+    return out
+
+
+# ------------------------------------------------------------------------------------ the plan
+
+class Plan:
+    """Every setting that differs between the GPU check and the CPU smoke run."""
+
+    def __init__(self, a, cuda: bool):
+        self.cuda, self.a = cuda, a
+        self.kind = "gpu" if cuda else "cpu-smoke"
+        self.updates = a.updates or (300 if cuda else 6)
+        self.skip = a.skip_updates if a.skip_updates is not None else (100 if cuda else 2)
+        if self.skip >= self.updates:
+            raise CheckError(f"--skip-updates ({self.skip}) must be below --updates ({self.updates})")
+        self.log_interval = 20 if cuda else 1
+        self.bench_tokens = [4096, 16384] if cuda else [512]
+        self.bench_vocab = [10000, 40000] if cuda else [1000, 4000]
+        self.bench_repeats = 11 if cuda else 3
+        self.precisions = ["fp16", "bf16"] if cuda else ["fp32"]
+        self.work = a.work
+
+    def train_args(self, name: str, method: str, precision: str, updates: int) -> List[str]:
+        model = GPU_MODEL if self.cuda else TINY_MODEL
+        save = self.work / "train" / name
+        args = [str(self.a.data_bin), "--user-dir", str(USER_DIR), "--source-lang", self.a.source_lang,
+                "--target-lang", self.a.target_lang, *TRAIN_COMMON, *model, *CRITERIA[method],
+                *PRECISION_FLAGS.get(precision, []), "--max-update", str(updates),
+                "--log-interval", str(self.log_interval), "--save-dir", str(save),
+                # every run saves at most once, at its end, so that no run's words/s pays for saving
+                "--save-interval", "100000"]
+        return args if name == "fp16-labo" or (not self.cuda and name == "fp32-labo") else args + ["--no-save"]
+
+    def runs(self) -> List[Dict]:
+        out = []
+        for precision in self.precisions:
+            for method in ("ls", "labo"):
+                name = f"{precision}-{method}"
+                out.append({"name": name, "precision": precision, "method": method,
+                            "args": self.train_args(name, method, precision, self.updates)})
+        if self.cuda:
+            n = max(self.skip + self.log_interval, 50)
+            out.append({"name": "memory_efficient_fp16-labo", "precision": "memory_efficient_fp16", "method": "labo",
+                        "args": self.train_args("memory_efficient_fp16-labo", "labo", "memory_efficient_fp16", n)})
+        return out
+
+    def checkpoint(self) -> Path:
+        return self.work / "train" / ("fp16-labo" if self.cuda else "fp32-labo") / "checkpoint_last.pt"
+
+    def generate_args(self) -> List[str]:
+        args = [str(self.a.data_bin), "--user-dir", str(USER_DIR), "--task", "translation", "--source-lang",
+                self.a.source_lang, "--target-lang", self.a.target_lang, "--path", str(self.checkpoint()),
+                "--gen-subset", "test", "--beam", "5", "--batch-size", "128", "--remove-bpe"]
+        # The tiny model barely trained on the CPU would emit 200-token hypotheses (minutes of beam
+        # search); the GPU check decodes with fairseq's defaults, as users do.
+        return args + (["--fp16"] if self.cuda else ["--cpu", "--max-len-a", "0", "--max-len-b", "20"])
+
+    def pytest_args(self, junit: Path) -> List[str]:
+        return [sys.executable, "-m", "pytest", str(GPU_TESTS), "-q", "-p", "no:cacheprovider",
+                "-o", "markers=gpu: needs CUDA", "-m", "gpu" if self.cuda else "not gpu", f"--junitxml={junit}"]
+
+
+# ------------------------------------------------------------------------------------ the parts
+
+def environment(cuda: bool) -> Dict:
+    import torch
+
+    from labo_fairseq.runtime.provenance import git_state, hardware, nvidia_driver
+
+    env = {**hardware(), "cudnn": torch.backends.cudnn.version() if cuda else None, "driver": None,
+           "device": None, "gpu_memory_gib": None}
+    try:
+        import fairseq
+        env["fairseq"] = fairseq.__version__
+    except ImportError:
+        env["fairseq"] = None
+    if cuda:
+        prop = torch.cuda.get_device_properties(0)
+        env["device"], env["gpu_memory_gib"] = prop.name, prop.total_memory / 2**30
+        env["compute_capability"] = f"{prop.major}.{prop.minor}"
+        env["driver"] = nvidia_driver()
+    else:
+        env["device"] = f"cpu: {env['cpu']}"
+    return {**env, **git_state()}
+
+
+def part_correctness(plan: Plan) -> Dict:
+    import xml.etree.ElementTree as ET
+
+    if not GPU_TESTS.is_file():
+        raise CheckError(f"the device checks are not at {GPU_TESTS}: reinstall labo-fairseq")
+    import importlib.util
+
+    if importlib.util.find_spec("pytest") is None:
+        raise CheckError("pytest is not installed, and the correctness part runs labo_fairseq.gpu.device_checks with it "
+                         "(pip install pytest; or --parts bench training decoding)")
+    junit = plan.work / "correctness.xml"
+    t0 = time.time()
+    argv = plan.pytest_args(junit)
+    proc = run_tool(argv, plan.work / "logs" / "pytest.log", cwd=plan.work, check=False)
+    if not junit.is_file():
+        raise CheckError(f"pytest wrote no report (status {proc.returncode}); see {plan.work / 'logs' / 'pytest.log'}")
+    root = ET.parse(junit).getroot()
+    suite = root if root.tag == "testsuite" else root.find("testsuite")
+    count = {k: int(suite.get(k, 0)) for k in ("tests", "failures", "errors", "skipped")}
+    failed = [f"{c.get('classname')}::{c.get('name')}" for c in suite.iter("testcase")
+              if c.find("failure") is not None or c.find("error") is not None]
+    return {"selection": "-m gpu (the cuda parameter)" if plan.cuda else "-m 'not gpu' (the cpu parameter)",
+            "command": shlex.join(argv), "collected": count["tests"], "skipped": count["skipped"],
+            "failed": count["failures"] + count["errors"],
+            "passed": count["tests"] - count["skipped"] - count["failures"] - count["errors"],
+            "failures": failed, "pytest_status": proc.returncode, "seconds": time.time() - t0}
+
+
+def part_bench(plan: Plan) -> Dict:
+    from labo_fairseq.bench import criteria as bench
+
+    device = "cuda" if plan.cuda else "cpu"
+    t0 = time.time()
+    rows = bench.bench(device, plan.bench_tokens, plan.bench_vocab, plan.bench_repeats)
+    labo = [r for r in rows if r["criterion"] == "labo"]
+    return {"device": bench.machine(device), "rows": rows, "seconds": time.time() - t0,
+            "labo_time_vs_ls_max": max(r["time_vs_ls"] for r in labo),
+            "labo_extra_buffers_vs_ls_max": max(r["extra_buffers_vs_ls"] for r in labo),
+            "targets": {"labo_time_vs_ls": 1.1 if plan.cuda else 1.3, "labo_extra_buffers_vs_ls": 1.0},
+            "timing": "CUDA events" if plan.cuda else "perf_counter",
+            "memory": "torch.cuda.max_memory_allocated after reset_peak_memory_stats" if plan.cuda
+            else "peak RSS of a fresh process (Linux clear_refs)"}
+
+
+def run_training(plan: Plan, run: Dict) -> Dict:
+    """One fairseq-train run under the peak-memory hook; resumable: a finished run's figures are reused."""
+    done = plan.work / "train" / f"{run['name']}.json"
+    if done.is_file():
+        prev = json.loads(done.read_text())
+        if prev.get("args") == run["args"]:
+            return prev
+        shutil.rmtree(plan.work / "train" / run["name"], ignore_errors=True)  # other settings: redo
+    peak = plan.work / "train" / f"{run['name']}.peak.json"
+    log = plan.work / "logs" / f"train-{run['name']}.log"
+    t0 = time.time()
+    run_tool([sys.executable, "-m", "labo_fairseq.gpu.check", PEAK_FLAG, str(peak), "--", *run["args"]], log)
+    records = train_log(log.read_text(encoding="utf-8"))
+    if not records:
+        raise CheckError(f"fairseq-train logged no train_inner records (log: {log})")
+    timed = [r for r in records if int(r["num_updates"]) > plan.skip]
+    if not timed:
+        raise CheckError(f"no train_inner record after update {plan.skip} (log: {log}); raise --updates")
+    p = json.loads(peak.read_text())
+    last = records[-1]
+    out = {"name": run["name"], "precision": run["precision"], "method": run["method"],
+           "updates": int(last["num_updates"]), "timed_records": len(timed), "excluded_updates": plan.skip,
+           "wps_median": statistics.median(float(r["wps"]) for r in timed),
+           "ups_median": statistics.median(float(r["ups"]) for r in timed),
+           "final_loss": float(last["loss"]), "final_nll_loss": float(last["nll_loss"]),
+           "peak_gpu_mib": p["cuda_peak_bytes"] / 2**20 if p["cuda_peak_bytes"] is not None else None,
+           "max_rss_mib": p["max_rss_bytes"] / 2**20, "seconds": time.time() - t0,
+           "command": shlex.join(["fairseq-train", *run["args"]]), "args": run["args"]}
+    out["finite_loss"] = all(math.isfinite(float(r["loss"])) for r in records)
+    write_json(done, out)
+    return out
+
+
+def part_training(plan: Plan) -> Dict:
+    runs = {r["name"]: run_training(plan, r) for r in plan.runs()}
+    mem_key = "peak_gpu_mib" if plan.cuda else "max_rss_mib"
+    out: Dict = {"runs": runs, "memory_source": (
+        "allocator peak per update (fairseq's reset_peak_memory_stats, hooked)" if plan.cuda
+        else "max RSS of the fairseq-train process (CPU smoke run)")}
+    for precision in plan.precisions:
+        ls, labo = runs[f"{precision}-ls"], runs[f"{precision}-labo"]
+        out[precision] = {"wps_ratio_labo_over_ls": labo["wps_median"] / ls["wps_median"],
+                          "peak_memory_ratio_labo_over_ls": labo[mem_key] / ls[mem_key]
+                          if labo[mem_key] and ls[mem_key] else None,  # None: the hook saw no update
+                          "peak_memory_mib": {"ls": ls[mem_key], "labo": labo[mem_key]},
+                          "finite_loss": ls["finite_loss"] and labo["finite_loss"]}
+    if "memory_efficient_fp16-labo" in runs:
+        r = runs["memory_efficient_fp16-labo"]
+        out["memory_efficient_fp16"] = {"labo_finite_loss": r["finite_loss"], "final_loss": r["final_loss"]}
+    return out
+
+
+def part_decoding(plan: Plan) -> Dict:
+    try:
+        expected = split_size(plan.a.data_bin, "test", plan.a.source_lang, plan.a.target_lang)
+    except FileNotFoundError as err:
+        raise CheckError(f"{err} (was the data-bin made by fairseq-preprocess?)") from None
+    log = plan.work / "logs" / "generate.log"
+    t0 = time.time()
+    args = plan.generate_args()
+    run_tool([*fairseq_command("generate"), *args], log)
+    ids = {int(m.group(1)) for m in re.finditer(r"^H-(\d+)\t", log.read_text(encoding="utf-8"), re.M)}
+    return {"test_sentences": expected, "hypotheses": len(ids), "all_translated": ids == set(range(expected)),
+            "checkpoint": str(plan.checkpoint()), "beam": 5, "seconds": time.time() - t0,
+            "command": shlex.join(["fairseq-generate", *args])}
+
+
+# ------------------------------------------------------------------------------------ report
+
+def report(res: Dict) -> str:
+    e = res["environment"]
+    lines = [f"# labo-fairseq gpu_check ({res['kind']})", ""]
+    if res["kind"] != "gpu":
+        lines += ["**CPU smoke run: scaled down, fp32; these are not GPU figures.**", ""]
+    lines += [f"- device: {e['device']} | driver {e['driver']} | torch {e['torch']} | CUDA {e['cuda']} | "
+              f"fairseq {e['fairseq']} | Python {e['python']}",
+              f"- commit {e['commit']}{' (dirty)' if e['dirty'] else ''} | {res['seconds']:.0f} s | `{res['command']}`", ""]
+    c = res.get("correctness")
+    if c:
+        lines += ["## Correctness", f"{c['passed']} passed, {c['failed']} failed, {c['skipped']} skipped "
+                  f"of {c['collected']} ({c['selection']})"] + [f"- FAILED {f}" for f in c["failures"]] + [""]
+    b = res.get("bench")
+    if b:
+        from labo_fairseq.bench.criteria import markdown
+        lines += [f"## Criterion speed and memory ({b['device']}; {b['timing']})", markdown(b["rows"]), "",
+                  f"LABO: at most {b['labo_time_vs_ls_max']:.2f}x LS time (target <= {b['targets']['labo_time_vs_ls']}x), "
+                  f"{b['labo_extra_buffers_vs_ls_max']:+.2f} (tokens x V) buffers over LS (target <= +1)", ""]
+    t = res.get("training")
+    if t:
+        mem = "peak GPU MiB" if res["kind"] == "gpu" else "max RSS MiB"
+        lines += ["## Training (fairseq-train)", f"| run | updates | words/s (median) | {mem} | final loss | finite |",
+                  "|---|---|---|---|---|---|"]
+        for r in t["runs"].values():
+            m = r["peak_gpu_mib"] if res["kind"] == "gpu" else r["max_rss_mib"]
+            m = "n/a" if m is None else f"{m:.0f}"
+            lines.append(f"| {r['name']} | {r['updates']} | {r['wps_median']:.0f} | {m} | {r['final_loss']:.3f} | "
+                         f"{r['finite_loss']} |")
+        for p in ("fp16", "bf16", "fp32"):
+            if p in t:
+                lines.append(f"- {p}: LABO / LS words/s {t[p]['wps_ratio_labo_over_ls']:.3f}, "
+                             f"peak memory {t[p]['peak_memory_ratio_labo_over_ls'] or float('nan'):.3f}")
+        if "memory_efficient_fp16" in t:
+            lines.append(f"- --memory-efficient-fp16 LABO finite loss: {t['memory_efficient_fp16']['labo_finite_loss']}")
+        lines.append("")
+    d = res.get("decoding")
+    if d:
+        lines += ["## Decoding", f"{d['hypotheses']} / {d['test_sentences']} test sentences translated "
+                  f"(beam 5): {'all' if d['all_translated'] else 'NOT all'}", ""]
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------------ command
+
+def parse(argv, prog):
+    ap = ArgumentParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--data-bin", type=Path, default=Path("data-bin/multi30k.de-en"),
+                    help="fairseq data-bin with train and test splits (default data-bin/multi30k.de-en, as "
+                         "'labo-fairseq prepare multi30k.de-en' makes it)")
+    ap.add_argument("--source-lang", default="de", help="source language of the data-bin (default de)")
+    ap.add_argument("--target-lang", default="en", help="target language of the data-bin (default en)")
+    ap.add_argument("--out", type=Path, default=Path("results/gpu"), help="where the JSON goes (default results/gpu)")
+    ap.add_argument("--work", type=Path, help="logs and checkpoints (default runs/gpu_check/KIND); finished "
+                                              "training runs there are reused by a rerun")
+    ap.add_argument("--tiny", "--quick", dest="tiny", action="store_true",
+                    help="CPU smoke run (automatic without CUDA): a tiny model, a few updates, small V, fp32")
+    ap.add_argument("--updates", type=int, help="updates per training run (default 300 on GPU, 6 tiny)")
+    ap.add_argument("--skip-updates", type=int, help="updates excluded from words/s (default 100 on GPU, 2 tiny)")
+    ap.add_argument("--parts", nargs="+", choices=["correctness", "bench", "training", "decoding"],
+                    default=["correctness", "bench", "training", "decoding"], help="which parts to run (default all)")
+    ap.add_argument("--force", action="store_true", help="overwrite an existing result JSON and redo finished runs")
+    ap.add_argument("--dry-run", action="store_true", help="print the commands (fairseq, pytest) and exit")
+    a = ap.parse_args(argv)
+    if a.updates is not None and a.updates < 1:
+        ap.error("--updates must be >= 1")
+    if a.skip_updates is not None and a.skip_updates < 0:
+        ap.error("--skip-updates must be >= 0")
+    if "decoding" in a.parts and "training" not in a.parts:
+        ap.error("--parts decoding needs training (it decodes the checkpoint trained there)")
+    return a
+
+
+def main(argv=None, prog="python -m labo_fairseq.gpu.check") -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv[:1] == [PEAK_FLAG]:
+        if len(argv) < 3 or argv[2] != "--":
+            raise SystemExit(f"usage: {PEAK_FLAG} PEAK_JSON -- FAIRSEQ_TRAIN_ARGS")
+        train_with_peak(argv[1], argv[3:])
+        return 0
+    a = parse(argv, prog)
+    from labo_fairseq.runtime.processes import cuda_visible
+
+    cuda = cuda_visible(probe_torch=not a.dry_run) and not a.tiny  # a dry run imports no torch
+    a.data_bin, a.out = a.data_bin.resolve(), a.out.resolve()
+    kind = "gpu" if cuda else "cpu-smoke"
+    a.work = (a.work or Path("runs") / "gpu_check" / kind).resolve()  # runs/ holds checkpoints, not results/
+    try:
+        plan = Plan(a, cuda)
+    except CheckError as e:
+        print(f"{prog}: error: {e}", file=sys.stderr)
+        return 2
+    if a.dry_run:
+        print(f"# {kind} check; training runs under the peak-memory hook: "
+              f"{sys.executable} -m labo_fairseq.gpu.check {PEAK_FLAG} PEAK.json -- ARGS")
+        if "correctness" in a.parts:
+            print(shlex.join(plan.pytest_args(a.work / "correctness.xml")))
+        if "training" in a.parts:
+            for r in plan.runs():
+                print(shlex.join(["fairseq-train", *r["args"]]))
+        if "decoding" in a.parts:
+            print(shlex.join(["fairseq-generate", *plan.generate_args()]))
+        return 0
+    dest = a.out / f"gpu_check-{kind}.json"
+    refusal = overwrite_refusal(dest, a.force)
+    if refusal:
+        print(f"{prog}: error: {refusal}", file=sys.stderr)
+        return 2
+    if {"training", "decoding"} & set(a.parts):
+        missing = [p for p in (a.data_bin / f"dict.{a.source_lang}.txt", a.data_bin / f"dict.{a.target_lang}.txt")
+                   if not p.is_file()]
+        if missing:
+            print(f"{prog}: error: no data-bin at {a.data_bin} ({missing[0].name} missing); make it with "
+                  "'labo-fairseq prepare multi30k.de-en' or pass --data-bin", file=sys.stderr)
+            return 2
+    if a.force and a.work.exists():
+        shutil.rmtree(a.work)
+    a.work.mkdir(parents=True, exist_ok=True)
+    t0 = time.time()
+    res: Dict = {"kind": kind, "note": "GPU figures" if cuda else
+                 "CPU smoke run (scaled down, fp32 instead of fp16/bf16): NOT GPU figures",
+                 "command": shlex.join([*prog.split(), *argv]),
+                 "cwd": os.getcwd(), "started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+                 "environment": environment(cuda), "data_bin": str(a.data_bin), "work": str(a.work)}
+    parts = {"correctness": part_correctness, "bench": part_bench, "training": part_training, "decoding": part_decoding}
+    status = 0
+    for name in [p for p in parts if p in a.parts]:  # in this order, whatever the order given
+        t = time.time()
+        print(f"[gpu_check] {name} ...", file=sys.stderr, flush=True)
+        try:
+            res[name] = parts[name](plan)
+        except CheckError as e:
+            res[name] = {"error": str(e)}
+            print(f"[gpu_check] {name} FAILED: {e}", file=sys.stderr)
+            status = 1
+        print(f"[gpu_check] {name} done in {time.time() - t:.0f} s", file=sys.stderr, flush=True)
+    res["seconds"] = time.time() - t0
+    corr = res.get("correctness", {"failed": 0, "passed": 1})
+    ok = (corr.get("failed", 1) == 0 and corr.get("passed", 0) > 0  # all skipped is no evidence
+          and all("error" not in res.get(p, {}) for p in a.parts)
+          and all(r["finite_loss"] for r in res.get("training", {}).get("runs", {}).values())
+          and res.get("decoding", {}).get("all_translated", True))
+    res["ok"] = bool(ok)
+    write_json(dest, res, default=str)
+    print(report_safe(res))
+    print(f"\nwrote {dest}")
+    return status or (0 if ok else 1)
+
+
+def report_safe(res: Dict) -> str:
+    """The markdown report, leaving out parts that failed (their error is in the JSON)."""
+    shown = {k: v for k, v in res.items() if not (isinstance(v, dict) and "error" in v)}
+    text = report(shown)
+    for k, v in res.items():
+        if isinstance(v, dict) and "error" in v:
+            text += f"\n## {k}: FAILED\n{v['error'][:2000]}\n"
+    return text
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,93 @@
+"""Files: written atomically, JSON written and read one way, lines, paths relative to a root."""
+
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Iterable, Iterator, List, Optional, TextIO
+
+from labo_fairseq.runtime.errors import InvalidFile
+
+
+@contextmanager
+def atomic_open(path: Path) -> Iterator[TextIO]:
+    """A UTF-8 text file written as ``path.tmp`` and renamed to ``path`` only when the block
+    completes: a reader never sees a half-written output."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", encoding="utf-8", newline="\n") as f:
+        yield f
+    tmp.replace(path)
+
+
+def write_lines(path: Path, lines: Iterable[str]) -> int:
+    """Write lines atomically (:func:`atomic_open`); returns the line count."""
+    n = 0
+    with atomic_open(path) as f:
+        for line in lines:
+            f.write(line + "\n")
+            n += 1
+    return n
+
+
+def write_json(path: Path, obj, indent: Optional[int] = 1, default=None) -> Path:
+    """``obj`` as JSON (indented; ``indent=None``: one compact line; ``default``: as json.dumps's),
+    written atomically (:func:`atomic_open`)."""
+    import json
+
+    with atomic_open(path) as f:
+        f.write(json.dumps(obj, indent=indent, separators=None if indent else (",", ":"), default=default) + "\n")
+    return Path(path)
+
+
+def read_json(path: Path):
+    """The JSON in ``path``: the one reader; :class:`InvalidFile` naming the file when it is missing
+    or not valid JSON (e.g. truncated)."""
+    import json
+
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise InvalidFile(f"{path}: no such file") from None
+    except ValueError as err:
+        raise InvalidFile(f"{path} is not valid JSON ({err}); restore it, or delete it to redo its step") from None
+
+
+def read_lines(path: Path) -> List[str]:
+    """Lines without their ``\\n``; only ``\\n`` ends a line (a ``\\r`` inside text is kept)."""
+    with open(path, encoding="utf-8", newline="\n") as f:
+        text = f.read()
+    return text.split("\n")[:-1] if text.endswith("\n") else (text.split("\n") if text else [])
+
+
+def count_lines(path: Path) -> int:
+    with open(path, "rb") as f:
+        return sum(chunk.count(b"\n") for chunk in iter(lambda: f.read(1 << 20), b""))
+
+
+def relative(path: Path, root: Path) -> str:
+    """``path`` relative to ``root`` where it lies under it (results name files so, to be read on
+    another machine), else as given."""
+    try:
+        return str(Path(path).relative_to(root))
+    except ValueError:
+        return str(path)
+
+
+def check_checkpoint(path: Path) -> None:
+    """:class:`InvalidFile` when ``path`` is a torch zip checkpoint cut short (an interrupted copy or
+    save): caught before fairseq, whose traceback would end in torch's advice about ``weights_only``."""
+    import zipfile
+
+    with open(path, "rb") as f:
+        is_zip = f.read(4) == b"PK\x03\x04"
+    if is_zip and not zipfile.is_zipfile(path):
+        raise InvalidFile(f"{path} is truncated or damaged (an incomplete checkpoint archive): train again, "
+                          "or restore the file")
+
+
+def overwrite_refusal(path: Path, force: bool) -> Optional[str]:
+    """Why ``path`` may not be written (it exists and ``--force`` was not given), else None: no
+    command overwrites a finished output without ``--force``."""
+    if Path(path).exists() and not force:
+        return f"{path} exists; --force to replace it (a finished output is kept)"
+    return None

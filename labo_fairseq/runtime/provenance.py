@@ -1,0 +1,91 @@
+"""Where a number came from: the code's commit and the hardware, recorded beside every result."""
+
+import os
+import platform
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Dict, Optional, Sequence
+
+PACKAGE = Path(__file__).resolve().parents[1]
+
+
+def git_state() -> Dict:
+    """The plugin checkout's commit and whether tracked files differ from it; for an installed
+    (non-checkout) package, commit and dirty are None (the commit is ``LABO_COMMIT`` where that is
+    set, for a copy carried without .git) and the version says which release it is."""
+    from labo_fairseq import __version__
+
+    def git(*args):
+        return subprocess.run(["git", *args], cwd=PACKAGE, capture_output=True, text=True, check=True).stdout.strip()
+
+    try:
+        top = Path(git("rev-parse", "--show-toplevel")).resolve()
+        if not (top / "labo_fairseq").resolve() == PACKAGE:  # the package is inside someone else's repository
+            raise subprocess.CalledProcessError(1, "git")
+        state = {"commit": git("rev-parse", "HEAD"), "dirty": bool(git("status", "--porcelain", "--untracked-files=no"))}
+    except (OSError, subprocess.CalledProcessError):
+        # a copy without .git (carried to an offline node): the commit its carrier named, if any
+        commit = os.environ.get("LABO_COMMIT") or None
+        state = {"commit": commit, "dirty": None, **({"commit_from": "LABO_COMMIT"} if commit else {})}
+    return {**state, "version": __version__}
+
+
+def nvidia_driver() -> Optional[str]:
+    """The NVIDIA driver version that ``nvidia-smi`` reports, or None where there is none."""
+    try:
+        out = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+                             capture_output=True, text=True, timeout=60)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    lines = out.stdout.strip().splitlines()
+    return lines[0].strip() if out.returncode == 0 and lines else None
+
+
+def torch_build() -> Dict:
+    """torch's ``__version__`` and ``version.cuda``, read from its ``version.py`` without importing
+    torch (seconds of CPU at every start of a command that only records them)."""
+    import importlib.util
+    import runpy
+
+    spec = importlib.util.find_spec("torch")
+    if spec is None or not spec.submodule_search_locations:
+        raise ImportError("torch is not installed")
+    v = runpy.run_path(str(Path(next(iter(spec.submodule_search_locations))) / "version.py"))
+    return {"torch": v["__version__"], "cuda": v.get("cuda")}
+
+
+def hardware() -> Dict:
+    """What this process runs on: CPU model and cores, GPUs, torch and CUDA versions. torch is
+    imported only where a GPU may be visible (or it is loaded already)."""
+    from labo_fairseq.runtime.processes import cuda_visible
+
+    if "torch" in sys.modules or cuda_visible(probe_torch=False):
+        import torch
+
+        gpus = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())] if torch.cuda.is_available() else []
+        build = {"torch": torch.__version__, "cuda": torch.version.cuda}
+    else:
+        gpus, build = [], torch_build()
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo", encoding="utf-8") as f:
+            cpu = next((ln.split(":", 1)[1].strip() for ln in f if ln.startswith("model name")), cpu)
+    except OSError:
+        pass
+    return {"host": platform.node(), "cpu": cpu, "cpu_cores": os.cpu_count(), "gpus": gpus,
+            **build, "python": platform.python_version()}
+
+
+def record(prog: str, argv: Optional[Sequence[str]] = None, with_hardware: bool = True) -> Dict:
+    """The command that made an output (``prog`` and its arguments, ``sys.argv[1:]`` when None),
+    its working directory and date, the commit (:func:`git_state`) and, unless ``with_hardware`` is
+    False (text-only commands: no torch import), the hardware."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    rec = {"command": " ".join([prog, *map(shlex.quote, map(str, args))]), "cwd": os.getcwd(),
+           "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **git_state()}
+    if with_hardware:
+        rec["hardware"] = hardware()
+    return rec

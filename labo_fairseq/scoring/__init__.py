@@ -1,0 +1,1 @@
+"""Scoring: BLEU conventions, significance tests, TER, calibration, frequency splits."""

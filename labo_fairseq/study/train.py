@@ -1,0 +1,307 @@
+"""Train one dataset x method x seed with the paper's settings (``labo-fairseq train``).
+
+The fairseq-train command comes from the configs (:mod:`labo_fairseq.study.protocol`); the run directory
+is ``RUNS/DATASET/METHOD[-tauT]/seedS`` (run.json, train.log, checkpoints/). Paths are absolute,
+under ``--root`` (default: the working directory), and fairseq runs in that directory.
+
+  labo-fairseq train iwslt14_de_en labo 1 --dry-run
+"""
+
+import argparse
+import datetime
+import json
+import shlex
+import shutil
+import socket
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import List, Optional, Tuple
+
+from labo_fairseq.losses.hparams import HP, check_flags
+from labo_fairseq.runtime.commandline import split_extra
+from labo_fairseq.runtime.files import write_json
+from labo_fairseq.runtime.processes import run_logged
+from labo_fairseq.study.fairseq_tools import USER_DIR, fairseq_command, validation_curve
+from labo_fairseq.study.protocol import (
+    RUN_MARKER, Roots, add_root_arguments, add_run_arguments, common_config, dataset_config, flags, is_labo,
+    labo_warmup_updates, method_config, plateau, run_dir, training_completed,
+)
+from labo_fairseq.runtime.commandline import ArgumentParser
+
+
+@dataclass
+class Launch:
+    """How to start one run on this node: the fairseq-train argv (what fairseq parses), and the
+    processes to start, each a full command line (CPU ranks, or torchrun for several nodes)."""
+
+    train_argv: List[str]
+    processes: List[List[str]]
+    run_dir: Path
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def train_command(dataset: str, method: str, seed: int, tau: Optional[float] = None, gpus: int = 0,
+                  update_freq: int = 1, data_root: Path = Path("data-bin"), runs_root: Path = Path("runs"),
+                  extra: Tuple[str, ...] = (), procs: int = 1, nodes: int = 1, node_rank: int = 0,
+                  master_addr: Optional[str] = None, master_port: int = 0, student=None) -> Launch:
+    """The fairseq-train command of DATASET x METHOD x SEED and how to launch it.
+
+    - ``gpus=0``: CPU; ``procs>1`` starts that many ranks with fairseq's gloo backend
+      (``--distributed-no-spawn --distributed-rank R``, the only multi-process setup fairseq runs on CPU).
+    - ``gpus=G``, one node: fp16, fairseq spawns G processes (``--distributed-world-size G``).
+    - ``gpus=G``, ``nodes=M``: ``torchrun`` on each node (``--node-rank``), world size M*G.
+    ``master_port=0`` picks a free port (CPU ranks) or torchrun's default 29500 (nodes).
+    ``student``: a :class:`labo_fairseq.study.kd.runs.StudentPlan` (distillation runs: tag, data, flags).
+    """
+    if seed < 0 or gpus < 0 or update_freq < 1 or procs < 1 or nodes < 1:
+        raise ValueError("need seed >= 0, --gpus >= 0, --update-freq >= 1, --procs >= 1, --nodes >= 1")
+    if procs > 1 and gpus:
+        raise ValueError("--procs is for CPU ranks; with --gpus, fairseq starts one process per GPU")
+    if nodes > 1 and not gpus:
+        raise ValueError("--nodes needs --gpus (GPUs per node): multi-node training is GPU-only")
+    if nodes > 1 and not master_addr:
+        raise ValueError("--nodes > 1 needs --master-addr (the host name or address of node rank 0)")
+    if not 0 <= master_port <= 65535:
+        raise ValueError(f"--master-port must be in [0, 65535] (0: pick one), got {master_port}")
+    if not 0 <= node_rank < nodes:
+        raise ValueError(f"--node-rank must be in [0, {nodes - 1}]")
+    ds, me = dataset_config(dataset), method_config(method)
+    if tau is not None and method != "labo":
+        raise ValueError("--tau applies to the labo method only")
+    if tau is not None:
+        HP["tau"].check(tau, "--tau")
+    args = {**common_config().get("args", {}), **ds.get("args", {}), **me.get("args", {})}
+    if is_labo(method):
+        args["--labo-warmup-updates"] = labo_warmup_updates(dataset, method)
+    if tau is not None:
+        args["--labo-tau"] = tau
+    if student is not None:
+        args.update(student.args)
+    out = run_dir(runs_root, dataset, method, seed, tau) if student is None else run_dir(runs_root, dataset, student.tag, seed, None)
+    data = ds["data"] if student is None else student.data
+    argv = ["fairseq-train", str(Path(data_root) / data), "--user-dir", str(USER_DIR),
+            "--task", ds.get("task", "translation")]
+    if "source_lang" in ds:
+        argv += ["--source-lang", ds["source_lang"], "--target-lang", ds["target_lang"]]
+    argv += flags(args) + ["--seed", str(seed), "--save-dir", str(out / "checkpoints")]
+    argv += ["--fp16"] if gpus else ["--cpu"]
+    world = gpus * nodes if gpus else procs
+    if world > 1:
+        argv += ["--distributed-world-size", str(world)]
+    if update_freq > 1:
+        argv += ["--update-freq", str(update_freq)]
+    argv += list(extra)
+    check_flags(argv)  # the criterion's hyper-parameters, wherever they came from, before anything starts
+    exe = fairseq_command("train")
+    if not gpus and procs > 1:
+        port = master_port or _free_port()
+        gloo = ["--distributed-backend", "gloo", "--ddp-backend", "legacy_ddp", "--distributed-init-method",
+                f"tcp://127.0.0.1:{port}", "--distributed-no-spawn"]
+        processes = [[*exe, *argv[1:], *gloo, "--distributed-rank", str(r)] for r in range(procs)]
+    elif nodes > 1:
+        torchrun = shutil.which("torchrun") or str(Path(sys.executable).parent / "torchrun")
+        processes = [[torchrun, "--nnodes", str(nodes), "--node-rank", str(node_rank), "--nproc-per-node", str(gpus),
+                      "--master-addr", master_addr, "--master-port", str(master_port or 29500), *exe, *argv[1:]]]
+    else:
+        processes = [[*exe, *argv[1:]]]
+    return Launch(argv, processes, out)
+
+
+class Progress:
+    """fairseq-train's output as one line per epoch for the terminal (its full log stays in train.log):
+    the epoch's loss and plain NLL (bits), the validation's NLL and BLEU, and the time left to the cap."""
+
+    def __init__(self, argv: List[str]):
+        from labo_fairseq.study.protocol import flag_value
+
+        cap_update, cap_epoch = flag_value(argv, "--max-update"), flag_value(argv, "--max-epoch")
+        self.max_update = int(cap_update) if cap_update not in (None, "0") else None
+        self.max_epoch = int(cap_epoch) if cap_epoch not in (None, "0") else None
+        self.start = time.monotonic()
+        self.pending = ""
+
+    def __call__(self, line: str) -> Optional[str]:
+        if "Traceback" in line or "Error" in line:  # fairseq failing: the user sees why at once
+            return line
+        kind = "train" if "| train |" in line else "valid" if "| valid |" in line else None
+        if kind is None or "{" not in line:
+            return None
+        try:
+            rec = json.loads(line[line.index("{"):])
+        except ValueError:
+            return None
+        if kind == "train":
+            self.pending = (f"epoch {rec.get('epoch')}: loss {rec.get('train_loss')} nll {rec.get('train_nll_loss')} "
+                            f"({rec.get('train_num_updates')} updates, {self.left(rec)})")
+            return self.pending + "\n"
+        bleu = f", BLEU {rec['valid_bleu']}" if "valid_bleu" in rec else ""
+        return f"  valid: nll {rec.get('valid_nll_loss')}{bleu}\n"
+
+    def left(self, rec: dict) -> str:
+        elapsed = time.monotonic() - self.start
+        done = [(int(rec.get("train_num_updates") or 0), self.max_update), (int(rec.get("epoch") or 0), self.max_epoch)]
+        fractions = [d / cap for d, cap in done if cap]
+        shown = f"{elapsed / 60:.0f} min"
+        if fractions and max(fractions) > 0:
+            shown += f", at most ~{elapsed * (1 / max(fractions) - 1) / 60:.0f} min left"
+        return shown
+
+
+def log_paths(out: Path, n_processes: int, node_rank: int) -> List[Path]:
+    """train.log for the lead process; one file per other CPU rank or node."""
+    if n_processes > 1:
+        return [out / ("train.log" if r == 0 else f"train.rank{r}.log") for r in range(n_processes)]
+    return [out / ("train.log" if node_rank == 0 else f"train.node{node_rank}.log")]
+
+
+def _record(a, launch: Launch, previous: dict) -> dict:
+    from labo_fairseq.runtime.provenance import git_state, hardware
+
+    record = {
+        "dataset": a.dataset, "method": a.method, "seed": a.seed, "tau": a.tau, "gpus": a.gpus, "procs": a.procs,
+        "nodes": a.nodes, "update_freq": a.update_freq, "command": launch.train_argv,
+        "launch": launch.processes, "extra_args": list(a.fairseq_args), **git_state(), "hardware": hardware(),
+        "started": datetime.datetime.now(datetime.timezone.utc).isoformat(),
+    }
+    record["sessions"] = previous.get("sessions", []) + [
+        {k: record[k] for k in ("started", "commit", "dirty", "hardware", "command")}]
+    record["started"] = previous.get("started", record["started"])  # the run's start, not this session's
+    return record
+
+
+def cmd_train(a) -> int:
+    from labo_fairseq.study.kd import runs as kd_runs
+
+    roots = Roots.from_args(a)
+    try:
+        student = kd_runs.plan(a.dataset, dataset_config(a.dataset)["data"], a.method, a.tau, a.teacher, a.data_variant,
+                               a.student, roots.runs, roots.data_bin)
+        launch = train_command(a.dataset, a.method, a.seed, a.tau, a.gpus, a.update_freq, roots.data_bin, roots.runs,
+                               tuple(a.fairseq_args), a.procs, a.nodes, a.node_rank, a.master_addr, a.master_port,
+                               student)
+        if student is not None and not a.dry_run:
+            missing = [str(p) for p in student.needs if not p.exists()]
+            if missing:
+                raise kd_runs.KDError(f"not found: {', '.join(missing)} (train the teacher first; for "
+                                      "--data-variant seqkd:RUN, run labo-fairseq distill-data DATASET RUN)")
+    except ValueError as err:
+        print(f"train: error: {err}", file=sys.stderr)
+        return 2
+    out = launch.run_dir
+    exists = out.exists()
+    lead = a.node_rank == 0  # on several nodes, only node 0 manages the run directory
+    if exists and a.force and lead and not (out / RUN_MARKER).exists():
+        print(f"train: error: {out} was not made by this command; not deleting it", file=sys.stderr)
+        return 2
+    if exists and not a.force and training_completed(out):
+        print(f"train: {out} has finished training ({_finished_how(out)}); nothing to do (--force starts over)",
+              file=sys.stderr)
+        return 0
+    data = Path(launch.train_argv[1])
+    if not data.is_dir() and student is None:
+        hint = (f"no prepared data at {data}: run `labo-fairseq prepare {dataset_config(a.dataset)['data']}"
+                f"{' --root ' + str(roots.root) if a.root else ''}` first")
+        if not a.dry_run:
+            print(f"train: error: {hint}", file=sys.stderr)
+            return 2
+        print(f"# {hint}")
+    logs = log_paths(out, len(launch.processes), a.node_rank)
+    if a.dry_run:
+        if exists:
+            print(f"# {out} exists: " + ("--force would delete it first" if a.force and lead else
+                                          "fairseq would resume from its checkpoint_last.pt"))
+        print(f"# run directory {out}: {RUN_MARKER}, checkpoints/, log " + ", ".join(p.name for p in logs))
+        for cmd in launch.processes:
+            print(shlex.join(cmd))
+        return 0
+    if exists and a.force and lead:
+        shutil.rmtree(out)
+    elif exists:
+        print(f"{out} exists: resuming (fairseq continues from checkpoint_last.pt); --force to start over",
+              file=sys.stderr)
+    rule = plateau(validation_curve(logs[0]), launch.train_argv) if exists and not a.force else None
+    out.mkdir(parents=True, exist_ok=True)
+    if lead:
+        marker = out / RUN_MARKER
+        previous = json.loads(marker.read_text()) if marker.exists() else {}
+        record = _record(a, launch, previous)
+        if student is not None:
+            record["distillation"] = student.record
+        write_json(marker, record)
+    processes = launch.processes
+    if rule is not None and rule.patience:
+        if rule.converged:  # stopped after its last validation, before fairseq could say so
+            processes = []
+        else:  # fairseq's patience count restarts with each process: give it what is left
+            left = ["--patience", str(rule.patience - rule.since_best)]
+            processes = [[*cmd, *left] for cmd in processes]
+    status = run_logged(processes, logs, cwd=roots.root, echo=Progress(launch.train_argv) if a.quiet else True) \
+        if processes else 0
+    if status and lead:
+        tail = "".join(logs[0].read_text(encoding="utf-8", errors="replace").splitlines(True)[-15:])
+        print(f"train: fairseq-train failed (exit {status}); the end of {logs[0]}:\n{tail}", file=sys.stderr)
+    if status == 0 and lead:  # fairseq stopped by the rule or reached --max-update/--max-epoch: finished
+        _mark_completed(out, plateau(validation_curve(logs[0]), launch.train_argv))
+    return status
+
+
+def _mark_completed(out: Path, rule) -> None:
+    """``completed`` in run.json, and where the stopping rule left the run."""
+    record = json.loads((out / RUN_MARKER).read_text())
+    record["completed"] = datetime.datetime.now(datetime.timezone.utc).isoformat()
+    if rule.patience:
+        record["stopping"] = rule.as_dict()
+    write_json(out / RUN_MARKER, record)
+
+
+def _finished_how(out: Path) -> str:
+    stopping = json.loads((out / RUN_MARKER).read_text()).get("stopping")
+    if not stopping:
+        return "reached its --max-epoch/--max-update"
+    if stopping["converged"]:
+        return (f"converged: best epoch {stopping['best_epoch']}, stopped at epoch {stopping['last_epoch']} after "
+                f"{stopping['patience']} validations without improvement")
+    return f"reached its cap at epoch {stopping['last_epoch']} before its patience ran out: not converged"
+
+
+def main(argv=None, prog="labo-fairseq train") -> int:
+    t = ArgumentParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    add_run_arguments(t, "LABO's tau (default from configs/methods/labo.yaml: 1.15)")
+    t.add_argument("--gpus", type=int, default=0, help="GPUs per node (0: CPU); >1 spawns one process per GPU; fp16")
+    t.add_argument("--procs", type=int, default=1,
+                   help="CPU only: ranks to start on this machine (fairseq's gloo backend, legacy_ddp)")
+    t.add_argument("--nodes", type=int, default=1, help="nodes (with --gpus): run this command on each, via torchrun")
+    t.add_argument("--node-rank", type=int, default=0, help="this node's rank, 0..NODES-1")
+    t.add_argument("--master-addr", help="address of node rank 0 (--nodes > 1)")
+    t.add_argument("--master-port", type=int, default=0,
+                   help="rendezvous port (default: a free port for CPU ranks, 29500 for torchrun)")
+    t.add_argument("--update-freq", type=int, default=1,
+                   help="gradient accumulation: keep 4096 tokens per GPU batch and raise this when you have "
+                        "fewer GPUs than the effective batch you want")
+    add_root_arguments(t, "data", "runs")
+    from labo_fairseq.study.kd import runs as kd_runs
+
+    kd_runs.add_arguments(t)
+    t.add_argument("--force", action="store_true", help="delete an existing run directory (made by this command) first")
+    t.add_argument("--quiet", action="store_true",
+                   help="show one line per epoch (loss, NLL, validation, time left) instead of fairseq's output; "
+                        "train.log has it all either way")
+    t.add_argument("--dry-run", action="store_true", help="print the command(s) this would start, run nothing")
+    t.epilog = ("Extra fairseq-train flags go after --, e.g. -- --max-update 100 (they come last, so they win).\n"
+                "An existing run directory is resumed from its checkpoint_last.pt; --force starts over.")
+    argv = list(sys.argv[1:] if argv is None else argv)
+    own, extra = split_extra(argv)
+    a = t.parse_args(own)
+    a.fairseq_args = extra
+    return cmd_train(a)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,143 @@
+"""labo_fairseq.io: atomic files, lines, fairseq-generate parsing, and starting processes."""
+
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from labo_fairseq.runtime.errors import ToolError
+from labo_fairseq.runtime.files import atomic_open, read_lines, write_json, write_lines
+from labo_fairseq.runtime.processes import Child, run_logged, run_tool, stop
+from labo_fairseq.study.fairseq_tools import generate_command, parse_generate, run_generate
+from tests.helpers import REPO
+
+
+def test_atomic_open_leaves_no_output_when_the_writer_fails(tmp_path):
+    out = tmp_path / "a" / "out.txt"
+    with pytest.raises(RuntimeError):
+        with atomic_open(out) as f:
+            f.write("half")
+            raise RuntimeError("interrupted")
+    assert not out.exists()
+    write_lines(out, ["x\ry", "z"])  # only \n ends a line
+    assert read_lines(out) == ["x\ry", "z"]
+
+
+def test_write_json_is_atomic_and_round_trips(tmp_path):
+    out = write_json(tmp_path / "d" / "r.json", {"ece": 0.25, "tokens": [1, 2]})
+    assert json.loads(out.read_text()) == {"ece": 0.25, "tokens": [1, 2]} and out.read_text().endswith("}\n")
+    with pytest.raises(TypeError):
+        write_json(out, {"bad": object()})
+    assert json.loads(out.read_text())["ece"] == 0.25  # the failed write left the old file whole
+
+
+def test_parse_generate_reads_every_kind_of_line():
+    g = parse_generate("S-1\tein haus\nT-1\ta house\nH-1\t-0.3\ta home\nD-1\t-0.3\ta home\nP-1\t-0.5 -0.1\n"
+                       "S-0\tja\nT-0\tyes\nH-0\t-0.1\tyes\nP-0\t-0.1\n"
+                       "Generate test with beam=5: BLEU4 = 50.00, 60/50/40/30 (BP=1.000)\n")
+    assert g.ordered(g.hypothesis) == ["yes", "a home"] and g.reference[1] == "a house"
+    assert g.positional_scores[1] == [-0.5, -0.1] and g.bleu_line.startswith("Generate test")
+
+
+def test_run_tool_names_the_failure_and_keeps_the_log(tmp_path):
+    log = tmp_path / "tool.log"
+    with pytest.raises(ToolError, match=r"failed \(exit 3\) \(log: .*tool.log\):\nboom"):
+        run_tool([sys.executable, "-c", "import sys; print('boom'); sys.exit(3)"], log=log)
+    assert log.read_text() == "boom\n"
+    assert run_tool([sys.executable, "-c", "print(1)"]).stdout == "1\n"
+
+
+def test_run_tool_appends_and_echoes_when_asked(tmp_path, capfd):
+    log = tmp_path / "job.log"
+    log.write_text("+ train\n")
+    proc = run_tool([sys.executable, "-c", "print('second')"], log=log, append=True, echo=True)
+    assert log.read_text() == "+ train\nsecond\n" and proc.stdout == log.read_text()
+    assert capfd.readouterr().out == "second\n"  # echoed as it came
+    run_tool([sys.executable, "-c", "print('third')"], log=log)  # without append: this run's output only
+    assert log.read_text() == "third\n"
+
+
+def test_stop_kills_a_child_that_ignores_sigterm(tmp_path):
+    code = "import signal, time; signal.signal(signal.SIGTERM, signal.SIG_IGN); print('ready', flush=True); time.sleep(60)"
+    child = Child([sys.executable, "-c", code], tmp_path / "c.log")
+    for _ in range(100):
+        if "ready" in child.tail():
+            break
+        time.sleep(0.1)
+    t0 = time.time()
+    stop([child], grace=1)
+    assert child.returncode == -signal.SIGKILL and time.time() - t0 < 10
+    assert child.failure("stubborn").startswith(f"stubborn failed (exit {-signal.SIGKILL}) (log: {tmp_path / 'c.log'}):\nready")
+
+
+def test_run_logged_stops_the_others_when_one_fails(tmp_path):
+    t0 = time.time()
+    status = run_logged([[sys.executable, "-c", "import time; time.sleep(60)"],
+                         [sys.executable, "-c", "import sys; sys.exit(5)"]], [tmp_path / "a", tmp_path / "b"])
+    assert status == 5 and time.time() - t0 < 30
+
+
+def test_sigterm_stops_the_children_too(tmp_path):
+    """A scheduler's SIGTERM to the command must not leave fairseq running on its own."""
+    pid_file = tmp_path / "child.pid"
+    code = textwrap.dedent(f"""
+        import sys
+        sys.path.insert(0, {str(REPO)!r})
+        from pathlib import Path
+        from labo_fairseq.runtime.processes import run_logged
+        run_logged([["bash", "-c", "echo $$ > {pid_file}; exec sleep 60"]], [Path({str(tmp_path / 'log')!r})])
+    """)
+    parent = subprocess.Popen([sys.executable, "-c", code])
+    for _ in range(100):
+        if pid_file.is_file() and pid_file.read_text().strip():
+            break
+        time.sleep(0.1)
+    parent.send_signal(signal.SIGTERM)
+    assert parent.wait(timeout=60) == 128 + signal.SIGTERM
+    child = int(pid_file.read_text())
+    time.sleep(0.5)
+    with pytest.raises(ProcessLookupError):
+        os.kill(child, 0)
+
+
+def _lines(text):
+    """The S/T/H/D/P lines and the BLEU line: what a run's output means (timestamps aside)."""
+    return [ln for ln in text.splitlines() if ln[:2] in ("S-", "T-", "H-", "D-", "P-") or ln.startswith("Generate ")]
+
+
+def test_run_generate_in_process_prints_what_the_fairseq_generate_child_prints(data_bin, tiny_checkpoint):
+    cmd = generate_command(Path("."), tiny_checkpoint, "test", beam=3, max_tokens=2000)  # the data, relative to cwd
+    child = run_tool(cmd, cwd=data_bin)
+    root = logging.getLogger()
+    before = (root.level, list(root.handlers))
+    here = run_generate(cmd, cwd=data_bin)
+    assert (root.level, list(root.handlers)) == before  # generate's basicConfig is not left behind
+    assert len([ln for ln in _lines(child.stdout) if ln.startswith("H-")]) == 50
+    assert _lines(here.stdout) == _lines(child.stdout)
+    assert "fairseq_cli.generate | Translated 50 sentences" in here.stdout  # fairseq's log where a child puts it
+    # a second test set in the same process: fairseq's state from the first does not leak into it
+    valid = generate_command(data_bin, tiny_checkpoint, "valid", beam=3, max_tokens=2000)
+    assert _lines(run_generate(valid).stdout) == _lines(run_tool(valid).stdout)
+
+
+def test_run_generate_names_the_failure_with_its_output(data_bin, tiny_checkpoint):
+    root = logging.getLogger()
+    before = (root.level, list(root.handlers))
+    with pytest.raises(ToolError, match=r"fairseq-generate failed \(exit 2\):\n(.|\n)*unrecognized arguments: --no-such"):
+        run_generate([*generate_command(data_bin, tiny_checkpoint), "--no-such"])
+    with pytest.raises(ToolError, match=r"failed \(exit 1\):\n(.|\n)*no-such-subset"):
+        run_generate(generate_command(data_bin, tiny_checkpoint, "no-such-subset"))
+    assert (root.level, list(root.handlers)) == before
+    here = os.getcwd()
+    with pytest.raises(ToolError):  # a failure in another directory leaves this one the working directory
+        run_generate(generate_command(data_bin, tiny_checkpoint, "no-such-subset"), cwd=data_bin)
+    assert os.getcwd() == here
+    with pytest.raises(ValueError, match="not a fairseq-generate command line"):
+        run_generate([sys.executable, "-c", "print(1)"])
