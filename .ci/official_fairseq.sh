@@ -61,7 +61,7 @@ fi
 [[ -x "$venv/bin/python" ]] || { echo "official_fairseq.sh: no venv at $venv (run --install-only first)" >&2; exit 2; }
 # the plugin is installed here, not with the stack: .ci/run installs the stack beside the checkout's
 # own install, and two installs of one checkout at once could race on its build files
-run "${pip[@]}" install -q -e "$repo[test]"
+run "${pip[@]}" install -q -e "$repo[test,study]"
 "$venv/bin/python" - <<'EOF'
 import sys, torch, fairseq
 assert sys.version_info[:2] == (3, 8), sys.version

@@ -10,36 +10,12 @@ itself. Without fairseq loaded, importing it loads neither torch nor fairseq, so
 losses in :mod:`labo_fairseq.losses` need torch only.
 """
 
-import logging
 import sys
 
+from labo_fairseq.plugin import register
+
 __version__ = "0.2.0"
-_registered = False
-
-
-def register() -> None:
-    """Register the criteria, the checkpoint allow-list and the fairseq fixes (once).
-
-    fairseq's import configures the root logger (some of its modules call ``logging.basicConfig``,
-    one at DEBUG level); it is put back as it was, so a user's own logging stays theirs.
-    """
-    global _registered
-    if _registered:
-        return
-    root = logging.getLogger()
-    level, handlers = root.level, list(root.handlers)
-    try:
-        from labo_fairseq.plugin import criteria, word_distillation  # noqa: F401  (registering on import)
-        from labo_fairseq.plugin.checkpoints import allow_fairseq_checkpoints
-        from labo_fairseq.plugin.fixes import apply_fixes
-
-        allow_fairseq_checkpoints()
-        apply_fixes()
-        _registered = True
-    finally:
-        root.setLevel(level)
-        root.handlers[:] = handlers
-
+__all__ = ["__version__", "register"]
 
 if "fairseq" in sys.modules:  # --user-dir: fairseq imports the plugin
     register()

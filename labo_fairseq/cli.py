@@ -10,6 +10,7 @@
   labo-fairseq distill-data DATASET RUN  sequence-level KD data from a teacher run
   labo-fairseq analyze WHAT              freq-splits | beam-probs | calibrate | penultimate | inference-calibration
   labo-fairseq user-dir                  the directory to pass to fairseq as --user-dir
+  labo-fairseq bench-criteria|bench-vocab benchmarks (ratios measured side by side, never timed tests)
   labo-fairseq gpu-check                 the one-command GPU check (results/gpu/)
   labo-fairseq gpu-allocation            one short GPU job: install, check, whole comparison runs
   labo-fairseq hf-train MODEL_DIR ...    LABO or a baseline for a Hugging Face seq2seq model (labo_fairseq.hf.trainer)
@@ -34,18 +35,20 @@ COMMANDS: Dict[str, Tuple[str, str]] = {
     "tables": ("labo_fairseq.study.tables", "Tables 1 and 2 (mean ± std over seeds) from results/"),
     "tune": ("labo_fairseq.study.tune", "a study's tuning grid on validation only (configs/grids), resumable"),
     "compare": ("labo_fairseq.study.compare", "the converged CE/LS/LABO comparison on Multi30k (3 seeds, 3 test sets)"),
-    "distill-data": ("labo_fairseq.study.kd.seqkd_data", "sequence-level KD data: a teacher's beam-5 translations of the training set"),
+    "distill-data": ("labo_fairseq.study.kd.seqkd_data", "sequence-level KD data: a teacher's beam-5 training set"),
     "sweep": ("labo_fairseq.study.sweep", "every cell of a table as jobs (SLURM or this machine); sweep status"),
     "user-dir": ("labo_fairseq.cli", "print the directory to pass to fairseq as --user-dir"),
-    "hf-train": ("labo_fairseq.study.hf_train", "fine-tune a Hugging Face seq2seq model with LABO or a baseline, scored into results/"),
-    "gpu-check": ("labo_fairseq.gpu.check", "one-command GPU check: correctness, criterion speed/memory, fp16/bf16 training, decoding"),
-    "gpu-allocation": ("labo_fairseq.gpu.allocation", "one short GPU job: install from the bundle, check, train whole comparison runs"),
+    "hf-train": ("labo_fairseq.study.hf_train", "fine-tune a Hugging Face seq2seq model with a criterion, scored into results/"),
+    "bench-criteria": ("labo_fairseq.bench.criteria", "benchmark: each criterion's forward+backward against fairseq's LS"),
+    "bench-vocab": ("labo_fairseq.bench.vocab", "benchmark: the chunked output-layer loss at large vocabularies"),
+    "gpu-check": ("labo_fairseq.gpu.check", "the GPU check: correctness, speed, memory, fp16/bf16 training, decoding"),
+    "gpu-allocation": ("labo_fairseq.gpu.allocation", "one short GPU job: install from the bundle, check, train comparison runs"),
 }
 ANALYZE: Dict[str, Tuple[str, str]] = {
     "freq-splits": ("labo_fairseq.study.analysis.freq_splits", "BLEU on token-frequency splits (Table 4)"),
     "beam-probs": ("labo_fairseq.study.analysis.beam_probs", "probability of the chosen token in beam search (Figure 2)"),
     "calibrate": ("labo_fairseq.study.analysis.calibrate", "ECE, reliability diagrams, temperature scaling (Müller et al.)"),
-    "penultimate": ("labo_fairseq.study.analysis.penultimate", "decoder features on the plane of 3 output embeddings (Müller et al. Fig. 1)"),
+    "penultimate": ("labo_fairseq.study.analysis.penultimate", "decoder features on 3 output embeddings (Müller Fig. 1)"),
     "inference-calibration": ("labo_fairseq.study.analysis.inference_calibration",
                               "ECE of beam-search tokens labelled by TER, beside teacher-forced ECE (Wang et al.)"),
 }
@@ -109,7 +112,3 @@ def main(argv: Optional[List[str]] = None) -> int:
               file=sys.stderr)
         return 2
     return _run(COMMANDS[name][0], rest, f"{PROG} {name}")
-
-
-if __name__ == "__main__":
-    sys.exit(main())

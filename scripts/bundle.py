@@ -47,11 +47,11 @@ def norm(name: str) -> str:
 
 
 def requirements(pyproject: str) -> List[str]:
-    """`[project] dependencies` plus the `test` extra of a pyproject.toml, torch and numpy left out.
+    """`[project] dependencies` plus the `test` and `study` extras of a pyproject.toml, torch and numpy left out.
     A line-based reader (tomllib is Python >= 3.11 only) for this file's plain lists of strings."""
     text = open(pyproject, encoding="utf-8").read()
     out = []
-    for header in (r"^dependencies\s*=\s*\[", r"^test\s*=\s*\["):
+    for header in (r"^dependencies\s*=\s*\[", r"^test\s*=\s*\[", r"^study\s*=\s*\["):
         m = re.search(header, text, re.M)
         if not m:
             sys.exit("bundle.py: no %r list in %s" % (header, pyproject))

@@ -151,7 +151,7 @@ if [[ $with_fairseq -eq 1 ]]; then
     fi
   fi
 fi
-run "${pip[@]}" install -c "$constraints" -e "$repo[test,plots,hf]"
+run "${pip[@]}" install -c "$constraints" -e "$repo[test,study,plots,hf]"
 echo "note: pip's complaint that fairseq-fixed requires torchaudio is expected: translation does not use it"
 if [[ $dry -eq 0 ]]; then
   "$venv/bin/python" -c 'import fairseq, torch, numpy, labo_fairseq; print("fairseq", fairseq.__version__, "| torch", torch.__version__, "| numpy", numpy.__version__, "| labo_fairseq", labo_fairseq.__version__)'

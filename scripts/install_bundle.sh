@@ -6,9 +6,8 @@
 # and no build of them. antlr4-python3-runtime is omegaconf's (pure Python: a py3-none-any wheel).
 sdist_only=("antlr4-python3-runtime==4.9.3")
 # Build requirements of fairseq-fixed without build isolation (its sdist compiles on the target
-# against the target's torch and numpy), and tensorboardX (fairseq logs to it when present).
+# against the target's torch and numpy).
 build_reqs=("cython" "setuptools<81" "wheel")
-extra_reqs=("tensorboardX")
 
 make_bundle() {
   local dir py_target
@@ -40,12 +39,12 @@ make_bundle() {
   done
 
   # The requirements: the plugin's (pyproject.toml, test extra included; torch and numpy left out),
-  # the build requirements, tensorboardX; under constraints.txt's pins and the target's numpy.
-  echo "+ $python scripts/bundle.py requirements pyproject.toml > $dir/requirements.txt (+ ${build_reqs[*]} ${extra_reqs[*]})"
+  # the build requirements; under constraints.txt's pins and the target's numpy.
+  echo "+ $python scripts/bundle.py requirements pyproject.toml > $dir/requirements.txt (+ ${build_reqs[*]})"
   echo "+ grep hydra-core/omegaconf constraints.txt > $dir/constraints.txt (+ numpy==$numpy_version)"
   if [[ $dry -eq 0 ]]; then
     { "$python" "$repo/scripts/bundle.py" requirements "$repo/pyproject.toml"
-      printf '%s\n' "${build_reqs[@]}" "${extra_reqs[@]}"; } > "$dir/requirements.txt"
+      printf '%s\n' "${build_reqs[@]}"; } > "$dir/requirements.txt"
     { grep -E '^(hydra-core|omegaconf)==' "$constraints"
       echo "numpy==$numpy_version"; } > "$dir/constraints.txt"
   fi
@@ -202,14 +201,14 @@ open("'"$pins"'", "w").write("torch==%s\nnumpy==%s\n" % (version("torch"), versi
   local wheel="" pytag
   pytag=$("$py" -c 'import sys; print("cp%d%d" % sys.version_info[:2])')
   wheel=$(compgen -G "$dir/fairseq_fixed-${fairseq_pin#*==}-$pytag-*.whl" | head -n 1 || true)
-  run "${pipx[@]}" "setuptools<81" "wheel" "${extra_reqs[@]}"
+  run "${pipx[@]}" "setuptools<81" "wheel"
   if [[ -n "$wheel" ]]; then
     run "${pipx[@]}" --no-deps --force-reinstall "$wheel"
   else
     compile_fairseq_from_sdist
   fi
   # the plugin and fairseq's runtime requirements, which importing fairseq needs
-  run "${pipx[@]}" --no-build-isolation -e "$repo[test]"
+  run "${pipx[@]}" --no-build-isolation -e "$repo[test,study]"
   if [[ -n "$wheel" && $dry -eq 0 ]] && ! "$py" -c "$fairseq_extensions" 2>/dev/null; then
     echo "install.sh: the prebuilt fairseq in the bundle ($(cat "$dir/fairseq-wheel.json" 2>/dev/null || echo "no record"))" \
       "does not import here (torch $(sed -n 's/^torch==//p' "$pins"), numpy $(sed -n 's/^numpy==//p' "$pins"));" \

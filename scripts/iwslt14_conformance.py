@@ -16,9 +16,9 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from labo_fairseq.study.prepare.common import _BpeFactory  # noqa: E402
-from labo_fairseq.study.prepare.iwslt14 import iwslt14_test_sets  # noqa: E402
-from labo_fairseq.study.prepare.text import MosesTokenizer, xml_segments  # noqa: E402
+from labo_fairseq.study.prepare.common import _BpeFactory
+from labo_fairseq.study.prepare.iwslt14 import iwslt14_test_sets
+from labo_fairseq.study.prepare.text import MosesTokenizer, xml_segments
 
 
 def read_xz(path: Path):

@@ -8,12 +8,12 @@ import os
 os.environ.setdefault("OMP_NUM_THREADS", "1")
 os.environ.setdefault("MKL_NUM_THREADS", "1")
 
-import fcntl  # noqa: E402
-import lzma  # noqa: E402
-import shutil  # noqa: E402
-import tarfile  # noqa: E402
+import fcntl
+import lzma
+import shutil
+import tarfile
 
-import pytest  # noqa: E402
+import pytest
 
 from tests.helpers import IWSLT, IWSLT17, MULTI30K, MULTI30K_SMALL, TINY, cli, fairseq, talk_text, write
 

@@ -160,7 +160,8 @@ def _wheel(path: Path, name="demo", version="1.0"):
 
     members = {f"{name}/__init__.py": b"VALUE = 42\n" + b"# padding\n" * 200,
                f"{name}-{version}.dist-info/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n".encode(),
-               f"{name}-{version}.dist-info/WHEEL": b"Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n"}
+               f"{name}-{version}.dist-info/WHEEL":
+                   b"Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n"}
     record = "".join(f"{n},sha256={base64.urlsafe_b64encode(hashlib.sha256(d).digest()).rstrip(b'=').decode()},{len(d)}\n"
                      for n, d in members.items()) + f"{name}-{version}.dist-info/RECORD,,\n"
     members[f"{name}-{version}.dist-info/RECORD"] = record.encode()

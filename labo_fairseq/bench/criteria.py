@@ -25,8 +25,8 @@ from typing import Callable, Dict, List, Sequence, Tuple
 import torch
 
 from labo_fairseq import losses
-from labo_fairseq.runtime.errors import UsageError
 from labo_fairseq.runtime.commandline import ArgumentParser
+from labo_fairseq.runtime.errors import UsageError
 from labo_fairseq.runtime.files import write_json
 
 PAD = 1
@@ -183,7 +183,7 @@ def markdown(rows: List[Dict]) -> str:
     return "\n".join(lines)
 
 
-def main(argv=None, prog="bench_criteria.py") -> int:
+def main(argv=None, prog="labo-fairseq bench-criteria") -> int:
     ap = ArgumentParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--tokens", type=int, nargs="+", default=[4096], help="target tokens per batch (default 4096)")
     ap.add_argument("--vocab", type=int, nargs="+", default=[10000, 40000], help="vocabulary sizes")

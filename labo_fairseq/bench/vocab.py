@@ -35,8 +35,8 @@ import torch.nn.functional as F
 
 from labo_fairseq import losses
 from labo_fairseq.bench.criteria import _status_kib
-from labo_fairseq.runtime.commandline import ArgumentParser
 from labo_fairseq.losses.linear import linear_loss
+from labo_fairseq.runtime.commandline import ArgumentParser
 
 PAD = -100
 UNFUSED_LS, FUSED_LABO = "ours unfused LS", "ours fused LABO"
@@ -129,7 +129,7 @@ def usable(names, inputs) -> dict[str, str]:
             out[name] = ""
         except ImportError:
             out[name] = "not installed"
-        except Exception as e:  # noqa: BLE001 -- a method that cannot run here (a GPU-only kernel on the CPU)
+        except Exception as e:  # a method that cannot run here (a GPU-only kernel on the CPU)
             out[name] = f"failed: {type(e).__name__}: {str(e).splitlines()[0][:80] if str(e) else ''}"
     return out
 
@@ -228,7 +228,3 @@ def main(argv=None, prog="labo-fairseq bench-vocab") -> int:
     if args.json:
         args.json.write_text(json.dumps(rows, indent=1))
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -39,13 +39,13 @@ import time
 from pathlib import Path
 from typing import Dict, List, Optional
 
+from labo_fairseq.runtime.commandline import ArgumentParser
 from labo_fairseq.runtime.errors import ToolError
 from labo_fairseq.runtime.files import write_json
 from labo_fairseq.runtime.processes import cuda_visible, run_tool
 from labo_fairseq.study.protocol import absolute, check_methods, dataset_config, names, run_dir
-from labo_fairseq.runtime.commandline import ArgumentParser
 
-REPO = Path(__file__).resolve().parents[2]
+PACKAGE_PARENT = Path(__file__).resolve().parents[2]  # holds this labo_fairseq: a checkout or site-packages
 DATA = "multi30k.de-en"
 DEFAULT_DATASET = "multi30k_de_en_iwslt"
 # Expected seconds of each step for --dry-run, with where each figure comes from. A GPU node's
@@ -103,7 +103,7 @@ class Allocation:
         self.gpu = (not a.tiny) and (a.dry_run or cuda_visible(probe_torch=False))
         self.record: Dict = {"command": shlex.join(["labo-fairseq", "gpu-allocation", *a.argv]),
                              "minutes": a.minutes, "tiny": a.tiny, "steps": []}
-        self.env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
+        self.env = {**os.environ, "PYTHONPATH": str(PACKAGE_PARENT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
 
     def left(self) -> float:
         return self.deadline - time.monotonic()
@@ -152,7 +152,7 @@ class Allocation:
         if not self.a.bundle:
             raise AllocationError("fairseq does not import here and no --bundle was given: build one with "
                                   "scripts/install.sh --bundle DIR (docs/gpu.md) and carry it in")
-        script = REPO / "scripts" / "install.sh"
+        script = PACKAGE_PARENT / "scripts" / "install.sh"  # installing from a bundle is a checkout's job
         if not script.is_file():
             raise AllocationError(f"{script} not found: run gpu-allocation from the carried repository")
         self.step("install", ["bash", str(script), "--from-bundle", str(absolute(self.a.bundle)), "--no-venv",
@@ -310,7 +310,3 @@ def main(argv=None, prog="labo-fairseq gpu-allocation") -> int:
     except (AllocationError, ToolError) as err:
         print(f"{prog}: error: {err}", file=sys.stderr)
         return 1
-
-
-if __name__ == "__main__":
-    sys.exit(main())

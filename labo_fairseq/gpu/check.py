@@ -2,9 +2,9 @@
 a whole fairseq training step in fp16/bf16, and decoding. Prints a markdown report and writes one
 JSON to ``results/gpu/`` (under the working directory, or ``--out``).
 
-  python -m labo_fairseq.gpu.check [--data-bin data-bin/multi30k.de-en]   # on a GPU
-  python -m labo_fairseq.gpu.check --tiny                                  # CPU smoke run, ~2-3 min
-  python -m labo_fairseq.gpu.check --dry-run                               # the fairseq commands
+  labo-fairseq gpu-check [--data-bin data-bin/multi30k.de-en]   # on a GPU
+  labo-fairseq gpu-check --tiny                                  # CPU smoke run, ~2-3 min
+  labo-fairseq gpu-check --dry-run                               # the fairseq commands
 
 Parts (docs/gpu.md says what each figure means):
 1. correctness: :mod:`labo_fairseq.gpu.device_checks` with pytest (``-m gpu`` on CUDA, the CPU parameters otherwise);
@@ -33,14 +33,15 @@ import time
 from pathlib import Path
 from typing import Dict, List, Optional
 
+from labo_fairseq.gpu.report import report, report_safe  # noqa: F401  (report: the tests format a result)
+from labo_fairseq.runtime.commandline import ArgumentParser
 from labo_fairseq.runtime.errors import ToolError
 from labo_fairseq.runtime.files import overwrite_refusal, write_json
-from labo_fairseq.study.fairseq_tools import fairseq_command, split_size
 from labo_fairseq.runtime.processes import run_tool as io_run_tool
+from labo_fairseq.study.fairseq_tools import fairseq_command, split_size
 from labo_fairseq.study.protocol import tiny_model
-from labo_fairseq.runtime.commandline import ArgumentParser
 
-REPO = Path(__file__).resolve().parents[2]
+PACKAGE_PARENT = Path(__file__).resolve().parents[2]  # holds this labo_fairseq: a checkout or site-packages
 USER_DIR = Path(__file__).resolve().parents[1]
 GPU_TESTS = Path(__file__).resolve().parent / "device_checks.py"  # shipped in the package
 PEAK_FLAG = "--_fairseq-train-with-peak"  # internal: run fairseq-train under the peak-memory hook
@@ -70,7 +71,7 @@ def run_tool(argv: List[str], log: Path, env: Optional[Dict[str, str]] = None, c
     """:func:`labo_fairseq.runtime.processes.run_tool` into ``log``, with the checkout's package first on the path
     (the tests and the user dir are this one); :class:`CheckError` on failure."""
     full_env = dict(os.environ, **(env or {}))
-    full_env["PYTHONPATH"] = os.pathsep.join([str(REPO)] + [p for p in [os.environ.get("PYTHONPATH")] if p])
+    full_env["PYTHONPATH"] = os.pathsep.join([str(PACKAGE_PARENT)] + [p for p in [os.environ.get("PYTHONPATH")] if p])
     try:
         return io_run_tool(argv, cwd=cwd, log=log, env=full_env, check=check)
     except ToolError as err:
@@ -106,7 +107,7 @@ def train_with_peak(peak_json: str, args: List[str]) -> None:
     atexit.register(dump)
     from fairseq_cli.train import cli_main
 
-    from labo_fairseq import register
+    from labo_fairseq.plugin import register
 
     register()  # this package was imported before fairseq, so --user-dir would not register it
 
@@ -262,7 +263,7 @@ def run_training(plan: Plan, run: Dict) -> Dict:
     peak = plan.work / "train" / f"{run['name']}.peak.json"
     log = plan.work / "logs" / f"train-{run['name']}.log"
     t0 = time.time()
-    run_tool([sys.executable, "-m", "labo_fairseq.gpu.check", PEAK_FLAG, str(peak), "--", *run["args"]], log)
+    run_tool([sys.executable, "-m", "labo_fairseq", "gpu-check", PEAK_FLAG, str(peak), "--", *run["args"]], log)
     records = train_log(log.read_text(encoding="utf-8"))
     if not records:
         raise CheckError(f"fairseq-train logged no train_inner records (log: {log})")
@@ -318,50 +319,6 @@ def part_decoding(plan: Plan) -> Dict:
             "command": shlex.join(["fairseq-generate", *args])}
 
 
-# ------------------------------------------------------------------------------------ report
-
-def report(res: Dict) -> str:
-    e = res["environment"]
-    lines = [f"# labo-fairseq gpu_check ({res['kind']})", ""]
-    if res["kind"] != "gpu":
-        lines += ["**CPU smoke run: scaled down, fp32; these are not GPU figures.**", ""]
-    lines += [f"- device: {e['device']} | driver {e['driver']} | torch {e['torch']} | CUDA {e['cuda']} | "
-              f"fairseq {e['fairseq']} | Python {e['python']}",
-              f"- commit {e['commit']}{' (dirty)' if e['dirty'] else ''} | {res['seconds']:.0f} s | `{res['command']}`", ""]
-    c = res.get("correctness")
-    if c:
-        lines += ["## Correctness", f"{c['passed']} passed, {c['failed']} failed, {c['skipped']} skipped "
-                  f"of {c['collected']} ({c['selection']})"] + [f"- FAILED {f}" for f in c["failures"]] + [""]
-    b = res.get("bench")
-    if b:
-        from labo_fairseq.bench.criteria import markdown
-        lines += [f"## Criterion speed and memory ({b['device']}; {b['timing']})", markdown(b["rows"]), "",
-                  f"LABO: at most {b['labo_time_vs_ls_max']:.2f}x LS time (target <= {b['targets']['labo_time_vs_ls']}x), "
-                  f"{b['labo_extra_buffers_vs_ls_max']:+.2f} (tokens x V) buffers over LS (target <= +1)", ""]
-    t = res.get("training")
-    if t:
-        mem = "peak GPU MiB" if res["kind"] == "gpu" else "max RSS MiB"
-        lines += ["## Training (fairseq-train)", f"| run | updates | words/s (median) | {mem} | final loss | finite |",
-                  "|---|---|---|---|---|---|"]
-        for r in t["runs"].values():
-            m = r["peak_gpu_mib"] if res["kind"] == "gpu" else r["max_rss_mib"]
-            m = "n/a" if m is None else f"{m:.0f}"
-            lines.append(f"| {r['name']} | {r['updates']} | {r['wps_median']:.0f} | {m} | {r['final_loss']:.3f} | "
-                         f"{r['finite_loss']} |")
-        for p in ("fp16", "bf16", "fp32"):
-            if p in t:
-                lines.append(f"- {p}: LABO / LS words/s {t[p]['wps_ratio_labo_over_ls']:.3f}, "
-                             f"peak memory {t[p]['peak_memory_ratio_labo_over_ls'] or float('nan'):.3f}")
-        if "memory_efficient_fp16" in t:
-            lines.append(f"- --memory-efficient-fp16 LABO finite loss: {t['memory_efficient_fp16']['labo_finite_loss']}")
-        lines.append("")
-    d = res.get("decoding")
-    if d:
-        lines += ["## Decoding", f"{d['hypotheses']} / {d['test_sentences']} test sentences translated "
-                  f"(beam 5): {'all' if d['all_translated'] else 'NOT all'}", ""]
-    return "\n".join(lines)
-
-
 # ------------------------------------------------------------------------------------ command
 
 def parse(argv, prog):
@@ -392,7 +349,7 @@ def parse(argv, prog):
     return a
 
 
-def main(argv=None, prog="python -m labo_fairseq.gpu.check") -> int:
+def main(argv=None, prog="labo-fairseq gpu-check") -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == [PEAK_FLAG]:
         if len(argv) < 3 or argv[2] != "--":
@@ -413,7 +370,7 @@ def main(argv=None, prog="python -m labo_fairseq.gpu.check") -> int:
         return 2
     if a.dry_run:
         print(f"# {kind} check; training runs under the peak-memory hook: "
-              f"{sys.executable} -m labo_fairseq.gpu.check {PEAK_FLAG} PEAK.json -- ARGS")
+              f"{sys.executable} -m labo_fairseq gpu-check {PEAK_FLAG} PEAK.json -- ARGS")
         if "correctness" in a.parts:
             print(shlex.join(plan.pytest_args(a.work / "correctness.xml")))
         if "training" in a.parts:
@@ -466,17 +423,3 @@ def main(argv=None, prog="python -m labo_fairseq.gpu.check") -> int:
     print(report_safe(res))
     print(f"\nwrote {dest}")
     return status or (0 if ok else 1)
-
-
-def report_safe(res: Dict) -> str:
-    """The markdown report, leaving out parts that failed (their error is in the JSON)."""
-    shown = {k: v for k, v in res.items() if not (isinstance(v, dict) and "error" in v)}
-    text = report(shown)
-    for k, v in res.items():
-        if isinstance(v, dict) and "error" in v:
-            text += f"\n## {k}: FAILED\n{v['error'][:2000]}\n"
-    return text
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -1,7 +1,8 @@
 """Pure loss functions: tensors in, ``(loss, nll_loss)`` out. No fairseq import.
 
 Common convention (fairseq's): ``lprobs`` is ``(N, V)`` log-probabilities, ``target`` is ``(N,)``;
-positions whose target equals ``ignore_index`` contribute exactly 0 to value and gradient. ``reduce=True`` sums over tokens and returns scalars; ``reduce=False``
+positions whose target equals ``ignore_index`` contribute exactly 0 to value and gradient.
+``reduce=True`` sums over tokens and returns scalars; ``reduce=False``
 returns per-token ``(N,)`` tensors. ``nll_loss`` is always the plain ``-log p_y``, so perplexity
 means the same thing under every criterion. Internals run in at least float32 (fp16/bf16 inputs are
 promoted); the results have the input dtype.

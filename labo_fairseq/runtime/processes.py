@@ -13,7 +13,6 @@ from typing import Callable, Dict, Iterable, List, Optional, Sequence, Tuple, Un
 
 from labo_fairseq.runtime.errors import ToolError
 
-
 Echo = Union[bool, Callable[[str], Optional[str]]]
 
 

@@ -29,17 +29,26 @@ import time
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
-from labo_fairseq.scoring import bleu as B
-from labo_fairseq.runtime.commandline import report_errors, split_extra
+from labo_fairseq.runtime.commandline import ArgumentParser, report_errors, split_extra
 from labo_fairseq.runtime.errors import ToolError
 from labo_fairseq.runtime.files import atomic_open, check_checkpoint, read_json, read_lines, relative, write_json, write_lines
 from labo_fairseq.runtime.processes import cuda_visible
+from labo_fairseq.scoring import bleu as B
 from labo_fairseq.study.fairseq_tools import generate_command, parse_generate, run_generate, split_size, validation_curve
 from labo_fairseq.study.protocol import (
-    RUN_MARKER, Roots, absolute, add_root_arguments, add_run_arguments, dataset_config, directions, method_config,
-    raw_reference, result_path, run_dir, training_completed,
+    RUN_MARKER,
+    Roots,
+    absolute,
+    add_root_arguments,
+    add_run_arguments,
+    dataset_config,
+    directions,
+    method_config,
+    raw_reference,
+    result_path,
+    run_dir,
+    training_completed,
 )
-from labo_fairseq.runtime.commandline import ArgumentParser
 
 # The criterion hyper-parameters worth recording, by fairseq-train flag.
 HPARAM_FLAGS = ("--criterion", "--label-smoothing", "--labo-tau", "--labo-rho", "--labo-alpha",
@@ -77,7 +86,7 @@ def checkpoint_state(path: Path) -> Dict:
     """Updates, epoch, training wall time and validation metric stored in a fairseq checkpoint."""
     import torch
 
-    from labo_fairseq import register
+    from labo_fairseq.plugin import register
 
     register()  # checkpoint allow-list (and criteria)
 
@@ -274,7 +283,8 @@ def evaluate(a) -> int:
         "validation": next((v for v in curve if v.get("updates") == chosen["updates"]), None),
         "validation_curve": curve,
         "checkpoint": {"path": relative(ck, roots.root), **chosen},
-        "train": {"run_dir": relative(rd, roots.root), "stopping": run.get("stopping"), "command": run["command"], "commit": run.get("commit"), "dirty": run.get("dirty"),
+        "train": {"run_dir": relative(rd, roots.root), "stopping": run.get("stopping"), "command": run["command"],
+                  "commit": run.get("commit"), "dirty": run.get("dirty"),
                   "hardware": run.get("hardware"), "gpus": run.get("gpus"), "procs": run.get("procs"),
                   "nodes": run.get("nodes"), "sessions": len(run.get("sessions", [])) or 1,
                   "last_checkpoint": last_state},
@@ -312,7 +322,3 @@ def main(argv=None, prog="labo-fairseq evaluate") -> int:
     if a.tau is not None and a.method != "labo":
         ap.error("--tau applies to the labo method only")
     return report_errors("evaluate", lambda: evaluate(a), EvalError, ValueError)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

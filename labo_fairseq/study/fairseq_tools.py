@@ -14,7 +14,6 @@ from labo_fairseq.runtime.errors import ToolError
 from labo_fairseq.runtime.files import read_lines
 from labo_fairseq.runtime.processes import run_tool
 
-
 USER_DIR = Path(__file__).resolve().parents[1]  # the labo_fairseq package: fairseq's --user-dir
 
 
@@ -104,9 +103,9 @@ def run_generate(cmd: Sequence[str], what: str = "fairseq-generate", cwd: Option
     from fairseq import options
     from fairseq_cli import generate as fairseq_generate
 
-    import labo_fairseq
+    from labo_fairseq.plugin import register
 
-    labo_fairseq.register()
+    register()
     out, err = pyio.StringIO(), pyio.StringIO()
     root = logging.getLogger()
     level, handlers = root.level, list(root.handlers)
@@ -121,7 +120,7 @@ def run_generate(cmd: Sequence[str], what: str = "fairseq-generate", cwd: Option
             fairseq_generate.main(options.parse_args_and_arch(parser, input_args=cmd[len(prefix):]))
     except SystemExit as stop:  # argparse's errors
         rc = stop.code if isinstance(stop.code, int) else 1
-    except Exception:  # noqa: BLE001 (reported with the command's output, as a child's failure is)
+    except Exception:  # (reported with the command's output, as a child's failure is)
         err.write(traceback.format_exc())
         rc = 1
     finally:

@@ -18,14 +18,13 @@ import argparse
 import datetime
 import sys
 import time
+from dataclasses import asdict
 from pathlib import Path
 from typing import List
 
-from dataclasses import asdict
-
-from labo_fairseq.runtime.errors import UsageError
-from labo_fairseq.runtime.commandline import ArgumentParser
 from labo_fairseq.hf.trainer import CRITERIA, LossConfig
+from labo_fairseq.runtime.commandline import ArgumentParser
+from labo_fairseq.runtime.errors import UsageError
 from labo_fairseq.runtime.files import overwrite_refusal, read_lines, write_json, write_lines
 from labo_fairseq.study.protocol import Roots, absolute, add_root_arguments, result_path, run_dir
 
@@ -100,13 +99,12 @@ def main(argv=None, prog="labo-fairseq hf-train") -> int:
 
 def run(a, loss: LossConfig, model_dir: Path, data, roots: Roots, out: Path, tau) -> int:
     import torch
-    from transformers import AutoConfig, AutoModelForSeq2SeqLM, AutoTokenizer, DataCollatorForSeq2Seq
-    from transformers import Seq2SeqTrainingArguments
+    from transformers import AutoConfig, AutoModelForSeq2SeqLM, AutoTokenizer, DataCollatorForSeq2Seq, Seq2SeqTrainingArguments
 
-    from labo_fairseq.scoring import bleu as B
-    from labo_fairseq.scoring import stats as S
     from labo_fairseq.hf.trainer import LossTrainer
     from labo_fairseq.runtime.provenance import git_state, hardware
+    from labo_fairseq.scoring import bleu as B
+    from labo_fairseq.scoring import stats as S
 
     if not getattr(AutoConfig.from_pretrained(model_dir), "is_encoder_decoder", False):
         raise UsageError(f"{model_dir} is not an encoder-decoder model")
@@ -168,7 +166,3 @@ def run(a, loss: LossConfig, model_dir: Path, data, roots: Roots, out: Path, tau
     print(f"hf-train: {a.name} {a.criterion} seed {a.seed}: sacreBLEU {sacre['bleu']:.2f}, chrF {ch['chrf']:.2f}; "
           f"wrote {out}", file=sys.stderr)
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -8,7 +8,8 @@ never filled in; a metric a result lacks (older results have no chrF; no sacreBL
 original references) shows "–". The metric's sacrebleu signatures are printed under each table.
 Results of runs whose training had not completed are marked ‡. ``--significance`` adds, for the
 tables outside the paper's, LS − CE and LABO − LS with the seed-aware paired bootstrap of
-:mod:`labo_fairseq.scoring.stats` where both methods have the same seeds. LABO gets one row per τ found (the paper explores τ ∈ {1.15, 1.25} and reports one
+:mod:`labo_fairseq.scoring.stats` where both methods have the same seeds. LABO gets one row per τ found
+(the paper explores τ ∈ {1.15, 1.25} and reports one
 LABO number per column, shown beside each). Runs trained with extra fairseq flags (``-- ...`` in
 the train or evaluate command, i.e. not the paper's protocol) are marked †, and the flags are listed. Datasets
 outside the two tables (e.g. the quickstart's) get a table of their own, without paper numbers.
@@ -20,10 +21,10 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
-from labo_fairseq.scoring import stats as S
-from labo_fairseq.runtime.files import overwrite_refusal, read_json
-from labo_fairseq.study.protocol import absolute, result_sentence_stats, test_set_name
 from labo_fairseq.runtime.commandline import ArgumentParser
+from labo_fairseq.runtime.files import overwrite_refusal, read_json
+from labo_fairseq.scoring import stats as S
+from labo_fairseq.study.protocol import absolute, result_sentence_stats, test_set_name
 
 # The paper's numbers (Lu et al., Table 1 and Table 2), the only copy in the package:
 # BLEU, beam 5, mean ± std over seeds (Table 2 gives means only).
@@ -336,7 +337,3 @@ def main(argv=None, prog="labo-fairseq tables") -> int:
     if a.out:
         a.out.write_text(text, encoding="utf-8")
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

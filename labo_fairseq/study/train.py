@@ -20,15 +20,25 @@ from pathlib import Path
 from typing import List, Optional, Tuple
 
 from labo_fairseq.losses.hparams import HP, check_flags
-from labo_fairseq.runtime.commandline import split_extra
+from labo_fairseq.runtime.commandline import ArgumentParser, split_extra
 from labo_fairseq.runtime.files import write_json
 from labo_fairseq.runtime.processes import run_logged
 from labo_fairseq.study.fairseq_tools import USER_DIR, fairseq_command, validation_curve
 from labo_fairseq.study.protocol import (
-    RUN_MARKER, Roots, add_root_arguments, add_run_arguments, common_config, dataset_config, flags, is_labo,
-    labo_warmup_updates, method_config, plateau, run_dir, training_completed,
+    RUN_MARKER,
+    Roots,
+    add_root_arguments,
+    add_run_arguments,
+    common_config,
+    dataset_config,
+    flags,
+    is_labo,
+    labo_warmup_updates,
+    method_config,
+    plateau,
+    run_dir,
+    training_completed,
 )
-from labo_fairseq.runtime.commandline import ArgumentParser
 
 
 @dataclass
@@ -84,7 +94,8 @@ def train_command(dataset: str, method: str, seed: int, tau: Optional[float] = N
         args["--labo-tau"] = tau
     if student is not None:
         args.update(student.args)
-    out = run_dir(runs_root, dataset, method, seed, tau) if student is None else run_dir(runs_root, dataset, student.tag, seed, None)
+    tag, tag_tau = (method, tau) if student is None else (student.tag, None)
+    out = run_dir(runs_root, dataset, tag, seed, tag_tau)
     data = ds["data"] if student is None else student.data
     argv = ["fairseq-train", str(Path(data_root) / data), "--user-dir", str(USER_DIR),
             "--task", ds.get("task", "translation")]
@@ -301,7 +312,3 @@ def main(argv=None, prog="labo-fairseq train") -> int:
     a = t.parse_args(own)
     a.fairseq_args = extra
     return cmd_train(a)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

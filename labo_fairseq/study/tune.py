@@ -22,15 +22,24 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
+from labo_fairseq.runtime.commandline import ArgumentParser
 from labo_fairseq.runtime.errors import ToolError
 from labo_fairseq.runtime.files import read_json, write_json
 from labo_fairseq.runtime.processes import run_queue, run_tool
 from labo_fairseq.study.fairseq_tools import validation_curve
 from labo_fairseq.study.protocol import (
-    CONFIGS, RUN_MARKER, Roots, absolute, dataset_config, flag_value, flags, plateau, read_config, run_dir,
+    CONFIGS,
+    RUN_MARKER,
+    Roots,
+    absolute,
+    dataset_config,
+    flag_value,
+    flags,
+    plateau,
+    read_config,
+    run_dir,
     training_completed,
 )
-from labo_fairseq.runtime.commandline import ArgumentParser
 
 NOT_FINISHED = 3
 

@@ -7,8 +7,8 @@ import re
 import pytest
 
 from labo_fairseq.gpu import allocation as G
-from tests.helpers import MULTI30K, MULTI30K_SMALL, cli, write
 from tests.gpu.test_check import check_cpu_smoke, check_not_overwritten
+from tests.helpers import MULTI30K, MULTI30K_SMALL, cli, write
 
 
 def test_epochs_that_fit_is_capped_by_the_config_and_never_negative():

@@ -17,7 +17,7 @@ from tests.helpers import REPO
 
 def run_check(*args, cwd):
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]))
-    return subprocess.run([sys.executable, "-m", "labo_fairseq.gpu.check", *map(str, args)], cwd=cwd,
+    return subprocess.run([sys.executable, "-m", "labo_fairseq", "gpu-check", *map(str, args)], cwd=cwd,
                           capture_output=True, text=True, env=env, timeout=1200)
 
 
@@ -176,8 +176,9 @@ def check_not_overwritten(dest: Path, data_bin: Path, cwd: Path, *out: str) -> N
 
 def test_gpu_report_shows_every_figure():
     """The GPU report's formatting, on a result shaped as a GPU run makes it (numbers made up)."""
-    run = lambda name, wps, mem: {"name": name, "updates": 300, "wps_median": wps, "peak_gpu_mib": mem,
-                                  "max_rss_mib": 1.0, "final_loss": 9.5, "finite_loss": True}
+    def run(name, wps, mem):
+        return {"name": name, "updates": 300, "wps_median": wps, "peak_gpu_mib": mem, "max_rss_mib": 1.0,
+                "final_loss": 9.5, "finite_loss": True}
     res = {"kind": "gpu", "command": "python -m labo_fairseq.gpu.check", "seconds": 1.0,
            "environment": {"device": "GPU X", "driver": "1", "torch": "t", "cuda": "c", "fairseq": "f",
                            "python": "p", "commit": "abc", "dirty": False},

@@ -21,7 +21,7 @@ import pytest
 import torch
 
 transformers = pytest.importorskip("transformers", reason="transformers is not installed (pip install '.[hf]')")
-from labo_fairseq.hf import trainer as hf  # after the skip: hf's LossTrainer needs transformers
+from labo_fairseq.hf import trainer as hf  # noqa: E402  (after the skip: LossTrainer needs transformers)
 
 V, SRC_LEN, MAX_STEPS, EVERY = 40, 6, 6, 2
 TIED_ALIASES = {"model.encoder.embed_tokens.weight", "model.decoder.embed_tokens.weight", "lm_head.weight"}

@@ -10,9 +10,9 @@ import pytest
 import torch
 
 pytest.importorskip("omegaconf")
-from omegaconf import OmegaConf  # noqa: E402
+from omegaconf import OmegaConf
 
-from labo_fairseq.plugin.checkpoints import allow_fairseq_checkpoints  # noqa: E402
+from labo_fairseq.plugin.checkpoints import allow_fairseq_checkpoints
 
 needs_allowlist = pytest.mark.skipif(
     not hasattr(torch.serialization, "add_safe_globals"), reason="torch < 2.4 has no weights_only allow-list"

@@ -22,8 +22,8 @@ from fairseq.dataclass.utils import convert_namespace_to_omegaconf  # noqa: E402
 from fairseq.logging import metrics  # noqa: E402
 
 from labo_fairseq import losses  # noqa: E402
-from tests.helpers import write_dictionaries  # noqa: E402
 from labo_fairseq.plugin.criteria import follow_trainer_updates  # noqa: E402
+from tests.helpers import write_dictionaries  # noqa: E402
 
 BSZ, TGT_LEN, NSYM = 3, 5, 9
 

@@ -4,12 +4,13 @@ path decodes left-padded batches, with the slow path's hypotheses and scores; ot
 import pytest
 
 pytest.importorskip("fairseq", reason="fairseq is not installed (scripts/install.sh)")
-import torch  # noqa: E402
+import torch
 
-from labo_fairseq import register  # noqa: E402
+from labo_fairseq import register
 
 register()  # applies the fixes
 from fairseq.modules.transformer_layer import TransformerEncoderLayerBase  # noqa: E402
+
 from labo_fairseq.plugin import fixes as fairseq_fixes  # noqa: E402
 
 HAS_FAST_PATH = fairseq_fixes._fast_path_omits_mask_type(TransformerEncoderLayerBase) or hasattr(

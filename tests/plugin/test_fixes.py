@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 pytest.importorskip("fairseq", reason="fairseq is not installed (scripts/install.sh)")
-from labo_fairseq import register  # noqa: E402
+from labo_fairseq import register
 
 register()  # criteria, fixes, checkpoint allow-list
 

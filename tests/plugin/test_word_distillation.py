@@ -17,9 +17,9 @@ from fairseq import checkpoint_utils, models  # noqa: E402
 from fairseq.data import Dictionary  # noqa: E402
 
 from labo_fairseq import losses  # noqa: E402
+from labo_fairseq.plugin.word_distillation import WordDistillationCriterion  # noqa: E402
 from labo_fairseq.study.protocol import tiny_model  # noqa: E402
 from tests.helpers import write_dictionaries  # noqa: E402
-from labo_fairseq.plugin.word_distillation import WordDistillationCriterion  # noqa: E402
 from tests.plugin.test_criteria import NSYM, FixedLogitModel, build, make_sample, reduce_logs  # noqa: E402,F401
 
 TINY_ARCH = tiny_model(8, heads=1)
@@ -32,8 +32,8 @@ def data_dir(tmp_path_factory):
 
 def save_teacher(data_dir, path, seed=0):
     """A randomly initialised tiny transformer saved as fairseq saves checkpoints (no training)."""
-    from fairseq.dataclass.utils import convert_namespace_to_omegaconf
     from fairseq import options, tasks
+    from fairseq.dataclass.utils import convert_namespace_to_omegaconf
 
     parser = options.get_training_parser()
     args = options.parse_args_and_arch(parser, [str(data_dir), "--task", "translation", "-s", "de", "-t", "en",

@@ -9,8 +9,8 @@ import sys
 
 import pytest
 
-from tests.helpers import IWSLT, REPO, SHARED
 from labo_fairseq.scoring import bleu as B
+from tests.helpers import IWSLT, REPO, SHARED
 
 
 def test_compound_split_is_non_overlapping_left_to_right():
@@ -24,9 +24,9 @@ def test_compound_split_is_non_overlapping_left_to_right():
 def test_compound_split_equals_fairseqs_perl_on_newstest2014():
     if not (SHARED / "wmt14.en-de").is_dir():
         pytest.skip(f"real data not found at {SHARED}")
-    from labo_fairseq.study.prepare.wmt14 import newstest2014
     from labo_fairseq.study.prepare.sources import Sources
     from labo_fairseq.study.prepare.text import MosesTokenizer
+    from labo_fairseq.study.prepare.wmt14 import newstest2014
 
     tok = MosesTokenizer("de", aggressive_dash_splits=True)
     lines = [tok(s) for s in newstest2014(Sources([SHARED / "wmt14.en-de"], offline=True), "de")]

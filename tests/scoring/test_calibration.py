@@ -7,7 +7,10 @@ import pytest
 import torch
 
 from labo_fairseq.scoring.calibration import (
-    TemperatureScan, bin_index, expected_calibration_error, reliability,
+    TemperatureScan,
+    bin_index,
+    expected_calibration_error,
+    reliability,
 )
 
 

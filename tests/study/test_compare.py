@@ -11,8 +11,8 @@ import time
 
 import pytest
 
-from labo_fairseq.study import compare
 from labo_fairseq.runtime.errors import ToolError
+from labo_fairseq.study import compare
 from tests.helpers import MULTI30K_SMALL, cli
 
 
@@ -30,6 +30,7 @@ def test_compare_tiny_stops_resumes_and_reports(multi30k_small, tmp_path):
     # Stopped (SIGTERM, as a scheduler preempts) once the first run has a checkpoint: resuming is tested.
     import os
     import subprocess
+
     from tests.helpers import REPO
     first = subprocess.Popen([sys.executable, "-m", "labo_fairseq", *map(str, args), "--budget-minutes", "60"],
                              cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,

@@ -14,7 +14,7 @@ import pytest
 
 pytest.importorskip("fairseq", reason="fairseq is not installed (scripts/install.sh)")
 
-from tests.helpers import IWSLT, REPO, TINY, fairseq, train_log  # noqa: F401
+from tests.helpers import IWSLT, REPO, TINY, fairseq, train_log
 
 pytestmark = [
     pytest.mark.slow,

@@ -1,17 +1,18 @@
 """The reproduction pipeline on real text: train -> evaluate -> tables run from a directory outside
 the checkout (everything lands under it), two seeds, resume, refusal to overwrite, 2 CPU ranks
-through the checkout's scripts/train.sh, and the IWSLT'17 multilingual evaluation (sacrebleu
+through `labo-fairseq train`, and the IWSLT'17 multilingual evaluation (sacrebleu
 against the raw references)."""
 
 import json
 import statistics
 import subprocess
+import sys
 
 import pytest
 
+from labo_fairseq.scoring import bleu as B
 from labo_fairseq.study.protocol import tiny_model
 from tests.helpers import REPO, cli
-from labo_fairseq.scoring import bleu as B
 
 pytest.importorskip("fairseq", reason="fairseq is not installed (scripts/install.sh)")
 pytestmark = pytest.mark.slow
@@ -23,8 +24,10 @@ TINY = ["--arch", "transformer", "--share-all-embeddings", *MODEL,
 
 
 def script(name, *args):
-    return subprocess.run(["bash", str(REPO / "scripts" / f"{name}.sh"), *map(str, args)], cwd=REPO,
-                          capture_output=True, text=True, timeout=900)
+    """The quickstart script, or the ``labo-fairseq`` subcommand NAME, run from the checkout."""
+    cmd = ["bash", str(REPO / "scripts" / "quickstart.sh")] if name == "quickstart" else \
+        [sys.executable, "-m", "labo_fairseq", name]
+    return subprocess.run([*cmd, *map(str, args)], cwd=REPO, capture_output=True, text=True, timeout=900)
 
 
 def ok(proc):

@@ -7,9 +7,8 @@ import statistics
 import subprocess
 import sys
 
-
-from tests.helpers import REPO
 from labo_fairseq.study import tables as T
+from tests.helpers import REPO
 
 SIG = "nrefs:1|case:mixed|eff:no|tok:none|smooth:exp|version:2.6.0"
 
@@ -124,7 +123,7 @@ def test_command_reads_a_results_tree_and_never_overwrites_its_output(tmp_path):
     (tmp_path / "results" / "notes.json").write_text("[]")  # not a result: ignored
 
     def run(*args):
-        return subprocess.run([sys.executable, "-m", "labo_fairseq.study.tables", "--results", tmp_path / "results", *args],
+        return subprocess.run([sys.executable, "-m", "labo_fairseq", "tables", "--results", tmp_path / "results", *args],
                               cwd=REPO, capture_output=True, text=True)
     out = tmp_path / "tables.md"
     proc = run("--out", out)
@@ -132,6 +131,6 @@ def test_command_reads_a_results_tree_and_never_overwrites_its_output(tmp_path):
     assert "34.20 ± 0.14 (n=2)" in proc.stdout and out.read_text() == proc.stdout
     again = run("--out", out)
     assert again.returncode == 2 and "exists; --force" in again.stderr
-    missing = subprocess.run([sys.executable, "-m", "labo_fairseq.study.tables", "--results", tmp_path / "nope"],
+    missing = subprocess.run([sys.executable, "-m", "labo_fairseq", "tables", "--results", tmp_path / "nope"],
                              cwd=REPO, capture_output=True, text=True)
     assert missing.returncode == 2 and "no such directory" in missing.stderr

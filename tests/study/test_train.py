@@ -12,7 +12,7 @@ from tests.helpers import REPO
 
 pytest.importorskip("fairseq", reason="fairseq is not installed (scripts/install.sh)")
 
-from labo_fairseq import register  # noqa: E402
+from labo_fairseq import register
 
 register()  # criteria, fixes, checkpoint allow-list
 from fairseq import options  # noqa: E402
@@ -76,7 +76,8 @@ def test_config_parses_with_fairseq_and_builds_its_criterion(dataset, method, ta
         assert criterion.tau == (tau or 1.15)
         expected = {"multi30k_de_en": 200, "multi30k_de_en_iwslt": 120, "multi30k_de_en_small": 570}
         assert criterion.warmup_updates == expected.get(dataset, 10000 if dataset.startswith("wmt") else 5000)
-    if getattr(args, "eval_bleu", False):  # the validation BLEU that chooses the checkpoint is the test BLEU: on the prepared tokens
+    # the validation BLEU that chooses the checkpoint is the test BLEU: on the prepared tokens
+    if getattr(args, "eval_bleu", False):
         assert args.eval_tokenized_bleu and args.eval_bleu_detok == "space" and args.eval_bleu_remove_bpe
     if dataset.startswith(("iwslt14", "wmt")) or dataset in ("multi30k_de_en_iwslt", "multi30k_de_en_small"):
         assert args.eval_bleu and args.best_checkpoint_metric == "bleu"

@@ -1,7 +1,7 @@
 """Figure 2: histogram of the probability of the token chosen at each step of the final beam-search
 hypothesis (every step, EOS included), per frequency split and per system.
 
-  python -m labo_fairseq.study.analysis.beam_probs data-bin/iwslt14.de-en --system LS=ckpt_ls.pt \\
+  labo-fairseq analyze beam-probs data-bin/iwslt14.de-en --system LS=ckpt_ls.pt \\
       --system LABO=ckpt_labo.pt --splits analysis/freq/freq_splits.json --out analysis/beam
 
 The probabilities are fairseq-generate's positional scores (log2) of the final hypotheses,
@@ -15,8 +15,8 @@ import sys
 from pathlib import Path
 from typing import Dict, List, Sequence
 
-from labo_fairseq.study.analysis import plots
 from labo_fairseq.runtime.commandline import ArgumentParser
+from labo_fairseq.study.analysis import plots
 
 
 def summary(values: Sequence[float], bins: int = 20) -> Dict:
@@ -49,10 +49,10 @@ def main(argv=None, prog="labo-fairseq analyze beam-probs") -> int:
     ap.add_argument("--out", type=Path, required=True, help="output directory (beam_probs.json, beam_probs.png)")
     ap.add_argument("--force", action="store_true")
     args = ap.parse_args(argv)
-    from labo_fairseq.study.analysis.loading import generate
     from labo_fairseq.runtime.commandline import require_inputs
     from labo_fairseq.runtime.files import write_json
     from labo_fairseq.runtime.provenance import record
+    from labo_fairseq.study.analysis.loading import generate
 
     out_json = args.out / "beam_probs.json"
     require_inputs(ap, dirs=[args.data_bin], files=[args.splits], output=out_json, force=args.force)
@@ -92,7 +92,3 @@ def main(argv=None, prog="labo-fairseq analyze beam-probs") -> int:
                       f"mode bin {st['mode_bin'][0]:.2f}-{st['mode_bin'][1]:.2f}")
     print(f"wrote {out_json}")
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

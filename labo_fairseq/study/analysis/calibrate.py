@@ -4,7 +4,7 @@ Writes to --out: calibration.json, reliability.png (T = 1), reliability_scaled.p
 temperature), temperature.png (validation NLL and ECE against T) and, with --bleu-temperatures,
 bleu_temperature.png (BLEU of beam search against the decoding temperature).
 
-  python -m labo_fairseq.study.analysis.calibrate data-bin/iwslt14.de-en --path checkpoints/labo/checkpoint_best.pt \\
+  labo-fairseq analyze calibrate data-bin/iwslt14.de-en --path checkpoints/labo/checkpoint_best.pt \\
       --subset valid --out analysis/labo --bleu-temperatures 0.8 1.0 1.2 1.5
 """
 
@@ -13,9 +13,9 @@ import re
 import sys
 from pathlib import Path
 
-from labo_fairseq.study.analysis import plots
-from labo_fairseq.scoring.calibration import ece_from_reliability, scan_with_t1
 from labo_fairseq.runtime.commandline import ArgumentParser
+from labo_fairseq.scoring.calibration import ece_from_reliability, scan_with_t1
+from labo_fairseq.study.analysis import plots
 
 
 def bleu_of(gen) -> float:
@@ -49,10 +49,10 @@ def main(argv=None, prog="labo-fairseq analyze calibrate") -> int:
         ap.error("need --n-bins >= 1 and 0 < --t-min < --t-max, --t-step > 0")
     if any(t <= 0 for t in args.bleu_temperatures):
         ap.error("--bleu-temperatures must be positive")
-    from labo_fairseq.study.analysis.loading import collect, generate, load
     from labo_fairseq.runtime.commandline import require_inputs
     from labo_fairseq.runtime.files import write_json
     from labo_fairseq.runtime.provenance import record
+    from labo_fairseq.study.analysis.loading import collect, generate, load
 
     out_json = args.out / "calibration.json"
     require_inputs(ap, dirs=[args.data_bin], files=[args.path], output=out_json, force=args.force)
@@ -101,7 +101,3 @@ def main(argv=None, prog="labo-fairseq analyze calibrate") -> int:
           f"(min NLL) -> ECE {res['best_nll']['ece']:.4f}; min-ECE T={res['best_ece']['temperature']:.2f} "
           f"-> ECE {res['best_ece']['ece']:.4f}; {res['tokens']:,} tokens; wrote {out_json}")
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -6,7 +6,7 @@ parts: ``--split-size N`` takes N sentences per part from the top (the last part
 paper uses 3 parts of 2,400 for IWSLT'14 de-en), otherwise ``--parts K`` equal parts. Use the same
 tokenization (e.g. BPE'd text) for --train-src and --src.
 
-  python -m labo_fairseq.study.analysis.freq_splits --train-src data/iwslt14.de-en/train.de \\
+  labo-fairseq analyze freq-splits --train-src data/iwslt14.de-en/train.de \\
       --src data/iwslt14.de-en/test.de --ref ref.en --system LS=ls.hyp --system LABO=labo.hyp \\
       --tokenize none --split-size 2400 --out analysis/freq
 
@@ -15,18 +15,17 @@ H- lines, BPE removed, are used, ordered by sentence id; --ref may then be omitt
 """
 
 import argparse
-import sys
 from pathlib import Path
 from typing import Dict, List, Tuple
 
 import sacrebleu
 
-from labo_fairseq.scoring.frequency import frequency_scores, make_splits, split_names
-from labo_fairseq.runtime.commandline import require_inputs
+from labo_fairseq.runtime.commandline import ArgumentParser, require_inputs
 from labo_fairseq.runtime.files import write_json
-from labo_fairseq.study.fairseq_tools import parse_generate
 from labo_fairseq.runtime.provenance import record
-from labo_fairseq.runtime.commandline import ArgumentParser
+from labo_fairseq.scoring.frequency import frequency_scores, make_splits, split_names
+from labo_fairseq.study.fairseq_tools import parse_generate
+
 
 def read_system(path: Path) -> Tuple[List[str], List[str]]:
     """(hypotheses, references-or-empty) from a plain file or a fairseq-generate output."""
@@ -104,7 +103,3 @@ def main(argv=None, prog="labo-fairseq analyze freq-splits") -> int:
         print(f"| Δ {k} − {base} | " + " | ".join(f"{d:+.2f}" for d in row) + " |")
     print(f"wrote {out_json}")
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

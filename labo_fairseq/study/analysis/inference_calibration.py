@@ -24,10 +24,10 @@ from collections import Counter
 from pathlib import Path
 from typing import Dict, List
 
-from labo_fairseq.scoring import ter
-from labo_fairseq.study.analysis import plots
-from labo_fairseq.scoring.calibration import TemperatureScan, ece_from_reliability, reliability, scan_with_t1
 from labo_fairseq.runtime.commandline import ArgumentParser
+from labo_fairseq.scoring import ter
+from labo_fairseq.scoring.calibration import TemperatureScan, ece_from_reliability, reliability, scan_with_t1
+from labo_fairseq.study.analysis import plots
 
 
 def token_labels(gen) -> Dict[str, List]:
@@ -123,10 +123,10 @@ def main(argv=None, prog="labo-fairseq analyze inference-calibration") -> int:
     args = ap.parse_args(argv)
     if args.n_bins < 1 or not (0 < args.t_min < args.t_max) or args.t_step <= 0 or args.beam < 1:
         ap.error("need --n-bins >= 1, --beam >= 1, 0 < --t-min < --t-max and --t-step > 0")
-    from labo_fairseq.study.analysis.loading import collect, generate, load
     from labo_fairseq.runtime.commandline import require_inputs
     from labo_fairseq.runtime.files import write_json
     from labo_fairseq.runtime.provenance import record
+    from labo_fairseq.study.analysis.loading import collect, generate, load
 
     out_json = args.out / "inference_calibration.json"
     require_inputs(ap, dirs=[args.data_bin], files=[args.path, args.train_tgt], output=out_json, force=args.force)
@@ -186,7 +186,3 @@ def main(argv=None, prog="labo-fairseq analyze inference-calibration") -> int:
               f"confidence {inf['confidence']:.3f}); by frequency: {freq}")
     print(f"wrote {out_json}")
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -8,7 +8,7 @@ from typing import Iterator, List, Optional, Sequence, Tuple
 
 import torch
 
-from labo_fairseq import register
+from labo_fairseq.plugin import register
 from labo_fairseq.runtime.errors import InvalidFile
 from labo_fairseq.study.fairseq_tools import Generation, generate_command
 from labo_fairseq.study.fairseq_tools import generate as generate_parsed

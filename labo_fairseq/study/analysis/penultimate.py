@@ -20,7 +20,6 @@ distances between class means, and ``ratio`` = mean distance between class means
 
 import argparse
 import itertools
-import sys
 from collections import Counter
 from pathlib import Path
 from typing import Dict, List, Sequence, Tuple
@@ -28,9 +27,8 @@ from typing import Dict, List, Sequence, Tuple
 import torch
 from torch import Tensor
 
-from labo_fairseq.runtime.errors import UsageError
 from labo_fairseq.runtime.commandline import ArgumentParser
-
+from labo_fairseq.runtime.errors import UsageError
 
 # Function words of the target languages of the configs, not "content" tokens (words that are also
 # English content words, as German "man" and "war", are left out).
@@ -229,10 +227,10 @@ def main(argv=None, prog="labo-fairseq analyze penultimate") -> int:
     args = ap.parse_args(argv)
     if args.candidates < 3 or args.max_points < 1:
         ap.error("need --candidates >= 3 and --max-points >= 1")
-    from labo_fairseq.study.analysis.loading import load
     from labo_fairseq.runtime.commandline import require_inputs
     from labo_fairseq.runtime.files import write_json
     from labo_fairseq.runtime.provenance import record
+    from labo_fairseq.study.analysis.loading import load
 
     require_inputs(ap, dirs=[args.data_bin])
     systems = {}
@@ -300,7 +298,3 @@ def main(argv=None, prog="labo-fairseq analyze penultimate") -> int:
                   f"equidistance {full['equidistance']:.2f}")
     print(f"wrote {out_json}")
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -21,14 +21,13 @@ import time
 from pathlib import Path
 from typing import Dict, List
 
-from labo_fairseq.study.kd import runs as kd_runs
-from labo_fairseq.runtime.commandline import report_errors, split_extra
+from labo_fairseq.runtime.commandline import ArgumentParser, report_errors, split_extra
 from labo_fairseq.runtime.errors import ToolError
 from labo_fairseq.runtime.files import atomic_open, write_json, write_lines
 from labo_fairseq.runtime.processes import cuda_visible
 from labo_fairseq.study.fairseq_tools import generate_command, parse_generate, preprocess, run_generate, split_size
+from labo_fairseq.study.kd import runs as kd_runs
 from labo_fairseq.study.protocol import Roots, add_root_arguments, dataset_config, names
-from labo_fairseq.runtime.commandline import ArgumentParser
 
 MANIFEST = "distill.json"
 WORK = ".distill"
@@ -168,7 +167,3 @@ def main(argv=None, prog="labo-fairseq distill-data") -> int:
         if v < 1:
             ap.error(f"{flag} must be >= 1, got {v}")
     return report_errors("distill-data", lambda: distill(a), DistillError, ValueError)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

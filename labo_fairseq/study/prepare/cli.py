@@ -22,12 +22,12 @@ import argparse
 import sys
 from pathlib import Path
 
-from labo_fairseq.study.prepare.pipeline import PrepareError
+from labo_fairseq.runtime.commandline import ArgumentParser
 from labo_fairseq.study.prepare import NAMES, recipe
 from labo_fairseq.study.prepare.common import Options
-from labo_fairseq.study.protocol import _argtype, absolute, data_name
+from labo_fairseq.study.prepare.pipeline import PrepareError
 from labo_fairseq.study.prepare.sources import SourceError, Sources
-from labo_fairseq.runtime.commandline import ArgumentParser
+from labo_fairseq.study.protocol import _argtype, absolute, data_name
 
 
 def main(argv=None, prog="labo-fairseq prepare"):
@@ -73,7 +73,3 @@ def main(argv=None, prog="labo-fairseq prepare"):
     if not args.dry_run:
         print(f"{args.dataset}: text in {opt.out}, binarized in {opt.dest}, manifest {ws.manifest_path}")
     return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

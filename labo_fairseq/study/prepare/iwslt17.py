@@ -9,6 +9,7 @@ from labo_fairseq.study.prepare.common import WIT3, WIT3_MIRROR, Options, check_
 from labo_fairseq.study.prepare.pipeline import PrepareError, Workspace, fairseq_preprocess, tool_versions
 from labo_fairseq.study.prepare.sources import Archive, Sources
 
+
 def iwslt17_train_archive(src: str) -> Archive:
     md5 = {"de": "ca2b94d694150d4d6c5dc64c200fa589", "fr": "19927da9de0f40348cad9c0fc61642ac"}[src]
     return Archive(f"{src}-en.tgz", key="2017-01-trnted",

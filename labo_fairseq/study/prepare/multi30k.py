@@ -2,7 +2,15 @@
 
 from labo_fairseq.runtime.files import read_lines, write_lines
 from labo_fairseq.study.prepare.common import (
-    RAW, Options, bilingual_counts, binarize_joined, check_raw, joint_bpe, keep_raw, moses_tokenize, run_steps,
+    RAW,
+    Options,
+    bilingual_counts,
+    binarize_joined,
+    check_raw,
+    joint_bpe,
+    keep_raw,
+    moses_tokenize,
+    run_steps,
 )
 from labo_fairseq.study.prepare.pipeline import PrepareError, Workspace, tool_versions
 from labo_fairseq.study.prepare.sources import Archive
@@ -51,7 +59,8 @@ def prepare_multi30k(opt: Options) -> Workspace:
         for split_ in MULTI30K_FILES:
             for lang in langs:
                 lines = read_lines(tmp / f"{split_}.raw.{lang}")
-                write_lines(tmp / f"{split_}.{lang}", moses_tokenize(lines, lang, opt.workers, f"tokenize {split_}.{lang}", lower=True))
+                tokens = moses_tokenize(lines, lang, opt.workers, f"tokenize {split_}.{lang}", lower=True)
+                write_lines(tmp / f"{split_}.{lang}", tokens)
 
     def bpe():
         """learn_bpe.py -s MERGES on train.de + train.en; apply_bpe.py to train/valid/test"""

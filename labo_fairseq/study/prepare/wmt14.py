@@ -5,7 +5,16 @@ from typing import List
 from labo_fairseq.runtime.files import read_lines, write_lines
 from labo_fairseq.study.prepare import text as T
 from labo_fairseq.study.prepare.common import (
-    RAW, Options, bilingual_counts, binarize_joined, check_counts, check_raw, joint_bpe, keep_raw, moses_tokenize, run_steps,
+    RAW,
+    Options,
+    bilingual_counts,
+    binarize_joined,
+    check_counts,
+    check_raw,
+    joint_bpe,
+    keep_raw,
+    moses_tokenize,
+    run_steps,
 )
 from labo_fairseq.study.prepare.pipeline import Workspace, tool_versions
 from labo_fairseq.study.prepare.sources import Archive, Sources

@@ -22,15 +22,28 @@ The sweep's bookkeeping (submitted jobs, submitit's scripts and logs) is in RUNS
 
 from labo_fairseq.study.sweep.command import main, sweep_main  # noqa: F401
 from labo_fairseq.study.sweep.launchers import (  # noqa: F401
-    _minutes, job_state, last_error, load_jobs, run_local, save_jobs, sbatch_script, slurm_parameters, squeue,
+    _minutes,
+    job_state,
+    last_error,
+    load_jobs,
+    run_local,
+    save_jobs,
+    sbatch_script,
+    slurm_parameters,
+    squeue,
     submit_slurm,
 )
 from labo_fairseq.study.sweep.selection import (  # noqa: F401
-    SWEEP_DIR, Cell, CellJob, SweepError, cell_result, cell_run_dir, commands, default_tau, select, sweep_dir, table_spec,
+    SWEEP_DIR,
+    Cell,
+    CellJob,
+    SweepError,
+    cell_result,
+    cell_run_dir,
+    commands,
+    default_tau,
+    select,
+    sweep_dir,
+    table_spec,
 )
 from labo_fairseq.study.sweep.status import _hours, gpu_hours_report, status_main, status_rows  # noqa: F401
-
-if __name__ == "__main__":
-    import sys
-
-    sys.exit(main())

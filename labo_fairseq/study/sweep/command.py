@@ -6,21 +6,37 @@ import shutil
 import sys
 from typing import Dict, List, Optional
 
+from labo_fairseq.runtime.commandline import ArgumentParser, split_extra
 from labo_fairseq.study import protocol
-from labo_fairseq.runtime.commandline import split_extra
 from labo_fairseq.study.protocol import Roots
 from labo_fairseq.study.sweep.launchers import (
-    SLURM_OPTIONS, job_state, load_jobs, run_local, sbatch_script, slurm_parameters, squeue, submit_slurm,
+    SLURM_OPTIONS,
+    job_state,
+    load_jobs,
+    run_local,
+    sbatch_script,
+    slurm_parameters,
+    squeue,
+    submit_slurm,
 )
 from labo_fairseq.study.sweep.selection import (
-    Cell, CellJob, SweepError, _cells, _common, _roots, cell_result, cell_run_dir, commands, sweep_dir,
+    Cell,
+    CellJob,
+    SweepError,
+    _cells,
+    _common,
+    _roots,
+    cell_result,
+    cell_run_dir,
+    commands,
+    sweep_dir,
 )
 from labo_fairseq.study.sweep.status import status_main
-from labo_fairseq.runtime.commandline import ArgumentParser
 
 
 def sweep_main(argv: List[str], prog: str) -> int:
-    ap = ArgumentParser(prog=prog, description=sys.modules["labo_fairseq.study.sweep"].__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = ArgumentParser(prog=prog, description=sys.modules["labo_fairseq.study.sweep"].__doc__,
+                        formatter_class=argparse.RawDescriptionHelpFormatter)
     _common(ap)
     ap.add_argument("--launcher", choices=("slurm", "local"), required=True,
                     help="slurm: one SLURM job per cell (submitit); local: the cells one after the other here")
@@ -61,10 +77,12 @@ def sweep_main(argv: List[str], prog: str) -> int:
         if a.launcher == "local" and given:
             raise SweepError(f"{', '.join('--' + o.replace('_', '-') for o in given)}: SLURM option(s), "
                              f"not for --launcher local")
-        for opt in ("update_freq", "gpus_per_job", "cpus_per_job", "mem_gb", "array_parallelism", "array_max_size", "max_requeues"):
+        for opt in ("update_freq", "gpus_per_job", "cpus_per_job", "mem_gb", "array_parallelism", "array_max_size",
+                    "max_requeues"):
             v = getattr(a, opt)
             if v is not None and v < (0 if opt in ("gpus_per_job", "max_requeues") else 1):
-                raise SweepError(f"--{opt.replace('_', '-')} must be >= {0 if opt in ('gpus_per_job', 'max_requeues') else 1}, got {v}")
+                least = 0 if opt in ("gpus_per_job", "max_requeues") else 1
+                raise SweepError(f"--{opt.replace('_', '-')} must be >= {least}, got {v}")
         if a.max_requeues is None:
             a.max_requeues = 10
         if a.gpus_per_job is None:

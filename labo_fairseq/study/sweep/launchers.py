@@ -17,7 +17,6 @@ from labo_fairseq.runtime.files import write_json
 from labo_fairseq.study.protocol import Roots
 from labo_fairseq.study.sweep.selection import CellJob, SweepError, sweep_dir
 
-
 SLURM_OPTIONS = ("partition", "account", "qos", "time", "cpus_per_job", "mem_gb", "sbatch", "setup",
                  "array_parallelism", "array_max_size", "max_requeues", "job_name")
 ACTIVE = {"RUNNING": "running", "COMPLETING": "running", "CONFIGURING": "running", "SIGNALING": "running",

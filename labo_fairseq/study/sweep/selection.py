@@ -8,10 +8,9 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
 
-from labo_fairseq.study import protocol
 from labo_fairseq.runtime.processes import run_tool
+from labo_fairseq.study import protocol
 from labo_fairseq.study.protocol import CONFIGS, Roots, add_root_arguments, method_config, names, read_config, run_tag
-
 
 SWEEP_DIR = ".sweep"
 

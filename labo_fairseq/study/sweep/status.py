@@ -5,10 +5,11 @@ import sys
 from collections import OrderedDict
 from typing import Dict, List, Optional, Tuple
 
+from labo_fairseq.runtime.commandline import ArgumentParser
+from labo_fairseq.runtime.files import read_json
 from labo_fairseq.study.protocol import Roots
 from labo_fairseq.study.sweep.launchers import job_state, last_error, load_jobs, squeue
 from labo_fairseq.study.sweep.selection import Cell, SweepError, _cells, _common, _roots, cell_result, cell_run_dir, sweep_dir
-from labo_fairseq.runtime.commandline import ArgumentParser
 
 
 def _hours(result: Dict) -> Tuple[float, float]:
@@ -99,7 +100,7 @@ def gpu_hours_report(rows: List[Tuple[Cell, str, str]], roots: Roots) -> str:
     for cell, state, _ in rows:
         if state == "done":
             try:
-                spent.setdefault(cell.dataset, []).append(_hours(json.loads(cell_result(roots, cell).read_text(encoding="utf-8"))))
+                spent.setdefault(cell.dataset, []).append(_hours(read_json(cell_result(roots, cell))))
             except (ValueError, OSError):
                 pass
         else:

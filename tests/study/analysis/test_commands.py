@@ -12,11 +12,11 @@ from tests.helpers import REPO, png_size
 pytest.importorskip("fairseq", reason="fairseq is not installed (scripts/install.sh)")
 pytest.importorskip("matplotlib")
 
-from labo_fairseq.scoring.frequency import frequency_scores, make_splits  # noqa: E402
+from labo_fairseq.scoring.frequency import frequency_scores, make_splits
 
 
 def run(module, *args):
-    proc = subprocess.run([sys.executable, "-m", f"labo_fairseq.study.analysis.{module}", *map(str, args)], cwd=REPO,
+    proc = subprocess.run([sys.executable, "-m", "labo_fairseq", "analyze", module.replace("_", "-"), *map(str, args)], cwd=REPO,
                           capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc
@@ -72,7 +72,7 @@ def test_calibrate_command(data_bin, tiny_checkpoint, tmp_path):
     for name in ("reliability", "reliability_scaled", "temperature", "bleu_temperature"):
         assert png_size(out / f"{name}.png") == (640, 480)
     # a second run refuses to overwrite without --force
-    again = subprocess.run([sys.executable, "-m", "labo_fairseq.study.analysis.calibrate", str(data_bin), "--path",
+    again = subprocess.run([sys.executable, "-m", "labo_fairseq", "analyze", "calibrate", str(data_bin), "--path",
                             str(tiny_checkpoint), "--out", str(out), "--cpu"], cwd=REPO, capture_output=True, text=True)
     assert again.returncode != 0 and "--force" in again.stderr
 
@@ -111,7 +111,7 @@ def test_beam_probs_command_with_frequency_splits(small_text, data_bin, tiny_che
 def test_missing_inputs_are_named(module, args, missing, data_bin, tmp_path):
     (tmp_path / "x").write_text("a\n")
     fill = {"ck": tmp_path / "x", "bin": data_bin, "tmp": tmp_path}
-    proc = subprocess.run([sys.executable, "-m", f"labo_fairseq.study.analysis.{module}",
+    proc = subprocess.run([sys.executable, "-m", "labo_fairseq", "analyze", module.replace("_", "-"),
                            *[a.format(**fill) for a in args]], cwd=REPO, capture_output=True, text=True)
     assert proc.returncode == 2 and missing in proc.stderr and "Traceback" not in proc.stderr
     assert not (tmp_path / "o").exists()

@@ -19,8 +19,8 @@ import pytest
 
 pytest.importorskip("fairseq", reason="fairseq is not installed (scripts/install.sh)")
 
-from labo_fairseq.study.protocol import tiny_model  # noqa: E402
-from tests.helpers import REPO, SHARED, fairseq, train_log  # noqa: E402
+from labo_fairseq.study.protocol import tiny_model
+from tests.helpers import REPO, SHARED, fairseq, train_log
 
 MULTI30K = SHARED / "multi30k" / "task1" / "raw"
 pytestmark = [

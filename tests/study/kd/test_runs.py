@@ -4,13 +4,13 @@ train/evaluate/distill-data commands' --dry-run and errors, and the tables' dist
 import json
 import statistics
 import subprocess
-from pathlib import Path
 import sys
+from pathlib import Path
 
 import pytest
 
-from labo_fairseq.study.kd import runs as kd_runs
 from labo_fairseq.study import tables as T
+from labo_fairseq.study.kd import runs as kd_runs
 from labo_fairseq.study.train import main as train_main
 from tests.helpers import REPO
 from tests.study.test_tables import SIG, row

@@ -16,7 +16,6 @@ from labo_fairseq.study.prepare import iwslt17, multi30k, wmt14
 from labo_fairseq.study.prepare.common import Options
 from labo_fairseq.study.prepare.sources import SourceError, Sources
 from labo_fairseq.study.prepare.text import xml_segments
-
 from tests.helpers import MULTI30K, REPO, SHARED, talk_text, write
 
 IWSLT14 = SHARED / "iwslt14.de-en"

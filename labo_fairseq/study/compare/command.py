@@ -1,0 +1,148 @@
+"""``labo-fairseq compare``'s command line."""
+
+import argparse
+import json
+import shlex
+import signal
+import sys
+from pathlib import Path
+
+from labo_fairseq.losses.hparams import HP
+from labo_fairseq.runtime.commandline import ArgumentParser
+from labo_fairseq.runtime.files import write_json
+from labo_fairseq.study.compare.report import (
+    DATA,
+    DATASET,
+    METHODS,
+    ReportError,
+    ablations,
+    default_tau,
+    markdown,
+)
+from labo_fairseq.study.compare.runner import NOT_FINISHED, Compare, curves, write_report
+from labo_fairseq.study.protocol import (
+    absolute,
+    check_methods,
+    dataset_config,
+)
+
+
+def main(argv=None, prog="labo-fairseq compare") -> int:
+    ap = ArgumentParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--root", type=Path, help="directory for data/, data-bin/, runs/, results/ and analysis/ "
+                                               "(default: the working directory)")
+    ap.add_argument("--dataset", default=DATASET,
+                    help=f"the config of the comparison (default {DATASET}: the paper's model, for a GPU; "
+                         "multi30k_de_en_small: the quickstart's model to convergence, for a CPU)")
+    ap.add_argument("--methods", nargs="+", default=list(METHODS), help="methods (default: ce ls labo)")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3], help="seeds per method (default: 1 2 3)")
+    ap.add_argument("--tau", type=float, default=HP["tau"].default, help=f"LABO's tau (default {HP['tau'].default:g})")
+    ap.add_argument("--parallel", type=int, help="runs trained at a time (default: all at once)")
+    ap.add_argument("--threads", type=int, help="CPU threads per run (OMP_NUM_THREADS; default: torch's choice)")
+    ap.add_argument("--source", type=Path, action="append", default=[],
+                    help="directory with the Multi30k .gz files (offline preparation); default: download them")
+    ap.add_argument("--budget-minutes", type=float, default=9.0,
+                    help="wall time of this call (default 9: a 10-minute allocation); the next call resumes")
+    ap.add_argument("--reserve-s", type=float, default=45.0,
+                    help="seconds kept for stopping cleanly before the budget ends (default 45)")
+    ap.add_argument("--bootstrap-samples", type=int, default=1000, help="bootstrap resamples (default 1000)")
+    ap.add_argument("--report", action="store_true",
+                    help="only build the report from the results present (n per cell shown), train nothing")
+    ap.add_argument("--results-from", type=Path, nargs="+", metavar="DIR",
+                    help="with --report: the results directories to read (e.g. one per GPU allocation), every "
+                         "seed found in them; a method's seed found twice is an error")
+    ap.add_argument("--max-epoch", type=int,
+                    help="train this many epochs instead of the dataset config's (a shorter protocol, stated in "
+                         "the report and never pooled with another)")
+    ap.add_argument("--curves", action="store_true",
+                    help="print the runs' validation curves (BLEU, NLL per epoch) and the pilot's epoch rule, "
+                         "into RESULTS/compare/DATASET_curves.json")
+    ap.add_argument("--no-analysis", action="store_true", help="stop after the report")
+    ap.add_argument("--tiny", action="store_true", help="a tiny model and a few updates: the code path on CPU in minutes")
+    ap.add_argument("--cpu", action="store_true", help="train and decode on CPU even with a GPU")
+    ap.add_argument("--force", action="store_true", help="rewrite an existing report")
+    ap.add_argument("--dry-run", action="store_true", help="print the commands of the next steps, run nothing")
+    a = ap.parse_args(argv)
+    if not a.seeds or any(s < 0 for s in a.seeds) or len(set(a.seeds)) != len(a.seeds):
+        ap.error("--seeds: distinct integers >= 0")
+    try:
+        HP["tau"].check(a.tau, "--tau")
+    except ValueError as err:
+        ap.error(str(err))
+    if a.budget_minutes <= 0 or a.bootstrap_samples < 1:
+        ap.error("--budget-minutes and --bootstrap-samples must be positive")
+    if (a.parallel is not None and a.parallel < 1) or (a.threads is not None and a.threads < 1):
+        ap.error("--parallel and --threads must be >= 1")
+    if a.max_epoch is not None and a.max_epoch < 1:
+        ap.error("--max-epoch must be >= 1")
+    if a.results_from and not a.report:
+        ap.error("--results-from goes with --report")
+    for d in a.results_from or ():
+        if not absolute(d).is_dir():
+            ap.error(f"--results-from {d}: no such directory")
+    try:
+        if dataset_config(a.dataset).get("data") != DATA:
+            ap.error(f"--dataset {a.dataset}: compare runs on {DATA} (its config's data is "
+                     f"{dataset_config(a.dataset).get('data')})")
+    except ValueError as err:
+        ap.error(f"--dataset: {err}")
+    try:
+        check_methods(a.dataset, a.methods)
+    except ValueError as err:
+        ap.error(f"--methods: {err}")
+    if ablations(a.methods) and a.tau != default_tau():
+        ap.error(f"--tau {a.tau:g}: the ablations of LABO ({', '.join(ablations(a.methods))}) run at LABO's "
+                 f"config's tau ({default_tau():g}); compare them without --tau")
+    c = Compare(a)
+
+    def on_sigterm(signum, frame):
+        c.terminated = True
+        c.say("SIGTERM: stopping the runs (each resumes from its last checkpoint next time)")
+
+    signal.signal(signal.SIGTERM, on_sigterm)
+    if a.curves:
+        cur = curves(c)
+        path = write_json(c.roots.results / "compare" / f"{c.dataset}_curves.json", cur)
+        for name, rows in cur["curves"].items():
+            print(f"{name}: " + " ".join(f"{r['epoch']}:{r['bleu']:.2f}" for r in rows))
+        print(f"plateau epoch by the rule: {cur['plateau_epoch'] or 'not yet reached'} ({cur['rule']})")
+        c.say(f"curves {path}")
+        return 0
+    if a.report:
+        try:
+            rep = c.report()
+            path = write_report(c, rep)
+        except ReportError as err:
+            print(f"compare: error: {err}", file=sys.stderr)
+            return 2
+        sys.stdout.write(markdown(rep))
+        c.say(f"report {path} (from {len(rep['results'])} result(s))")
+        return 0
+    if a.dry_run:
+        c.prepare()
+        for r in c.runs():
+            c.say("+ " + shlex.join(c.train_cmd(*r)))
+        for r in c.runs():
+            c.say("+ " + shlex.join(c.evaluate_cmd(*r)))
+        return 0
+    report_json = c.report_path()
+    if not (c.prepare() and c.train() and c.evaluate()):
+        why = "by SIGTERM" if c.terminated else f"for the time budget ({a.budget_minutes:g} min)"
+        c.say(f"stopped {why}; run the same command again to continue")
+        return NOT_FINISHED
+    if not report_json.is_file() or a.force:
+        try:
+            write_report(c, c.report())
+        except ReportError as err:
+            print(f"compare: error: {err}", file=sys.stderr)
+            return 2
+    rep = json.loads(report_json.read_text())
+    sys.stdout.write(markdown(rep))
+    c.say(f"report {report_json}")
+    if a.no_analysis:
+        return 0
+    if not c.analysis():
+        c.say("analysis stopped for the time budget; run the same command again to continue")
+        return NOT_FINISHED
+    c.say(f"analysis in {c.analysis_dir()}")
+    return 0

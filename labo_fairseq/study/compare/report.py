@@ -1,0 +1,264 @@
+"""The comparison's report: which results are compared, the statistics, the markdown."""
+
+import functools
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple
+
+from labo_fairseq.runtime.files import read_json
+from labo_fairseq.scoring import stats as S
+from labo_fairseq.study.protocol import (
+    absolute,
+    dataset_config,
+    is_labo,
+    method_config,
+    names,
+    result_candidates,
+    result_sentence_stats,
+    test_set_name,
+)
+
+DATASET = "multi30k_de_en_iwslt"
+DATA = "multi30k.de-en"
+METHODS = ("ce", "ls", "labo")
+# (system, baseline): the comparisons the project exists for
+PAIRS = (("ls", "ce"), ("labo", "ls"))
+MIN_SEEDS = 3
+NAMES = {"ce": "CE", "ls": "LS", "labo": "LABO"}
+
+
+def label(method: str) -> str:
+    """A method's name in the report: CE, LS, LABO, or an ablation's ``name:``."""
+    return NAMES.get(method) or method_config(method).get("name", method)
+
+
+def pairs(methods: Sequence[str]) -> List[Tuple[str, str]]:
+    """(system, baseline) pairs tested: LS − CE, LABO − LS, and each ablation of LABO − LABO."""
+    return [*PAIRS, *((m, "labo") for m in ablations(methods))]
+
+
+def default_tau() -> float:
+    return float(method_config("labo")["args"]["--labo-tau"])
+
+
+def ablations(methods: Sequence[str]) -> List[str]:
+    """The methods that are ablations of LABO (``base: labo``)."""
+    return [m for m in methods if m not in METHODS and is_labo(m)]
+
+
+def report_name(dataset: str, methods: Sequence[str], tau: float, tiny: bool = False) -> str:
+    """``DATASET``, with ``_tauT`` when LABO runs at another τ than its config's, ``_ablations`` when
+    ablations of LABO are among the methods and ``_tiny`` for ``--tiny``."""
+    other_tau = "labo" in methods and tau != default_tau()
+    return (dataset + (f"_tau{tau:g}" if other_tau else "") + ("_ablations" if ablations(methods) else "")
+            + ("_tiny" if tiny else ""))
+
+
+class ReportError(ValueError):
+    """Results that cannot be compared (other configs or data), named."""
+
+
+@functools.lru_cache(maxsize=None)
+def protocol_flags() -> frozenset:
+    """Flags a method, a seed or a run's place sets: what may differ between the runs compared
+    (read from the method configs once)."""
+    out = {"--seed", "--save-dir", "--user-dir", "--labo-warmup-updates", "--labo-tau", "--cpu", "--fp16",
+           "--distributed-world-size", "--teacher-path"}
+    for m in names("methods"):
+        out |= set(method_config(m).get("args", {}))
+    return frozenset(out)
+
+
+def protocol_key(command: Sequence[str]) -> Tuple[str, ...]:
+    """A run's fairseq-train command without what :func:`protocol_flags` names, its data directory by
+    name only: equal for runs of one config on the same data, wherever they ran."""
+    skip, out, i = protocol_flags(), [Path(command[1]).name], 2
+    while i < len(command):
+        tok = command[i]
+        has_value = i + 1 < len(command) and not command[i + 1].startswith("--")
+        if tok in skip:
+            i += 2 if has_value else 1
+            continue
+        out.append(tok)
+        i += 1
+    return tuple(out)
+
+
+
+
+def _load(path: Path) -> Dict:
+    r = read_json(path)
+    r["_path"] = str(path)
+    return r
+
+
+def results_in(dirs: Sequence[Path], dataset: str, methods: Sequence[str], tau: float) -> Dict:
+    """Every ``DIR/DATASET/TAG/seedS.json`` of the methods in the results directories ``dirs`` (e.g.
+    one per GPU allocation), by (method, seed, tau); a seed of a method found twice is an error naming
+    both files."""
+    found: Dict = {}
+    for d in dirs:
+        for m in methods:
+            t = tau if m == "labo" else None
+            tags = {p.parent.name for p in result_candidates(absolute(d), dataset, m, 0, t)}
+            for path in sorted(p for tag in sorted(tags) for p in (absolute(d) / dataset / tag).glob("seed*.json")):
+                if not path.stem[4:].isdigit():
+                    continue
+                run = (m, int(path.stem[4:]), t)
+                if run in found:
+                    raise ReportError(f"{m} seed {run[1]} is in {found[run]} and in {path}: give each allocation its "
+                                      "own seeds (--seeds)")
+                found[run] = path
+    return found
+
+
+def max_epoch(command: Sequence[str]) -> Optional[int]:
+    """The ``--max-epoch`` a fairseq-train command ran with (its last occurrence wins), or None."""
+    values = [command[i + 1] for i, tok in enumerate(command[:-1]) if tok == "--max-epoch"]
+    return int(values[-1]) if values else None
+
+
+def build_report(dataset: str, found: Dict[Tuple[str, int, Optional[float]], Path], tau: float,
+                 samples: int = 1000, tiny: bool = False) -> Dict:
+    """Mean ± std per method and test set (BLEU, sacreBLEU, chrF; n, and whether under MIN_SEEDS),
+    the differences of :func:`pairs` (seed-aware bootstrap with Holm's adjustment over the test sets;
+    per seed pair sacrebleu's bootstrap and AR), and per method the chosen checkpoints' epochs,
+    validation NLL and training time. Refuses results of other configs or data (:func:`protocol_key`),
+    naming two that differ."""
+    if not found:
+        raise ReportError(f"no results of {dataset} yet (train and evaluate first)")
+    results = {r: _load(p) for r, p in found.items()}
+    first_run, first = next(iter(results.items()))
+    key0 = protocol_key(first["train"]["command"])
+    for r, res in results.items():
+        if protocol_key(res["train"]["command"]) != key0:
+            raise ReportError(f"{res['_path']} and {first['_path']} were trained with different configs or data: "
+                              "not compared (one config, one data-bin per report)")
+    methods = [m for m in METHODS if any(r[0] == m for r in results)] + sorted({r[0] for r in results} - set(METHODS))
+    keys = [k for k in first["directions"]]
+    m_ = S.metric("bleu")
+    table: Dict = {}
+    for key in keys:
+        per: Dict = {}
+        for method in methods:
+            rs = sorted(((r[1], res) for r, res in results.items() if r[0] == method and key in res["directions"]),
+                        key=lambda x: x[0])
+            cell = {"seeds": [s for s, _ in rs]}
+            for metric in ("bleu", "sacrebleu", "chrf"):
+                values = [res["directions"][key].get(metric) for _, res in rs]
+                values = [v for v in values if v is not None]
+                mean, std = S.mean_std(values) if values else (None, None)
+                cell[metric] = {"values": values, "mean": mean, "std": std, "n": len(values)}
+            cell["under_min_seeds"] = len(rs) < MIN_SEEDS
+            cell["incomplete_training"] = [s for s, res in rs if res.get("training_completed") is False]
+            cell["not_converged"] = [s for s, res in rs if (res["train"].get("stopping") or {}).get("converged") is False]
+            per[method] = cell
+        comparisons = {}
+        for b, a in pairs(methods):
+            if b not in per or a not in per:
+                continue
+            common = sorted(set(per[a]["seeds"]) & set(per[b]["seeds"]))
+            if not common:
+                continue
+            st = {m: {s: result_sentence_stats(results[(m, s, tau if m == "labo" else None)], key) for s in common}
+                  for m in (a, b)}
+            comparisons[f"{b}_minus_{a}"] = {
+                "seeds": common,
+                "seed_aware": S.seed_bootstrap(m_, [st[a][s] for s in common], [st[b][s] for s in common], samples),
+                "per_seed": {s: {"bootstrap": S.paired_bootstrap(m_, st[a][s], st[b][s], samples),
+                                 "approximate_randomization": S.paired_ar(m_, st[a][s], st[b][s], 10 * samples)}
+                             for s in common},
+            }
+        table[key] = {"methods": per, "comparisons": comparisons}
+    for name in {n for t in table.values() for n in t["comparisons"]}:  # one family per pair: its test sets
+        tests = [t["comparisons"][name]["seed_aware"] for t in table.values() if name in t["comparisons"]]
+        for sa, p in zip(tests, S.holm([sa["p_value"] for sa in tests])):
+            sa["p_holm"], sa["holm_family"] = p, len(tests)
+    runs = {}
+    for method in methods:
+        rs = sorted(((r[1], res) for r, res in results.items() if r[0] == method), key=lambda x: x[0])
+        runs[method] = [{
+            "seed": s, "epoch": res["checkpoint"].get("epoch"), "updates": res["checkpoint"].get("updates"),
+            "valid_metric": res["checkpoint"].get("valid_metric"), "valid_value": res["checkpoint"].get("valid_value"),
+            "stopping": res["train"].get("stopping"),
+            "valid_nll_bits": (res.get("validation") or {}).get("nll_loss"),
+            "last_updates": ((res["train"].get("last_checkpoint") or {}).get("updates")),
+            "train_wall_s": ((res["train"].get("last_checkpoint") or {}).get("train_wall_s")),
+            "hardware": res["train"].get("hardware"), "commit": res["train"].get("commit"),
+            "training_completed": res.get("training_completed"),
+            "max_epoch": max_epoch(res["train"]["command"]),
+        } for s, res in rs]
+    config_epochs = dataset_config(dataset).get("args", {}).get("--max-epoch")
+    return {"dataset": dataset, "tau": tau, "tiny": tiny, "bleu": first.get("bleu_convention"),
+            "max_epoch": max_epoch(first["train"]["command"]),
+            "config_max_epoch": int(config_epochs) if config_epochs is not None else None,
+            "signatures": {k: {"bleu": first["directions"][k]["paper_metric"]["signature"],
+                               **{m: first["directions"][k].get(f"{m}_signature") for m in ("sacrebleu", "chrf")}}
+                           for k in keys},
+            "test_sets": table, "runs": runs, "samples": samples,
+            "results": {f"{m} seed {s}": str(p) for (m, s, _), p in found.items()}}
+
+
+METRIC_NAMES = {"bleu": "BLEU", "nll_loss": "NLL (bits)", "loss": "loss (bits)"}
+
+
+def run_cells(r: Dict) -> List[str]:
+    """A run's row of the report after its chosen epoch: where it stopped, whether its rule says
+    converged, the chosen checkpoint's validation metric named, NLL, updates, time."""
+    value = r.get("valid_value", r.get("valid_bleu"))  # reports written before the metric was named: BLEU
+    metric = METRIC_NAMES.get(r.get("valid_metric") or "bleu", r.get("valid_metric"))
+    stop = r.get("stopping") or {}
+    converged = "–" if not stop else "yes" if stop["converged"] else "no: reached the cap"
+    return [str(stop.get("last_epoch", "–")), converged, "–" if value is None else f"{metric} {value:.2f}",
+            "–" if r["valid_nll_bits"] is None else f"{r['valid_nll_bits']:.3f}", str(r["last_updates"]),
+            "–" if r["train_wall_s"] is None else f"{r['train_wall_s'] / 60:.0f} min"]
+
+
+def markdown(rep: Dict) -> str:
+    """The report as markdown: one table of scores, one of differences, one of the runs."""
+    ds = rep["dataset"]
+    methods = list(next(iter(rep["test_sets"].values()))["methods"])
+
+    def cell(d, metric):
+        if not d[metric]["n"]:
+            return "–"
+        return (S.mean_std_text(d[metric]["values"]) + (" *" if d["under_min_seeds"] else "")
+                + (" ‡" if d["incomplete_training"] else "") + (" §" if d.get("not_converged") else ""))
+
+    head = (f"### {ds}: " + ", ".join(label(m) for m in methods) + f" (LABO τ={rep['tau']:g}), beam 5"
+            + (" — TINY: a pipeline check, not a result" if rep["tiny"] else ""))
+    if rep.get("max_epoch") and rep.get("config_max_epoch") and rep["max_epoch"] != rep["config_max_epoch"]:
+        head += (f" — {rep['max_epoch']} epochs per run instead of the config's {rep['config_max_epoch']} "
+                 "(what fitted the allocation): another protocol than the full one")
+    lines = [head, "", "| test set | metric | " + " | ".join(label(m) for m in methods) + " |",
+             "|---|---|" + "---|" * len(methods)]
+    for key, t in rep["test_sets"].items():
+        for metric, title in (("bleu", f"BLEU ({rep['bleu']})"), ("sacrebleu", "sacreBLEU"), ("chrf", "chrF")):
+            lines.append(f"| {test_set_name(ds, key)} | {title} | "
+                         + " | ".join(cell(t["methods"][m], metric) for m in methods) + " |")
+    lines += ["", "| test set | difference (BLEU) | Δ | 95% CI | p (seed-aware bootstrap) | p, Holm over the test sets "
+                  "| p per seed: bootstrap / AR |", "|---|---|---|---|---|---|---|"]
+    for key, t in rep["test_sets"].items():
+        for name, c in t["comparisons"].items():
+            b, a = name.split("_minus_")
+            sa = c["seed_aware"]
+            holm = "–" if sa.get("p_holm") is None else S.format_p(sa["p_holm"], sa["samples"])  # older reports lack it
+            per = ", ".join(f"{s}: {v['bootstrap']['p']} / {v['approximate_randomization']['p']}"
+                            for s, v in c["per_seed"].items())
+            lines.append(f"| {test_set_name(ds, key)} | {label(b)} − {label(a)} | {sa['delta']:+.2f} | "
+                         f"[{sa['ci95'][0]:+.2f}, {sa['ci95'][1]:+.2f}] | {sa['p']} | {holm} | {per} |")
+    lines += ["", "| method | seed | chosen epoch (updates) | stopped at epoch | converged | valid metric of the chosen "
+                  "checkpoint | valid NLL (bits) | updates | training time |", "|---|---|---|---|---|---|---|---|---|"]
+    for m, rs in rep["runs"].items():
+        for r in rs:
+            lines.append(f"| {label(m)} | {r['seed']} | {r['epoch']} ({r['updates']}) | " + " | ".join(run_cells(r)) + " |")
+    sig = next(iter(rep["signatures"].values()))
+    notes = ["Cells: mean ± sample std over n seeds; * fewer than 3 seeds; ‡ includes a run whose training had not "
+             "completed; § includes a run that reached its epoch cap before its stopping rule said it had converged.",
+             f"Differences: seed-aware paired bootstrap ({rep['samples']} samples: one set of sentence indices per "
+             "sample for every seed of both methods; Δ of the seed-averaged corpus BLEU), and per seed pair "
+             f"sacrebleu's paired bootstrap ({rep['samples']}) and approximate randomization ({10 * rep['samples']}). "
+             "Holm: the seed-aware p-values of one difference over the test sets, adjusted for testing it on each.",
+             "Signatures: " + "; ".join(f"{k} `{v}`" for k, v in sig.items() if v)]
+    return "\n".join(lines) + "\n\n" + "\n".join(f"- {n}" for n in notes) + "\n"
+
+

@@ -1,0 +1,281 @@
+"""One call of ``labo-fairseq compare``: prepare, train (``--parallel`` at a time), evaluate, analyse,
+within a time budget; and the pilot's curves and epoch rule."""
+
+import argparse
+import json
+import os
+import shlex
+import sys
+import time
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple
+
+from labo_fairseq.runtime.errors import ToolError, UsageError
+from labo_fairseq.runtime.files import atomic_open, write_json
+from labo_fairseq.runtime.processes import cuda_visible, run_queue, run_tool
+from labo_fairseq.study.compare.report import (
+    DATA,
+    DATASET,
+    METHODS,
+    ReportError,
+    build_report,
+    label,
+    markdown,
+    report_name,
+    results_in,
+)
+from labo_fairseq.study.protocol import (
+    Roots,
+    absolute,
+    is_labo,
+    labo_warmup_updates,
+    result_candidates,
+    result_path,
+    run_dir,
+    run_tag,
+    tiny_model,
+    training_completed,
+)
+
+NOT_FINISHED = 3  # exit status: call again to continue
+# --tiny: a 1-layer model for a few updates, short outputs: the code path in minutes on 2 CPU cores.
+TINY_TRAIN = [*tiny_model(), "--share-all-embeddings", "--max-tokens", "2000", "--max-update", "24", "--warmup-updates", "8",
+              "--lr", "2e-3", "--save-interval-updates", "8",
+              "--eval-bleu-args", '{"beam": 1, "max_len_a": 0, "max_len_b": 12}']
+TINY_DECODE = ["--max-len-a", "0", "--max-len-b", "12"]
+
+
+class Compare:
+    """One call of the command: what is done, what to run next, and the time left."""
+
+    def __init__(self, a: argparse.Namespace):
+        self.a, self.roots = a, Roots.from_args(a)
+        self.dataset = getattr(a, "dataset", None) or DATASET
+        self.methods = tuple(getattr(a, "methods", None) or METHODS)
+        self.deadline = time.monotonic() + 60 * a.budget_minutes
+        self.lf = [sys.executable, "-m", "labo_fairseq"]
+        self.gpu = not a.cpu and cuda_visible(probe_torch=not a.dry_run)
+        self.data = self.roots.data_bin / DATA
+        self.terminated = False  # set by SIGTERM (a scheduler's preemption): stop like the budget does
+
+    def left(self) -> float:
+        return -1.0 if self.terminated else self.deadline - time.monotonic()
+
+    def say(self, msg: str) -> None:
+        print(f"compare: {msg}", file=sys.stderr, flush=True)
+
+    def tau(self, method: str) -> Optional[float]:
+        return self.a.tau if method == "labo" else None
+
+    def runs(self):
+        """Seed by seed (every method's seed 1 first), so that a partial study is a complete comparison."""
+        for seed in self.a.seeds:
+            for method in self.methods:
+                yield method, seed, self.tau(method)
+
+    def root_args(self) -> List[str]:
+        return ["--root", str(self.roots.root), "--data-root", str(self.roots.data_bin),
+                "--runs-root", str(self.roots.runs), "--results-root", str(self.roots.results)]
+
+    def env(self) -> Dict[str, str]:
+        threads = getattr(self.a, "threads", None)
+        return {**os.environ, **({"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)} if threads else {})}
+
+    def train_cmd(self, method: str, seed: int, tau: Optional[float]) -> List[str]:
+        cmd = [*self.lf, "train", self.dataset, method, str(seed), *self.root_args()[:6]]
+        cmd += (["--tau", f"{tau:g}"] if tau is not None else []) + (["--gpus", "1"] if self.gpu else [])
+        extra = [*TINY_TRAIN] if self.a.tiny else []
+        if self.a.tiny and is_labo(method):  # LABO's warm-up shortened to a few updates, never lengthened (0 stays 0)
+            extra += ["--labo-warmup-updates", str(min(8, labo_warmup_updates(self.dataset, method)))]
+        if getattr(self.a, "max_epoch", None):
+            extra += ["--max-epoch", str(self.a.max_epoch)]
+        return cmd + (["--", *extra] if extra else [])
+
+    def evaluate_cmd(self, method: str, seed: int, tau: Optional[float]) -> List[str]:
+        cmd = [*self.lf, "evaluate", self.dataset, method, str(seed), *self.root_args()]
+        cmd += (["--tau", f"{tau:g}"] if tau is not None else []) + ([] if self.gpu else ["--cpu"])
+        return cmd + (["--", *TINY_DECODE] if self.a.tiny else [])
+
+    def finished(self, method: str, seed: int, tau: Optional[float]) -> bool:
+        return training_completed(run_dir(self.roots.runs, self.dataset, method, seed, tau))
+
+    def result(self, method: str, seed: int, tau: Optional[float]) -> Path:
+        """Where the run's result is (see :func:`result_candidates`), else where evaluate writes it."""
+        found = [p for p in result_candidates(self.roots.results, self.dataset, method, seed, tau) if p.is_file()]
+        return found[0] if found else result_path(self.roots.results, self.dataset, method, seed, tau)
+
+    # ------------------------------------------------------------------------------- steps
+
+    def prepare(self) -> bool:
+        if (self.data / "test2.de-en.en.idx").is_file():
+            return True
+        if (self.data / "test.de-en.en.idx").is_file():
+            raise UsageError(f"{self.data} lacks the 2017 test sets (test1, test2): prepare it again "
+                             f"with `labo-fairseq prepare multi30k.de-en --force`")
+        cmd = [*self.lf, "prepare", DATA, "--root", str(self.roots.root), "--dest", str(self.data)]
+        cmd += [x for s in self.a.source for x in ("--source", str(absolute(s)))] + (["--offline"] if self.a.source else [])
+        return self.run_one(cmd)
+
+    def train(self) -> bool:
+        """Train the unfinished runs, ``--parallel`` at a time, evaluating each as it finishes."""
+        todo = [r for r in self.runs() if not self.finished(*r)]
+        if not todo:
+            return True
+        parallel = getattr(self.a, "parallel", None) or len(todo)
+        self.say(f"training {len(todo)} run(s), {min(parallel, len(todo))} at a time: "
+                 + ", ".join(f"{m} seed {s}" for m, s, _ in todo))
+        jobs = [(r, self.train_cmd(*r), self.train_output(*r)) for r in todo]
+        _, failed = run_queue(jobs, parallel, lambda: self.left() - self.a.reserve_s, self.trained, env=self.env(),
+                              interrupted=lambda: self.terminated)
+        for (m, s, _), child in failed:
+            self.say(child.failure(f"{m} seed {s}", chars=1500))
+        if failed:
+            raise ToolError(f"{len(failed)} training run(s) failed (above); fix the cause and run the same command again")
+        return all(self.finished(*r) for r in self.runs())
+
+    def trained(self, r: Tuple) -> bool:
+        """After a train command exits 0: evaluate the run at once, so that its result can be kept."""
+        if not self.finished(*r):
+            return False
+        if not self.result(*r).is_file() and self.left() > self.a.reserve_s:
+            self.run_one(self.evaluate_cmd(*r))
+        return True
+
+    def train_output(self, method: str, seed: int, tau: Optional[float]) -> Path:
+        """The train command's own output (fairseq's log is the run's train.log)."""
+        return self.roots.root / "logs" / "compare" / self.dataset / f"{run_tag(method, tau)}-seed{seed}.train.out"
+
+    def run_one(self, cmd: Sequence[str]) -> bool:
+        self.say("+ " + shlex.join(cmd))
+        if self.a.dry_run:
+            return True
+        run_tool(cmd, env=self.env(), what=cmd[3])
+        return True
+
+    def evaluate(self) -> bool:
+        for r in self.runs():
+            if not self.result(*r).is_file():
+                if self.left() < self.a.reserve_s:
+                    return False
+                self.run_one(self.evaluate_cmd(*r))
+        return True
+
+    def report(self) -> Dict:
+        """The report of every result present (see :func:`build_report`): of this call's runs, or with
+        ``--results-from`` of every seed found in those results directories."""
+        if getattr(self.a, "results_from", None):
+            found = results_in(self.a.results_from, self.dataset, self.methods, self.a.tau)
+        else:
+            found = {r: self.result(*r) for r in self.runs() if self.result(*r).is_file()}
+        return build_report(self.dataset, found, self.a.tau, self.a.bootstrap_samples, self.a.tiny)
+
+    def report_path(self) -> Path:
+        return self.roots.results / "compare" / f"{report_name(self.dataset, self.methods, self.a.tau, self.a.tiny)}.json"
+
+    def analysis_dir(self) -> Path:
+        return self.roots.root / "analysis" / "compare" / report_name(self.dataset, self.methods, self.a.tau, self.a.tiny)
+
+    def analysis(self) -> bool:
+        import importlib.util
+
+        if importlib.util.find_spec("matplotlib") is None:  # the offline bundle leaves it out (64 MiB)
+            self.say("analysis skipped: its figures need matplotlib (pip install 'labo-fairseq[plots]'); "
+                     "run the same command again where it is installed")
+            return True
+        out = self.analysis_dir()
+        seed = self.a.seeds[0]
+        rd = {m: run_dir(self.roots.runs, self.dataset, m, seed, self.tau(m)) for m in self.methods}
+        ck = {m: rd[m] / "checkpoints" / "checkpoint_best.pt" for m in self.methods}
+        text = self.roots.text / DATA / "tmp"
+        cpu = [] if self.gpu else ["--cpu"]
+        small = ["--max-tokens", "2000"] if self.a.tiny else []
+        coarse = ["--t-step", "0.1"] if self.a.tiny else []  # --tiny: a coarser temperature grid, the short test set
+        gen = ["--gen-subset", "test2", "--max-len-b", "12"] if self.a.tiny else ["--gen-subset", "test"]
+        systems = [f"--system={label(m)}={ck[m]}" for m in self.methods]
+        steps = [
+            (out / "freq" / "freq_splits.json",
+             [*self.lf, "analyze", "freq-splits", "--train-src", str(text / "train.de"), "--src", str(text / "test.de"),
+              "--ref", str(text / "test.en"),
+              *[f"--system={label(m)}={rd[m] / 'eval' / 'generate-test.de-en.txt'}" for m in self.methods],
+              "--tokenize", "none", "--parts", "3", "--out", str(out / "freq")]),
+            (out / "beam" / "beam_probs.json",
+             [*self.lf, "analyze", "beam-probs", str(self.data), *systems,
+              "--splits", str(out / "freq" / "freq_splits.json"), "--out", str(out / "beam"), *cpu] + small),
+            (out / "penultimate" / "penultimate.json",
+             [*self.lf, "analyze", "penultimate", str(self.data), *systems, "--subset", "valid",
+              "--out", str(out / "penultimate"), *cpu]),
+        ] + [(out / f"calibration_{m}" / "calibration.json",
+              [*self.lf, "analyze", "calibrate", str(self.data), "--path", str(ck[m]), "--subset", "valid",
+               "--out", str(out / f"calibration_{m}"), *cpu, *coarse]) for m in self.methods
+             ] + [(out / "inference_calibration" / m / "inference_calibration.json",
+                   [*self.lf, "analyze", "inference-calibration", str(self.data), "--path", str(ck[m]),
+                    "--name", label(m), "--subset", "valid", *gen, "--train-tgt", str(text / "train.en"),
+                    "--out", str(out / "inference_calibration" / m), *cpu, *coarse])
+                  for m in self.methods]
+        for done, cmd in steps:
+            if done.is_file():
+                continue
+            if self.left() < self.a.reserve_s:
+                return False
+            self.run_one(cmd)
+        return True
+
+
+def plateau_epoch(curves: Dict[str, List[Dict]], window: int = 10, gain: float = 0.2, step: int = 5) -> Optional[int]:
+    """The pilot's rule: the first epoch E at which, for every curve, the best validation BLEU up to E
+    is less than ``gain`` above the best up to E − ``window``; rounded up to a multiple of ``step``.
+    None while some curve has not reached it."""
+    found = []
+    for rows in curves.values():
+        best, e_found = {}, None
+        for r in sorted(rows, key=lambda r: r["epoch"]):
+            best[r["epoch"]] = max(r["bleu"], best.get(r["epoch"] - 1, float("-inf")))
+            e = r["epoch"]
+            if e - window in best and best[e] - best[e - window] < gain:
+                e_found = e
+                break
+        if e_found is None:
+            return None
+        found.append(e_found)
+    e = max(found)
+    return -(-e // step) * step
+
+
+def curves(c: "Compare") -> Dict:
+    """Validation BLEU and NLL per epoch of every run present (from its train.log), and the pilot's rule."""
+    from labo_fairseq.runtime.provenance import record
+    from labo_fairseq.study.fairseq_tools import validation_curve
+
+    out, runs = {}, {}
+    for m, s, t in c.runs():
+        rd = run_dir(c.roots.runs, c.dataset, m, s, t)
+        rows = validation_curve(rd / "train.log")
+        if rows:
+            out[f"{m} seed {s}"] = [{"epoch": r["epoch"], "updates": r.get("updates"), "bleu": r.get("bleu"),
+                                     "nll_loss": r.get("nll_loss")} for r in rows if r.get("bleu") is not None]
+            run = json.loads((rd / "run.json").read_text()) if (rd / "run.json").is_file() else {}
+            runs[f"{m} seed {s}"] = {"training_completed": training_completed(rd), "train_command": run.get("command"),
+                                     "commit": run.get("commit"), "dirty": run.get("dirty"),
+                                     "hardware": run.get("hardware")}
+    return {"dataset": c.dataset, "curves": out, "runs": runs, "provenance": record("labo-fairseq compare"),
+            "what": "validation BLEU (beam 5, tokenized as the test BLEU) and NLL (bits) per epoch, from train.log",
+            "plateau_epoch": plateau_epoch(out) if out else None,
+            "rule": "first epoch E where, for every run, best valid BLEU up to E is < 0.2 above the best up to "
+                    "E - 10; rounded up to a multiple of 5"}
+
+
+
+def write_report(c: Compare, rep: Dict) -> Path:
+    """Write the report; one that would leave out results the existing report has needs ``--force``."""
+    path = c.report_path()
+    if path.is_file() and not c.a.force:
+        dropped = sorted(set(json.loads(path.read_text(encoding="utf-8")).get("results", {})) - set(rep["results"]))
+        if dropped:
+            raise ReportError(f"{path} has results this report would leave out ({', '.join(dropped)}): "
+                              "name them too (--methods, --seeds, --results-from) or replace it with --force")
+    write_json(path, rep)
+    with atomic_open(path.with_suffix(".md")) as f:
+        f.write(markdown(rep))
+    return path
+
+

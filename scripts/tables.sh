@@ -1,5 +1,0 @@
-#!/usr/bin/env bash
-# Checkout wrapper of `labo-fairseq tables` (--help for its options).
-set -euo pipefail
-source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
-exec "$(labo_python)" -m labo_fairseq tables "$@"
