@@ -83,6 +83,9 @@ HP: Dict[str, HParam] = {
                        help="weight of the distillation term: (1 - alpha) LS + alpha T^2 KL(teacher || student)"),
     "kd_temperature": HParam("--kd-temperature", 1.0, 0.0, INF, lo_open=True,
                              help="softmax temperature T of teacher and student in the distillation term"),
+    "loss_chunk_tokens": HParam("--loss-chunk-tokens", 0, 0, integer=True,
+                                help="tokens per chunk of the output layer fused with the loss, so that the (tokens x V) "
+                                     "logits never exist whole (0: off, the model's own output layer)"),
     "kd_topk": HParam("--kd-topk", None, 1, integer=True,
                       help="keep the teacher's k most probable tokens, renormalized; unset: the full distribution"),
 }

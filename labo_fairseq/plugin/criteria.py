@@ -30,11 +30,18 @@ logger = logging.getLogger(__name__)
 Stats = Dict[str, torch.Tensor]
 
 
+def hp_field(key: str, **override):
+    """A dataclass field of :data:`labo_fairseq.losses.hparams.HP`: its default, and its help with the range
+    (what ``fairseq-train --help`` prints)."""
+    return field(default=override.get("default", HP[key].default), metadata={"help": HP[key].describe()})
+
+
 @dataclass
 class RegularizedCriterionConfig(FairseqDataclass):
     report_accuracy: bool = field(default=False, metadata={"help": "report accuracy metric"})
     ignore_prefix_size: int = field(default=0, metadata={"help": "Ignore first N tokens"})
     sentence_avg: bool = II("optimization.sentence_avg")
+    loss_chunk_tokens: int = hp_field("loss_chunk_tokens")
 
 
 class RegularizedCriterion(LabelSmoothedCrossEntropyCriterion):
@@ -43,14 +50,28 @@ class RegularizedCriterion(LabelSmoothedCrossEntropyCriterion):
 
     mean_metrics: Dict[str, float] = {}
 
-    def __init__(self, task, sentence_avg, ignore_prefix_size=0, report_accuracy=False, label_smoothing=0.0):
+    def __init__(self, task, sentence_avg, ignore_prefix_size=0, report_accuracy=False, label_smoothing=0.0,
+                 loss_chunk_tokens=0):
         check_range("--ignore-prefix-size", ignore_prefix_size, 0, math.inf, hi_open=True)
+        check(loss_chunk_tokens=loss_chunk_tokens)
+        if loss_chunk_tokens and report_accuracy:
+            raise ValueError("--report-accuracy needs the logits: not with --loss-chunk-tokens")
         super().__init__(task, sentence_avg, label_smoothing, ignore_prefix_size, report_accuracy)
+        self.chunk_tokens = int(loss_chunk_tokens)
         self._stats: Stats = {}
 
     def token_losses(self, lprobs, target, reduce) -> Tuple[torch.Tensor, torch.Tensor, Stats]:
         """``(loss, nll_loss, stats)`` for flattened ``lprobs (N, V)`` and ``target (N,)``."""
         raise NotImplementedError
+
+    def linear_terms(self) -> Tuple[str, Dict]:
+        """The criterion and parameters of :func:`labo_fairseq.losses.linear_loss` that equal
+        :meth:`token_losses` now (``--loss-chunk-tokens``)."""
+        raise NotImplementedError(f"{type(self).__name__} has no --loss-chunk-tokens path")
+
+    def linear_stats(self, stats: Stats, ntokens: torch.Tensor) -> Stats:
+        """The logged statistics from :func:`linear_loss`'s (default: none)."""
+        return {}
 
     def compute_loss(self, model, net_output, sample, reduce=True):
         lprobs, target = self.get_lprobs_and_target(model, net_output, sample)
@@ -58,8 +79,30 @@ class RegularizedCriterion(LabelSmoothedCrossEntropyCriterion):
         return loss, nll_loss
 
     def forward(self, model, sample, reduce=True):
+        if self.chunk_tokens:
+            return self.fused_forward(model, sample, reduce)
         loss, sample_size, logging_output = super().forward(model, sample, reduce=reduce)
         logging_output.update({k: v.detach() for k, v in self._stats.items()})
+        return loss, sample_size, logging_output
+
+    def fused_forward(self, model, sample, reduce=True):
+        """The decoder's features and its output projection into :func:`linear_loss`, in chunks of
+        ``--loss-chunk-tokens``: the same values and gradients as :meth:`forward`, without the
+        (tokens x V) logits. fairseq's sample size and logging as its label-smoothed criterion."""
+        if not reduce:
+            raise ValueError("--loss-chunk-tokens computes summed losses only (reduce=True)")
+        features, _ = model(**sample["net_input"], features_only=True)
+        weight = output_weight(model)
+        target = model.get_targets(sample, None)
+        if self.ignore_prefix_size > 0:
+            features, target = features[:, self.ignore_prefix_size:, :], target[:, self.ignore_prefix_size:]
+        criterion, params = self.linear_terms()
+        loss, nll, stats = losses.linear_loss(features, weight, target, criterion, chunk_tokens=self.chunk_tokens,
+                                              ignore_index=self.padding_idx, return_stats=True, **params)
+        sample_size = sample["target"].size(0) if self.sentence_avg else sample["ntokens"]
+        logging_output = {"loss": loss.data, "nll_loss": nll.data, "ntokens": sample["ntokens"],
+                          "nsentences": sample["target"].size(0), "sample_size": sample_size}
+        logging_output.update({k: v.detach() for k, v in self.linear_stats(stats, stats["ntokens"]).items()})
         return loss, sample_size, logging_output
 
     @classmethod
@@ -73,10 +116,14 @@ class RegularizedCriterion(LabelSmoothedCrossEntropyCriterion):
             metrics.log_scalar(name, total * scale / ntokens, ntokens, round=3)
 
 
-def hp_field(key: str, **override):
-    """A dataclass field of :data:`labo_fairseq.losses.hparams.HP`: its default, and its help with the range
-    (what ``fairseq-train --help`` prints)."""
-    return field(default=override.get("default", HP[key].default), metadata={"help": HP[key].describe()})
+def output_weight(model) -> torch.Tensor:
+    """The (V, d) weight of the decoder's linear output projection (fairseq's transformer decoders:
+    ``decoder.output_projection``, shared with the embeddings or not)."""
+    proj = getattr(getattr(model, "decoder", None), "output_projection", None)
+    if not isinstance(proj, torch.nn.Linear) or proj.bias is not None:
+        raise ValueError("--loss-chunk-tokens needs a decoder whose output layer is a linear map without bias "
+                         "(decoder.output_projection); this model has none (adaptive softmax?)")
+    return proj.weight
 
 
 def check(**values) -> None:
@@ -121,9 +168,10 @@ class LaboCriterion(RegularizedCriterion):
         labo_warmup_updates=HP["warmup_updates"].default,
         ignore_prefix_size=0,
         report_accuracy=False,
+        loss_chunk_tokens=0,
     ):
         check(epsilon=label_smoothing, tau=labo_tau, rho=labo_rho, alpha=labo_alpha, warmup_updates=labo_warmup_updates)
-        super().__init__(task, sentence_avg, ignore_prefix_size, report_accuracy, label_smoothing)
+        super().__init__(task, sentence_avg, ignore_prefix_size, report_accuracy, label_smoothing, loss_chunk_tokens)
         self.tau, self.rho, self.alpha = labo_tau, labo_rho, labo_alpha
         self.warmup_updates = int(labo_warmup_updates)
         self.num_updates = 0
@@ -171,6 +219,18 @@ class LaboCriterion(RegularizedCriterion):
         stats["stat_ntokens"] = ntok
         return loss, nll, stats
 
+    def linear_terms(self):
+        if self.labo_active:
+            return "labo", {"tau": self.tau, "rho": self.rho, "alpha": self.alpha}
+        return "ls", {"epsilon": self.eps}
+
+    def linear_stats(self, stats, ntokens):
+        if self.labo_active:
+            return {"labo_alpha": stats["alpha"], "labo_target_ent": stats["target_entropy"], "labo_active": ntokens,
+                    "stat_ntokens": ntokens}
+        return {"labo_alpha": ntokens * self.eps, "labo_active": ntokens * 0, "stat_ntokens": ntokens,
+                "labo_target_ent": ntokens * _uniform_ls_entropy(self.eps, self.task.target_dictionary.__len__())}
+
 
 def _uniform_ls_entropy(eps: float, vocab: int) -> float:
     """Entropy (nats) of fairseq's LS target: 1-eps on the gold, eps/(V-1) elsewhere."""
@@ -215,10 +275,14 @@ class ConfidencePenaltyConfig(RegularizedCriterionConfig):
 class ConfidencePenaltyCriterion(RegularizedCriterion):
     """Confidence penalty (Pereyra et al., 2017), :func:`labo_fairseq.losses.confidence_penalty_loss`."""
 
-    def __init__(self, task, sentence_avg, cp_beta=HP["beta"].default, ignore_prefix_size=0, report_accuracy=False):
+    def __init__(self, task, sentence_avg, cp_beta=HP["beta"].default, ignore_prefix_size=0, report_accuracy=False,
+                 loss_chunk_tokens=0):
         check(beta=cp_beta)
-        super().__init__(task, sentence_avg, ignore_prefix_size, report_accuracy)
+        super().__init__(task, sentence_avg, ignore_prefix_size, report_accuracy, loss_chunk_tokens=loss_chunk_tokens)
         self.beta = cp_beta
+
+    def linear_terms(self):
+        return "cp", {"beta": self.beta}
 
     def token_losses(self, lprobs, target, reduce):
         loss, nll = losses.confidence_penalty_loss(lprobs, target, self.beta, self.padding_idx, reduce)
@@ -239,10 +303,13 @@ class FocalCriterion(RegularizedCriterion):
     """Focal loss (Lin et al., 2017), :func:`labo_fairseq.losses.focal_loss`."""
 
     def __init__(self, task, sentence_avg, focal_gamma=HP["gamma"].default, focal_detach_weight=False,
-                 ignore_prefix_size=0, report_accuracy=False):
+                 ignore_prefix_size=0, report_accuracy=False, loss_chunk_tokens=0):
         check(gamma=focal_gamma)
-        super().__init__(task, sentence_avg, ignore_prefix_size, report_accuracy)
+        super().__init__(task, sentence_avg, ignore_prefix_size, report_accuracy, loss_chunk_tokens=loss_chunk_tokens)
         self.gamma, self.detach_weight = focal_gamma, focal_detach_weight
+
+    def linear_terms(self):
+        return "fl", {"gamma": self.gamma, "detach_weight": self.detach_weight}
 
     def token_losses(self, lprobs, target, reduce):
         loss, nll = losses.focal_loss(
@@ -267,11 +334,14 @@ class AntiFocalCriterion(RegularizedCriterion):
 
     def __init__(self, task, sentence_avg, anti_focal_gamma=HP["afl_gamma"].default,
                  anti_focal_alpha=HP["afl_alpha"].default, anti_focal_differentiate_weight=False,
-                 ignore_prefix_size=0, report_accuracy=False):
+                 ignore_prefix_size=0, report_accuracy=False, loss_chunk_tokens=0):
         check(afl_gamma=anti_focal_gamma, afl_alpha=anti_focal_alpha)
-        super().__init__(task, sentence_avg, ignore_prefix_size, report_accuracy)
+        super().__init__(task, sentence_avg, ignore_prefix_size, report_accuracy, loss_chunk_tokens=loss_chunk_tokens)
         self.gamma, self.alpha = anti_focal_gamma, anti_focal_alpha
         self.detach_weight = not anti_focal_differentiate_weight
+
+    def linear_terms(self):
+        return "afl", {"gamma": self.gamma, "alpha": self.alpha, "detach_weight": self.detach_weight}
 
     def token_losses(self, lprobs, target, reduce):
         loss, nll = losses.anti_focal_loss(
@@ -279,3 +349,30 @@ class AntiFocalCriterion(RegularizedCriterion):
             detach_weight=self.detach_weight,
         )
         return loss, nll, {}
+
+
+# ---------------------------------------------------------------------------- LS, for like for like
+
+
+@dataclass
+class LabelSmoothedConfig(RegularizedCriterionConfig):
+    label_smoothing: float = hp_field("epsilon")
+
+
+@register_criterion("label_smoothed_ce", dataclass=LabelSmoothedConfig)
+class LabelSmoothedCriterion(RegularizedCriterion):
+    """fairseq's ``label_smoothed_cross_entropy`` (the same values: :func:`labo_fairseq.losses.label_smoothing_loss`)
+    through this plugin's paths, ``--loss-chunk-tokens`` included, so that LS and CE (``--label-smoothing 0``)
+    compare like for like with LABO and the other criteria."""
+
+    def __init__(self, task, sentence_avg, label_smoothing=HP["epsilon"].default, ignore_prefix_size=0,
+                 report_accuracy=False, loss_chunk_tokens=0):
+        check(epsilon=label_smoothing)
+        super().__init__(task, sentence_avg, ignore_prefix_size, report_accuracy, label_smoothing, loss_chunk_tokens)
+
+    def token_losses(self, lprobs, target, reduce):
+        loss, nll = losses.label_smoothing_loss(lprobs, target, self.eps, self.padding_idx, reduce)
+        return loss, nll, {}
+
+    def linear_terms(self):
+        return "ls", {"epsilon": self.eps}

@@ -112,8 +112,11 @@ class WordDistillationCriterion(RegularizedCriterion):
     mean_metrics = {"kd_loss": 1.0 / math.log(2), "teacher_nll": 1.0 / math.log(2), "gamma": 1.0}
 
     def __init__(self, task, sentence_avg, teacher_path="", kd_alpha=0.5, kd_temperature=1.0, kd_topk=None,
-                 label_smoothing=0.0, ignore_prefix_size=0, report_accuracy=False, teachers=None):
+                 label_smoothing=0.0, ignore_prefix_size=0, report_accuracy=False, teachers=None, loss_chunk_tokens=0):
         check(kd_alpha=kd_alpha, kd_temperature=kd_temperature, kd_topk=kd_topk, epsilon=label_smoothing)
+        if loss_chunk_tokens:
+            raise ValueError("word_distillation needs the student's whole distribution beside the teacher's: "
+                             "not with --loss-chunk-tokens")
         paths = teacher_paths(teacher_path) if teachers is None else []
         super().__init__(task, sentence_avg, ignore_prefix_size, report_accuracy, label_smoothing)
         self.alpha, self.temperature, self.topk = float(kd_alpha), float(kd_temperature), kd_topk
