@@ -78,7 +78,7 @@ def test_fused_equals_unfused(dictionaries, name, flags, prefix):
         assert torch.allclose(torch.as_tensor(g0[key]).double(), torch.as_tensor(g1[key]).double(), rtol=1e-5), key
 
 
-def test_bad_uses_of_the_fused_path_fail_at_startup(data_dir):
+def test_bad_uses_of_the_fused_path_fail_at_startup(dictionaries):
     with pytest.raises(ValueError, match=r"--loss-chunk-tokens must be in \[0, inf\), got -1"):
         build(dictionaries, "--criterion", "label_smoothed_ce", "--loss-chunk-tokens", "-1")
     with pytest.raises(ValueError, match="--report-accuracy needs the logits"):
