@@ -2,9 +2,9 @@
 :class:`LossTrainer` (:mod:`.trainer`). Importing it loads neither fairseq nor transformers;
 ``LossTrainer`` imports transformers when first used."""
 
-from labo_fairseq.hf.trainer import CRITERIA, IGNORE, LossConfig, token_loss
+from labo_fairseq.hf.trainer import CRITERIA, IGNORE, LossConfig, LossFunction, token_loss
 
-__all__ = ["CRITERIA", "IGNORE", "LossConfig", "LossTrainer", "token_loss"]
+__all__ = ["CRITERIA", "IGNORE", "LossConfig", "LossFunction", "LossTrainer", "token_loss"]
 
 
 def __getattr__(name):

@@ -21,10 +21,14 @@ own loss; the logs get ``nll_loss`` (nats per token, the plain NLL under every c
 LABO, ``labo_alpha`` (mean α of the LABO tokens) and ``labo_active`` (1 once the warm-up is over).
 """
 
+import logging
 from dataclasses import dataclass
 from typing import Dict, Optional, Tuple
 
+from labo_fairseq.hf.fused import fused_loss, linear_head
 from labo_fairseq.losses.hparams import HP
+
+logger = logging.getLogger(__name__)
 
 CRITERIA = ("ce", "ls", "labo", "cp", "fl", "afl")
 IGNORE = -100  # transformers' label padding
@@ -32,7 +36,10 @@ IGNORE = -100  # transformers' label padding
 
 @dataclass
 class LossConfig:
-    """The criterion and its hyper-parameters (checked at construction, naming the bad value)."""
+    """The criterion and its hyper-parameters (checked at construction, naming the bad value).
+    ``fused``: compute the output layer and the loss together in chunks of ``chunk_tokens`` tokens
+    (None: chosen from the vocabulary size) wherever the model's head is a plain linear map
+    (:mod:`labo_fairseq.hf.fused`); elsewhere, or with False, from the model's logits."""
 
     criterion: str = "labo"
     label_smoothing: float = HP["epsilon"].default  # ls, and labo's warm-up (fairseq's convention)
@@ -44,6 +51,8 @@ class LossConfig:
     focal_gamma: float = HP["gamma"].default
     anti_focal_gamma: float = HP["afl_gamma"].default
     anti_focal_alpha: float = HP["afl_alpha"].default
+    fused: bool = True
+    chunk_tokens: Optional[int] = None
 
     def __post_init__(self):
         if self.criterion not in CRITERIA:
@@ -52,6 +61,32 @@ class LossConfig:
                           ("warmup_steps", "warmup_updates"), ("cp_beta", "beta"), ("focal_gamma", "gamma"),
                           ("anti_focal_gamma", "afl_gamma"), ("anti_focal_alpha", "afl_alpha")):
             HP[key].check(getattr(self, name), name)
+        if self.chunk_tokens is not None and self.chunk_tokens < 1:
+            raise ValueError(f"chunk_tokens must be >= 1, got {self.chunk_tokens}")
+
+    def terms(self, step: int) -> Tuple[str, Dict]:
+        """The pure loss (:data:`labo_fairseq.losses.linear.CRITERIA`'s name) and its parameters at
+        optimizer step ``step``: LABO is uniform LS before ``warmup_steps``."""
+        c = self.criterion
+        if c == "ce":
+            return "ce", {}
+        if c == "ls" or (c == "labo" and step < self.warmup_steps):
+            return "ls", {"epsilon": self.label_smoothing}
+        if c == "labo":
+            return "labo", {"tau": self.tau, "rho": self.rho, "alpha": self.alpha}
+        if c == "cp":
+            return "cp", {"beta": self.cp_beta}
+        if c == "fl":
+            return "fl", {"gamma": self.focal_gamma}
+        return "afl", {"gamma": self.anti_focal_gamma, "alpha": self.anti_focal_alpha}
+
+
+def loss_stats(cfg: LossConfig, name: str, ntokens, stats) -> Dict[str, float]:
+    """The meters' statistics (floats: no graph kept): ``ntokens``, and for LABO ``active`` and ``alpha_sum``."""
+    out = {"ntokens": float(ntokens)}
+    if cfg.criterion == "labo":
+        out.update(active=float(name == "labo"), alpha_sum=float(stats["alpha"]) if name == "labo" else 0.0)
+    return out
 
 
 def token_loss(cfg: LossConfig, logits, labels, step: int = 0) -> Tuple["object", "object", Dict[str, float]]:
@@ -60,28 +95,55 @@ def token_loss(cfg: LossConfig, logits, labels, step: int = 0) -> Tuple["object"
     and ``active`` (whether the LABO target was used)."""
     import torch
 
-    from labo_fairseq import losses as L
+    from labo_fairseq.losses.linear import token_loss_fn
 
     lprobs = torch.log_softmax(logits.float(), dim=-1).view(-1, logits.size(-1))  # fp32, as fairseq hands them
     target = labels.reshape(-1)
-    stats: Dict[str, float] = {"ntokens": float(target.ne(IGNORE).sum())}  # floats: no graph kept
-    c = cfg.criterion
-    if c == "ce":
-        loss, nll = L.label_smoothing_loss(lprobs, target, 0.0, IGNORE)
-    elif c == "ls" or (c == "labo" and step < cfg.warmup_steps):
-        loss, nll = L.label_smoothing_loss(lprobs, target, cfg.label_smoothing, IGNORE)
-        if c == "labo":
-            stats.update(active=0.0, alpha_sum=0.0)
-    elif c == "labo":
-        loss, nll, st = L.labo_terms(lprobs, target, cfg.tau, cfg.rho, cfg.alpha, IGNORE)
-        stats.update(active=1.0, alpha_sum=float(st["alpha"]))
-    elif c == "cp":
-        loss, nll = L.confidence_penalty_loss(lprobs, target, cfg.cp_beta, IGNORE)
-    elif c == "fl":
-        loss, nll = L.focal_loss(lprobs, target, cfg.focal_gamma, IGNORE)
-    else:
-        loss, nll = L.anti_focal_loss(lprobs, target, cfg.anti_focal_gamma, cfg.anti_focal_alpha, IGNORE)
-    return loss, nll, stats
+    name, params = cfg.terms(step)
+    loss, nll, stats = token_loss_fn(name, params)(lprobs, target, IGNORE)
+    return loss, nll, loss_stats(cfg, name, target.ne(IGNORE).sum(), stats)
+
+
+def _denominator(num_items_in_batch, stats, like):
+    """The Trainer's token count of the accumulated batch, else this batch's."""
+    if num_items_in_batch is None:
+        return max(stats["ntokens"], 1.0)
+    return num_items_in_batch.to(like.device) if hasattr(num_items_in_batch, "to") else num_items_in_batch
+
+
+class LossFunction:
+    """The loss for transformers' plain ``Trainer`` (and so TRL's trainers)::
+
+        f = LossFunction(LossConfig("labo", warmup_steps=500), causal=True)
+        Trainer(..., compute_loss_func=f, callbacks=[f.callback()])
+
+    The Trainer then gives the model no labels and calls ``f(outputs, labels, num_items_in_batch)``;
+    ``causal``: labels are the inputs (shifted here, as transformers shifts them). The callback tells
+    ``f`` the optimizer step, for LABO's warm-up. A seq2seq model needs ``decoder_input_ids`` from
+    its collator (``DataCollatorForSeq2Seq(model=...)``). From the logits: :class:`LossTrainer` has
+    the fused path."""
+
+    def __init__(self, config: Optional[LossConfig] = None, causal: bool = False):
+        self.config, self.causal, self.step = config or LossConfig(), causal, 0
+
+    def __call__(self, outputs, labels, num_items_in_batch=None):
+        logits = outputs["logits"] if isinstance(outputs, dict) else outputs.logits
+        if self.causal:
+            logits, labels = logits[:, :-1], labels[:, 1:]
+        loss_sum, _, stats = token_loss(self.config, logits, labels, self.step)
+        return loss_sum / _denominator(num_items_in_batch, stats, loss_sum)
+
+    def callback(self):
+        """A ``TrainerCallback`` that sets ``self.step`` to the optimizer step before each step."""
+        from transformers import TrainerCallback
+
+        fn = self
+
+        class StepCallback(TrainerCallback):
+            def on_step_begin(self, args, state, control, **kwargs):
+                fn.step = state.global_step
+
+        return StepCallback()
 
 
 def _trainer_base():
@@ -137,24 +199,28 @@ def make_trainer_class():
                 raise ValueError("label_smoothing_factor is transformers' own label smoothing; with LossTrainer use "
                                  "LossConfig('ls', label_smoothing=...) instead")
             super().__init__(*args, **kwargs)
-            model = self.model
-            if not getattr(getattr(model, "config", None), "is_encoder_decoder", False):
-                raise ValueError(f"{type(model).__name__} is not an encoder-decoder model (config.is_encoder_decoder "
-                                 "is false): LossTrainer is for seq2seq models (Marian, mBART, NLLB, T5)")
             self.loss_config = loss or LossConfig()
             self.model_accepts_loss_kwargs = True  # so the Trainer counts num_items_in_batch for us
             self._meters = {"train": _Meter(), "eval": _Meter()}
+            self._head, why = (None, "fused=False") if not self.loss_config.fused else linear_head(self.model)
+            if self._head is None and self.loss_config.fused:
+                logger.warning("LossTrainer: the loss from the model's logits (unfused): %s", why)
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
-            labels = inputs.pop("labels")
-            outputs = model(**inputs, labels=labels) if "decoder_input_ids" not in inputs else model(**inputs)
-            logits = outputs.logits
-            loss_sum, nll_sum, stats = token_loss(self.loss_config, logits, labels, self.state.global_step)
-            if num_items_in_batch is None:
-                denom = max(stats["ntokens"], 1.0)
-            else:
-                denom = num_items_in_batch.to(loss_sum.device) if hasattr(num_items_in_batch, "to") else num_items_in_batch
-            loss = loss_sum / denom
+            labels = inputs.pop("labels")  # the model never gets them: it would compute its own loss as well
+            unwrapped = self.accelerator.unwrap_model(model)
+            if unwrapped.config.is_encoder_decoder and "decoder_input_ids" not in inputs:
+                inputs = {**inputs, "decoder_input_ids": unwrapped.prepare_decoder_input_ids_from_labels(labels=labels)}
+            step, outputs = self.state.global_step, None
+            if self._head is not None and not return_outputs and model is unwrapped:
+                loss_sum, nll_sum, stats = fused_loss(self.loss_config, self._head, inputs, labels, step)
+            else:  # evaluation asking for the logits, a model wrapped for distributed training, or no linear head
+                outputs = model(**inputs)
+                logits = outputs.logits
+                if not unwrapped.config.is_encoder_decoder:  # a causal LM predicts the next token: shift
+                    logits, labels = logits[:, :-1], labels[:, 1:]
+                loss_sum, nll_sum, stats = token_loss(self.loss_config, logits, labels, step)
+            loss = loss_sum / _denominator(num_items_in_batch, stats, loss_sum)
             if getattr(self.args, "average_tokens_across_devices", False) and num_items_in_batch is not None:
                 loss = loss * self.accelerator.num_processes
             self._meters["train" if model.training else "eval"].add(float(nll_sum.detach()), stats)

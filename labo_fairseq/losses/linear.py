@@ -47,7 +47,7 @@ from labo_fairseq.losses.token import (
     labo_terms,
 )
 
-__all__ = ["CRITERIA", "default_chunk_tokens", "linear_loss"]
+__all__ = ["CRITERIA", "default_chunk_tokens", "linear_loss", "token_loss_fn"]
 
 # criterion -> (pure loss, parameters fixed by the name); the other parameters, their defaults and
 # which are required come from the pure loss's signature.
@@ -85,8 +85,9 @@ def _runner(fn: Callable, kwargs: dict) -> Callable:
     return run
 
 
-def _resolve(criterion: str, params: dict) -> Callable:
-    """The chunk loss for ``criterion``; raises ``ValueError`` for an unknown name, parameter or value."""
+def token_loss_fn(criterion: str, params: dict) -> Callable:
+    """``run(lprobs, target, ignore_index) -> (loss, nll, stats or None)``: the pure loss for
+    ``criterion``; ``ValueError`` for an unknown name, parameter or value."""
     if criterion not in CRITERIA:
         raise ValueError(f"unknown criterion {criterion!r}; choose one of: {', '.join(CRITERIA)}")
     fn, fixed = CRITERIA[criterion]
@@ -236,7 +237,7 @@ def linear_loss(hidden: Tensor, weight: Tensor, target: Tensor, criterion: str, 
     ``stats`` (sums, no gradient): labo ``{"alpha", "target_entropy", "ntokens"}`` as
     :func:`~labo_fairseq.losses.labo_terms` gives them; the others ``{"ntokens"}``.
     """
-    run = _resolve(criterion, params)
+    run = token_loss_fn(criterion, params)
     hidden2, target = _check_shapes(hidden, weight, bias, target)
     if chunk_tokens is not None and chunk_tokens < 1:
         raise ValueError(f"chunk_tokens must be >= 1, got {chunk_tokens}")

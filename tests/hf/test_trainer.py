@@ -211,15 +211,6 @@ def test_a_short_run_on_real_text_learns_and_is_scored_with_our_bleu(tiny, tmp_p
     assert B.chrf(hyps, refs)["chrf"] > 0
 
 
-def test_not_an_encoder_decoder_model_is_refused(tmp_path):
-    from transformers import GPT2Config, GPT2LMHeadModel, Seq2SeqTrainingArguments
-
-    model = GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=50))
-    args = Seq2SeqTrainingArguments(output_dir=str(tmp_path), use_cpu=True, report_to=[])
-    with pytest.raises(ValueError, match="GPT2LMHeadModel is not an encoder-decoder model"):
-        hf.LossTrainer(model=model, args=args, loss=hf.LossConfig("labo"))
-
-
 @pytest.mark.slow
 def test_hf_train_command_writes_a_result_the_tables_show(tiny, tmp_path):
     from labo_fairseq.study import tables
