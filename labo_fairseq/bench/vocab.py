@@ -37,6 +37,7 @@ from labo_fairseq import losses
 from labo_fairseq.bench.criteria import _status_kib
 from labo_fairseq.losses.linear import linear_loss
 from labo_fairseq.runtime.commandline import ArgumentParser
+from labo_fairseq.runtime.files import write_json
 
 PAD = -100
 UNFUSED_LS, FUSED_LABO = "ours unfused LS", "ours fused LABO"
@@ -163,13 +164,13 @@ def peak_cuda(fn, inputs) -> int:
     return torch.cuda.max_memory_allocated() - base
 
 
-def bench_vocab(vocab, args, device) -> list[dict]:
-    """One row per method for one vocabulary size."""
-    inputs = make_inputs(args.tokens, vocab, args.dim, DTYPES[args.dtype], device)
+def bench_vocab(vocab: int, tokens: int, dim: int, dtype: str, repeats: int, device) -> list[dict]:
+    """One row per method for one vocabulary size (``dtype``: a key of :data:`DTYPES`)."""
+    inputs = make_inputs(tokens, vocab, dim, DTYPES[dtype], device)
     why = usable(METHODS, inputs)  # also the warm-up step
     ok = [name for name in METHODS if not why[name]]
     times: dict[str, list[float]] = {name: [] for name in ok}
-    for _ in range(args.repeats):
+    for _ in range(repeats):
         for name in ok:
             times[name].append(time_ms(METHODS[name], inputs, device))
     rows = []
@@ -178,7 +179,7 @@ def bench_vocab(vocab, args, device) -> list[dict]:
         if name in times:
             row["ms"] = statistics.median(times[name])
             row["peak_bytes"] = (peak_cuda(fn, inputs) if device.type == "cuda" else
-                                 peak_cpu(name, args.tokens, vocab, args.dim, args.dtype))
+                                 peak_cpu(name, tokens, vocab, dim, dtype))
         rows.append(row)
     return rows
 
@@ -221,10 +222,11 @@ def main(argv=None, prog="labo-fairseq bench-vocab") -> int:
           f"median of {args.repeats} interleaved rounds")
     rows = []
     for vocab in args.vocab:
-        rows += bench_vocab(vocab, args, device)
+        rows += bench_vocab(vocab, args.tokens, args.dim, args.dtype, args.repeats, device)
         if device.type == "cuda":
             torch.cuda.empty_cache()
     print(markdown(rows))
     if args.json:
-        args.json.write_text(json.dumps(rows, indent=1))
+        write_json(args.json, {"rows": rows, "machine": name, "torch": torch.__version__, "tokens": args.tokens,
+                               "dim": args.dim, "dtype": args.dtype, "repeats": args.repeats})
     return 0

@@ -249,7 +249,20 @@ def part_bench(plan: Plan) -> Dict:
             "targets": {"labo_time_vs_ls": 1.1 if plan.cuda else 1.3, "labo_extra_buffers_vs_ls": 1.0},
             "timing": "CUDA events" if plan.cuda else "perf_counter",
             "memory": "torch.cuda.max_memory_allocated after reset_peak_memory_stats" if plan.cuda
-            else "peak RSS of a fresh process (Linux clear_refs)"}
+            else "peak RSS of a fresh process (Linux clear_refs)",
+            **({"fused": fused_rows(device)} if plan.cuda else {})}
+
+
+def fused_rows(device: str) -> Dict:
+    """The output layer fused with the loss at V = 256k in bf16 (NLLB's and mBART's size), beside the
+    unfused paths: ``labo-fairseq bench-vocab --vocab 256000`` on this GPU."""
+    import torch
+
+    from labo_fairseq.bench import vocab
+
+    rows = vocab.bench_vocab(256000, 4096, 1024, "bf16", 3, torch.device(device))
+    torch.cuda.empty_cache()
+    return {"rows": rows, "markdown": vocab.markdown(rows)}
 
 
 def run_training(plan: Plan, run: Dict) -> Dict:
