@@ -311,3 +311,22 @@ def test_the_report_finds_labo_wherever_train_put_it_and_names_each_runs_metric_
     (res / "labo-tau1.15" / "seed1.json").write_text("{}")
     with pytest.raises(compare.ReportError, match="labo seed 1 is in"):
         compare.results_in([tmp_path / "results"], "multi30k_de_en_small", ["ls", "labo"], 1.15)
+
+
+def test_the_report_keeps_each_runs_validation_curve_and_draws_mean_and_range(tmp_path):
+    pytest.importorskip("matplotlib")
+    from labo_fairseq.study.analysis.plots import validation_curves
+    from tests.helpers import png_size
+
+    found = {}
+    for m in ("ls", "labo"):
+        for s in (1, 2):
+            path = fake_result(tmp_path, m, s, 30.0)
+            r = json.loads(path.read_text())
+            r["validation_curve"] = [{"epoch": e, "bleu": 10.0 * e + s, "nll_loss": 3.0} for e in range(1, 4 + s)]
+            path.write_text(json.dumps(r))
+            found[(m, s, 1.15 if m == "labo" else None)] = path
+    rep = compare.build_report("multi30k_de_en_small", found, 1.15, samples=50)
+    assert rep["curves"]["LS"]["2"] == [[e, 10.0 * e + 2] for e in range(1, 6)]
+    png = validation_curves(rep["curves"], tmp_path / "curves.png")
+    assert png_size(png) == (640, 480)

@@ -91,3 +91,28 @@ def histograms(data: Dict[str, Dict[str, Sequence[float]]], path: Path, title: s
     fig.suptitle(title)
     fig.tight_layout()
     return save(fig, path)
+
+
+def validation_curves(curves: Dict[str, Dict[str, List[List[float]]]], path: Path, metric: str = "BLEU") -> Path:
+    """Validation ``metric`` per epoch of each method: the mean over its seeds (line) and their range
+    (band), at the epochs every seed reached; ``curves``: method -> seed -> [[epoch, value], ...]."""
+    fig, ax = pyplot().subplots(figsize=SIZE)
+    for method, seeds in curves.items():
+        by_epoch: Dict[float, List[float]] = {}
+        for rows in seeds.values():
+            for epoch, value in rows:
+                by_epoch.setdefault(epoch, []).append(value)
+        epochs = sorted(e for e, vs in by_epoch.items() if len(vs) == len(seeds))
+        if not epochs:
+            continue
+        mean = [sum(by_epoch[e]) / len(by_epoch[e]) for e in epochs]
+        line, = ax.plot(epochs, mean, label=f"{method} (mean of {len(seeds)})")
+        ax.fill_between(epochs, [min(by_epoch[e]) for e in epochs], [max(by_epoch[e]) for e in epochs],
+                        color=line.get_color(), alpha=0.2)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel(f"validation {metric}")
+    ax.set_title("validation per epoch: mean over seeds, band = range")
+    ax.legend(loc="lower right", fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    return save(fig, path)

@@ -194,8 +194,18 @@ def build_report(dataset: str, found: Dict[Tuple[str, int, Optional[float]], Pat
             "signatures": {k: {"bleu": first["directions"][k]["paper_metric"]["signature"],
                                **{m: first["directions"][k].get(f"{m}_signature") for m in ("sacrebleu", "chrf")}}
                            for k in keys},
-            "test_sets": table, "runs": runs, "samples": samples,
+            "test_sets": table, "runs": runs, "samples": samples, "curves": validation_curves(results),
             "results": {f"{m} seed {s}": str(p) for (m, s, _), p in found.items()}}
+
+
+def validation_curves(results: Dict) -> Dict[str, Dict[str, List[List[float]]]]:
+    """Validation BLEU per epoch of every run, by method label and seed (from each result's curve)."""
+    out: Dict[str, Dict[str, List[List[float]]]] = {}
+    for (method, seed, _), res in sorted(results.items(), key=lambda x: (x[0][0], x[0][1])):
+        rows = [[r["epoch"], r["bleu"]] for r in res.get("validation_curve") or [] if r.get("bleu") is not None]
+        if rows:
+            out.setdefault(label(method), {})[str(seed)] = rows
+    return out
 
 
 METRIC_NAMES = {"bleu": "BLEU", "nll_loss": "NLL (bits)", "loss": "loss (bits)"}

@@ -276,6 +276,12 @@ def write_report(c: Compare, rep: Dict) -> Path:
     write_json(path, rep)
     with atomic_open(path.with_suffix(".md")) as f:
         f.write(markdown(rep))
+    import importlib.util
+
+    if rep.get("curves") and importlib.util.find_spec("matplotlib") is not None:  # the plots extra
+        from labo_fairseq.study.analysis.plots import validation_curves
+
+        validation_curves(rep["curves"], path.with_suffix(".curves.png"))
     return path
 
 
