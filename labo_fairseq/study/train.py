@@ -21,7 +21,7 @@ from typing import List, Optional, Tuple
 
 from labo_fairseq.losses.hparams import HP, check_flags
 from labo_fairseq.runtime.commandline import ArgumentParser, split_extra
-from labo_fairseq.runtime.files import write_json
+from labo_fairseq.runtime.files import read_json, write_json
 from labo_fairseq.runtime.processes import run_logged
 from labo_fairseq.study.fairseq_tools import USER_DIR, fairseq_command, validation_curve
 from labo_fairseq.study.protocol import (
@@ -212,9 +212,12 @@ def cmd_train(a) -> int:
         print(f"train: error: {out} was not made by this command; not deleting it", file=sys.stderr)
         return 2
     if exists and not a.force and training_completed(out):
-        print(f"train: {out} has finished training ({_finished_how(out)}); nothing to do (--force starts over)",
-              file=sys.stderr)
-        return 0
+        longer = _longer_caps(read_json(out / RUN_MARKER).get("command", []), launch.train_argv)
+        if not longer:
+            print(f"train: {out} has finished training ({_finished_how(out)}); nothing to do (--force starts over, "
+                  "a larger --max-update/--max-epoch after -- trains on)", file=sys.stderr)
+            return 0
+        print(f"train: {out} finished, training on to {longer}", file=sys.stderr)
     data = Path(launch.train_argv[1])
     if not data.is_dir() and student is None:
         hint = (f"no prepared data at {data}: run `labo-fairseq prepare {dataset_config(a.dataset)['data']}"
@@ -241,7 +244,7 @@ def cmd_train(a) -> int:
     out.mkdir(parents=True, exist_ok=True)
     if lead:
         marker = out / RUN_MARKER
-        previous = json.loads(marker.read_text()) if marker.exists() else {}
+        previous = read_json(marker) if marker.exists() else {}
         record = _record(a, launch, previous)
         if student is not None:
             record["distillation"] = student.record
@@ -270,6 +273,19 @@ def _mark_completed(out: Path, rule) -> None:
     if rule.patience:
         record["stopping"] = rule.as_dict()
     write_json(out / RUN_MARKER, record)
+
+
+def _longer_caps(before: List[str], now: List[str]) -> str:
+    """The caps (``--max-update``, ``--max-epoch``) that ``now`` raises over ``before`` ('' if none):
+    a finished run given more to do trains on; the same command again does nothing."""
+    from labo_fairseq.study.protocol import flag_value
+
+    raised = []
+    for flag in ("--max-update", "--max-epoch"):
+        old, new = (int(flag_value(c, flag) or 0) for c in (before, now))
+        if old and (new == 0 or new > old):
+            raised.append(f"{flag} {new or 'unbounded'} (was {old})")
+    return ", ".join(raised)
 
 
 def _finished_how(out: Path) -> str:

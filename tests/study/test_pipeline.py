@@ -87,15 +87,17 @@ def test_train_evaluate_tables_over_two_seeds_with_resume_and_no_clobber(roots, 
     assert f"{mean:.2f} ± {std:.2f} (n=2) † · paper 34.5±0.14 · Δ {mean - 34.5:+.2f}" in ls_row
     assert "missing · paper 28.3±0.16" in ls_row  # EN-DE: no run, so no number
 
-    # A finished result is never overwritten without --force.
+    # A finished result is never overwritten without --force: evaluating again does nothing and says so.
     first = (results / "iwslt14_de_en" / "ls" / "seed1.json").read_bytes()
     again = cli("evaluate", "iwslt14_de_en", "ls", 1, cwd=roots)
-    assert again.returncode == 2 and "exists" in again.stderr and "--force" in again.stderr
+    assert again.returncode == 0 and "already evaluated, nothing to do (--force" in again.stderr
     assert (results / "iwslt14_de_en" / "ls" / "seed1.json").read_bytes() == first
+    same = ok(cli("train", "iwslt14_de_en", "ls", 1, "--", *TINY, "--max-update", 12, cwd=roots))  # again
+    assert "has finished training" in same.stderr and "Loaded checkpoint" not in same.stdout
 
-    # Resume: the same run directory continues from checkpoint_last.pt.
+    # More updates for a finished run: the same run directory continues from checkpoint_last.pt.
     resumed = ok(cli("train", "iwslt14_de_en", "ls", 1, "--", *TINY, "--max-update", 15, cwd=roots))
-    assert "resuming" in resumed.stderr and "Loaded checkpoint" in resumed.stdout
+    assert "training on to --max-update 15" in resumed.stderr and "Loaded checkpoint" in resumed.stdout
     run = json.loads((roots / "runs" / "iwslt14_de_en" / "ls" / "seed1" / "run.json").read_text())
     assert len(run["sessions"]) == 2
     ok(cli("evaluate", "iwslt14_de_en", "ls", 1, "--checkpoint", "last", "--force", cwd=roots))

@@ -256,3 +256,13 @@ def test_progress_shows_one_line_per_epoch_and_its_validation():
     assert p('x | INFO | valid | {"epoch": 2, "valid_nll_loss": "4.2", "valid_bleu": "30.1"}\n') == \
         "  valid: nll 4.2, BLEU 30.1\n"
     assert p("ValueError: --labo-tau must be in (0, inf), got -1.0\n").startswith("ValueError")
+
+
+def test_a_finished_run_trains_on_only_when_a_cap_is_raised():
+    from labo_fairseq.study.train import _longer_caps
+
+    before = ["fairseq-train", "d", "--max-epoch", "150", "--max-update", "800"]
+    assert _longer_caps(before, before) == ""
+    assert _longer_caps(before, [*before, "--max-update", "1000"]) == "--max-update 1000 (was 800)"
+    assert _longer_caps(before, [*before, "--max-update", "500"]) == ""
+    assert _longer_caps(["x", "--max-epoch", "45"], ["x"]) == "--max-epoch unbounded (was 45)"
