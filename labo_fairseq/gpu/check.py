@@ -39,24 +39,25 @@ from labo_fairseq.runtime.errors import ToolError
 from labo_fairseq.runtime.files import overwrite_refusal, write_json
 from labo_fairseq.runtime.processes import run_tool as io_run_tool
 from labo_fairseq.study.fairseq_tools import fairseq_command, split_size
-from labo_fairseq.study.protocol import tiny_model
+from labo_fairseq.study.protocol import common_config, dataset_config, flags, method_config, tiny_model
 
 PACKAGE_PARENT = Path(__file__).resolve().parents[2]  # holds this labo_fairseq: a checkout or site-packages
 USER_DIR = Path(__file__).resolve().parents[1]
 GPU_TESTS = Path(__file__).resolve().parent / "device_checks.py"  # shipped in the package
 PEAK_FLAG = "--_fairseq-train-with-peak"  # internal: run fairseq-train under the peak-memory hook
 
-# The paper's optimisation protocol (configs/common.yaml), minus validation: a speed test.
-TRAIN_COMMON = ["--task", "translation", "--optimizer", "adam", "--adam-betas", "(0.9, 0.98)",
-                "--lr", "5e-4", "--lr-scheduler", "inverse_sqrt", "--warmup-updates", "1000",
-                "--warmup-init-lr", "1e-7", "--dropout", "0.3", "--weight-decay", "0.0001",
-                "--log-format", "json", "--disable-validation", "--no-epoch-checkpoints", "--seed", "1"]
-GPU_MODEL = ["--arch", "transformer_iwslt_de_en", "--share-decoder-input-output-embed", "--max-tokens", "4096"]
+# The paper's optimisation protocol as the configs hold it (common.yaml, then IWSLT'14's lr and model),
+# minus validation and checkpoint choice: a speed test. Read from the configs, never retyped.
+_SPEED_TEST = {"--eval-bleu": None, "--best-checkpoint-metric": None, "--maximize-best-checkpoint-metric": None,
+               "--log-interval": None, "--max-tokens": None}
+TRAIN_COMMON = ["--task", "translation", *flags({**common_config()["args"], **_SPEED_TEST}),
+                "--lr", str(dataset_config("iwslt14_de_en")["args"]["--lr"]), "--disable-validation", "--seed", "1"]
+GPU_MODEL = ["--arch", dataset_config("iwslt14_de_en")["args"]["--arch"], "--share-decoder-input-output-embed",
+             "--max-tokens", str(common_config()["args"]["--max-tokens"])]
 TINY_MODEL = [*tiny_model(), "--share-all-embeddings", "--max-tokens", "1000", "--num-workers", "0", "--cpu"]
-CRITERIA = {
-    "ls": ["--criterion", "label_smoothed_cross_entropy", "--label-smoothing", "0.1"],
-    "labo": ["--criterion", "label_smoothed_labo", "--labo-tau", "1.15", "--labo-warmup-updates", "0"],
-}
+# LS and LABO as the method configs define them; LABO active from the first update (a speed test)
+CRITERIA = {m: [*flags(method_config(m)["args"]), *(["--labo-warmup-updates", "0"] if m == "labo" else [])]
+            for m in ("ls", "labo")}
 PRECISION_FLAGS = {"fp16": ["--fp16"], "bf16": ["--bf16"], "memory_efficient_fp16": ["--memory-efficient-fp16"]}
 
 
