@@ -16,17 +16,18 @@ only multiplies these by the incoming ``grad_output``: the logits matmul runs on
 in the recompute design (forward for the value, backward again for ``dz``), i.e. 3 GEMMs of
 N x V x d instead of 4. The price is holding the fp32 ``grad_weight`` (V x d: 1 GiB at V = 256k,
 d = 1024) and ``grad_hidden`` (N x d) from forward to backward, where recompute would hold them
-only during backward; with bf16/fp16 weights an fp32 copy of ``weight`` (V x d) also exists
-during forward. The gradient of ``nll_loss`` is not precomputed (it is usually only logged):
+only during backward. The gradient of ``nll_loss`` is not precomputed (it is usually only logged):
 a backward that reaches ``nll_loss`` recomputes the chunks' logits for ``p - onehot(y)``
 (differentiable under every criterion, where the pure LABO and CP losses mark theirs non-differentiable).
 A no-grad call (validation) does the value sweep only.
 
 Memory: a few (chunk x V) buffers of the working dtype at a time (logits, log-probs, the pure loss's
-buffer, its gradient), freed before the next chunk. Precision: at least float32 inside (bf16/fp16
-inputs are upcast chunk by chunk; the weight once), outputs and gradients in the inputs' dtypes.
-The fp32 GEMMs cost more than an unfused bf16 path's bf16 ones (2x on an AVX512-BF16 CPU; more on a
-GPU's tensor cores, TF32 if the caller enables it) but round neither the logits nor their gradient.
+buffer, its gradient), freed before the next chunk. Precision: the logits GEMM and the one for
+``grad_hidden`` run in the inputs' dtype with fp32 accumulation, as the model's own output layer and
+its unfused backward do (no V x d fp32 copy of a bf16 weight, the largest buffer there would be);
+everything after the logits (log_softmax, P*, the loss, ``dz``) is at least fp32, chunk by chunk,
+and ``grad_weight`` accumulates over the chunks in fp32 (an fp32 GEMM of ``dz`` and the chunk's
+hidden states, which rounds nothing). Outputs and gradients come back in the inputs' dtypes.
 Backward reuses the forward's buffers in place, so it can run once (like the pure losses).
 """
 
@@ -113,8 +114,13 @@ _CE = _runner(label_smoothing_loss, {"epsilon": 0.0})  # the nll's gradient p - 
 def _chunk_terms(run, h, w, b, target, ignore_index, want_grad):
     """``(loss, nll, stats, dz)`` of one chunk, ``dz = d loss / d logits`` (None without ``want_grad``)."""
     with torch.no_grad():
-        # logits are a temporary inside this expression: freed as soon as log_softmax returns
-        lp = torch.log_softmax(h @ w.t() if b is None else torch.addmm(b, h, w.t()), -1)
+        # the GEMM in the inputs' dtype (fp32 accumulation inside, as the model's own output layer);
+        # the loss from here on in the working dtype, at least fp32
+        z = (h @ w.t()).to(torch.promote_types(h.dtype, torch.float32))
+        if b is not None:
+            z += b
+        lp = torch.log_softmax(z, -1)
+        del z
     if not want_grad:
         return (*run(lp, target, ignore_index), None)
     lp.requires_grad_()
@@ -151,10 +157,10 @@ def _sweep(hidden, w, b, target, run, chunk, ignore_index, grads, scale=None):
         if scale is not None:
             dz.mul_(scale.to(dz.dtype))
         with torch.autocast(hidden.device.type, enabled=False):
-            if gh is not None:
-                gh[s:s + chunk].addmm_(dz, w)
-            if gw is not None:
-                gw.addmm_(dz.t(), h)
+            if gh is not None:  # (chunk, d): in the inputs' dtype, as the unfused backward
+                gh[s:s + chunk] += dz.to(w.dtype) @ w
+            if gw is not None:  # accumulated over chunks in the working dtype, with no (V, d) temporary
+                gw.addmm_(dz.t(), h.to(dz.dtype))
         if gb is not None:
             gb.add_(dz.sum(0))
         del dz
@@ -167,14 +173,17 @@ def _work_dtype(hidden, weight):
 
 
 def _work_params(hidden, weight, bias):
-    """Weight and bias in the working dtype (no copy when already there)."""
-    work = _work_dtype(hidden, weight)
-    return weight.to(work), None if bias is None else bias.to(work)
+    """The weight in the GEMMs' dtype, the inputs' (no copy: a V x d fp32 copy of a half-precision
+    weight would be the largest buffer of all), the bias in the working dtype."""
+    gemm = torch.promote_types(hidden.dtype, weight.dtype)
+    return weight.to(gemm), None if bias is None else bias.to(_work_dtype(hidden, weight))
 
 
 def _grad_buffers(hidden, w, b, needs):
+    """Gradient accumulators in the working dtype (at least fp32)."""
+    work = torch.promote_types(w.dtype, torch.float32)
     shapes = (hidden.shape, w.shape, None if b is None else b.shape)
-    return [torch.zeros(shape, dtype=w.dtype, device=w.device) if need and shape is not None else None
+    return [torch.zeros(shape, dtype=work, device=w.device) if need and shape is not None else None
             for need, shape in zip(needs, shapes)]
 
 
