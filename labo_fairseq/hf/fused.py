@@ -41,7 +41,9 @@ def linear_head(model) -> Tuple[Optional[Head], str]:
             return None, f"config.{field} is set: its logits are more than a linear map"
     head = model.get_output_embeddings()
     base = getattr(model, getattr(model, "base_model_prefix", ""), None)
-    if not isinstance(head, torch.nn.Linear) or base is None or base is model:
+    width = getattr(cfg, "d_model", None) or getattr(cfg, "hidden_size", None)
+    if not isinstance(head, torch.nn.Linear) or base is None or base is model or head.in_features != width \
+            or base.get_output_embeddings() is not None:  # e.g. a PEFT wrapper, whose .model is the whole LM
         return None, "it has no linear output embeddings beside a base model"
     bias = head.bias
     extra = getattr(model, "final_logits_bias", None)

@@ -202,18 +202,31 @@ def make_trainer_class():
             self.loss_config = loss or LossConfig()
             self.model_accepts_loss_kwargs = True  # so the Trainer counts num_items_in_batch for us
             self._meters = {"train": _Meter(), "eval": _Meter()}
-            self._head, why = (None, "fused=False") if not self.loss_config.fused else linear_head(self.model)
-            if self._head is None and self.loss_config.fused:
-                logger.warning("LossTrainer: the loss from the model's logits (unfused): %s", why)
+            self._heads: Dict[int, object] = {}
+            self.fused_head(self.model)  # the notice, if any, at once
+
+        def fused_head(self, model):
+            """The model's linear head (:func:`linear_head`) or None, found once per model object (a
+            ``model_init`` makes a new one), with a one-line notice where the fused path is off."""
+            if id(model) not in self._heads:
+                head, why = (None, "fused=False") if not self.loss_config.fused else linear_head(model)
+                if head is None and self.loss_config.fused:
+                    logger.warning("LossTrainer: the loss from the model's logits (unfused): %s", why)
+                self._heads = {id(model): head}
+            return self._heads[id(model)]
 
         def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
             labels = inputs.pop("labels")  # the model never gets them: it would compute its own loss as well
             unwrapped = self.accelerator.unwrap_model(model)
             if unwrapped.config.is_encoder_decoder and "decoder_input_ids" not in inputs:
                 inputs = {**inputs, "decoder_input_ids": unwrapped.prepare_decoder_input_ids_from_labels(labels=labels)}
-            step, outputs = self.state.global_step, None
-            if self._head is not None and not return_outputs and model is unwrapped:
-                loss_sum, nll_sum, stats = fused_loss(self.loss_config, self._head, inputs, labels, step)
+            step, outputs, head = self.state.global_step, None, self.fused_head(unwrapped)
+            if head is not None and model is not unwrapped and not getattr(self, "_told_wrapped", False):
+                self._told_wrapped = True  # DDP/FSDP hooks live in the wrapper's forward: do not bypass it
+                logger.warning("LossTrainer: the model is wrapped for distributed training: the loss from its logits")
+            if head is not None and not return_outputs and model is unwrapped:
+                with self.accelerator.autocast():  # mixed precision applies to the base model as to model(...)
+                    loss_sum, nll_sum, stats = fused_loss(self.loss_config, head, inputs, labels, step)
             else:  # evaluation asking for the logits, a model wrapped for distributed training, or no linear head
                 outputs = model(**inputs)
                 logits = outputs.logits

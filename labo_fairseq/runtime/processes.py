@@ -160,7 +160,7 @@ def run_logged(processes: Sequence[Sequence[str]], logs: Sequence[Path], cwd: Op
             children.append(Child(cmd, log, cwd=cwd, echo=echo if i == 0 else False))
         while None in [c.poll() for c in children]:  # a list, not any(): every process is polled
             failed = [c.returncode for c in children if c.returncode not in (None, 0)]
-            if failed:
+            if failed and not status:  # the first failure's, not that of a rank stopped because of it
                 status = failed[0]
                 for c in children:
                     c.terminate()

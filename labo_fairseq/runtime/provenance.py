@@ -16,7 +16,12 @@ def git_state() -> Dict:
     """The plugin checkout's commit and whether tracked files differ from it; for an installed
     (non-checkout) package, commit and dirty are None (the commit is ``LABO_COMMIT`` where that is
     set, for a copy carried without .git) and the version says which release it is."""
-    from labo_fairseq import __version__
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        __version__ = version("labo-fairseq")
+    except PackageNotFoundError:  # a copy on PYTHONPATH, not installed
+        __version__ = None
 
     def git(*args):
         return subprocess.run(["git", *args], cwd=PACKAGE, capture_output=True, text=True, check=True).stdout.strip()

@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import List
 
 from labo_fairseq.hf.trainer import CRITERIA, LossConfig
+from labo_fairseq.losses.hparams import HP
 from labo_fairseq.runtime.commandline import ArgumentParser
 from labo_fairseq.runtime.errors import UsageError
 from labo_fairseq.runtime.files import overwrite_refusal, read_lines, write_json, write_lines
@@ -55,7 +56,7 @@ def main(argv=None, prog="labo-fairseq hf-train") -> int:
     ap.add_argument("--name", required=True, help="the dataset's name in results/ and the tables")
     ap.add_argument("--criterion", default="labo", choices=CRITERIA)
     ap.add_argument("--tau", type=float, default=1.15, help="LABO's tau (default 1.15)")
-    ap.add_argument("--rho", type=float, default=0.5, help="LABO's rho in [0.5, 1] (default 0.5)")
+    ap.add_argument("--rho", type=float, default=HP["rho"].default, help=f"LABO's rho: {HP['rho'].describe()}")
     ap.add_argument("--alpha", type=float, help="LABO: a fixed alpha instead of the adaptive one")
     ap.add_argument("--warmup-steps", type=int, default=0,
                     help="LABO: optimizer steps of uniform label smoothing first (the paper: 3%% of the run)")

@@ -212,7 +212,9 @@ def cmd_train(a) -> int:
         print(f"train: error: {out} was not made by this command; not deleting it", file=sys.stderr)
         return 2
     if exists and not a.force and training_completed(out):
-        longer = _longer_caps(read_json(out / RUN_MARKER).get("command", []), launch.train_argv)
+        done = read_json(out / RUN_MARKER)
+        converged = (done.get("stopping") or {}).get("converged")  # its rule has spoken: a higher cap changes nothing
+        longer = "" if converged else _longer_caps(done.get("command", []), launch.train_argv)
         if not longer:
             print(f"train: {out} has finished training ({_finished_how(out)}); nothing to do (--force starts over, "
                   "a larger --max-update/--max-epoch after -- trains on)", file=sys.stderr)
@@ -240,7 +242,8 @@ def cmd_train(a) -> int:
     elif exists:
         print(f"{out} exists: resuming (fairseq continues from checkpoint_last.pt); --force to start over",
               file=sys.stderr)
-    rule = plateau(validation_curve(logs[0]), launch.train_argv) if exists and not a.force else None
+    # the rule from the lead's log on every node (other nodes log no validations), the same for all ranks
+    rule = plateau(validation_curve(out / "train.log"), launch.train_argv) if exists and not a.force else None
     out.mkdir(parents=True, exist_ok=True)
     if lead:
         marker = out / RUN_MARKER
@@ -262,7 +265,7 @@ def cmd_train(a) -> int:
         tail = "".join(logs[0].read_text(encoding="utf-8", errors="replace").splitlines(True)[-15:])
         print(f"train: fairseq-train failed (exit {status}); the end of {logs[0]}:\n{tail}", file=sys.stderr)
     if status == 0 and lead:  # fairseq stopped by the rule or reached --max-update/--max-epoch: finished
-        _mark_completed(out, plateau(validation_curve(logs[0]), launch.train_argv))
+        _mark_completed(out, plateau(validation_curve(out / "train.log"), launch.train_argv))
     return status
 
 

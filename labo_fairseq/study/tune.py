@@ -156,9 +156,11 @@ class Tune:
                          **({k: rec["plateau"][k] for k in ("best", "best_epoch", "last_epoch", "converged")}
                             if rec else {"best": None, "best_epoch": None, "last_epoch": None, "converged": False})})
         done = [r for r in rows if r["finished"]]
+        scored = [r for r in done if r["best"] is not None]
+        maximize = "--maximize-best-checkpoint-metric" in flags(dataset_config(self.g["dataset"]).get("args", {}))
         chosen = None
-        if len(done) == len(rows):
-            chosen = max(rows, key=lambda r: r["best"])["point"]  # max keeps the first of equals: declared order
+        if scored and len(done) == len(rows):  # max/min keep the first of equals: the declared order
+            chosen = (max if maximize else min)(scored, key=lambda r: r["best"])["point"]
         return {"grid": self.name, "config": self.g, "rows": rows, "chosen": chosen,
                 "rule": "the point with the best validation metric, once every point has finished"}
 

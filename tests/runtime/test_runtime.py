@@ -1,4 +1,4 @@
-"""labo_fairseq.io: atomic files, lines, fairseq-generate parsing, and starting processes."""
+"""labo_fairseq.runtime (atomic files, lines, starting processes) and study.fairseq_tools (fairseq-generate)."""
 
 import json
 import logging
