@@ -151,7 +151,7 @@ def damaged(tiny_checkpoint, tmp_path_factory):
 def test_damaged_checkpoint_gives_one_line_naming_it(what, args, which, damaged, data_bin, tmp_path):
     ck = damaged / which
     proc = analyze(what, *[a.format(ck=ck, bin=data_bin, tmp=tmp_path) for a in args], check=False)
-    assert proc.returncode == 1 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr, proc.stderr[-2000:]
     naming = [line for line in proc.stderr.splitlines() if str(ck) in line]
     assert len(naming) == 1 and "not a readable fairseq checkpoint" in naming[0]
     assert proc.stderr.strip().splitlines()[-1] == naming[0]
