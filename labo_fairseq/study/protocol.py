@@ -310,3 +310,21 @@ def plateau(curve: Sequence[Dict], command: Sequence[str]) -> Plateau:
     if best_i is None:
         return Plateau(patience, None, None, 0, None)
     return Plateau(patience, rows[best_i].get("epoch"), rows[-1].get("epoch"), len(rows) - 1 - best_i, best)
+
+
+def portable_command(command: Sequence[str], root: Path) -> List[str]:
+    """A command as a record shows it on any machine: paths under ``root`` relative to it, the
+    program by its name, the plugin's ``--user-dir`` as ``labo_fairseq``."""
+    out = []
+    for i, tok in enumerate(command):
+        if i == 0:
+            tok = Path(tok).name
+        elif i > 0 and command[i - 1] == "--user-dir":
+            tok = "labo_fairseq"
+        elif tok.startswith("/"):
+            try:
+                tok = str(Path(tok).relative_to(root))
+            except ValueError:
+                pass
+        out.append(tok)
+    return out

@@ -36,6 +36,7 @@ from labo_fairseq.study.protocol import (
     flag_value,
     flags,
     plateau,
+    portable_command,
     read_config,
     run_dir,
     training_completed,
@@ -128,8 +129,9 @@ class Tune:
                 "method": self.g["method"], "seed": self.g["seed"], "completed": training_completed(rd),
                 "plateau": rule.as_dict(), "metric": flag_value(run["command"], "--best-checkpoint-metric"),
                 "curve": [{k: r.get(k) for k in ("epoch", "updates", "bleu", "nll_loss", "wall")} for r in curve],
-                "train": {k: run.get(k) for k in ("command", "commit", "dirty", "hardware", "started", "completed",
-                                                  "sessions")}}
+                "train": {"command": portable_command(run["command"], self.roots.root),
+                          **{k: run.get(k) for k in ("commit", "dirty", "hardware", "started", "completed")},
+                          "sessions": len(run.get("sessions", []))}}
 
     def finish(self, p: Point) -> bool:
         """After a train command exits 0: the point's record, kept."""
@@ -153,6 +155,8 @@ class Tune:
         for p in self.points:
             rec = read_json(self.result_path(p)) if self.result_path(p).is_file() else self.record(p)
             rows.append({"point": p.name, "args": dict(p.args), "finished": bool(rec and rec["completed"]),
+                         "started": rec is not None,
+                         "train": {k: (rec or {}).get("train", {}).get(k) for k in ("command", "commit", "hardware")},
                          **({k: rec["plateau"][k] for k in ("best", "best_epoch", "last_epoch", "converged")}
                             if rec else {"best": None, "best_epoch": None, "last_epoch": None, "converged": False})})
         done = [r for r in rows if r["finished"]]
@@ -169,10 +173,11 @@ def markdown(rep: Dict) -> str:
     metric = "valid BLEU"
     lines = [f"# Tuning grid {rep['grid']}: {rep['config']['method']} seed {rep['config']['seed']}, "
              f"dataset {rep['config']['dataset']}", "",
-             f"| point | best {metric} | best epoch | stopped at epoch | converged |", "|---|---|---|---|---|"]
+             f"| point | best {metric} | best epoch | last epoch | converged |", "|---|---|---|---|---|"]
     for r in rep["rows"]:
         best = f"{r['best']:.2f}" if r["best"] is not None else "–"
-        state = ("yes" if r["converged"] else "no: reached the cap") if r["finished"] else "running"
+        state = (("yes" if r["converged"] else "no: reached the cap") if r["finished"]
+                 else "training" if r.get("started", True) else "not started")
         mark = " **(chosen)**" if r["point"] == rep["chosen"] else ""
         lines.append(f"| {r['point']}{mark} | {best} | {r['best_epoch'] or '–'} | {r['last_epoch'] or '–'} | {state} |")
     lines += ["", f"Chosen: {rep['chosen'] or 'not yet (some points have not finished)'} ({rep['rule']})."]
