@@ -63,7 +63,7 @@ ESTIMATES = {
 }
 
 
-class AllocationError(RuntimeError):
+class AllocationError(ToolError):
     """A step failed; the message names it and where its log is."""
 
 

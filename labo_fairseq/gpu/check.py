@@ -61,7 +61,7 @@ CRITERIA = {m: [*flags(method_config(m)["args"]), *(["--labo-warmup-updates", "0
 PRECISION_FLAGS = {"fp16": ["--fp16"], "bf16": ["--bf16"], "memory_efficient_fp16": ["--memory-efficient-fp16"]}
 
 
-class CheckError(RuntimeError):
+class CheckError(ToolError):
     """A step of the check could not run (the message names it and where its log is)."""
 
 

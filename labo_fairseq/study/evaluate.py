@@ -30,7 +30,7 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from labo_fairseq.runtime.commandline import ArgumentParser, report_errors, split_extra
-from labo_fairseq.runtime.errors import ToolError
+from labo_fairseq.runtime.errors import ToolError, UsageError
 from labo_fairseq.runtime.files import atomic_open, check_checkpoint, read_json, read_lines, relative, write_json, write_lines
 from labo_fairseq.runtime.processes import cuda_visible
 from labo_fairseq.scoring import bleu as B
@@ -58,7 +58,7 @@ HPARAM_FLAGS = ("--criterion", "--label-smoothing", "--labo-tau", "--labo-rho", 
                 "--distributed-world-size", "--fp16", "--seed")
 
 
-class EvalError(RuntimeError):
+class EvalError(UsageError):
     """A missing run, checkpoint or reference, or an incomplete translation; the message says which."""
 
 

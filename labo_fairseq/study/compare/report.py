@@ -4,6 +4,7 @@ import functools
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
+from labo_fairseq.runtime.errors import UsageError
 from labo_fairseq.runtime.files import read_json
 from labo_fairseq.scoring import stats as S
 from labo_fairseq.study.protocol import (
@@ -53,7 +54,7 @@ def report_name(dataset: str, methods: Sequence[str], tau: float, tiny: bool = F
             + ("_tiny" if tiny else ""))
 
 
-class ReportError(ValueError):
+class ReportError(UsageError):
     """Results that cannot be compared (other configs or data), named."""
 
 

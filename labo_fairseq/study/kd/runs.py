@@ -18,12 +18,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional
 
+from labo_fairseq.runtime.errors import UsageError
 from labo_fairseq.study.protocol import CONFIGS, read_config
 
 SEQKD = "seqkd:"
 
 
-class KDError(ValueError):
+class KDError(UsageError):
     """A teacher run, checkpoint or distilled data-bin that is missing, or flags that do not fit."""
 
 

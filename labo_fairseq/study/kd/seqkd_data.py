@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Dict, List
 
 from labo_fairseq.runtime.commandline import ArgumentParser, report_errors, split_extra
-from labo_fairseq.runtime.errors import ToolError
+from labo_fairseq.runtime.errors import ToolError, UsageError
 from labo_fairseq.runtime.files import atomic_open, write_json, write_lines
 from labo_fairseq.runtime.processes import cuda_visible
 from labo_fairseq.study.fairseq_tools import generate_command, parse_generate, preprocess, run_generate, split_size
@@ -33,7 +33,7 @@ MANIFEST = "distill.json"
 WORK = ".distill"
 
 
-class DistillError(RuntimeError):
+class DistillError(UsageError):
     """Missing inputs, an existing output, a failed or incomplete translation; the message says which."""
 
 

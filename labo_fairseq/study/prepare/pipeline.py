@@ -14,7 +14,7 @@ from labo_fairseq.study.fairseq_tools import preprocess
 MARKER = ".labo_prepare"
 
 
-class PrepareError(RuntimeError):
+class PrepareError(ToolError):
     pass
 
 

@@ -24,8 +24,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
+from labo_fairseq.runtime.errors import ToolError
 
-class SourceError(RuntimeError):
+
+class SourceError(ToolError):
     """A missing, corrupt or unverifiable input; the message names the file."""
 
 

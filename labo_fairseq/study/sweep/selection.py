@@ -8,6 +8,7 @@ from collections import OrderedDict
 from pathlib import Path
 from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
 
+from labo_fairseq.runtime.errors import UsageError
 from labo_fairseq.runtime.processes import run_tool
 from labo_fairseq.study import protocol
 from labo_fairseq.study.protocol import CONFIGS, Roots, add_root_arguments, method_config, names, read_config, run_tag
@@ -15,7 +16,7 @@ from labo_fairseq.study.protocol import CONFIGS, Roots, add_root_arguments, meth
 SWEEP_DIR = ".sweep"
 
 
-class SweepError(RuntimeError):
+class SweepError(UsageError):
     """Bad selection or options, or no scheduler; the message says what is wrong."""
 
 
