@@ -76,6 +76,7 @@ def test_bundle_requirements_leave_out_torch_and_numpy():
     names = {r.split("<")[0].split(">")[0].split("=")[0].lower() for r in out}
     assert "torch" not in names and "numpy" not in names
     assert {"scikit-learn", "hydra-core", "sacrebleu", "pytest"} <= names
+    assert {"pyyaml", "sacremoses", "submitit", "tensorboardx"} <= names  # the study extra, which the commands need
     assert "matplotlib" not in names  # the optional extra 'plots'
 
 
