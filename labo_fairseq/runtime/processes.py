@@ -68,6 +68,11 @@ class Child:
         return f"{name} failed (exit {self.returncode}) (log: {self.log}):\n{self.tail(chars)}"
 
 
+def thread_env(threads: Optional[int]) -> Dict[str, str]:
+    """This process's environment, with torch's CPU threads set to ``threads`` (None: unchanged)."""
+    return {**os.environ, **({"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)} if threads else {})}
+
+
 def stop(children: Iterable[Child], grace: float = 60.0) -> None:
     """Stop every child still running: SIGTERM to all, then SIGKILL to those alive after ``grace`` s."""
     children = list(children)

@@ -13,7 +13,6 @@ the next call resumes them (exit status 3 until the grid is complete).
 
 import argparse
 import itertools
-import os
 import shlex
 import signal
 import sys
@@ -25,7 +24,7 @@ from typing import Dict, List, Optional, Tuple
 from labo_fairseq.runtime.commandline import ArgumentParser
 from labo_fairseq.runtime.errors import ToolError
 from labo_fairseq.runtime.files import read_json, write_json
-from labo_fairseq.runtime.processes import run_queue, run_tool
+from labo_fairseq.runtime.processes import run_queue, run_tool, thread_env
 from labo_fairseq.study.fairseq_tools import validation_curve
 from labo_fairseq.study.protocol import (
     CONFIGS,
@@ -114,8 +113,7 @@ class Tune:
                 "--runs-root", str(self.runs_root(p)), "--", *flags(dict(p.args))]
 
     def env(self) -> Dict[str, str]:
-        t = self.threads
-        return {**os.environ, **({"OMP_NUM_THREADS": str(t), "MKL_NUM_THREADS": str(t)} if t else {})}
+        return thread_env(self.threads)
 
     def record(self, p: Point) -> Optional[Dict]:
         """A point's run as far as it went: its curve, the stopping rule's verdict and provenance."""

@@ -10,6 +10,7 @@ from labo_fairseq.scoring import stats as S
 from labo_fairseq.study.protocol import (
     absolute,
     dataset_config,
+    flag_value,
     is_labo,
     method_config,
     names,
@@ -114,8 +115,8 @@ def results_in(dirs: Sequence[Path], dataset: str, methods: Sequence[str], tau: 
 
 def max_epoch(command: Sequence[str]) -> Optional[int]:
     """The ``--max-epoch`` a fairseq-train command ran with (its last occurrence wins), or None."""
-    values = [command[i + 1] for i, tok in enumerate(command[:-1]) if tok == "--max-epoch"]
-    return int(values[-1]) if values else None
+    value = flag_value(command, "--max-epoch")
+    return int(value) if value is not None else None
 
 
 def build_report(dataset: str, found: Dict[Tuple[str, int, Optional[float]], Path], tau: float,

@@ -3,7 +3,6 @@ within a time budget; and the pilot's curves and epoch rule."""
 
 import argparse
 import json
-import os
 import shlex
 import sys
 import time
@@ -12,7 +11,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 from labo_fairseq.runtime.errors import ToolError, UsageError
 from labo_fairseq.runtime.files import atomic_open, write_json
-from labo_fairseq.runtime.processes import cuda_visible, run_queue, run_tool
+from labo_fairseq.runtime.processes import cuda_visible, run_queue, run_tool, thread_env
 from labo_fairseq.study.compare.report import (
     DATA,
     DATASET,
@@ -78,8 +77,7 @@ class Compare:
                 "--runs-root", str(self.roots.runs), "--results-root", str(self.roots.results)]
 
     def env(self) -> Dict[str, str]:
-        threads = getattr(self.a, "threads", None)
-        return {**os.environ, **({"OMP_NUM_THREADS": str(threads), "MKL_NUM_THREADS": str(threads)} if threads else {})}
+        return thread_env(getattr(self.a, "threads", None))
 
     def train_cmd(self, method: str, seed: int, tau: Optional[float]) -> List[str]:
         cmd = [*self.lf, "train", self.dataset, method, str(seed), *self.root_args()[:6]]
