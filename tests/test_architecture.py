@@ -1,5 +1,5 @@
 """The layers of docs/architecture.md: every import of a package module runs downward (or within its
-layer), no module has a __main__ block, and none is over 450 lines."""
+layer), no module has a __main__ block, and none is over 450 lines; JSON is read one way."""
 
 import ast
 from pathlib import Path
@@ -55,3 +55,33 @@ def test_no_module_has_a_main_block_or_more_than_450_lines():
         if path.name != "__main__.py":
             assert 'if __name__ == "__main__"' not in text, path
         assert text.count("\n") <= 450, f"{path.relative_to(REPO)}: {text.count(chr(10))} lines"
+
+
+def calls(path: Path, module: str, names) -> list:
+    """Lines where the module calls ``MODULE.NAME(...)`` for a NAME in ``names``, or imports one of
+    them by name (``from MODULE import NAME``)."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+        if (isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr in names
+                and isinstance(node.func.value, ast.Name) and node.func.value.id == module):
+            found.append(node.lineno)
+        elif isinstance(node, ast.ImportFrom) and node.module == module and any(a.name in names for a in node.names):
+            found.append(node.lineno)
+    return found
+
+
+EXEMPT = ("bench",)  # being moved; to be brought under these rules there
+
+
+def checked(allowed) -> list:
+    """The package's modules outside ``allowed`` (paths relative to the package) and the exempt layers."""
+    return [p for p in sorted(PKG.rglob("*.py"))
+            if str(p.relative_to(PKG)) not in allowed and p.relative_to(PKG).parts[0] not in EXEMPT]
+
+
+def test_json_is_read_in_one_place():
+    """JSON files through runtime.files.read_json; fairseq's json log records through
+    study.fairseq_tools.log_record."""
+    bad = {str(p.relative_to(REPO)): lines for p in checked({"runtime/files.py", "study/fairseq_tools.py"})
+           if (lines := calls(p, "json", {"load", "loads"}))}
+    assert not bad, f"json.load/json.loads outside runtime/files.py and study/fairseq_tools.py: {bad}"

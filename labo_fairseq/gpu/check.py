@@ -20,7 +20,6 @@ then says ``"kind": "cpu-smoke"``: those are not GPU figures.
 import argparse
 import atexit
 import datetime
-import json
 import math
 import os
 import re
@@ -36,9 +35,9 @@ from typing import Dict, List, Optional
 from labo_fairseq.gpu.report import report, report_safe  # noqa: F401  (report: the tests format a result)
 from labo_fairseq.runtime.commandline import ArgumentParser
 from labo_fairseq.runtime.errors import ToolError
-from labo_fairseq.runtime.files import overwrite_refusal, write_json
+from labo_fairseq.runtime.files import overwrite_refusal, read_json, write_json
 from labo_fairseq.runtime.processes import run_tool as io_run_tool
-from labo_fairseq.study.fairseq_tools import fairseq_command, split_size
+from labo_fairseq.study.fairseq_tools import fairseq_command, log_record, split_size
 from labo_fairseq.study.protocol import common_config, dataset_config, flags, method_config, tiny_model
 
 PACKAGE_PARENT = Path(__file__).resolve().parents[2]  # holds this labo_fairseq: a checkout or site-packages
@@ -118,12 +117,8 @@ def train_with_peak(peak_json: str, args: List[str]) -> None:
 
 def train_log(text: str) -> List[Dict]:
     """fairseq's ``train_inner`` json records (``--log-format json``)."""
-    out = []
-    for line in text.splitlines():
-        m = re.search(r"train_inner\s*[|:]\s*(\{.*\})", line)
-        if m:
-            out.append(json.loads(m.group(1)))
-    return out
+    records = (log_record(line) for line in text.splitlines())
+    return [r[1] for r in records if r is not None and r[0] == "train_inner"]
 
 
 # ------------------------------------------------------------------------------------ the plan
@@ -270,7 +265,7 @@ def run_training(plan: Plan, run: Dict) -> Dict:
     """One fairseq-train run under the peak-memory hook; resumable: a finished run's figures are reused."""
     done = plan.work / "train" / f"{run['name']}.json"
     if done.is_file():
-        prev = json.loads(done.read_text())
+        prev = read_json(done)
         if prev.get("args") == run["args"]:
             return prev
         shutil.rmtree(plan.work / "train" / run["name"], ignore_errors=True)  # other settings: redo
@@ -284,7 +279,7 @@ def run_training(plan: Plan, run: Dict) -> Dict:
     timed = [r for r in records if int(r["num_updates"]) > plan.skip]
     if not timed:
         raise CheckError(f"no train_inner record after update {plan.skip} (log: {log}); raise --updates")
-    p = json.loads(peak.read_text())
+    p = read_json(peak)
     last = records[-1]
     out = {"name": run["name"], "precision": run["precision"], "method": run["method"],
            "updates": int(last["num_updates"]), "timed_records": len(timed), "excluded_updates": plan.skip,

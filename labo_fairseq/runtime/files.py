@@ -52,6 +52,12 @@ def read_json(path: Path):
         raise InvalidFile(f"{path} is not valid JSON ({err}); restore it, or delete it to redo its step") from None
 
 
+def read_json_if_exists(path: Path, default=None):
+    """:func:`read_json`, or ``default`` when there is no file at ``path`` (an invalid one is still
+    :class:`InvalidFile`)."""
+    return read_json(path) if Path(path).is_file() else default
+
+
 def read_lines(path: Path) -> List[str]:
     """Lines without their ``\\n``; only ``\\n`` ends a line (a ``\\r`` inside text is kept)."""
     with open(path, encoding="utf-8", newline="\n") as f:

@@ -1,5 +1,5 @@
 """Running fairseq's own tools for the study: their command lines, fairseq-generate in this process,
-its output parsed, a data-bin's split sizes, fairseq-train's validation curve."""
+its output parsed, a data-bin's split sizes, fairseq-train's log records and validation curve."""
 
 import os
 import re
@@ -8,7 +8,7 @@ import subprocess
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 from labo_fairseq.runtime.errors import ToolError
 from labo_fairseq.runtime.files import read_lines
@@ -153,21 +153,37 @@ def split_size(data: Path, split: str, src: str, tgt: str) -> int:
     raise FileNotFoundError(f"{data}: no binarized {split} split for {src}-{tgt} ({split}.{src}-{tgt}.{src}.bin)")
 
 
+# fairseq's --log-format json record: "... | INFO | KIND | {...}" (fairseq's logging format) or
+# "INFO:KIND:{...}" (Python's default one, when fairseq runs in a process that set up logging first)
+_LOG_RECORD = re.compile(r"(?:^|[|:])\s*(train_inner|train|valid)\s*[|:]\s*(\{.*\})")
+
+
+def log_record(line: str) -> Optional[Tuple[str, Dict]]:
+    """A fairseq-train log line's json record (``--log-format json``): its kind (``train_inner``,
+    ``train`` or ``valid``) and the dict; None for any other line or a record cut short."""
+    import json
+
+    m = _LOG_RECORD.search(line)
+    if not m:
+        return None
+    try:
+        rec = json.loads(m.group(2))
+    except ValueError:
+        return None
+    return (m.group(1), rec) if isinstance(rec, dict) else None
+
+
 def validation_curve(train_log: Path) -> List[Dict]:
     """fairseq-train's validations (``--log-format json``), in order: epoch, updates and every
     ``valid_*`` value (``valid_`` dropped; ``nll_loss`` in bits, as fairseq logs it)."""
-    import json
-
     out: List[Dict] = []
     if not Path(train_log).is_file():
         return out
     for line in read_lines(train_log):
-        if "| valid |" not in line or "{" not in line:
+        found = log_record(line)
+        if found is None or found[0] != "valid":
             continue
-        try:
-            rec = json.loads(line[line.index("{"):])
-        except ValueError:
-            continue
+        rec = found[1]
         row = {"epoch": rec.get("epoch")}
         for k, v in rec.items():
             if k.startswith("valid_"):

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from labo_fairseq.losses.hparams import HP
+from labo_fairseq.runtime.files import read_json, read_json_if_exists
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 RUN_MARKER = "run.json"
@@ -142,10 +143,7 @@ def directions(ds: Dict) -> List[Tuple[str, str]]:
 def training_completed(run: Path) -> bool:
     """Whether ``labo-fairseq train`` finished the run in directory ``run`` (``completed`` in its
     run.json: fairseq reached --max-epoch/--max-update): the one marker of a finished training."""
-    import json
-
-    marker = Path(run) / RUN_MARKER
-    return marker.is_file() and "completed" in json.loads(marker.read_text(encoding="utf-8"))
+    return "completed" in read_json_if_exists(Path(run) / RUN_MARKER, {})
 
 
 def raw_reference(text_root: Path, ds: Dict, subset: str, src: str, tgt: str) -> Path:
@@ -177,10 +175,7 @@ def test_set_name(dataset: str, key: str) -> str:
 def result_sentence_stats(result: Dict, key: str) -> List[List[int]]:
     """A loaded result's per-sentence BLEU statistics of one test set (``seedS.stats.json`` beside the
     result; ``result["_path"]`` is where the result was read)."""
-    import json
-
-    path = Path(result["_path"]).with_name(result["sentence_stats"])
-    return json.loads(path.read_text(encoding="utf-8"))["directions"][key]
+    return read_json(Path(result["_path"]).with_name(result["sentence_stats"]))["directions"][key]
 
 
 def run_tag(method: str, tau: Optional[float]) -> str:

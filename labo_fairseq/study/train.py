@@ -9,7 +9,6 @@ under ``--root`` (default: the working directory), and fairseq runs in that dire
 
 import argparse
 import datetime
-import json
 import shlex
 import shutil
 import socket
@@ -23,7 +22,7 @@ from labo_fairseq.losses.hparams import HP, check_flags
 from labo_fairseq.runtime.commandline import ArgumentParser, split_extra
 from labo_fairseq.runtime.files import read_json, write_json
 from labo_fairseq.runtime.processes import run_logged
-from labo_fairseq.study.fairseq_tools import USER_DIR, fairseq_command, validation_curve
+from labo_fairseq.study.fairseq_tools import USER_DIR, fairseq_command, log_record, validation_curve
 from labo_fairseq.study.protocol import (
     RUN_MARKER,
     Roots,
@@ -141,13 +140,10 @@ class Progress:
     def __call__(self, line: str) -> Optional[str]:
         if "Traceback" in line or "Error" in line:  # fairseq failing: the user sees why at once
             return line
-        kind = "train" if "| train |" in line else "valid" if "| valid |" in line else None
-        if kind is None or "{" not in line:
+        found = log_record(line)
+        if found is None or found[0] not in ("train", "valid"):
             return None
-        try:
-            rec = json.loads(line[line.index("{"):])
-        except ValueError:
-            return None
+        kind, rec = found
         if kind == "train":
             self.pending = (f"epoch {rec.get('epoch')}: loss {rec.get('train_loss')} nll {rec.get('train_nll_loss')} "
                             f"({rec.get('train_num_updates')} updates, {self.left(rec)})")
@@ -271,7 +267,7 @@ def cmd_train(a) -> int:
 
 def _mark_completed(out: Path, rule) -> None:
     """``completed`` in run.json, and where the stopping rule left the run."""
-    record = json.loads((out / RUN_MARKER).read_text())
+    record = read_json(out / RUN_MARKER)
     record["completed"] = datetime.datetime.now(datetime.timezone.utc).isoformat()
     if rule.patience:
         record["stopping"] = rule.as_dict()
@@ -292,7 +288,7 @@ def _longer_caps(before: List[str], now: List[str]) -> str:
 
 
 def _finished_how(out: Path) -> str:
-    stopping = json.loads((out / RUN_MARKER).read_text()).get("stopping")
+    stopping = read_json(out / RUN_MARKER).get("stopping")
     if not stopping:
         return "reached its --max-epoch/--max-update"
     if stopping["converged"]:

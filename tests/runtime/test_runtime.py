@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from labo_fairseq.runtime.errors import ToolError
-from labo_fairseq.runtime.files import atomic_open, read_lines, write_json, write_lines
+from labo_fairseq.runtime.errors import InvalidFile, ToolError
+from labo_fairseq.runtime.files import atomic_open, read_json, read_json_if_exists, read_lines, write_json, write_lines
 from labo_fairseq.runtime.processes import Child, run_logged, run_tool, stop
-from labo_fairseq.study.fairseq_tools import generate_command, parse_generate, run_generate
+from labo_fairseq.study.fairseq_tools import generate_command, log_record, parse_generate, run_generate
 from tests.helpers import REPO
 
 
@@ -36,6 +36,25 @@ def test_write_json_is_atomic_and_round_trips(tmp_path):
     with pytest.raises(TypeError):
         write_json(out, {"bad": object()})
     assert json.loads(out.read_text())["ece"] == 0.25  # the failed write left the old file whole
+
+
+def test_read_json_names_a_missing_or_invalid_file(tmp_path):
+    assert read_json_if_exists(tmp_path / "none.json", {}) == {}
+    with pytest.raises(InvalidFile, match="no such file"):
+        read_json(tmp_path / "none.json")
+    (tmp_path / "cut.json").write_text('{"a": 1', encoding="utf-8")
+    with pytest.raises(InvalidFile, match="not valid JSON"):
+        read_json_if_exists(tmp_path / "cut.json", {})
+
+
+def test_log_record_reads_fairseqs_json_records_only():
+    assert log_record('2026-01-01 | INFO | valid | {"epoch": 2, "valid_bleu": "30.1"}') == \
+        ("valid", {"epoch": 2, "valid_bleu": "30.1"})
+    assert log_record('INFO:train_inner:{"num_updates": "40"}') == ("train_inner", {"num_updates": "40"})
+    assert log_record('x | INFO | train | {"epoch": 1}\n') == ("train", {"epoch": 1})
+    for other in ('x | INFO | fairseq_cli.train | begin validation on "valid" subset',
+                  'x | INFO | valid | {"epoch": 2, "valid_', 'INFO:fairseq.trainer:{"a": 1}'):
+        assert log_record(other) is None
 
 
 def test_parse_generate_reads_every_kind_of_line():

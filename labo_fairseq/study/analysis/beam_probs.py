@@ -9,7 +9,6 @@ decoded with --beam (default 5) through the plugin, so every sentence is transla
 """
 
 import argparse
-import json
 import statistics
 import sys
 from pathlib import Path
@@ -50,7 +49,7 @@ def main(argv=None, prog="labo-fairseq analyze beam-probs") -> int:
     ap.add_argument("--force", action="store_true")
     args = ap.parse_args(argv)
     from labo_fairseq.runtime.commandline import require_inputs
-    from labo_fairseq.runtime.files import write_json
+    from labo_fairseq.runtime.files import read_json, write_json
     from labo_fairseq.runtime.provenance import record
     from labo_fairseq.study.analysis.loading import generate
 
@@ -70,7 +69,7 @@ def main(argv=None, prog="labo-fairseq analyze beam-probs") -> int:
                               source_lang=args.source_lang, target_lang=args.target_lang)
     n = len(next(iter(gens.values())).positional_scores)
     if args.splits:
-        splits = {s["name"]: s["ids"] for s in json.loads(args.splits.read_text())["splits"]}
+        splits = {s["name"]: s["ids"] for s in read_json(args.splits)["splits"]}
         if max(max(ids) for ids in splits.values()) >= n:
             ap.error(f"--splits refers to sentence ids beyond the {n} sentences of {args.subset}")
     else:

@@ -1,7 +1,6 @@
 """``labo-fairseq compare``'s command line."""
 
 import argparse
-import json
 import shlex
 import signal
 import sys
@@ -9,7 +8,7 @@ from pathlib import Path
 
 from labo_fairseq.losses.hparams import HP
 from labo_fairseq.runtime.commandline import ArgumentParser
-from labo_fairseq.runtime.files import write_json
+from labo_fairseq.runtime.files import read_json, write_json
 from labo_fairseq.study.compare.report import (
     DATA,
     DATASET,
@@ -136,7 +135,7 @@ def main(argv=None, prog="labo-fairseq compare") -> int:
         except ReportError as err:
             print(f"compare: error: {err}", file=sys.stderr)
             return 2
-    rep = json.loads(report_json.read_text())
+    rep = read_json(report_json)
     sys.stdout.write(markdown(rep))
     c.say(f"report {report_json}")
     if a.no_analysis:

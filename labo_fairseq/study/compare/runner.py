@@ -2,7 +2,6 @@
 within a time budget; and the pilot's curves and epoch rule."""
 
 import argparse
-import json
 import shlex
 import sys
 import time
@@ -10,7 +9,7 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from labo_fairseq.runtime.errors import ToolError, UsageError
-from labo_fairseq.runtime.files import atomic_open, write_json
+from labo_fairseq.runtime.files import atomic_open, read_json, read_json_if_exists, write_json
 from labo_fairseq.runtime.processes import cuda_visible, run_queue, run_tool, thread_env
 from labo_fairseq.study.compare.report import (
     DATA,
@@ -251,7 +250,7 @@ def curves(c: "Compare") -> Dict:
         if rows:
             out[f"{m} seed {s}"] = [{"epoch": r["epoch"], "updates": r.get("updates"), "bleu": r.get("bleu"),
                                      "nll_loss": r.get("nll_loss")} for r in rows if r.get("bleu") is not None]
-            run = json.loads((rd / "run.json").read_text()) if (rd / "run.json").is_file() else {}
+            run = read_json_if_exists(rd / "run.json", {})
             runs[f"{m} seed {s}"] = {"training_completed": training_completed(rd), "train_command": run.get("command"),
                                      "commit": run.get("commit"), "dirty": run.get("dirty"),
                                      "hardware": run.get("hardware")}
@@ -267,7 +266,7 @@ def write_report(c: Compare, rep: Dict) -> Path:
     """Write the report; one that would leave out results the existing report has needs ``--force``."""
     path = c.report_path()
     if path.is_file() and not c.a.force:
-        dropped = sorted(set(json.loads(path.read_text(encoding="utf-8")).get("results", {})) - set(rep["results"]))
+        dropped = sorted(set(read_json(path).get("results", {})) - set(rep["results"]))
         if dropped:
             raise ReportError(f"{path} has results this report would leave out ({', '.join(dropped)}): "
                               "name them too (--methods, --seeds, --results-from) or replace it with --force")

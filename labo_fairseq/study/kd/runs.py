@@ -12,13 +12,14 @@ directory's path. ``TEACHER`` is its tag, e.g. ``ls-seed1``. Every student uses 
 architecture of ``configs/student.yaml``.
 """
 
-import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional
 
 from labo_fairseq.runtime.errors import UsageError
+from labo_fairseq.runtime.files import read_json
+from labo_fairseq.study.fairseq_tools import log_record
 from labo_fairseq.study.protocol import CONFIGS, read_config
 
 SEQKD = "seqkd:"
@@ -56,7 +57,7 @@ def resolve_teacher(spec: str, runs_root: Path, dataset: str) -> Teacher:
     rd = rd.absolute()
     marker = rd / "run.json"
     if marker.is_file():
-        run = json.loads(marker.read_text(encoding="utf-8"))
+        run = read_json(marker)
         if run.get("distillation"):
             raise KDError(f"--teacher {spec}: {rd} is a student run; name a teacher run (METHOD[-tauT]/seedS)")
         return Teacher(rd, run["method"], run.get("tau"), int(run["seed"]))
@@ -143,15 +144,12 @@ def teacher_gamma(run_dir: Path) -> Optional[Dict]:
         return None
     found: Dict[str, float] = {}
     for line in log.read_text(encoding="utf-8", errors="replace").splitlines():
-        m = re.search(r"\| (valid|train) \| (\{.*\})\s*$", line)
-        if m:
-            try:
-                rec = json.loads(m.group(2))
-            except json.JSONDecodeError:
-                continue
-            key = f"{m.group(1)}_gamma"  # fairseq prefixes epoch-level records' keys with the split
+        record = log_record(line)
+        if record is not None and record[0] in ("train", "valid"):
+            kind, rec = record
+            key = f"{kind}_gamma"  # fairseq prefixes epoch-level records' keys with the split
             if key in rec:
-                found[m.group(1)] = float(rec[key])
+                found[kind] = float(rec[key])
     for split in ("train", "valid"):
         if split in found:
             return {"gamma": found[split], "split": split}

@@ -2,7 +2,6 @@
 machine; and the bookkeeping of submitted jobs (RUNS_ROOT/.sweep/jobs.json, squeue, last errors)."""
 
 import datetime
-import json
 import os
 import re
 import shlex
@@ -13,7 +12,7 @@ import sys
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
-from labo_fairseq.runtime.files import write_json
+from labo_fairseq.runtime.files import read_json_if_exists, write_json
 from labo_fairseq.study.protocol import Roots
 from labo_fairseq.study.sweep.selection import CellJob, SweepError, sweep_dir
 
@@ -25,7 +24,7 @@ ACTIVE = {"RUNNING": "running", "COMPLETING": "running", "CONFIGURING": "running
 
 def load_jobs(roots: Roots) -> Dict[str, Dict]:
     path = sweep_dir(roots) / "jobs.json"
-    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    return read_json_if_exists(path, {})
 
 
 def save_jobs(roots: Roots, jobs: Dict[str, Dict]) -> None:

@@ -1,6 +1,5 @@
 """``labo-fairseq sweep status``: each cell's state, its last error, and the GPU-hours spent and left."""
 
-import json
 import sys
 from collections import OrderedDict
 from typing import Dict, List, Optional, Tuple
@@ -32,7 +31,7 @@ def status_rows(cells: List[Cell], roots: Roots, records: Dict[str, Dict],
         res, rec, rd = cell_result(roots, cell), records.get(cell.tag), cell_run_dir(roots, cell)
         if res.exists():
             try:
-                r = json.loads(res.read_text(encoding="utf-8"))
+                r = read_json(res)
                 gpu_h, wall_h = _hours(r)
                 bleu = ", ".join(f"{p} {d['bleu']:.2f}" for p, d in r["directions"].items())
                 rows.append((cell, "done", f"BLEU {bleu} · {gpu_h:.2f} GPU-h · {wall_h:.2f} h wall"))
