@@ -1,5 +1,6 @@
 """The layers of docs/architecture.md: every import of a package module runs downward (or within its
-layer), no module has a __main__ block, and none is over 450 lines; JSON is read one way."""
+layer), no module has a __main__ block, and none is over 450 lines; JSON is read and processes are
+started one way."""
 
 import ast
 from pathlib import Path
@@ -85,3 +86,10 @@ def test_json_is_read_in_one_place():
     bad = {str(p.relative_to(REPO)): lines for p in checked({"runtime/files.py", "study/fairseq_tools.py"})
            if (lines := calls(p, "json", {"load", "loads"}))}
     assert not bad, f"json.load/json.loads outside runtime/files.py and study/fairseq_tools.py: {bad}"
+
+
+def test_processes_are_started_in_one_place():
+    """Processes through runtime.processes (``subprocess.CompletedProcess`` as a type is fine)."""
+    bad = {str(p.relative_to(REPO)): lines for p in checked({"runtime/processes.py"})
+           if (lines := calls(p, "subprocess", {"run", "Popen", "call", "check_call", "check_output"}))}
+    assert not bad, f"subprocess started outside runtime/processes.py: {bad}"

@@ -1,5 +1,5 @@
 """Processes: the one way the package starts one (:class:`Child`), runs a queue of them, runs one to
-completion, and stops them (SIGTERM, then SIGKILL)."""
+completion, reads a short command's output, and stops them (SIGTERM, then SIGKILL)."""
 
 import os
 import shutil
@@ -140,6 +140,16 @@ def run_tool(cmd: Sequence[str], cwd: Optional[Path] = None, what: str = "", log
             message = child.failure(what)
             raise ToolError(message if log is not None else message.replace(f" (log: {child.log})", ""))
     return subprocess.CompletedProcess(child.cmd, rc, text, "")
+
+
+def output_of(cmd: Sequence[str], cwd: Optional[Path] = None, timeout: Optional[float] = None) -> Optional[str]:
+    """The stdout of a short command (git, nvidia-smi, squeue): None when the program is missing,
+    fails or runs past ``timeout`` s; its stderr is dropped."""
+    try:
+        proc = subprocess.run([str(c) for c in cmd], cwd=cwd, capture_output=True, text=True, timeout=timeout)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return proc.stdout if proc.returncode == 0 else None
 
 
 class _Terminated(Exception):

@@ -3,11 +3,12 @@
 import os
 import platform
 import shlex
-import subprocess
 import sys
 import time
 from pathlib import Path
 from typing import Dict, Optional, Sequence
+
+from labo_fairseq.runtime.processes import output_of
 
 PACKAGE = Path(__file__).resolve().parents[1]
 
@@ -23,15 +24,18 @@ def git_state() -> Dict:
     except PackageNotFoundError:  # a copy on PYTHONPATH, not installed
         __version__ = None
 
-    def git(*args):
-        return subprocess.run(["git", *args], cwd=PACKAGE, capture_output=True, text=True, check=True).stdout.strip()
+    def git(*args) -> Optional[str]:
+        out = output_of(["git", *args], cwd=PACKAGE)
+        return out.strip() if out is not None else None
 
-    try:
-        top = Path(git("rev-parse", "--show-toplevel")).resolve()
-        if not (top / "labo_fairseq").resolve() == PACKAGE:  # the package is inside someone else's repository
-            raise subprocess.CalledProcessError(1, "git")
-        state = {"commit": git("rev-parse", "HEAD"), "dirty": bool(git("status", "--porcelain", "--untracked-files=no"))}
-    except (OSError, subprocess.CalledProcessError):
+    top = git("rev-parse", "--show-toplevel")
+    # the package inside someone else's repository is no checkout of it
+    ours = top is not None and (Path(top).resolve() / "labo_fairseq").resolve() == PACKAGE
+    commit = git("rev-parse", "HEAD") if ours else None
+    status = git("status", "--porcelain", "--untracked-files=no") if commit is not None else None
+    if status is not None:
+        state = {"commit": commit, "dirty": bool(status)}
+    else:
         # a copy without .git (carried to an offline node): the commit its carrier named, if any
         commit = os.environ.get("LABO_COMMIT") or None
         state = {"commit": commit, "dirty": None, **({"commit_from": "LABO_COMMIT"} if commit else {})}
@@ -40,13 +44,9 @@ def git_state() -> Dict:
 
 def nvidia_driver() -> Optional[str]:
     """The NVIDIA driver version that ``nvidia-smi`` reports, or None where there is none."""
-    try:
-        out = subprocess.run(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
-                             capture_output=True, text=True, timeout=60)
-    except (OSError, subprocess.TimeoutExpired):
-        return None
-    lines = out.stdout.strip().splitlines()
-    return lines[0].strip() if out.returncode == 0 and lines else None
+    out = output_of(["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"], timeout=60)
+    lines = out.strip().splitlines() if out is not None else []
+    return lines[0].strip() if lines else None
 
 
 def torch_build() -> Dict:

@@ -14,7 +14,7 @@ import pytest
 
 from labo_fairseq.runtime.errors import InvalidFile, ToolError
 from labo_fairseq.runtime.files import atomic_open, read_json, read_json_if_exists, read_lines, write_json, write_lines
-from labo_fairseq.runtime.processes import Child, run_logged, run_tool, stop
+from labo_fairseq.runtime.processes import Child, output_of, run_logged, run_tool, stop
 from labo_fairseq.study.fairseq_tools import generate_command, log_record, parse_generate, run_generate
 from tests.helpers import REPO
 
@@ -160,3 +160,10 @@ def test_run_generate_names_the_failure_with_its_output(data_bin, tiny_checkpoin
     assert os.getcwd() == here
     with pytest.raises(ValueError, match="not a fairseq-generate command line"):
         run_generate([sys.executable, "-c", "print(1)"])
+
+
+def test_output_of_is_stdout_or_none():
+    assert output_of([sys.executable, "-c", "import sys; print('out'); print('err', file=sys.stderr)"]) == "out\n"
+    assert output_of([sys.executable, "-c", "raise SystemExit(3)"]) is None
+    assert output_of(["labo-no-such-program"]) is None
+    assert output_of([sys.executable, "-c", "import time; time.sleep(30)"], timeout=0.5) is None

@@ -5,14 +5,13 @@ import datetime
 import os
 import re
 import shlex
-import shutil
 import socket
-import subprocess
 import sys
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
 
 from labo_fairseq.runtime.files import read_json_if_exists, write_json
+from labo_fairseq.runtime.processes import output_of
 from labo_fairseq.study.protocol import Roots
 from labo_fairseq.study.sweep.selection import CellJob, SweepError, sweep_dir
 
@@ -37,12 +36,10 @@ def _now() -> str:
 
 def squeue() -> Optional[Dict[str, str]]:
     """SLURM job id (array tasks as A_I) -> state, for the jobs SLURM still lists; None without squeue."""
-    if shutil.which("squeue") is None:
+    out = output_of(["squeue", "-h", "-r", "-o", "%i|%T"])
+    if out is None:
         return None
-    proc = subprocess.run(["squeue", "-h", "-r", "-o", "%i|%T"], capture_output=True, text=True)
-    if proc.returncode != 0:
-        return None
-    return dict(line.split("|", 1) for line in proc.stdout.split() if "|" in line)
+    return dict(line.split("|", 1) for line in out.split() if "|" in line)
 
 
 def _pid_alive(pid: int) -> bool:
