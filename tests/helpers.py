@@ -37,6 +37,17 @@ def cli(*args, cwd=None, timeout=900):
                           capture_output=True, text=True, env=env, timeout=timeout)
 
 
+def command(*args) -> int:
+    """``labo-fairseq ARGS`` in this process, as the command line runs it (errors one line on
+    stderr): its exit status."""
+    from labo_fairseq.cli import main
+
+    try:
+        return main([str(a) for a in args])
+    except SystemExit as e:  # argparse's errors
+        return e.code
+
+
 def _is_number(v):
     try:
         float(v)

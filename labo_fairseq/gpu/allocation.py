@@ -305,8 +305,4 @@ def parse(argv: List[str], prog: str) -> argparse.Namespace:
 
 def main(argv=None, prog="labo-fairseq gpu-allocation") -> int:
     a = parse(list(sys.argv[1:] if argv is None else argv), prog)
-    try:
-        return Allocation(a).run()
-    except (AllocationError, ToolError) as err:
-        print(f"{prog}: error: {err}", file=sys.stderr)
-        return 1
+    return Allocation(a).run()

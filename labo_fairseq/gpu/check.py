@@ -34,7 +34,7 @@ from typing import Dict, List, Optional
 
 from labo_fairseq.gpu.report import report, report_safe  # noqa: F401  (report: the tests format a result)
 from labo_fairseq.runtime.commandline import ArgumentParser
-from labo_fairseq.runtime.errors import ToolError
+from labo_fairseq.runtime.errors import ToolError, UsageError
 from labo_fairseq.runtime.files import overwrite_refusal, read_json, write_json
 from labo_fairseq.runtime.processes import run_tool as io_run_tool
 from labo_fairseq.study.fairseq_tools import fairseq_command, log_record, split_size
@@ -132,7 +132,7 @@ class Plan:
         self.updates = a.updates or (300 if cuda else 6)
         self.skip = a.skip_updates if a.skip_updates is not None else (100 if cuda else 2)
         if self.skip >= self.updates:
-            raise CheckError(f"--skip-updates ({self.skip}) must be below --updates ({self.updates})")
+            raise UsageError(f"--skip-updates ({self.skip}) must be below --updates ({self.updates})")
         self.log_interval = 20 if cuda else 1
         self.bench_tokens = [4096, 16384] if cuda else [512]
         self.bench_vocab = [10000, 40000] if cuda else [1000, 4000]
@@ -362,7 +362,7 @@ def main(argv=None, prog="labo-fairseq gpu-check") -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv[:1] == [PEAK_FLAG]:
         if len(argv) < 3 or argv[2] != "--":
-            raise SystemExit(f"usage: {PEAK_FLAG} PEAK_JSON -- FAIRSEQ_TRAIN_ARGS")
+            raise UsageError(f"usage: {PEAK_FLAG} PEAK_JSON -- FAIRSEQ_TRAIN_ARGS")
         train_with_peak(argv[1], argv[3:])
         return 0
     a = parse(argv, prog)
@@ -372,11 +372,7 @@ def main(argv=None, prog="labo-fairseq gpu-check") -> int:
     a.data_bin, a.out = a.data_bin.resolve(), a.out.resolve()
     kind = "gpu" if cuda else "cpu-smoke"
     a.work = (a.work or Path("runs") / "gpu_check" / kind).resolve()  # runs/ holds checkpoints, not results/
-    try:
-        plan = Plan(a, cuda)
-    except CheckError as e:
-        print(f"{prog}: error: {e}", file=sys.stderr)
-        return 2
+    plan = Plan(a, cuda)
     if a.dry_run:
         print(f"# {kind} check; training runs under the peak-memory hook: "
               f"{sys.executable} -m labo_fairseq gpu-check {PEAK_FLAG} PEAK.json -- ARGS")
@@ -391,15 +387,13 @@ def main(argv=None, prog="labo-fairseq gpu-check") -> int:
     dest = a.out / f"gpu_check-{kind}.json"
     refusal = overwrite_refusal(dest, a.force)
     if refusal:
-        print(f"{prog}: error: {refusal}", file=sys.stderr)
-        return 2
+        raise UsageError(refusal)
     if {"training", "decoding"} & set(a.parts):
         missing = [p for p in (a.data_bin / f"dict.{a.source_lang}.txt", a.data_bin / f"dict.{a.target_lang}.txt")
                    if not p.is_file()]
         if missing:
-            print(f"{prog}: error: no data-bin at {a.data_bin} ({missing[0].name} missing); make it with "
-                  "'labo-fairseq prepare multi30k.de-en' or pass --data-bin", file=sys.stderr)
-            return 2
+            raise UsageError(f"no data-bin at {a.data_bin} ({missing[0].name} missing); make it with "
+                             "'labo-fairseq prepare multi30k.de-en' or pass --data-bin")
     if a.force and a.work.exists():
         shutil.rmtree(a.work)
     a.work.mkdir(parents=True, exist_ok=True)

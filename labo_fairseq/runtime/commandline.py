@@ -1,10 +1,9 @@
-"""What every command line shares: one-line argparse errors, errors as exit status, the tool's
-arguments after ``--``, inputs checked before anything starts."""
+"""What every command line shares: one-line argparse errors, the tool's arguments after ``--``,
+inputs checked before anything starts."""
 
 import argparse
-import sys
 from pathlib import Path
-from typing import Callable, List, Optional, Sequence, Type
+from typing import List, Optional, Sequence
 
 from labo_fairseq.runtime.files import overwrite_refusal
 
@@ -29,16 +28,6 @@ def require_inputs(ap, dirs: Sequence = (), files: Sequence = (), output: Option
     refusal = overwrite_refusal(output, force) if output is not None else None
     if refusal:
         ap.error(refusal)
-
-
-def report_errors(prog: str, fn: Callable[[], int], *errors: Type[BaseException]) -> int:
-    """``fn()``; where it raises one of ``errors`` (bad input, named in the message), ``PROG: error:
-    MESSAGE`` on stderr and exit status 2 instead of a traceback."""
-    try:
-        return fn()
-    except errors as err:
-        print(f"{prog}: error: {err}", file=sys.stderr)
-        return 2
 
 
 def split_extra(argv: Sequence[str]) -> "tuple[List[str], List[str]]":

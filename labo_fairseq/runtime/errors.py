@@ -1,6 +1,8 @@
 """The errors a user can fix. Library code raises them; only the command line (:mod:`labo_fairseq.cli`)
 turns them into one line on stderr and an exit status."""
 
+from contextlib import contextmanager
+from typing import Iterator
 
 
 class LaboError(Exception):
@@ -21,3 +23,15 @@ class InvalidFile(UsageError):
 
 class ToolError(LaboError, RuntimeError):
     """A tool this package started (fairseq, a compiler) failed; the message ends with its output's tail."""
+
+
+@contextmanager
+def usage_errors() -> Iterator[None]:
+    """A plain ValueError raised in the block as :class:`UsageError` (exit status 2): the checks of
+    the layers below this one (``losses.hparams``, the study's configs) raise ValueError."""
+    try:
+        yield
+    except LaboError:
+        raise
+    except ValueError as err:
+        raise UsageError(str(err)) from None

@@ -29,8 +29,8 @@ import time
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
-from labo_fairseq.runtime.commandline import ArgumentParser, report_errors, split_extra
-from labo_fairseq.runtime.errors import ToolError, UsageError
+from labo_fairseq.runtime.commandline import ArgumentParser, split_extra
+from labo_fairseq.runtime.errors import ToolError, UsageError, usage_errors
 from labo_fairseq.runtime.files import atomic_open, check_checkpoint, read_json, read_lines, relative, write_json, write_lines
 from labo_fairseq.runtime.processes import cuda_visible
 from labo_fairseq.scoring import bleu as B
@@ -321,4 +321,5 @@ def main(argv=None, prog="labo-fairseq evaluate") -> int:
         ap.error(f"--batch-size must be >= 1, got {a.batch_size}")
     if a.tau is not None and a.method != "labo":
         ap.error("--tau applies to the labo method only")
-    return report_errors("evaluate", lambda: evaluate(a), EvalError, ValueError)
+    with usage_errors():
+        return evaluate(a)

@@ -92,8 +92,7 @@ def main(argv=None, prog="labo-fairseq hf-train") -> int:
     out = result_path(roots.results, a.name, a.criterion, a.seed, tau)
     refusal = overwrite_refusal(out, a.force)
     if refusal:
-        print(f"hf-train: error: {refusal}", file=sys.stderr)
-        return 2
+        raise UsageError(refusal)
     data = {s: _pairs(*(absolute(p) for p in getattr(a, s))) for s in ("train", "valid", "test")}
     return run(a, loss, model_dir, data, roots, out, tau)
 

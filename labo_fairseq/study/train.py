@@ -20,6 +20,7 @@ from typing import List, Optional, Tuple
 
 from labo_fairseq.losses.hparams import HP, check_flags
 from labo_fairseq.runtime.commandline import ArgumentParser, split_extra
+from labo_fairseq.runtime.errors import UsageError, usage_errors
 from labo_fairseq.runtime.files import read_json, write_json
 from labo_fairseq.runtime.processes import run_logged
 from labo_fairseq.study.fairseq_tools import USER_DIR, fairseq_command, log_record, validation_curve
@@ -187,7 +188,7 @@ def cmd_train(a) -> int:
     from labo_fairseq.study.kd import runs as kd_runs
 
     roots = Roots.from_args(a)
-    try:
+    with usage_errors():  # the hyper-parameters' and configs' checks raise ValueError
         student = kd_runs.plan(a.dataset, dataset_config(a.dataset)["data"], a.method, a.tau, a.teacher, a.data_variant,
                                a.student, roots.runs, roots.data_bin)
         launch = train_command(a.dataset, a.method, a.seed, a.tau, a.gpus, a.update_freq, roots.data_bin, roots.runs,
@@ -198,15 +199,11 @@ def cmd_train(a) -> int:
             if missing:
                 raise kd_runs.KDError(f"not found: {', '.join(missing)} (train the teacher first; for "
                                       "--data-variant seqkd:RUN, run labo-fairseq distill-data DATASET RUN)")
-    except ValueError as err:
-        print(f"train: error: {err}", file=sys.stderr)
-        return 2
     out = launch.run_dir
     exists = out.exists()
     lead = a.node_rank == 0  # on several nodes, only node 0 manages the run directory
     if exists and a.force and lead and not (out / RUN_MARKER).exists():
-        print(f"train: error: {out} was not made by this command; not deleting it", file=sys.stderr)
-        return 2
+        raise UsageError(f"{out} was not made by this command; not deleting it")
     if exists and not a.force and training_completed(out):
         done = read_json(out / RUN_MARKER)
         converged = (done.get("stopping") or {}).get("converged")  # its rule has spoken: a higher cap changes nothing
@@ -221,8 +218,7 @@ def cmd_train(a) -> int:
         hint = (f"no prepared data at {data}: run `labo-fairseq prepare {dataset_config(a.dataset)['data']}"
                 f"{' --root ' + str(roots.root) if a.root else ''}` first")
         if not a.dry_run:
-            print(f"train: error: {hint}", file=sys.stderr)
-            return 2
+            raise UsageError(hint)
         print(f"# {hint}")
     logs = log_paths(out, len(launch.processes), a.node_rank)
     if a.dry_run:

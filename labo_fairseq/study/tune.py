@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
 from labo_fairseq.runtime.commandline import ArgumentParser
-from labo_fairseq.runtime.errors import ToolError
 from labo_fairseq.runtime.files import read_json, write_json
 from labo_fairseq.runtime.processes import run_queue, run_tool, thread_env
 from labo_fairseq.study.fairseq_tools import validation_curve
@@ -222,11 +221,7 @@ def main(argv=None, prog="labo-fairseq tune") -> int:
         if not data.is_dir():
             cmd = [*t.lf, "prepare", dataset_config(t.g["dataset"])["data"], "--root", str(t.roots.root)]
             cmd += ["--source", str(absolute(a.source)), "--offline"] if a.source else []
-            try:
-                run_tool(cmd, env=t.env(), what="prepare")
-            except ToolError as err:
-                print(f"tune: error: {err}", file=sys.stderr)
-                return 1
+            run_tool(cmd, env=t.env(), what="prepare")
         complete, failed = t.train(a.parallel)
         for p, child in failed:
             print(f"tune: {child.failure(p.name, chars=1500)}", file=sys.stderr)

@@ -8,7 +8,7 @@ import pytest
 
 from labo_fairseq.gpu import allocation as G
 from tests.gpu.test_check import check_cpu_smoke, check_not_overwritten
-from tests.helpers import MULTI30K, MULTI30K_SMALL, cli, write
+from tests.helpers import MULTI30K, MULTI30K_SMALL, cli, command, write
 
 
 def test_epochs_that_fit_is_capped_by_the_config_and_never_negative():
@@ -77,7 +77,7 @@ def test_labos_tau_and_an_ablations_warmup_reach_compare_or_are_refused_before_t
 
 def test_a_cpu_machine_is_told_to_rehearse_with_tiny(tmp_path, monkeypatch):
     monkeypatch.setattr(G, "cuda_visible", lambda probe_torch=True: False)
-    assert G.main(["--minutes", "9", "--out", str(tmp_path / "out"), "--work", str(tmp_path / "w")]) == 1
+    assert command("gpu-allocation", "--minutes", "9", "--out", tmp_path / "out", "--work", tmp_path / "w") == 1
 
 
 def test_the_results_of_an_earlier_allocation_are_not_overwritten(tmp_path):

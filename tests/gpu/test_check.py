@@ -12,7 +12,8 @@ import pytest
 
 from labo_fairseq.bench import criteria as bench
 from labo_fairseq.gpu import check as gpu_check
-from tests.helpers import REPO
+from labo_fairseq.runtime.errors import UsageError
+from tests.helpers import REPO, command
 
 
 def run_check(*args, cwd):
@@ -57,7 +58,7 @@ def test_cpu_plan_is_fp32_on_the_cpu_and_scaled_down():
 
 
 def test_skip_must_be_below_updates():
-    with pytest.raises(gpu_check.CheckError, match="--skip-updates"):
+    with pytest.raises(UsageError, match="--skip-updates"):
         plan(True, updates=50, skip_updates=50)
 
 
@@ -68,11 +69,8 @@ def test_train_log_reads_both_fairseq_log_formats():
 
 
 def check_main(capsys, *args):
-    """gpu_check.main in this process: (status, stdout, stderr)."""
-    try:
-        status = gpu_check.main(list(map(str, args)))
-    except SystemExit as e:  # argparse errors
-        status = e.code
+    """labo-fairseq gpu-check in this process: (status, stdout, stderr)."""
+    status = command("gpu-check", *args)
     out = capsys.readouterr()
     return status, out.out, out.err
 

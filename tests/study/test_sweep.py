@@ -15,7 +15,7 @@ import pytest
 
 from labo_fairseq.study import protocol, sweep
 from labo_fairseq.study.protocol import tiny_model
-from tests.helpers import REPO
+from tests.helpers import REPO, command
 
 # A tiny transformer and few updates on the real Multi30k data: the sweep machinery, not a result.
 TINY_TRAIN = tiny_model(arch=False) + ("--max-tokens 1024 --max-update 30 --save-interval-updates 10 "
@@ -26,7 +26,7 @@ UPDATES = 30
 
 
 def run_sweep(capsys, *argv):
-    rc = sweep.main([str(a) for a in argv])
+    rc = command("sweep", *argv)
     out = capsys.readouterr()
     return rc, out.out, out.err
 
@@ -123,9 +123,9 @@ def test_dry_run_lists_cells_commands_and_the_sbatch_script(capsys, tmp_path, mo
 
 def test_status_without_a_sweep_says_what_to_give(capsys, tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    rc = sweep.main(["status"])
+    rc = command("sweep", "status")
     assert rc == 2 and "no sweep recorded" in capsys.readouterr().err
-    rc = sweep.main(["status", "--table", "2"])
+    rc = command("sweep", "status", "--table", "2")
     out = capsys.readouterr().out
     assert rc == 0 and sum(ln.split()[-1:] == ["missing"] for ln in out.splitlines()) == 9 and "done 0" in out
     assert "no estimate yet for iwslt17_multi (9)" in out

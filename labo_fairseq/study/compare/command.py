@@ -13,7 +13,6 @@ from labo_fairseq.study.compare.report import (
     DATA,
     DATASET,
     METHODS,
-    ReportError,
     ablations,
     default_tau,
     markdown,
@@ -108,12 +107,8 @@ def main(argv=None, prog="labo-fairseq compare") -> int:
         c.say(f"curves {path}")
         return 0
     if a.report:
-        try:
-            rep = c.report()
-            path = write_report(c, rep)
-        except ReportError as err:
-            print(f"compare: error: {err}", file=sys.stderr)
-            return 2
+        rep = c.report()
+        path = write_report(c, rep)
         sys.stdout.write(markdown(rep))
         c.say(f"report {path} (from {len(rep['results'])} result(s))")
         return 0
@@ -130,11 +125,7 @@ def main(argv=None, prog="labo-fairseq compare") -> int:
         c.say(f"stopped {why}; run the same command again to continue")
         return NOT_FINISHED
     if not report_json.is_file() or a.force:
-        try:
-            write_report(c, c.report())
-        except ReportError as err:
-            print(f"compare: error: {err}", file=sys.stderr)
-            return 2
+        write_report(c, c.report())
     rep = read_json(report_json)
     sys.stdout.write(markdown(rep))
     c.say(f"report {report_json}")

@@ -21,8 +21,8 @@ import time
 from pathlib import Path
 from typing import Dict, List
 
-from labo_fairseq.runtime.commandline import ArgumentParser, report_errors, split_extra
-from labo_fairseq.runtime.errors import ToolError, UsageError
+from labo_fairseq.runtime.commandline import ArgumentParser, split_extra
+from labo_fairseq.runtime.errors import ToolError, UsageError, usage_errors
 from labo_fairseq.runtime.files import atomic_open, write_json, write_lines
 from labo_fairseq.runtime.processes import cuda_visible
 from labo_fairseq.study.fairseq_tools import generate_command, parse_generate, preprocess, run_generate, split_size
@@ -166,4 +166,5 @@ def main(argv=None, prog="labo-fairseq distill-data") -> int:
     for flag, v in (("--shards", a.shards), ("--batch-size", a.batch_size), ("--workers", a.workers)):
         if v < 1:
             ap.error(f"{flag} must be >= 1, got {v}")
-    return report_errors("distill-data", lambda: distill(a), DistillError, ValueError)
+    with usage_errors():
+        return distill(a)

@@ -19,14 +19,12 @@ Examples:
 """
 
 import argparse
-import sys
 from pathlib import Path
 
 from labo_fairseq.runtime.commandline import ArgumentParser
 from labo_fairseq.study.prepare import NAMES, recipe
 from labo_fairseq.study.prepare.common import Options
-from labo_fairseq.study.prepare.pipeline import PrepareError
-from labo_fairseq.study.prepare.sources import SourceError, Sources
+from labo_fairseq.study.prepare.sources import Sources
 from labo_fairseq.study.protocol import _argtype, absolute, data_name
 
 
@@ -65,11 +63,7 @@ def main(argv=None, prog="labo-fairseq prepare"):
     )
     if args.workers:
         opt.workers = args.workers
-    try:
-        ws = recipe(args.dataset)(opt)
-    except (SourceError, PrepareError) as err:
-        print(f"{prog} {args.dataset}: error: {err}", file=sys.stderr)
-        return 1
+    ws = recipe(args.dataset)(opt)
     if not args.dry_run:
         print(f"{args.dataset}: text in {opt.out}, binarized in {opt.dest}, manifest {ws.manifest_path}")
     return 0

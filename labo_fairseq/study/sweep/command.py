@@ -72,32 +72,28 @@ def sweep_main(argv: List[str], prog: str) -> int:
                  "not submitted again;\na run without result resumes from its checkpoint_last.pt.")
     own, train_args = split_extra(argv)
     a = ap.parse_args(own)
-    try:
-        given = [o for o in SLURM_OPTIONS if getattr(a, o) is not None]
-        if a.launcher == "local" and given:
-            raise SweepError(f"{', '.join('--' + o.replace('_', '-') for o in given)}: SLURM option(s), "
-                             f"not for --launcher local")
-        for opt in ("update_freq", "gpus_per_job", "cpus_per_job", "mem_gb", "array_parallelism", "array_max_size",
-                    "max_requeues"):
-            v = getattr(a, opt)
-            if v is not None and v < (0 if opt in ("gpus_per_job", "max_requeues") else 1):
-                least = 0 if opt in ("gpus_per_job", "max_requeues") else 1
-                raise SweepError(f"--{opt.replace('_', '-')} must be >= {least}, got {v}")
-        if a.max_requeues is None:
-            a.max_requeues = 10
-        if a.gpus_per_job is None:
-            a.gpus_per_job = 1 if a.launcher == "slurm" else _local_gpus(a.dry_run)
-        cells = _cells(a, prog)
-        if cells is None:
-            return 0
-        roots = _roots(a)
-        if a.launcher == "slurm":
-            params = slurm_parameters(a)  # bad --time / --sbatch fail before anything else
-        return _submit(a, prog, cells, roots, train_args, shlex.split(a.evaluate_args),
-                       params if a.launcher == "slurm" else None)
-    except SweepError as err:
-        print(f"{prog}: error: {err}", file=sys.stderr)
-        return 2
+    given = [o for o in SLURM_OPTIONS if getattr(a, o) is not None]
+    if a.launcher == "local" and given:
+        raise SweepError(f"{', '.join('--' + o.replace('_', '-') for o in given)}: SLURM option(s), "
+                         f"not for --launcher local")
+    for opt in ("update_freq", "gpus_per_job", "cpus_per_job", "mem_gb", "array_parallelism", "array_max_size",
+                "max_requeues"):
+        v = getattr(a, opt)
+        if v is not None and v < (0 if opt in ("gpus_per_job", "max_requeues") else 1):
+            least = 0 if opt in ("gpus_per_job", "max_requeues") else 1
+            raise SweepError(f"--{opt.replace('_', '-')} must be >= {least}, got {v}")
+    if a.max_requeues is None:
+        a.max_requeues = 10
+    if a.gpus_per_job is None:
+        a.gpus_per_job = 1 if a.launcher == "slurm" else _local_gpus(a.dry_run)
+    cells = _cells(a, prog)
+    if cells is None:
+        return 0
+    roots = _roots(a)
+    if a.launcher == "slurm":
+        params = slurm_parameters(a)  # bad --time / --sbatch fail before anything else
+    return _submit(a, prog, cells, roots, train_args, shlex.split(a.evaluate_args),
+                   params if a.launcher == "slurm" else None)
 
 
 def _local_gpus(dry_run: bool = False) -> int:

@@ -1,6 +1,5 @@
 """``labo-fairseq sweep status``: each cell's state, its last error, and the GPU-hours spent and left."""
 
-import sys
 from collections import OrderedDict
 from typing import Dict, List, Optional, Tuple
 
@@ -60,21 +59,17 @@ def status_main(argv: List[str], prog: str) -> int:
                                  "of those remaining. Without a selection: every cell the sweep has submitted.")
     _common(ap)
     a = ap.parse_args(argv)
-    try:
-        roots = _roots(a)
-        records = load_jobs(roots)
-        if a.table or a.datasets or a.methods:
-            cells = _cells(a, prog)
-            if cells is None:
-                return 0
-        else:
-            cells = [Cell(r["cell"][0], r["cell"][1], r["cell"][2], int(r["cell"][3])) for r in records.values()]
-            if not cells:
-                raise SweepError(f"no sweep recorded under {sweep_dir(roots)}: give the selection (--table or "
-                                 f"--datasets/--methods) or the sweep's --runs-root")
-    except SweepError as err:
-        print(f"{prog}: error: {err}", file=sys.stderr)
-        return 2
+    roots = _roots(a)
+    records = load_jobs(roots)
+    if a.table or a.datasets or a.methods:
+        cells = _cells(a, prog)
+        if cells is None:
+            return 0
+    else:
+        cells = [Cell(r["cell"][0], r["cell"][1], r["cell"][2], int(r["cell"][3])) for r in records.values()]
+        if not cells:
+            raise SweepError(f"no sweep recorded under {sweep_dir(roots)}: give the selection (--table or "
+                             f"--datasets/--methods) or the sweep's --runs-root")
     queue = squeue() if any(r["launcher"] == "slurm" for r in records.values()) else None
     rows = status_rows(sorted(cells, key=lambda c: (c.dataset, c.method, c.tau or 0.0, c.seed)), roots, records, queue)
     w = [max(len(x) for x in col) for col in zip(("dataset", "method"), *[

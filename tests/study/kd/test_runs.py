@@ -11,9 +11,12 @@ import pytest
 
 from labo_fairseq.study import tables as T
 from labo_fairseq.study.kd import runs as kd_runs
-from labo_fairseq.study.train import main as train_main
-from tests.helpers import REPO
+from tests.helpers import REPO, command
 from tests.study.test_tables import SIG, row
+
+
+def train_main(argv) -> int:
+    return command("train", *argv)
 
 
 def make_run(root, dataset, tag, seed, method, tau=None, distillation=None):
