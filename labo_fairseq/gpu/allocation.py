@@ -36,8 +36,9 @@ import shutil
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 from labo_fairseq.runtime.commandline import ArgumentParser
 from labo_fairseq.runtime.errors import ToolError
@@ -92,17 +93,17 @@ def epochs_that_fit(left_s: float, fixed_s: float, epoch_s: float, reserve_s: fl
 
 
 class Allocation:
-    def __init__(self, a: argparse.Namespace):
-        self.a = a
+    def __init__(self, o: "AllocationOptions"):
+        self.o = o
         self.start = time.monotonic()
-        self.deadline = self.start + 60 * a.minutes
-        self.out = absolute(a.out)
-        self.work = absolute(a.work) if a.work else Path(tempfile.gettempdir()) / "labo-gpu-allocation"
+        self.deadline = self.start + 60 * o.minutes
+        self.out = absolute(o.out)
+        self.work = absolute(o.work) if o.work else Path(tempfile.gettempdir()) / "labo-gpu-allocation"
         self.lf = [sys.executable, "-m", "labo_fairseq"]
         # a dry run plans for the GPU (unless --tiny) wherever it is printed
-        self.gpu = (not a.tiny) and (a.dry_run or cuda_visible(probe_torch=False))
-        self.record: Dict = {"command": shlex.join(["labo-fairseq", "gpu-allocation", *a.argv]),
-                             "minutes": a.minutes, "tiny": a.tiny, "steps": []}
+        self.gpu = (not o.tiny) and (o.dry_run or cuda_visible(probe_torch=False))
+        self.record: Dict = {"command": shlex.join(["labo-fairseq", "gpu-allocation", *o.argv]),
+                             "minutes": o.minutes, "tiny": o.tiny, "steps": []}
         self.env = {**os.environ, "PYTHONPATH": str(PACKAGE_PARENT) + os.pathsep + os.environ.get("PYTHONPATH", "")}
 
     def left(self) -> float:
@@ -122,8 +123,8 @@ class Allocation:
             entry.update(status="skipped", why=skip)
             self.say(f"{name}: skipped ({skip})")
             return 0.0
-        self.say(f"{name}: + {shlex.join(cmd)}" + (f"   [expected {expected:.0f} s: {how}]" if self.a.dry_run else ""))
-        if self.a.dry_run:
+        self.say(f"{name}: + {shlex.join(cmd)}" + (f"   [expected {expected:.0f} s: {how}]" if self.o.dry_run else ""))
+        if self.o.dry_run:
             return expected
         t0 = time.monotonic()
         log = self.out / "logs" / f"{name}.log"
@@ -149,116 +150,138 @@ class Allocation:
         if self.fairseq_imports():
             self.step("install", [], 0, "", skip="fairseq already imports here")
             return
-        if not self.a.bundle:
+        if not self.o.bundle:
             raise AllocationError("fairseq does not import here and no --bundle was given: build one with "
                                   "scripts/install.sh --bundle DIR (docs/gpu.md) and carry it in")
         script = PACKAGE_PARENT / "scripts" / "install.sh"  # installing from a bundle is a checkout's job
         if not script.is_file():
             raise AllocationError(f"{script} not found: run gpu-allocation from the carried repository")
-        self.step("install", ["bash", str(script), "--from-bundle", str(absolute(self.a.bundle)), "--no-venv",
+        self.step("install", ["bash", str(script), "--from-bundle", str(absolute(self.o.bundle)), "--no-venv",
                               "--python", sys.executable], *ESTIMATES["install"])
 
     def compare_cmd(self, root: Path, max_epoch: Optional[int], budget_s: float) -> List[str]:
-        cmd = [*self.lf, "compare", "--dataset", self.a.dataset, "--root", str(root),
-               "--methods", *self.a.methods, "--seeds", *map(str, self.a.seeds), "--tau", f"{self.a.tau:g}",
+        cmd = [*self.lf, "compare", "--dataset", self.o.dataset, "--root", str(root),
+               "--methods", *self.o.methods, "--seeds", *map(str, self.o.seeds), "--tau", f"{self.o.tau:g}",
                "--no-analysis",
                "--budget-minutes", f"{max(budget_s, 1) / 60:.2f}", "--reserve-s", "10"]
-        cmd += (["--max-epoch", str(max_epoch)] if max_epoch else []) + (["--tiny", "--cpu"] if self.a.tiny else [])
-        return cmd + (["--threads", str(self.a.threads)] if self.a.threads else [])
+        cmd += (["--max-epoch", str(max_epoch)] if max_epoch else []) + (["--tiny", "--cpu"] if self.o.tiny else [])
+        return cmd + (["--threads", str(self.o.threads)] if self.o.threads else [])
 
     def run(self) -> int:
-        a = self.a
-        if not a.dry_run:
+        o = self.o
+        if not o.dry_run:
             self.out.mkdir(parents=True, exist_ok=True)
             from labo_fairseq.runtime.provenance import nvidia_driver, record
 
-            self.record["provenance"] = {**record("labo-fairseq gpu-allocation", a.argv, with_hardware=False),
+            self.record["provenance"] = {**record("labo-fairseq gpu-allocation", o.argv, with_hardware=False),
                                          "driver": nvidia_driver()}
             self.save()
         kind = "gpu" if self.gpu else "cpu"
-        if not self.gpu and not a.tiny:
+        if not self.gpu and not o.tiny:
             raise AllocationError("no CUDA GPU is visible: --tiny rehearses the sequence on CPU")
-        self.say(f"{a.minutes:g} minutes on {'the GPU' if self.gpu else 'the CPU (a rehearsal: no GPU figures)'}; "
+        self.say(f"{o.minutes:g} minutes on {'the GPU' if self.gpu else 'the CPU (a rehearsal: no GPU figures)'}; "
                  f"results under {self.out}, checkpoints and data under {self.work}")
         self.install()
-        if not a.dry_run:
+        if not o.dry_run:
             from labo_fairseq.runtime.provenance import hardware  # torch imports now (after the install)
 
             self.record["provenance"]["hardware"] = hardware()
-        cfg = dataset_config(a.dataset)
+        cfg = dataset_config(o.dataset)
         if cfg.get("data") != DATA or "--max-epoch" not in cfg.get("args", {}):
-            raise AllocationError(f"--dataset {a.dataset}: needs a config on {DATA} with --max-epoch")
+            raise AllocationError(f"--dataset {o.dataset}: needs a config on {DATA} with --max-epoch")
         try:
-            check_methods(a.dataset, a.methods)
+            check_methods(o.dataset, o.methods)
         except ValueError as err:
             raise AllocationError(f"--methods: {err}") from None
         data_bin = self.work / "data-bin" / DATA
         prepared = (data_bin / "test2.de-en.en.idx").is_file()
         self.step("prepare", [*self.lf, "prepare", DATA, "--root", str(self.work), "--offline",
-                              *[x for s in a.source for x in ("--source", str(absolute(s)))],
+                              *[x for s in o.source for x in ("--source", str(absolute(s)))],
                               "--workers", str(min(8, os.cpu_count() or 1))],
-                  *ESTIMATES["prepare"], skip="the data-bin is there" if prepared and not a.dry_run else "")
+                  *ESTIMATES["prepare"], skip="the data-bin is there" if prepared and not o.dry_run else "")
         check = [*self.lf, "gpu-check", "--data-bin", str(data_bin), "--out", str(self.out / "gpu"),
                  "--work", str(self.work / "gpu_check")]
-        check += ["--tiny"] if a.tiny else ["--updates", str(a.check_updates), "--skip-updates", str(a.check_updates // 3)]
-        self.step("check", check, *ESTIMATES["check"], skip="--no-check" if a.no_check else "")
+        check += ["--tiny"] if o.tiny else ["--updates", str(o.check_updates), "--skip-updates", str(o.check_updates // 3)]
+        self.step("check", check, *ESTIMATES["check"], skip="--no-check" if o.no_check else "")
 
         # pilot: the runs' first epoch and their evaluation, timed, in a scratch root beside the data
         pilot = self.work / "pilot"
         for part in ("data", "data-bin"):
             link = pilot / part / DATA
-            if not a.dry_run and not link.exists():
+            if not o.dry_run and not link.exists():
                 link.parent.mkdir(parents=True, exist_ok=True)
                 link.symlink_to(self.work / part / DATA)
         est_pilot, how_pilot = ESTIMATES[f"pilot_{kind}"]
         pilot_s = self.step("pilot", self.compare_cmd(pilot, 1, self.left()), est_pilot, how_pilot)
         config_epochs = int(cfg["args"]["--max-epoch"])
-        if a.dry_run:
+        if o.dry_run:
             epoch_s, how = ESTIMATES[f"epoch_{kind}"]
         else:
-            logs = [run_dir(pilot / "runs", a.dataset, m, s, a.tau if m == "labo" else None) / "train.log"
-                    for s in a.seeds for m in a.methods]
+            logs = [run_dir(pilot / "runs", o.dataset, m, s, o.tau if m == "labo" else None) / "train.log"
+                    for s in o.seeds for m in o.methods]
             measured = [epoch_seconds(p) for p in logs if p.is_file()]
             if not measured or None in measured:
                 raise AllocationError(f"the pilot's logs lack an epoch's timing: {', '.join(map(str, logs))}")
             epoch_s, how = max(measured), "measured by the pilot (the slowest run)"
         fixed_s = max(0.0, pilot_s - epoch_s)
-        left = self.left() if not a.dry_run else 60 * a.minutes - sum(s.get("expected_s", 0) for s in self.record["steps"])
-        n = epochs_that_fit(left, fixed_s, epoch_s, a.reserve_s, config_epochs)
+        left = self.left() if not o.dry_run else 60 * o.minutes - sum(s.get("expected_s", 0) for s in self.record["steps"])
+        n = epochs_that_fit(left, fixed_s, epoch_s, o.reserve_s, config_epochs)
         self.record["sizing"] = {"seconds_per_epoch": epoch_s, "epoch_estimate": how, "fixed_s": round(fixed_s, 1),
-                                 "left_s": round(left, 1), "reserve_s": a.reserve_s, "config_epochs": config_epochs,
+                                 "left_s": round(left, 1), "reserve_s": o.reserve_s, "config_epochs": config_epochs,
                                  "epochs": n, "rule": "N = min(config epochs, floor((left - fixed - reserve) / epoch))"}
         self.say(f"sizing: {epoch_s:.0f} s per epoch ({how}), {fixed_s:.0f} s fixed, {left:.0f} s left -> "
                  f"{n} of the config's {config_epochs} epochs per run")
         if n < 1:
             self.record["outcome"] = "no complete run fits in the time left"
-            if not a.dry_run:
+            if not o.dry_run:
                 self.save()
             self.say("no complete run fits in the time left: nothing trained (give more --minutes)")
             return 3
         self.step("runs", self.compare_cmd(self.work, n if n < config_epochs else None,
-                                           self.left() if not a.dry_run else left),
+                                           self.left() if not o.dry_run else left),
                   n * epoch_s + fixed_s, f"N = {n} epochs x {epoch_s:.0f} s + {fixed_s:.0f} s fixed")
-        if a.dry_run:
+        if o.dry_run:
             return 0
-        report = [*self.lf, "compare", "--report", "--dataset", a.dataset, "--root", str(self.work),
-                  "--methods", *a.methods, "--seeds", *map(str, a.seeds)]
-        self.step("report", report + (["--tiny"] if a.tiny else []), 5, "a few seconds")
+        report = [*self.lf, "compare", "--report", "--dataset", o.dataset, "--root", str(self.work),
+                  "--methods", *o.methods, "--seeds", *map(str, o.seeds)]
+        self.step("report", report + (["--tiny"] if o.tiny else []), 5, "a few seconds")
         # what comes back: the result JSONs, hypotheses, sentence statistics and the report
-        for part in (a.dataset, "compare"):
+        for part in (o.dataset, "compare"):
             if (self.work / "results" / part).is_dir():
                 shutil.copytree(self.work / "results" / part, self.out / "results" / part, dirs_exist_ok=True)
         results = sorted(str(p.relative_to(self.out)) for p in (self.out / "results").rglob("seed*.json")
                          if re.fullmatch(r"seed\d+\.json", p.name))  # not the sentence statistics beside them
         self.record["results"] = results
-        self.record["outcome"] = f"{len(results)} of {len(a.seeds) * len(a.methods)} run(s) trained and evaluated"
+        self.record["outcome"] = f"{len(results)} of {len(o.seeds) * len(o.methods)} run(s) trained and evaluated"
         self.record["wall_s"] = round(time.monotonic() - self.start, 1)
         self.save()
         self.say(f"{self.record['outcome']} in {self.record['wall_s']:.0f} s; {self.out / 'allocation.json'}")
-        return 0 if len(results) == len(a.seeds) * len(a.methods) else 3
+        return 0 if len(results) == len(o.seeds) * len(o.methods) else 3
 
 
-def parse(argv: List[str], prog: str) -> argparse.Namespace:
+@dataclass(frozen=True)
+class AllocationOptions:
+    """``labo-fairseq gpu-allocation``'s options (see :func:`parse`); ``argv``: as given, for the record."""
+
+    minutes: float
+    out: Path
+    work: Optional[Path] = None
+    bundle: Optional[Path] = None
+    source: Tuple[Path, ...] = ()
+    dataset: str = DEFAULT_DATASET
+    methods: Tuple[str, ...] = ("ce", "ls", "labo")
+    seeds: Tuple[int, ...] = (1, 2, 3)
+    tau: float = 1.15
+    threads: Optional[int] = None
+    check_updates: int = 150
+    no_check: bool = False
+    reserve_s: float = 30.0
+    tiny: bool = False
+    dry_run: bool = False
+    argv: Tuple[str, ...] = ()
+
+
+def parse(argv: List[str], prog: str) -> AllocationOptions:
     ap = ArgumentParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--minutes", type=float, required=True, help="wall time of the whole command (e.g. 9 of a 10-minute job)")
     ap.add_argument("--out", type=Path, required=True, help="what to bring back: allocation.json, the check, results/")
@@ -281,7 +304,6 @@ def parse(argv: List[str], prog: str) -> argparse.Namespace:
     ap.add_argument("--tiny", action="store_true", help="rehearse the sequence on CPU: tiny model, a few updates")
     ap.add_argument("--dry-run", action="store_true", help="print the plan: each step's command and expected time")
     a = ap.parse_args(argv)
-    a.argv = list(argv)
     if a.minutes <= 0 or a.reserve_s < 0 or a.check_updates < 3:
         ap.error("--minutes must be > 0, --reserve-s >= 0 and --check-updates >= 3")
     if not a.seeds or len(set(a.seeds)) != len(a.seeds) or min(a.seeds) < 0:
@@ -300,9 +322,9 @@ def parse(argv: List[str], prog: str) -> argparse.Namespace:
     if (a.out / "allocation.json").is_file() and not a.dry_run and (a.out / "results").is_dir() \
             and any((a.out / "results").rglob("seed*.json")):
         ap.error(f"{a.out} holds the results of an earlier allocation: give another --out (nothing is overwritten)")
-    return a
+    return AllocationOptions(**{**vars(a), **{k: tuple(getattr(a, k)) for k in ("source", "methods", "seeds")}},
+                             argv=tuple(argv))
 
 
 def main(argv=None, prog="labo-fairseq gpu-allocation") -> int:
-    a = parse(list(sys.argv[1:] if argv is None else argv), prog)
-    return Allocation(a).run()
+    return Allocation(parse(list(sys.argv[1:] if argv is None else argv), prog)).run()

@@ -29,8 +29,9 @@ import statistics
 import subprocess
 import sys
 import time
+from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Tuple
 
 from labo_fairseq.gpu.report import report, report_safe  # noqa: F401  (report: the tests format a result)
 from labo_fairseq.runtime.commandline import ArgumentParser
@@ -126,11 +127,11 @@ def train_log(text: str) -> List[Dict]:
 class Plan:
     """Every setting that differs between the GPU check and the CPU smoke run."""
 
-    def __init__(self, a, cuda: bool):
-        self.cuda, self.a = cuda, a
+    def __init__(self, o: "CheckOptions", cuda: bool):
+        self.cuda, self.o = cuda, o
         self.kind = "gpu" if cuda else "cpu-smoke"
-        self.updates = a.updates or (300 if cuda else 6)
-        self.skip = a.skip_updates if a.skip_updates is not None else (100 if cuda else 2)
+        self.updates = o.updates or (300 if cuda else 6)
+        self.skip = o.skip_updates if o.skip_updates is not None else (100 if cuda else 2)
         if self.skip >= self.updates:
             raise UsageError(f"--skip-updates ({self.skip}) must be below --updates ({self.updates})")
         self.log_interval = 20 if cuda else 1
@@ -138,13 +139,13 @@ class Plan:
         self.bench_vocab = [10000, 40000] if cuda else [1000, 4000]
         self.bench_repeats = 11 if cuda else 3
         self.precisions = ["fp16", "bf16"] if cuda else ["fp32"]
-        self.work = a.work
+        self.work = o.work
 
     def train_args(self, name: str, method: str, precision: str, updates: int) -> List[str]:
         model = GPU_MODEL if self.cuda else TINY_MODEL
         save = self.work / "train" / name
-        args = [str(self.a.data_bin), "--user-dir", str(USER_DIR), "--source-lang", self.a.source_lang,
-                "--target-lang", self.a.target_lang, *TRAIN_COMMON, *model, *CRITERIA[method],
+        args = [str(self.o.data_bin), "--user-dir", str(USER_DIR), "--source-lang", self.o.source_lang,
+                "--target-lang", self.o.target_lang, *TRAIN_COMMON, *model, *CRITERIA[method],
                 *PRECISION_FLAGS.get(precision, []), "--max-update", str(updates),
                 "--log-interval", str(self.log_interval), "--save-dir", str(save),
                 # every run saves at most once, at its end, so that no run's words/s pays for saving
@@ -168,8 +169,8 @@ class Plan:
         return self.work / "train" / ("fp16-labo" if self.cuda else "fp32-labo") / "checkpoint_last.pt"
 
     def generate_args(self) -> List[str]:
-        args = [str(self.a.data_bin), "--user-dir", str(USER_DIR), "--task", "translation", "--source-lang",
-                self.a.source_lang, "--target-lang", self.a.target_lang, "--path", str(self.checkpoint()),
+        args = [str(self.o.data_bin), "--user-dir", str(USER_DIR), "--task", "translation", "--source-lang",
+                self.o.source_lang, "--target-lang", self.o.target_lang, "--path", str(self.checkpoint()),
                 "--gen-subset", "test", "--beam", "5", "--batch-size", "128", "--remove-bpe"]
         # The tiny model barely trained on the CPU would emit 200-token hypotheses (minutes of beam
         # search); the GPU check decodes with fairseq's defaults, as users do.
@@ -315,7 +316,7 @@ def part_training(plan: Plan) -> Dict:
 
 def part_decoding(plan: Plan) -> Dict:
     try:
-        expected = split_size(plan.a.data_bin, "test", plan.a.source_lang, plan.a.target_lang)
+        expected = split_size(plan.o.data_bin, "test", plan.o.source_lang, plan.o.target_lang)
     except FileNotFoundError as err:
         raise CheckError(f"{err} (was the data-bin made by fairseq-preprocess?)") from None
     log = plan.work / "logs" / "generate.log"
@@ -330,7 +331,24 @@ def part_decoding(plan: Plan) -> Dict:
 
 # ------------------------------------------------------------------------------------ command
 
-def parse(argv, prog):
+@dataclass(frozen=True)
+class CheckOptions:
+    """``labo-fairseq gpu-check``'s options (see :func:`parse`); ``work`` None: the default for the kind."""
+
+    data_bin: Path = Path("data-bin/multi30k.de-en")
+    source_lang: str = "de"
+    target_lang: str = "en"
+    out: Path = Path("results/gpu")
+    work: Optional[Path] = None
+    tiny: bool = False
+    updates: Optional[int] = None
+    skip_updates: Optional[int] = None
+    parts: Tuple[str, ...] = ("correctness", "bench", "training", "decoding")
+    force: bool = False
+    dry_run: bool = False
+
+
+def parse(argv, prog) -> CheckOptions:
     ap = ArgumentParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--data-bin", type=Path, default=Path("data-bin/multi30k.de-en"),
                     help="fairseq data-bin with train and test splits (default data-bin/multi30k.de-en, as "
@@ -355,7 +373,7 @@ def parse(argv, prog):
         ap.error("--skip-updates must be >= 0")
     if "decoding" in a.parts and "training" not in a.parts:
         ap.error("--parts decoding needs training (it decodes the checkpoint trained there)")
-    return a
+    return CheckOptions(**{**vars(a), "parts": tuple(a.parts)})
 
 
 def main(argv=None, prog="labo-fairseq gpu-check") -> int:
@@ -365,47 +383,47 @@ def main(argv=None, prog="labo-fairseq gpu-check") -> int:
             raise UsageError(f"usage: {PEAK_FLAG} PEAK_JSON -- FAIRSEQ_TRAIN_ARGS")
         train_with_peak(argv[1], argv[3:])
         return 0
-    a = parse(argv, prog)
+    o = parse(argv, prog)
     from labo_fairseq.runtime.processes import cuda_visible
 
-    cuda = cuda_visible(probe_torch=not a.dry_run) and not a.tiny  # a dry run imports no torch
-    a.data_bin, a.out = a.data_bin.resolve(), a.out.resolve()
+    cuda = cuda_visible(probe_torch=not o.dry_run) and not o.tiny  # a dry run imports no torch
     kind = "gpu" if cuda else "cpu-smoke"
-    a.work = (a.work or Path("runs") / "gpu_check" / kind).resolve()  # runs/ holds checkpoints, not results/
-    plan = Plan(a, cuda)
-    if a.dry_run:
+    o = replace(o, data_bin=o.data_bin.resolve(), out=o.out.resolve(),
+                work=(o.work or Path("runs") / "gpu_check" / kind).resolve())  # runs/ holds checkpoints, not results/
+    plan = Plan(o, cuda)
+    if o.dry_run:
         print(f"# {kind} check; training runs under the peak-memory hook: "
               f"{sys.executable} -m labo_fairseq gpu-check {PEAK_FLAG} PEAK.json -- ARGS")
-        if "correctness" in a.parts:
-            print(shlex.join(plan.pytest_args(a.work / "correctness.xml")))
-        if "training" in a.parts:
+        if "correctness" in o.parts:
+            print(shlex.join(plan.pytest_args(o.work / "correctness.xml")))
+        if "training" in o.parts:
             for r in plan.runs():
                 print(shlex.join(["fairseq-train", *r["args"]]))
-        if "decoding" in a.parts:
+        if "decoding" in o.parts:
             print(shlex.join(["fairseq-generate", *plan.generate_args()]))
         return 0
-    dest = a.out / f"gpu_check-{kind}.json"
-    refusal = overwrite_refusal(dest, a.force)
+    dest = o.out / f"gpu_check-{kind}.json"
+    refusal = overwrite_refusal(dest, o.force)
     if refusal:
         raise UsageError(refusal)
-    if {"training", "decoding"} & set(a.parts):
-        missing = [p for p in (a.data_bin / f"dict.{a.source_lang}.txt", a.data_bin / f"dict.{a.target_lang}.txt")
+    if {"training", "decoding"} & set(o.parts):
+        missing = [p for p in (o.data_bin / f"dict.{o.source_lang}.txt", o.data_bin / f"dict.{o.target_lang}.txt")
                    if not p.is_file()]
         if missing:
-            raise UsageError(f"no data-bin at {a.data_bin} ({missing[0].name} missing); make it with "
+            raise UsageError(f"no data-bin at {o.data_bin} ({missing[0].name} missing); make it with "
                              "'labo-fairseq prepare multi30k.de-en' or pass --data-bin")
-    if a.force and a.work.exists():
-        shutil.rmtree(a.work)
-    a.work.mkdir(parents=True, exist_ok=True)
+    if o.force and o.work.exists():
+        shutil.rmtree(o.work)
+    o.work.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     res: Dict = {"kind": kind, "note": "GPU figures" if cuda else
                  "CPU smoke run (scaled down, fp32 instead of fp16/bf16): NOT GPU figures",
                  "command": shlex.join([*prog.split(), *argv]),
                  "cwd": os.getcwd(), "started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-                 "environment": environment(cuda), "data_bin": str(a.data_bin), "work": str(a.work)}
+                 "environment": environment(cuda), "data_bin": str(o.data_bin), "work": str(o.work)}
     parts = {"correctness": part_correctness, "bench": part_bench, "training": part_training, "decoding": part_decoding}
     status = 0
-    for name in [p for p in parts if p in a.parts]:  # in this order, whatever the order given
+    for name in [p for p in parts if p in o.parts]:  # in this order, whatever the order given
         t = time.time()
         print(f"[gpu_check] {name} ...", file=sys.stderr, flush=True)
         try:
@@ -418,7 +436,7 @@ def main(argv=None, prog="labo-fairseq gpu-check") -> int:
     res["seconds"] = time.time() - t0
     corr = res.get("correctness", {"failed": 0, "passed": 1})
     ok = (corr.get("failed", 1) == 0 and corr.get("passed", 0) > 0  # all skipped is no evidence
-          and all("error" not in res.get(p, {}) for p in a.parts)
+          and all("error" not in res.get(p, {}) for p in o.parts)
           and all(r["finite_loss"] for r in res.get("training", {}).get("runs", {}).values())
           and res.get("decoding", {}).get("all_translated", True))
     res["ok"] = bool(ok)

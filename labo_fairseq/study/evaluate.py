@@ -26,6 +26,7 @@ import datetime
 import shlex
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -181,35 +182,35 @@ def sha256_lines(lines: Sequence[str]) -> str:
     return hashlib.sha256("".join(line + "\n" for line in lines).encode("utf-8")).hexdigest()
 
 
-def evaluate(a) -> int:
+def evaluate(o: "EvaluateOptions") -> int:
     from labo_fairseq.study.kd import runs as kd_runs
 
-    ds, _ = dataset_config(a.dataset), method_config(a.method)
-    roots = Roots.from_args(a)
-    student = kd_runs.plan(a.dataset, ds["data"], a.method, a.tau, a.teacher, a.data_variant, a.student, roots.runs,
+    ds, _ = dataset_config(o.dataset), method_config(o.method)
+    roots = o.roots()
+    student = kd_runs.plan(o.dataset, ds["data"], o.method, o.tau, o.teacher, o.data_variant, o.student, roots.runs,
                            roots.data_bin)
-    tag, tau = (a.method, a.tau) if student is None else (student.tag, None)  # a student's tag names its run
-    rd = run_dir(roots.runs, a.dataset, tag, a.seed, tau)
-    named = a.checkpoint is not None  # a checkpoint named explicitly may be of a run still training
-    which = a.checkpoint or "best"
+    tag, tau = (o.method, o.tau) if student is None else (student.tag, None)  # a student's tag names its run
+    rd = run_dir(roots.runs, o.dataset, tag, o.seed, tau)
+    named = o.checkpoint is not None  # a checkpoint named explicitly may be of a run still training
+    which = o.checkpoint or "best"
     ck = (rd / "checkpoints" / f"checkpoint_{which}.pt" if which in ("best", "last") else absolute(Path(which)))
-    out = result_path(roots.results, a.dataset, tag, a.seed, tau)
+    out = result_path(roots.results, o.dataset, tag, o.seed, tau)
     data = roots.data_bin / ds["data"]
-    cpu = a.cpu or not cuda_visible(probe_torch=not a.dry_run)  # a dry run imports neither torch nor fairseq
-    cmds = {key: decode_command(ds, data, ck, s, t, cpu, a.batch_size, a.generate_args, subset)
+    cpu = o.cpu or not cuda_visible(probe_torch=not o.dry_run)  # a dry run imports neither torch nor fairseq
+    cmds = {key: decode_command(ds, data, ck, s, t, cpu, o.batch_size, o.generate_args, subset)
             for s, t in directions(ds) for key, subset in test_sets(ds, s, t).items()}
-    if a.dry_run:
+    if o.dry_run:
         print(f"# result {out} (hypotheses beside it; fairseq-generate output in {rd / 'eval'})")
         for cmd in cmds.values():
             print(shlex.join(cmd))
         return 0
-    if out.is_file() and not a.force:
+    if out.is_file() and not o.force:
         print(f"evaluate: {out} exists: already evaluated, nothing to do (--force scores it again)", file=sys.stderr)
         return 0
     marker = rd / RUN_MARKER
     if not marker.is_file():
         raise EvalError(f"{rd}: no run here ({RUN_MARKER} missing); train it first: "
-                        f"labo-fairseq train {a.dataset} {a.method} {a.seed}" + (f" --tau {a.tau:g}" if a.tau else ""))
+                        f"labo-fairseq train {o.dataset} {o.method} {o.seed}" + (f" --tau {o.tau:g}" if o.tau else ""))
     run = read_json(marker)
     completed = training_completed(rd)
     if not completed and not named:
@@ -239,7 +240,7 @@ def evaluate(a) -> int:
             n_test = split_size(data, subset, src, tgt)
         except FileNotFoundError as err:
             raise EvalError(f"{err}; prepare the data again with --force if it was made by an older version") from None
-        print(f"evaluate: {a.dataset} {a.method} seed {a.seed} {key}: beam 5 on {n_test} test sentences", file=sys.stderr)
+        print(f"evaluate: {o.dataset} {o.method} seed {o.seed} {key}: beam 5 on {n_test} test sentences", file=sys.stderr)
         try:
             proc = run_generate(cmd, cwd=roots.root)
         except ToolError as err:
@@ -274,10 +275,10 @@ def evaluate(a) -> int:
     curve = validation_curve(rd / "train.log")  # the learning curve; the chosen checkpoint's validation in it
     last_state = chosen if last.is_file() and last.samefile(ck) else checkpoint_state(last) if last.is_file() else None
     result = {
-        "dataset": a.dataset, "method": a.method, "seed": a.seed,
+        "dataset": o.dataset, "method": o.method, "seed": o.seed,
         "tau": float(hparams.get("labo_tau", 0)) or None,
         "hyper_parameters": hparams, "extra_train_args": run.get("extra_args", []),
-        "extra_generate_args": list(a.generate_args),
+        "extra_generate_args": list(o.generate_args),
         "bleu_convention": ds["bleu"], "lowercase": bool(ds.get("lowercase")), "directions": scores,
         "sentence_stats": stats_file.name, "training_completed": completed,
         "validation": next((v for v in curve if v.get("updates") == chosen["updates"]), None),
@@ -298,6 +299,34 @@ def evaluate(a) -> int:
     return 0
 
 
+@dataclass(frozen=True)
+class EvaluateOptions:
+    """``labo-fairseq evaluate``'s options (see :func:`main`'s parser)."""
+
+    dataset: str
+    method: str
+    seed: int
+    tau: Optional[float] = None
+    checkpoint: Optional[str] = None
+    root: Optional[Path] = None
+    data_root: Optional[Path] = None
+    text_root: Optional[Path] = None
+    runs_root: Optional[Path] = None
+    results_root: Optional[Path] = None
+    teacher: Tuple[str, ...] = ()
+    data_variant: Optional[str] = None
+    student: bool = False
+    batch_size: int = 128
+    cpu: bool = False
+    force: bool = False
+    dry_run: bool = False
+    generate_args: Tuple[str, ...] = ()
+
+    def roots(self) -> Roots:
+        return Roots.from_options(self.root, data=self.data_root, text=self.text_root, runs=self.runs_root,
+                                  results=self.results_root)
+
+
 def main(argv=None, prog="labo-fairseq evaluate") -> int:
     ap = ArgumentParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_run_arguments(ap, "LABO's tau, as given to the train command")
@@ -316,10 +345,10 @@ def main(argv=None, prog="labo-fairseq evaluate") -> int:
                  "such results, since they differ from the paper's decoding).")
     own, extra = split_extra(sys.argv[1:] if argv is None else argv)
     a = ap.parse_args(own)
-    a.generate_args = extra
     if a.batch_size < 1:
         ap.error(f"--batch-size must be >= 1, got {a.batch_size}")
     if a.tau is not None and a.method != "labo":
         ap.error("--tau applies to the labo method only")
+    o = EvaluateOptions(**{**vars(a), "teacher": tuple(a.teacher)}, generate_args=tuple(extra))
     with usage_errors():
-        return evaluate(a)
+        return evaluate(o)

@@ -18,9 +18,9 @@ import argparse
 import datetime
 import sys
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import List
+from typing import List, Optional, Tuple
 
 from labo_fairseq.hf.trainer import CRITERIA, LossConfig
 from labo_fairseq.losses.hparams import HP
@@ -48,6 +48,36 @@ class _Dataset:
         return dict(self.items[i])
 
 
+@dataclass(frozen=True)
+class HfTrainOptions:
+    """``labo-fairseq hf-train``'s options (see :func:`main`'s parser); each split is (SRC, TGT) files."""
+
+    model: Path
+    train: Tuple[Path, Path]
+    valid: Tuple[Path, Path]
+    test: Tuple[Path, Path]
+    name: str
+    criterion: str = "labo"
+    tau: float = 1.15
+    rho: float = HP["rho"].default
+    alpha: Optional[float] = None
+    warmup_steps: int = 0
+    label_smoothing: float = 0.1
+    seed: int = 1
+    max_steps: int = 1000
+    lr: float = 5e-5
+    batch_size: int = 16
+    grad_accum: int = 1
+    eval_steps: int = 500
+    max_length: int = 128
+    lowercase: bool = False
+    cpu: bool = False
+    root: Optional[Path] = None
+    runs_root: Optional[Path] = None
+    results_root: Optional[Path] = None
+    force: bool = False
+
+
 def main(argv=None, prog="labo-fairseq hf-train") -> int:
     ap = ArgumentParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("model", type=Path, help="a seq2seq model directory (weights and tokenizer)")
@@ -73,31 +103,32 @@ def main(argv=None, prog="labo-fairseq hf-train") -> int:
     add_root_arguments(ap, "runs", "results")
     ap.add_argument("--force", action="store_true", help="replace an existing result")
     a = ap.parse_args(argv)
+    o = HfTrainOptions(**{**vars(a), **{s: tuple(getattr(a, s)) for s in ("train", "valid", "test")}})
     try:
-        loss = LossConfig(a.criterion, label_smoothing=a.label_smoothing, tau=a.tau, rho=a.rho, alpha=a.alpha,
-                          warmup_steps=a.warmup_steps)
+        loss = LossConfig(o.criterion, label_smoothing=o.label_smoothing, tau=o.tau, rho=o.rho, alpha=o.alpha,
+                          warmup_steps=o.warmup_steps)
     except ValueError as err:
         ap.error(str(err))
     for flag in ("max_steps", "batch_size", "grad_accum", "eval_steps", "max_length"):
-        if getattr(a, flag) < 1:
+        if getattr(o, flag) < 1:
             ap.error(f"--{flag.replace('_', '-')} must be >= 1")
-    model_dir = absolute(a.model)
+    model_dir = absolute(o.model)
     if not (model_dir / "config.json").is_file():
         ap.error(f"{model_dir}: no config.json (a model directory saved by transformers is needed; nothing is downloaded)")
-    missing = [str(absolute(p)) for s in ("train", "valid", "test") for p in getattr(a, s) if not absolute(p).is_file()]
+    missing = [str(absolute(p)) for s in ("train", "valid", "test") for p in getattr(o, s) if not absolute(p).is_file()]
     if missing:
         ap.error(f"no such file: {', '.join(missing)}")
-    roots = Roots.from_args(a)
-    tau = a.tau if a.criterion == "labo" else None
-    out = result_path(roots.results, a.name, a.criterion, a.seed, tau)
-    refusal = overwrite_refusal(out, a.force)
+    roots = Roots.from_options(o.root, runs=o.runs_root, results=o.results_root)
+    tau = o.tau if o.criterion == "labo" else None
+    out = result_path(roots.results, o.name, o.criterion, o.seed, tau)
+    refusal = overwrite_refusal(out, o.force)
     if refusal:
         raise UsageError(refusal)
-    data = {s: _pairs(*(absolute(p) for p in getattr(a, s))) for s in ("train", "valid", "test")}
-    return run(a, loss, model_dir, data, roots, out, tau)
+    data = {s: _pairs(*(absolute(p) for p in getattr(o, s))) for s in ("train", "valid", "test")}
+    return run(o, loss, model_dir, data, roots, out, tau)
 
 
-def run(a, loss: LossConfig, model_dir: Path, data, roots: Roots, out: Path, tau) -> int:
+def run(o: HfTrainOptions, loss: LossConfig, model_dir: Path, data, roots: Roots, out: Path, tau) -> int:
     import torch
     from transformers import AutoConfig, AutoModelForSeq2SeqLM, AutoTokenizer, DataCollatorForSeq2Seq, Seq2SeqTrainingArguments
 
@@ -110,15 +141,15 @@ def run(a, loss: LossConfig, model_dir: Path, data, roots: Roots, out: Path, tau
         raise UsageError(f"{model_dir} is not an encoder-decoder model")
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForSeq2SeqLM.from_pretrained(model_dir)
-    rd = run_dir(roots.runs, a.name, a.criterion, a.seed, tau)
+    rd = run_dir(roots.runs, o.name, o.criterion, o.seed, tau)
     args = Seq2SeqTrainingArguments(
-        output_dir=str(rd / "trainer"), max_steps=a.max_steps, learning_rate=a.lr, per_device_train_batch_size=a.batch_size,
-        per_device_eval_batch_size=a.batch_size, gradient_accumulation_steps=a.grad_accum, seed=a.seed,
-        eval_strategy="steps", eval_steps=a.eval_steps, save_strategy="steps", save_steps=a.eval_steps,
+        output_dir=str(rd / "trainer"), max_steps=o.max_steps, learning_rate=o.lr, per_device_train_batch_size=o.batch_size,
+        per_device_eval_batch_size=o.batch_size, gradient_accumulation_steps=o.grad_accum, seed=o.seed,
+        eval_strategy="steps", eval_steps=o.eval_steps, save_strategy="steps", save_steps=o.eval_steps,
         save_total_limit=1, load_best_model_at_end=True, metric_for_best_model="eval_nll_loss", greater_is_better=False,
-        logging_steps=max(1, min(100, a.eval_steps)), report_to=[], use_cpu=a.cpu or not torch.cuda.is_available(),
+        logging_steps=max(1, min(100, o.eval_steps)), report_to=[], use_cpu=o.cpu or not torch.cuda.is_available(),
         predict_with_generate=False, disable_tqdm=True)
-    ds = {s: _Dataset(tokenizer, p, a.max_length) for s, p in data.items()}
+    ds = {s: _Dataset(tokenizer, p, o.max_length) for s, p in data.items()}
     trainer = LossTrainer(model=model, args=args, loss=loss, train_dataset=ds["train"], eval_dataset=ds["valid"],
                           data_collator=DataCollatorForSeq2Seq(tokenizer, model=model))
     started, t0 = datetime.datetime.now(datetime.timezone.utc).isoformat(), time.time()
@@ -128,31 +159,31 @@ def run(a, loss: LossConfig, model_dir: Path, data, roots: Roots, out: Path, tau
     trainer.save_model(str(rd / "model"))
     tokenizer.save_pretrained(str(rd / "model"))
     trainer.args.predict_with_generate = True  # validation scored by NLL; the test set decoded by beam search
-    pred = trainer.predict(ds["test"], num_beams=5, max_length=a.max_length)
+    pred = trainer.predict(ds["test"], num_beams=5, max_length=o.max_length)
     ids = torch.as_tensor(pred.predictions)
     ids = torch.where(ids < 0, tokenizer.pad_token_id, ids)
     hyps = [h.strip() for h in tokenizer.batch_decode(ids, skip_special_tokens=True)]
     refs = [t for _, t in data["test"]]
-    sacre, ch = B.sacrebleu_13a(hyps, refs, a.lowercase), B.chrf(hyps, refs, a.lowercase)
+    sacre, ch = B.sacrebleu_13a(hyps, refs, o.lowercase), B.chrf(hyps, refs, o.lowercase)
     here = {**git_state(), "hardware": hardware()}  # training and decoding ran in this one process
-    src_lang, tgt_lang = (p.suffix.lstrip(".") or "src" for p in a.test)
+    src_lang, tgt_lang = (p.suffix.lstrip(".") or "src" for p in o.test)
     key = f"{src_lang}-{tgt_lang}"
     out.parent.mkdir(parents=True, exist_ok=True)
     hyp_file = out.with_name(f"{out.stem}.{key}.hyp")
     write_lines(hyp_file, hyps)
     stats_file = out.with_name(f"{out.stem}.stats.json")
     write_json(stats_file, {"what": "per-sentence sacreBLEU statistics (13a), for significance tests",
-                            "directions": {key: S.sentence_stats(S.metric("sacrebleu", a.lowercase), hyps, refs)}},
+                            "directions": {key: S.sentence_stats(S.metric("sacrebleu", o.lowercase), hyps, refs)}},
                indent=None)
     result = {
-        "dataset": a.name, "method": a.criterion, "seed": a.seed, "tau": tau, "framework": "transformers",
-        "model": str(a.model), "loss": asdict(loss), "hyper_parameters": {
-            "max_steps": a.max_steps, "lr": a.lr, "batch_size": a.batch_size, "grad_accum": a.grad_accum},
-        "extra_train_args": [], "extra_generate_args": [], "bleu_convention": "sacrebleu", "lowercase": a.lowercase,
+        "dataset": o.name, "method": o.criterion, "seed": o.seed, "tau": tau, "framework": "transformers",
+        "model": str(o.model), "loss": asdict(loss), "hyper_parameters": {
+            "max_steps": o.max_steps, "lr": o.lr, "batch_size": o.batch_size, "grad_accum": o.grad_accum},
+        "extra_train_args": [], "extra_generate_args": [], "bleu_convention": "sacrebleu", "lowercase": o.lowercase,
         "directions": {key: {
             "bleu": sacre["bleu"], "convention": "sacrebleu", "paper_metric": sacre, "sacrebleu": sacre["bleu"],
             "sacrebleu_signature": sacre["signature"], "chrf": ch["chrf"], "chrf_signature": ch["signature"],
-            "references": str(absolute(a.test[1])), "sentences": len(refs), "hypotheses": hyp_file.name}},
+            "references": str(absolute(o.test[1])), "sentences": len(refs), "hypotheses": hyp_file.name}},
         "sentence_stats": stats_file.name, "training_completed": True,
         "checkpoint": {"path": str(rd / "model"), "updates": trainer.state.global_step,
                        "valid_metric": "nll_loss", "valid_value": trainer.state.best_metric},
@@ -163,6 +194,6 @@ def run(a, loss: LossConfig, model_dir: Path, data, roots: Roots, out: Path, tau
         "evaluate": {**here, "beam": 5},
     }
     write_json(out, result)
-    print(f"hf-train: {a.name} {a.criterion} seed {a.seed}: sacreBLEU {sacre['bleu']:.2f}, chrF {ch['chrf']:.2f}; "
+    print(f"hf-train: {o.name} {o.criterion} seed {o.seed}: sacreBLEU {sacre['bleu']:.2f}, chrF {ch['chrf']:.2f}; "
           f"wrote {out}", file=sys.stderr)
     return 0

@@ -217,15 +217,15 @@ class Roots:
     results: Path
 
     @classmethod
-    def from_args(cls, a: argparse.Namespace) -> "Roots":
-        root = absolute(getattr(a, "root", None) or ".")
+    def from_options(cls, root: Optional[Path] = None, data: Optional[Path] = None, text: Optional[Path] = None,
+                     runs: Optional[Path] = None, results: Optional[Path] = None) -> "Roots":
+        """``--root`` (None: the working directory) and the overrides given (None: under the root)."""
+        top = absolute(root or ".")
 
-        def pick(name: str, default: str) -> Path:
-            given = getattr(a, name, None)
-            return absolute(given) if given is not None else root / default
+        def pick(given: Optional[Path], default: str) -> Path:
+            return absolute(given) if given is not None else top / default
 
-        return cls(root, pick("data_root", "data-bin"), pick("text_root", "data"), pick("runs_root", "runs"),
-                   pick("results_root", "results"))
+        return cls(top, pick(data, "data-bin"), pick(text, "data"), pick(runs, "runs"), pick(results, "results"))
 
 
 def add_run_arguments(ap: argparse.ArgumentParser, tau_help: str) -> None:

@@ -169,13 +169,13 @@ def log_paths(out: Path, n_processes: int, node_rank: int) -> List[Path]:
     return [out / ("train.log" if node_rank == 0 else f"train.node{node_rank}.log")]
 
 
-def _record(a, launch: Launch, previous: dict) -> dict:
+def _record(o: "TrainOptions", launch: Launch, previous: dict) -> dict:
     from labo_fairseq.runtime.provenance import git_state, hardware
 
     record = {
-        "dataset": a.dataset, "method": a.method, "seed": a.seed, "tau": a.tau, "gpus": a.gpus, "procs": a.procs,
-        "nodes": a.nodes, "update_freq": a.update_freq, "command": launch.train_argv,
-        "launch": launch.processes, "extra_args": list(a.fairseq_args), **git_state(), "hardware": hardware(),
+        "dataset": o.dataset, "method": o.method, "seed": o.seed, "tau": o.tau, "gpus": o.gpus, "procs": o.procs,
+        "nodes": o.nodes, "update_freq": o.update_freq, "command": launch.train_argv,
+        "launch": launch.processes, "extra_args": list(o.fairseq_args), **git_state(), "hardware": hardware(),
         "started": datetime.datetime.now(datetime.timezone.utc).isoformat(),
     }
     record["sessions"] = previous.get("sessions", []) + [
@@ -184,27 +184,27 @@ def _record(a, launch: Launch, previous: dict) -> dict:
     return record
 
 
-def cmd_train(a) -> int:
+def cmd_train(o: "TrainOptions") -> int:
     from labo_fairseq.study.kd import runs as kd_runs
 
-    roots = Roots.from_args(a)
+    roots = o.roots()
     with usage_errors():  # the hyper-parameters' and configs' checks raise ValueError
-        student = kd_runs.plan(a.dataset, dataset_config(a.dataset)["data"], a.method, a.tau, a.teacher, a.data_variant,
-                               a.student, roots.runs, roots.data_bin)
-        launch = train_command(a.dataset, a.method, a.seed, a.tau, a.gpus, a.update_freq, roots.data_bin, roots.runs,
-                               tuple(a.fairseq_args), a.procs, a.nodes, a.node_rank, a.master_addr, a.master_port,
+        student = kd_runs.plan(o.dataset, dataset_config(o.dataset)["data"], o.method, o.tau, o.teacher, o.data_variant,
+                               o.student, roots.runs, roots.data_bin)
+        launch = train_command(o.dataset, o.method, o.seed, o.tau, o.gpus, o.update_freq, roots.data_bin, roots.runs,
+                               tuple(o.fairseq_args), o.procs, o.nodes, o.node_rank, o.master_addr, o.master_port,
                                student)
-        if student is not None and not a.dry_run:
+        if student is not None and not o.dry_run:
             missing = [str(p) for p in student.needs if not p.exists()]
             if missing:
                 raise kd_runs.KDError(f"not found: {', '.join(missing)} (train the teacher first; for "
                                       "--data-variant seqkd:RUN, run labo-fairseq distill-data DATASET RUN)")
     out = launch.run_dir
     exists = out.exists()
-    lead = a.node_rank == 0  # on several nodes, only node 0 manages the run directory
-    if exists and a.force and lead and not (out / RUN_MARKER).exists():
+    lead = o.node_rank == 0  # on several nodes, only node 0 manages the run directory
+    if exists and o.force and lead and not (out / RUN_MARKER).exists():
         raise UsageError(f"{out} was not made by this command; not deleting it")
-    if exists and not a.force and training_completed(out):
+    if exists and not o.force and training_completed(out):
         done = read_json(out / RUN_MARKER)
         converged = (done.get("stopping") or {}).get("converged")  # its rule has spoken: a higher cap changes nothing
         longer = "" if converged else _longer_caps(done.get("command", []), launch.train_argv)
@@ -215,32 +215,32 @@ def cmd_train(a) -> int:
         print(f"train: {out} finished, training on to {longer}", file=sys.stderr)
     data = Path(launch.train_argv[1])
     if not data.is_dir() and student is None:
-        hint = (f"no prepared data at {data}: run `labo-fairseq prepare {dataset_config(a.dataset)['data']}"
-                f"{' --root ' + str(roots.root) if a.root else ''}` first")
-        if not a.dry_run:
+        hint = (f"no prepared data at {data}: run `labo-fairseq prepare {dataset_config(o.dataset)['data']}"
+                f"{' --root ' + str(roots.root) if o.root else ''}` first")
+        if not o.dry_run:
             raise UsageError(hint)
         print(f"# {hint}")
-    logs = log_paths(out, len(launch.processes), a.node_rank)
-    if a.dry_run:
+    logs = log_paths(out, len(launch.processes), o.node_rank)
+    if o.dry_run:
         if exists:
-            print(f"# {out} exists: " + ("--force would delete it first" if a.force and lead else
+            print(f"# {out} exists: " + ("--force would delete it first" if o.force and lead else
                                           "fairseq would resume from its checkpoint_last.pt"))
         print(f"# run directory {out}: {RUN_MARKER}, checkpoints/, log " + ", ".join(p.name for p in logs))
         for cmd in launch.processes:
             print(shlex.join(cmd))
         return 0
-    if exists and a.force and lead:
+    if exists and o.force and lead:
         shutil.rmtree(out)
     elif exists:
         print(f"{out} exists: resuming (fairseq continues from checkpoint_last.pt); --force to start over",
               file=sys.stderr)
     # the rule from the lead's log on every node (other nodes log no validations), the same for all ranks
-    rule = plateau(validation_curve(out / "train.log"), launch.train_argv) if exists and not a.force else None
+    rule = plateau(validation_curve(out / "train.log"), launch.train_argv) if exists and not o.force else None
     out.mkdir(parents=True, exist_ok=True)
     if lead:
         marker = out / RUN_MARKER
         previous = read_json(marker) if marker.exists() else {}
-        record = _record(a, launch, previous)
+        record = _record(o, launch, previous)
         if student is not None:
             record["distillation"] = student.record
         write_json(marker, record)
@@ -251,7 +251,7 @@ def cmd_train(a) -> int:
         else:  # fairseq's patience count restarts with each process: give it what is left
             left = ["--patience", str(rule.patience - rule.since_best)]
             processes = [[*cmd, *left] for cmd in processes]
-    status = run_logged(processes, logs, cwd=roots.root, echo=Progress(launch.train_argv) if a.quiet else True) \
+    status = run_logged(processes, logs, cwd=roots.root, echo=Progress(launch.train_argv) if o.quiet else True) \
         if processes else 0
     if status and lead:
         tail = "".join(logs[0].read_text(encoding="utf-8", errors="replace").splitlines(True)[-15:])
@@ -293,6 +293,36 @@ def _finished_how(out: Path) -> str:
     return f"reached its cap at epoch {stopping['last_epoch']} before its patience ran out: not converged"
 
 
+@dataclass(frozen=True)
+class TrainOptions:
+    """``labo-fairseq train``'s options (see :func:`main`'s parser); ``fairseq_args``: those after ``--``."""
+
+    dataset: str
+    method: str
+    seed: int
+    tau: Optional[float] = None
+    gpus: int = 0
+    procs: int = 1
+    nodes: int = 1
+    node_rank: int = 0
+    master_addr: Optional[str] = None
+    master_port: int = 0
+    update_freq: int = 1
+    root: Optional[Path] = None
+    data_root: Optional[Path] = None
+    runs_root: Optional[Path] = None
+    teacher: Tuple[str, ...] = ()
+    data_variant: Optional[str] = None
+    student: bool = False
+    force: bool = False
+    quiet: bool = False
+    dry_run: bool = False
+    fairseq_args: Tuple[str, ...] = ()
+
+    def roots(self) -> Roots:
+        return Roots.from_options(self.root, data=self.data_root, runs=self.runs_root)
+
+
 def main(argv=None, prog="labo-fairseq train") -> int:
     t = ArgumentParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     add_run_arguments(t, "LABO's tau (default from configs/methods/labo.yaml: 1.15)")
@@ -321,5 +351,4 @@ def main(argv=None, prog="labo-fairseq train") -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     own, extra = split_extra(argv)
     a = t.parse_args(own)
-    a.fairseq_args = extra
-    return cmd_train(a)
+    return cmd_train(TrainOptions(**{**vars(a), "teacher": tuple(a.teacher)}, fairseq_args=tuple(extra)))

@@ -204,7 +204,7 @@ def main(argv=None, prog="labo-fairseq tune") -> int:
     if a.parallel < 1 or (a.threads is not None and a.threads < 1) or a.budget_minutes <= 0:
         ap.error("--parallel and --threads must be >= 1, --budget-minutes > 0")
     try:
-        t = Tune(a.grid, Roots.from_args(a), a.threads, a.budget_minutes)
+        t = Tune(a.grid, Roots.from_options(a.root), a.threads, a.budget_minutes)
     except ValueError as err:
         ap.error(str(err))
 

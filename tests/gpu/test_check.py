@@ -1,6 +1,7 @@
 """labo_fairseq.gpu.check: its plans and commands (fast); what the whole CPU smoke run on a real data-bin
 must hold (:func:`check_cpu_smoke`, applied where ``gpu-allocation --tiny`` runs it)."""
 
+import dataclasses
 import json
 import math
 import os
@@ -23,11 +24,7 @@ def run_check(*args, cwd):
 
 
 def plan(cuda, **kw):
-    a = gpu_check.parse([], "gpu_check")
-    for k, v in kw.items():
-        setattr(a, k, v)
-    a.work = Path("/w")
-    return gpu_check.Plan(a, cuda)
+    return gpu_check.Plan(dataclasses.replace(gpu_check.parse([], "gpu_check"), work=Path("/w"), **kw), cuda)
 
 
 def test_gpu_plan_trains_ls_and_labo_in_fp16_and_bf16_and_labo_in_memory_efficient_fp16():

@@ -2,7 +2,7 @@
 finished; the report's numbers come from the results JSONs and sacrebleu's paired bootstrap.
 And how one call treats the training runs it starts: stopped by the budget, or failed."""
 
-import argparse
+import dataclasses
 import json
 import re
 import statistics
@@ -89,9 +89,8 @@ def test_compare_tiny_stops_resumes_and_reports(multi30k_small, tmp_path):
 
 def _compare_training(tmp_path, monkeypatch, script):
     """A Compare (2 seeds, a 6-second budget) whose every train command is the Python ``script``."""
-    a = argparse.Namespace(root=tmp_path, seeds=[1, 2], tau=1.15, budget_minutes=0.1, reserve_s=0, cpu=True,
-                           dry_run=False, tiny=True, methods=["ls", "labo"])
-    c = compare.Compare(a)
+    c = compare.Compare(compare.CompareOptions(root=tmp_path, seeds=(1, 2), tau=1.15, budget_minutes=0.1, reserve_s=0,
+                                               cpu=True, tiny=True, methods=("ls", "labo")))
     monkeypatch.setattr(c, "train_cmd", lambda *run: [sys.executable, "-c", script])
     return c
 
@@ -119,7 +118,7 @@ def test_runs_ended_by_the_same_sigterm_resume_and_are_not_failures(tmp_path, mo
     import threading
 
     c = _compare_training(tmp_path, monkeypatch, "import sys, time; time.sleep(1); sys.exit(143)")
-    c.a.budget_minutes, c.deadline = 10, time.monotonic() + 600
+    c.o, c.deadline = dataclasses.replace(c.o, budget_minutes=10), time.monotonic() + 600
     threading.Timer(0.5, lambda: setattr(c, "terminated", True)).start()
     assert c.train() is False  # "not finished": call again
     assert "failed" not in capsys.readouterr().err
@@ -183,9 +182,8 @@ def test_a_difference_tested_on_several_test_sets_gets_holms_adjustment(tmp_path
 def test_a_rebuilt_report_may_add_results_but_not_leave_any_out(tmp_path):
     found = {(m, s, 1.15 if m == "labo" else None): fake_result(tmp_path, m, s, 39.0)
              for m in ("ls", "labo") for s in (1, 2)}
-    a = argparse.Namespace(root=tmp_path, seeds=[1, 2], tau=1.15, budget_minutes=1, cpu=True, dry_run=True,
-                           tiny=False, force=False, methods=["ls", "labo"], dataset="multi30k_de_en_small")
-    c = compare.Compare(a)
+    c = compare.Compare(compare.CompareOptions(root=tmp_path, seeds=(1, 2), tau=1.15, budget_minutes=1, cpu=True,
+                                               dry_run=True, methods=("ls", "labo"), dataset="multi30k_de_en_small"))
     fewer = dict(list(found.items())[:3])
     path = compare.write_report(c, compare.build_report(c.dataset, fewer, 1.15, samples=50))
     assert path == tmp_path / "results" / "compare" / "multi30k_de_en_small.json"
@@ -193,15 +191,15 @@ def test_a_rebuilt_report_may_add_results_but_not_leave_any_out(tmp_path):
     with pytest.raises(compare.ReportError, match=r"has results this report would leave out \(labo seed 2\)"):
         compare.write_report(c, compare.build_report(c.dataset, fewer, 1.15, samples=50))
     assert len(json.loads(path.read_text())["results"]) == 4
-    c.a.force = True
+    c.o = dataclasses.replace(c.o, force=True)
     compare.write_report(c, compare.build_report(c.dataset, fewer, 1.15, samples=50))
     assert len(json.loads(path.read_text())["results"]) == 3
 
 
 def test_tiny_shortens_labos_warmup_but_never_lengthens_an_ablations(tmp_path):
-    a = argparse.Namespace(root=tmp_path, seeds=[1], tau=1.15, budget_minutes=1, cpu=True, dry_run=True, tiny=True,
-                           methods=["labo", "labo_no_warmup"], dataset="multi30k_de_en_small")
-    c = compare.Compare(a)
+    c = compare.Compare(compare.CompareOptions(root=tmp_path, seeds=(1,), tau=1.15, budget_minutes=1, cpu=True,
+                                               dry_run=True, tiny=True, methods=("labo", "labo_no_warmup"),
+                                               dataset="multi30k_de_en_small"))
 
     def warmup(method):
         cmd = c.train_cmd(method, 1, c.tau(method))

@@ -40,7 +40,7 @@ def fake_run(t, point, bleus, completed=True):
 
 
 def test_the_grid_chooses_the_best_validation_point_only_once_every_point_finished(tmp_path):
-    t = tune.Tune("multi30k_de_en_converged", Roots.from_args(type("A", (), {"root": tmp_path})()))
+    t = tune.Tune("multi30k_de_en_converged", Roots.from_options(tmp_path))
     p = t.points
     fake_run(t, p[0], [10, 20, 19, 18])
     fake_run(t, p[1], [10, 25, 24, 23])

@@ -28,7 +28,7 @@ tiny model and a few updates, on CPU in minutes: a check of the pipeline, not a 
 """
 
 from labo_fairseq.scoring import stats as S
-from labo_fairseq.study.compare.command import main
+from labo_fairseq.study.compare.command import CompareOptions, main
 from labo_fairseq.study.compare.report import (
     DATA,
     DATASET,
@@ -48,7 +48,8 @@ from labo_fairseq.study.compare.report import (
 from labo_fairseq.study.compare.runner import NOT_FINISHED, Compare, curves, plateau_epoch, write_report
 
 __all__ = [
-    "DATA", "DATASET", "METHODS", "NOT_FINISHED", "Compare", "ReportError", "S", "ablations", "build_report", "curves",
+    "DATA", "DATASET", "METHODS", "NOT_FINISHED", "Compare", "CompareOptions", "ReportError", "S", "ablations",
+    "build_report", "curves",
     "default_tau", "label", "main", "markdown", "max_epoch", "pairs", "plateau_epoch", "protocol_key", "report_name",
     "results_in", "write_report",
 ]

@@ -4,7 +4,9 @@ import argparse
 import shlex
 import signal
 import sys
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Optional, Tuple
 
 from labo_fairseq.losses.hparams import HP
 from labo_fairseq.runtime.commandline import ArgumentParser
@@ -23,6 +25,32 @@ from labo_fairseq.study.protocol import (
     check_methods,
     dataset_config,
 )
+
+
+@dataclass(frozen=True)
+class CompareOptions:
+    """``labo-fairseq compare``'s options (see :func:`main`'s parser)."""
+
+    root: Optional[Path] = None
+    dataset: str = DATASET
+    methods: Tuple[str, ...] = METHODS
+    seeds: Tuple[int, ...] = (1, 2, 3)
+    tau: float = HP["tau"].default
+    parallel: Optional[int] = None
+    threads: Optional[int] = None
+    source: Tuple[Path, ...] = ()
+    budget_minutes: float = 9.0
+    reserve_s: float = 45.0
+    bootstrap_samples: int = 1000
+    report: bool = False
+    results_from: Tuple[Path, ...] = ()
+    max_epoch: Optional[int] = None
+    curves: bool = False
+    no_analysis: bool = False
+    tiny: bool = False
+    cpu: bool = False
+    force: bool = False
+    dry_run: bool = False
 
 
 def main(argv=None, prog="labo-fairseq compare") -> int:
@@ -91,14 +119,16 @@ def main(argv=None, prog="labo-fairseq compare") -> int:
     if ablations(a.methods) and a.tau != default_tau():
         ap.error(f"--tau {a.tau:g}: the ablations of LABO ({', '.join(ablations(a.methods))}) run at LABO's "
                  f"config's tau ({default_tau():g}); compare them without --tau")
-    c = Compare(a)
+    o = CompareOptions(**{**vars(a), **{k: tuple(getattr(a, k) or ()) for k in ("methods", "seeds", "source",
+                                                                            "results_from")}})
+    c = Compare(o)
 
     def on_sigterm(signum, frame):
         c.terminated = True
         c.say("SIGTERM: stopping the runs (each resumes from its last checkpoint next time)")
 
     signal.signal(signal.SIGTERM, on_sigterm)
-    if a.curves:
+    if o.curves:
         cur = curves(c)
         path = write_json(c.roots.results / "compare" / f"{c.dataset}_curves.json", cur)
         for name, rows in cur["curves"].items():
@@ -106,13 +136,13 @@ def main(argv=None, prog="labo-fairseq compare") -> int:
         print(f"plateau epoch by the rule: {cur['plateau_epoch'] or 'not yet reached'} ({cur['rule']})")
         c.say(f"curves {path}")
         return 0
-    if a.report:
+    if o.report:
         rep = c.report()
         path = write_report(c, rep)
         sys.stdout.write(markdown(rep))
         c.say(f"report {path} (from {len(rep['results'])} result(s))")
         return 0
-    if a.dry_run:
+    if o.dry_run:
         c.prepare()
         for r in c.runs():
             c.say("+ " + shlex.join(c.train_cmd(*r)))
@@ -121,15 +151,15 @@ def main(argv=None, prog="labo-fairseq compare") -> int:
         return 0
     report_json = c.report_path()
     if not (c.prepare() and c.train() and c.evaluate()):
-        why = "by SIGTERM" if c.terminated else f"for the time budget ({a.budget_minutes:g} min)"
+        why = "by SIGTERM" if c.terminated else f"for the time budget ({o.budget_minutes:g} min)"
         c.say(f"stopped {why}; run the same command again to continue")
         return NOT_FINISHED
-    if not report_json.is_file() or a.force:
+    if not report_json.is_file() or o.force:
         write_report(c, c.report())
     rep = read_json(report_json)
     sys.stdout.write(markdown(rep))
     c.say(f"report {report_json}")
-    if a.no_analysis:
+    if o.no_analysis:
         return 0
     if not c.analysis():
         c.say("analysis stopped for the time budget; run the same command again to continue")

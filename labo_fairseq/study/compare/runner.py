@@ -1,20 +1,17 @@
 """One call of ``labo-fairseq compare``: prepare, train (``--parallel`` at a time), evaluate, analyse,
 within a time budget; and the pilot's curves and epoch rule."""
 
-import argparse
 import shlex
 import sys
 import time
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Dict, List, Optional, Sequence, Tuple
 
 from labo_fairseq.runtime.errors import ToolError, UsageError
 from labo_fairseq.runtime.files import atomic_open, read_json, read_json_if_exists, write_json
 from labo_fairseq.runtime.processes import cuda_visible, run_queue, run_tool, thread_env
 from labo_fairseq.study.compare.report import (
     DATA,
-    DATASET,
-    METHODS,
     ReportError,
     build_report,
     label,
@@ -35,6 +32,9 @@ from labo_fairseq.study.protocol import (
     training_completed,
 )
 
+if TYPE_CHECKING:
+    from labo_fairseq.study.compare.command import CompareOptions
+
 NOT_FINISHED = 3  # exit status: call again to continue
 # --tiny: a 1-layer model for a few updates, short outputs: the code path in minutes on 2 CPU cores.
 TINY_TRAIN = [*tiny_model(), "--share-all-embeddings", "--max-tokens", "2000", "--max-update", "24", "--warmup-updates", "8",
@@ -46,13 +46,12 @@ TINY_DECODE = ["--max-len-a", "0", "--max-len-b", "12"]
 class Compare:
     """One call of the command: what is done, what to run next, and the time left."""
 
-    def __init__(self, a: argparse.Namespace):
-        self.a, self.roots = a, Roots.from_args(a)
-        self.dataset = getattr(a, "dataset", None) or DATASET
-        self.methods = tuple(getattr(a, "methods", None) or METHODS)
-        self.deadline = time.monotonic() + 60 * a.budget_minutes
+    def __init__(self, o: "CompareOptions"):
+        self.o, self.roots = o, Roots.from_options(o.root)
+        self.dataset, self.methods = o.dataset, tuple(o.methods)
+        self.deadline = time.monotonic() + 60 * o.budget_minutes
         self.lf = [sys.executable, "-m", "labo_fairseq"]
-        self.gpu = not a.cpu and cuda_visible(probe_torch=not a.dry_run)
+        self.gpu = not o.cpu and cuda_visible(probe_torch=not o.dry_run)
         self.data = self.roots.data_bin / DATA
         self.terminated = False  # set by SIGTERM (a scheduler's preemption): stop like the budget does
 
@@ -63,11 +62,11 @@ class Compare:
         print(f"compare: {msg}", file=sys.stderr, flush=True)
 
     def tau(self, method: str) -> Optional[float]:
-        return self.a.tau if method == "labo" else None
+        return self.o.tau if method == "labo" else None
 
     def runs(self):
         """Seed by seed (every method's seed 1 first), so that a partial study is a complete comparison."""
-        for seed in self.a.seeds:
+        for seed in self.o.seeds:
             for method in self.methods:
                 yield method, seed, self.tau(method)
 
@@ -76,22 +75,22 @@ class Compare:
                 "--runs-root", str(self.roots.runs), "--results-root", str(self.roots.results)]
 
     def env(self) -> Dict[str, str]:
-        return thread_env(getattr(self.a, "threads", None))
+        return thread_env(self.o.threads)
 
     def train_cmd(self, method: str, seed: int, tau: Optional[float]) -> List[str]:
         cmd = [*self.lf, "train", self.dataset, method, str(seed), *self.root_args()[:6]]
         cmd += (["--tau", f"{tau:g}"] if tau is not None else []) + (["--gpus", "1"] if self.gpu else [])
-        extra = [*TINY_TRAIN] if self.a.tiny else []
-        if self.a.tiny and is_labo(method):  # LABO's warm-up shortened to a few updates, never lengthened (0 stays 0)
+        extra = [*TINY_TRAIN] if self.o.tiny else []
+        if self.o.tiny and is_labo(method):  # LABO's warm-up shortened to a few updates, never lengthened (0 stays 0)
             extra += ["--labo-warmup-updates", str(min(8, labo_warmup_updates(self.dataset, method)))]
-        if getattr(self.a, "max_epoch", None):
-            extra += ["--max-epoch", str(self.a.max_epoch)]
+        if self.o.max_epoch:
+            extra += ["--max-epoch", str(self.o.max_epoch)]
         return cmd + (["--", *extra] if extra else [])
 
     def evaluate_cmd(self, method: str, seed: int, tau: Optional[float]) -> List[str]:
         cmd = [*self.lf, "evaluate", self.dataset, method, str(seed), *self.root_args()]
         cmd += (["--tau", f"{tau:g}"] if tau is not None else []) + ([] if self.gpu else ["--cpu"])
-        return cmd + (["--", *TINY_DECODE] if self.a.tiny else [])
+        return cmd + (["--", *TINY_DECODE] if self.o.tiny else [])
 
     def finished(self, method: str, seed: int, tau: Optional[float]) -> bool:
         return training_completed(run_dir(self.roots.runs, self.dataset, method, seed, tau))
@@ -110,7 +109,7 @@ class Compare:
             raise UsageError(f"{self.data} lacks the 2017 test sets (test1, test2): prepare it again "
                              f"with `labo-fairseq prepare multi30k.de-en --force`")
         cmd = [*self.lf, "prepare", DATA, "--root", str(self.roots.root), "--dest", str(self.data)]
-        cmd += [x for s in self.a.source for x in ("--source", str(absolute(s)))] + (["--offline"] if self.a.source else [])
+        cmd += [x for s in self.o.source for x in ("--source", str(absolute(s)))] + (["--offline"] if self.o.source else [])
         return self.run_one(cmd)
 
     def train(self) -> bool:
@@ -118,11 +117,11 @@ class Compare:
         todo = [r for r in self.runs() if not self.finished(*r)]
         if not todo:
             return True
-        parallel = getattr(self.a, "parallel", None) or len(todo)
+        parallel = self.o.parallel or len(todo)
         self.say(f"training {len(todo)} run(s), {min(parallel, len(todo))} at a time: "
                  + ", ".join(f"{m} seed {s}" for m, s, _ in todo))
         jobs = [(r, self.train_cmd(*r), self.train_output(*r)) for r in todo]
-        _, failed = run_queue(jobs, parallel, lambda: self.left() - self.a.reserve_s, self.trained, env=self.env(),
+        _, failed = run_queue(jobs, parallel, lambda: self.left() - self.o.reserve_s, self.trained, env=self.env(),
                               interrupted=lambda: self.terminated)
         for (m, s, _), child in failed:
             self.say(child.failure(f"{m} seed {s}", chars=1500))
@@ -134,7 +133,7 @@ class Compare:
         """After a train command exits 0: evaluate the run at once, so that its result can be kept."""
         if not self.finished(*r):
             return False
-        if not self.result(*r).is_file() and self.left() > self.a.reserve_s:
+        if not self.result(*r).is_file() and self.left() > self.o.reserve_s:
             self.run_one(self.evaluate_cmd(*r))
         return True
 
@@ -144,7 +143,7 @@ class Compare:
 
     def run_one(self, cmd: Sequence[str]) -> bool:
         self.say("+ " + shlex.join(cmd))
-        if self.a.dry_run:
+        if self.o.dry_run:
             return True
         run_tool(cmd, env=self.env(), what=cmd[3])
         return True
@@ -152,7 +151,7 @@ class Compare:
     def evaluate(self) -> bool:
         for r in self.runs():
             if not self.result(*r).is_file():
-                if self.left() < self.a.reserve_s:
+                if self.left() < self.o.reserve_s:
                     return False
                 self.run_one(self.evaluate_cmd(*r))
         return True
@@ -160,17 +159,17 @@ class Compare:
     def report(self) -> Dict:
         """The report of every result present (see :func:`build_report`): of this call's runs, or with
         ``--results-from`` of every seed found in those results directories."""
-        if getattr(self.a, "results_from", None):
-            found = results_in(self.a.results_from, self.dataset, self.methods, self.a.tau)
+        if self.o.results_from:
+            found = results_in(self.o.results_from, self.dataset, self.methods, self.o.tau)
         else:
             found = {r: self.result(*r) for r in self.runs() if self.result(*r).is_file()}
-        return build_report(self.dataset, found, self.a.tau, self.a.bootstrap_samples, self.a.tiny)
+        return build_report(self.dataset, found, self.o.tau, self.o.bootstrap_samples, self.o.tiny)
 
     def report_path(self) -> Path:
-        return self.roots.results / "compare" / f"{report_name(self.dataset, self.methods, self.a.tau, self.a.tiny)}.json"
+        return self.roots.results / "compare" / f"{report_name(self.dataset, self.methods, self.o.tau, self.o.tiny)}.json"
 
     def analysis_dir(self) -> Path:
-        return self.roots.root / "analysis" / "compare" / report_name(self.dataset, self.methods, self.a.tau, self.a.tiny)
+        return self.roots.root / "analysis" / "compare" / report_name(self.dataset, self.methods, self.o.tau, self.o.tiny)
 
     def analysis(self) -> bool:
         import importlib.util
@@ -180,14 +179,14 @@ class Compare:
                      "run the same command again where it is installed")
             return True
         out = self.analysis_dir()
-        seed = self.a.seeds[0]
+        seed = self.o.seeds[0]
         rd = {m: run_dir(self.roots.runs, self.dataset, m, seed, self.tau(m)) for m in self.methods}
         ck = {m: rd[m] / "checkpoints" / "checkpoint_best.pt" for m in self.methods}
         text = self.roots.text / DATA / "tmp"
         cpu = [] if self.gpu else ["--cpu"]
-        small = ["--max-tokens", "2000"] if self.a.tiny else []
-        coarse = ["--t-step", "0.1"] if self.a.tiny else []  # --tiny: a coarser temperature grid, the short test set
-        gen = ["--gen-subset", "test2", "--max-len-b", "12"] if self.a.tiny else ["--gen-subset", "test"]
+        small = ["--max-tokens", "2000"] if self.o.tiny else []
+        coarse = ["--t-step", "0.1"] if self.o.tiny else []  # --tiny: a coarser temperature grid, the short test set
+        gen = ["--gen-subset", "test2", "--max-len-b", "12"] if self.o.tiny else ["--gen-subset", "test"]
         systems = [f"--system={label(m)}={ck[m]}" for m in self.methods]
         steps = [
             (out / "freq" / "freq_splits.json",
@@ -212,7 +211,7 @@ class Compare:
         for done, cmd in steps:
             if done.is_file():
                 continue
-            if self.left() < self.a.reserve_s:
+            if self.left() < self.o.reserve_s:
                 return False
             self.run_one(cmd)
         return True
@@ -265,7 +264,7 @@ def curves(c: "Compare") -> Dict:
 def write_report(c: Compare, rep: Dict) -> Path:
     """Write the report; one that would leave out results the existing report has needs ``--force``."""
     path = c.report_path()
-    if path.is_file() and not c.a.force:
+    if path.is_file() and not c.o.force:
         dropped = sorted(set(read_json(path).get("results", {})) - set(rep["results"]))
         if dropped:
             raise ReportError(f"{path} has results this report would leave out ({', '.join(dropped)}): "

@@ -15,7 +15,7 @@ architecture of ``configs/student.yaml``.
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Dict, List, Optional
+from typing import Dict, List, Optional, Sequence
 
 from labo_fairseq.runtime.errors import UsageError
 from labo_fairseq.runtime.files import read_json
@@ -90,7 +90,7 @@ class StudentPlan:
     needs: List[Path] = field(default_factory=list)  # inputs that must exist before training
 
 
-def plan(dataset: str, data: str, method: str, tau: Optional[float], teachers: List[str], data_variant: Optional[str],
+def plan(dataset: str, data: str, method: str, tau: Optional[float], teachers: Sequence[str], data_variant: Optional[str],
          student: bool, runs_root: Path, data_root: Path) -> Optional[StudentPlan]:
     """The :class:`StudentPlan` of a train/evaluate invocation, or None for an ordinary run.
 

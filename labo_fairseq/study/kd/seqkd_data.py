@@ -18,8 +18,9 @@ import shlex
 import shutil
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, List
+from typing import Dict, List, Optional, Sequence, Tuple
 
 from labo_fairseq.runtime.commandline import ArgumentParser, split_extra
 from labo_fairseq.runtime.errors import ToolError, UsageError, usage_errors
@@ -42,7 +43,7 @@ def shard_file(work: Path, k: int, n: int) -> Path:
 
 
 def shard_command(data: Path, checkpoint: Path, src: str, tgt: str, shard: int, shards: int, batch_size: int,
-                  cpu: bool, extra: List[str]) -> List[str]:
+                  cpu: bool, extra: Sequence[str]) -> List[str]:
     """fairseq-generate of one shard of the training set: beam 5, BPE kept (the output is binarized again)."""
     # fairseq-generate shards its batches by the distributed world size and rank
     sharding = ["--distributed-world-size", str(shards), "--distributed-rank", str(shard)] if shards > 1 else []
@@ -64,32 +65,32 @@ def _link_or_copy(a: Path, b: Path) -> None:
         shutil.copy2(a, b)
 
 
-def distill(a) -> int:
-    ds = dataset_config(a.dataset)
-    roots = Roots.from_args(a)
+def distill(o: "DistillOptions") -> int:
+    ds = dataset_config(o.dataset)
+    roots = Roots.from_options(o.root, data=o.data_root, runs=o.runs_root)
     if "source_lang" not in ds:
-        raise DistillError(f"{a.dataset}: sequence-level distillation is for bilingual datasets")
+        raise DistillError(f"{o.dataset}: sequence-level distillation is for bilingual datasets")
     src, tgt = ds["source_lang"], ds["target_lang"]
-    teacher = kd_runs.resolve_teacher(a.teacher, roots.runs, a.dataset)
-    ck = Path(a.checkpoint) if a.checkpoint not in ("best", "last") else teacher.checkpoint(a.checkpoint)
+    teacher = kd_runs.resolve_teacher(o.teacher, roots.runs, o.dataset)
+    ck = Path(o.checkpoint) if o.checkpoint not in ("best", "last") else teacher.checkpoint(o.checkpoint)
     data = roots.data_bin / ds["data"]
     out = roots.data_bin / kd_runs.seqkd_data_name(ds["data"], teacher)
     work = out / WORK
-    cpu = a.cpu or not cuda_visible(probe_torch=not a.dry_run)
-    cmds = {k: shard_command(data, ck.absolute(), src, tgt, k, a.shards, a.batch_size, cpu, a.generate_args)
-            for k in range(a.shards)}
-    if a.dry_run:
+    cpu = o.cpu or not cuda_visible(probe_torch=not o.dry_run)
+    cmds = {k: shard_command(data, ck.absolute(), src, tgt, k, o.shards, o.batch_size, cpu, o.generate_args)
+            for k in range(o.shards)}
+    if o.dry_run:
         if (out / MANIFEST).exists():
-            print(f"# {out} is finished: " + ("--force would rebuild it" if a.force else "nothing to do"))
+            print(f"# {out} is finished: " + ("--force would rebuild it" if o.force else "nothing to do"))
         for k, cmd in cmds.items():
-            print(shlex.join(cmd) + f" > {shard_file(work, k, a.shards)}")
-        print(shlex.join(["fairseq-preprocess", *preprocess_args(data, out, work, src, tgt, a.workers)]))
+            print(shlex.join(cmd) + f" > {shard_file(work, k, o.shards)}")
+        print(shlex.join(["fairseq-preprocess", *preprocess_args(data, out, work, src, tgt, o.workers)]))
         return 0
     if (out / MANIFEST).exists():
-        if not a.force:
+        if not o.force:
             raise DistillError(f"{out} is finished (see {MANIFEST}); --force to translate and binarize again")
         shutil.rmtree(out)
-    elif a.force and out.exists() and not work.is_dir():
+    elif o.force and out.exists() and not work.is_dir():
         raise DistillError(f"{out} was not made by this command; not deleting it")
     if not ck.is_file():
         raise DistillError(f"{ck}: no such teacher checkpoint (train the teacher first, or --checkpoint last|PATH)")
@@ -102,11 +103,11 @@ def distill(a) -> int:
     work.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
     for k, cmd in cmds.items():
-        path = shard_file(work, k, a.shards)
+        path = shard_file(work, k, o.shards)
         if path.is_file():
-            print(f"distill-data: shard {k + 1}/{a.shards} already translated ({path.name})", file=sys.stderr)
+            print(f"distill-data: shard {k + 1}/{o.shards} already translated ({path.name})", file=sys.stderr)
             continue
-        print(f"distill-data: translating shard {k + 1}/{a.shards} of {n_train} training sentences", file=sys.stderr)
+        print(f"distill-data: translating shard {k + 1}/{o.shards} of {n_train} training sentences", file=sys.stderr)
         try:
             proc = run_generate(cmd, what=f"fairseq-generate (shard {k})")
         except ToolError as err:
@@ -115,8 +116,8 @@ def distill(a) -> int:
             f.write(proc.stdout)
     source: Dict[int, str] = {}
     hyp: Dict[int, str] = {}
-    for k in range(a.shards):
-        g = parse_generate(shard_file(work, k, a.shards).read_text(encoding="utf-8"))
+    for k in range(o.shards):
+        g = parse_generate(shard_file(work, k, o.shards).read_text(encoding="utf-8"))
         source.update(g.source)
         hyp.update(g.hypothesis)
     if sorted(hyp) != list(range(n_train)) or sorted(source) != list(range(n_train)):
@@ -127,7 +128,7 @@ def distill(a) -> int:
     for f in out.glob("train.*"):  # a binarization interrupted earlier
         f.unlink()
     try:
-        preprocess(preprocess_args(data, out, work, src, tgt, a.workers))
+        preprocess(preprocess_args(data, out, work, src, tgt, o.workers))
     except ToolError as err:
         raise DistillError(str(err)) from None
     for f in sorted(data.iterdir()):
@@ -135,8 +136,8 @@ def distill(a) -> int:
             _link_or_copy(f, out / f.name)
     empty = sum(1 for i in range(n_train) if not hyp[i].strip())
     manifest = {
-        "dataset": a.dataset, "data": str(data), "data_bin": str(out), "teacher": teacher.record(),
-        "checkpoint": str(ck), "beam": 5, "shards": a.shards, "sentences": n_train, "empty_hypotheses": empty,
+        "dataset": o.dataset, "data": str(data), "data_bin": str(out), "teacher": teacher.record(),
+        "checkpoint": str(ck), "beam": 5, "shards": o.shards, "sentences": n_train, "empty_hypotheses": empty,
         "generate": cmds[0], "device": "cpu" if cpu else "cuda", "wall_s": round(time.time() - t0, 1),
         "finished": datetime.datetime.now(datetime.timezone.utc).isoformat(),
         "valid_test": "the dataset's own valid/test splits (linked or copied)",
@@ -144,6 +145,25 @@ def distill(a) -> int:
     write_json(out / MANIFEST, manifest)
     print(f"distill-data: wrote {out} ({n_train} sentences, {empty} empty translations)", file=sys.stderr)
     return 0
+
+
+@dataclass(frozen=True)
+class DistillOptions:
+    """``labo-fairseq distill-data``'s options (see :func:`main`'s parser)."""
+
+    dataset: str
+    teacher: str
+    checkpoint: str = "best"
+    root: Optional[Path] = None
+    data_root: Optional[Path] = None
+    runs_root: Optional[Path] = None
+    shards: int = 8
+    batch_size: int = 128
+    workers: int = 1
+    cpu: bool = False
+    force: bool = False
+    dry_run: bool = False
+    generate_args: Tuple[str, ...] = ()
 
 
 def main(argv=None, prog="labo-fairseq distill-data") -> int:
@@ -162,9 +182,8 @@ def main(argv=None, prog="labo-fairseq distill-data") -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     own, extra = split_extra(argv)
     a = ap.parse_args(own)
-    a.generate_args = extra
     for flag, v in (("--shards", a.shards), ("--batch-size", a.batch_size), ("--workers", a.workers)):
         if v < 1:
             ap.error(f"{flag} must be >= 1, got {v}")
     with usage_errors():
-        return distill(a)
+        return distill(DistillOptions(**vars(a), generate_args=tuple(extra)))

@@ -4,13 +4,15 @@ import argparse
 import shlex
 import shutil
 import sys
-from typing import Dict, List, Optional
+from dataclasses import dataclass
+from typing import Dict, List, Optional, Tuple
 
 from labo_fairseq.runtime.commandline import ArgumentParser, split_extra
 from labo_fairseq.study import protocol
 from labo_fairseq.study.protocol import Roots
 from labo_fairseq.study.sweep.launchers import (
     SLURM_OPTIONS,
+    SlurmOptions,
     job_state,
     load_jobs,
     run_local,
@@ -22,16 +24,30 @@ from labo_fairseq.study.sweep.launchers import (
 from labo_fairseq.study.sweep.selection import (
     Cell,
     CellJob,
+    Selection,
     SweepError,
     _cells,
     _common,
-    _roots,
     cell_result,
     cell_run_dir,
     commands,
     sweep_dir,
 )
 from labo_fairseq.study.sweep.status import status_main
+
+
+@dataclass(frozen=True)
+class SweepOptions:
+    """``labo-fairseq sweep``'s options (the parser below); ``train_args``: those after ``--``."""
+
+    selection: Selection
+    slurm: SlurmOptions
+    launcher: str
+    gpus_per_job: int
+    update_freq: int = 1
+    evaluate_args: Tuple[str, ...] = ()
+    dry_run: bool = False
+    train_args: Tuple[str, ...] = ()
 
 
 def sweep_main(argv: List[str], prog: str) -> int:
@@ -82,18 +98,21 @@ def sweep_main(argv: List[str], prog: str) -> int:
         if v is not None and v < (0 if opt in ("gpus_per_job", "max_requeues") else 1):
             least = 0 if opt in ("gpus_per_job", "max_requeues") else 1
             raise SweepError(f"--{opt.replace('_', '-')} must be >= {least}, got {v}")
-    if a.max_requeues is None:
-        a.max_requeues = 10
-    if a.gpus_per_job is None:
-        a.gpus_per_job = 1 if a.launcher == "slurm" else _local_gpus(a.dry_run)
-    cells = _cells(a, prog)
+    slurm = {k: tuple(getattr(a, k)) if isinstance(getattr(a, k), list) else getattr(a, k) for k in SLURM_OPTIONS}
+    o = SweepOptions(
+        selection=Selection.from_namespace(a),
+        slurm=SlurmOptions(**{**slurm, "max_requeues": 10 if a.max_requeues is None else a.max_requeues}),
+        launcher=a.launcher,
+        gpus_per_job=a.gpus_per_job if a.gpus_per_job is not None else
+        1 if a.launcher == "slurm" else _local_gpus(a.dry_run),
+        update_freq=a.update_freq, evaluate_args=tuple(shlex.split(a.evaluate_args)), dry_run=a.dry_run,
+        train_args=tuple(train_args))
+    cells = _cells(o.selection, prog)
     if cells is None:
         return 0
-    roots = _roots(a)
-    if a.launcher == "slurm":
-        params = slurm_parameters(a)  # bad --time / --sbatch fail before anything else
-    return _submit(a, prog, cells, roots, train_args, shlex.split(a.evaluate_args),
-                   params if a.launcher == "slurm" else None)
+    # bad --time / --sbatch fail before anything else
+    params = slurm_parameters(o.slurm, o.gpus_per_job) if o.launcher == "slurm" else None
+    return _submit(o, prog, cells, o.selection.roots(), params)
 
 
 def _local_gpus(dry_run: bool = False) -> int:
@@ -105,14 +124,13 @@ def _local_gpus(dry_run: bool = False) -> int:
         return 0
 
 
-def _submit(a, prog: str, cells: List[Cell], roots: Roots, train_args: List[str], evaluate_args: List[str],
-            params: Optional[Dict]) -> int:
+def _submit(o: SweepOptions, prog: str, cells: List[Cell], roots: Roots, params: Optional[Dict]) -> int:
     records = load_jobs(roots)
-    queue = squeue() if a.launcher == "slurm" or any(r["launcher"] == "slurm" for r in records.values()) else None
+    queue = squeue() if o.launcher == "slurm" or any(r["launcher"] == "slurm" for r in records.values()) else None
     todo: List[CellJob] = []
     print(f"# sweep: {len(cells)} cells; runs {roots.runs}, results {roots.results}, data {roots.data_bin}")
     for cell in cells:
-        train, evaluate = commands(cell, roots, a.gpus_per_job, train_args, evaluate_args, a.update_freq)
+        train, evaluate = commands(cell, roots, o.gpus_per_job, o.train_args, o.evaluate_args, o.update_freq)
         rd, res = cell_run_dir(roots, cell), cell_result(roots, cell)
         active = job_state(records.get(cell.tag), queue)
         if res.exists():
@@ -126,29 +144,29 @@ def _submit(a, prog: str, cells: List[Cell], roots: Roots, train_args: List[str]
                 "resume from checkpoint_last.pt" if (rd / "checkpoints" / "checkpoint_last.pt").exists() else
                 "resume (run directory exists)" if rd.exists() else "new")
         print(f"# {cell.label()}: {what}")
-        if a.dry_run:
+        if o.dry_run:
             print(f"  {shlex.join(train)}\n  {shlex.join(evaluate)}")
         todo.append(CellJob(cell, train, evaluate, rd, res))
     if not todo:
-        print(f"{prog}: nothing to {'submit' if a.launcher == 'slurm' else 'run'}: every cell is done or queued")
+        print(f"{prog}: nothing to {'submit' if o.launcher == 'slurm' else 'run'}: every cell is done or queued")
         return 0
-    if a.dry_run:
-        if a.launcher == "slurm":
+    if o.dry_run:
+        if o.launcher == "slurm":
             folder = sweep_dir(roots) / "slurm" / "%j"
-            size = a.array_max_size or 1000
+            size = o.slurm.array_max_size or 1000
             for start in range(0, len(todo), size):
                 n = len(todo[start:start + size])
                 print(f"\n# sbatch script for {n} job(s): submitit writes it as {folder.parent}/.submission_file_UID.sh "
                       f"and runs `sbatch` on it (kept as {folder.parent}/JOBID/JOBID_submission.sh); each array "
                       f"task unpickles one cell's job")
                 print(sbatch_script(folder, params, n))
-        print(f"# dry run: {len(todo)} cell(s) would be {'submitted' if a.launcher == 'slurm' else 'run'}")
+        print(f"# dry run: {len(todo)} cell(s) would be {'submitted' if o.launcher == 'slurm' else 'run'}")
         return 0
-    if a.launcher == "slurm":
+    if o.launcher == "slurm":
         if shutil.which("sbatch") is None:
             raise SweepError("sbatch not found on PATH: run the slurm launcher on a SLURM login node "
                              "(or --launcher local to run the cells on this machine)")
-        submit_slurm(todo, roots, a, records)
+        submit_slurm(todo, roots, o.slurm, o.gpus_per_job, records)
         return 0
     failed = run_local(todo, roots, records)
     print(f"sweep: {len(todo) - failed} of {len(todo)} cell(s) finished" + (f", {failed} failed" if failed else ""))

@@ -7,16 +7,35 @@ import re
 import shlex
 import socket
 import sys
+from dataclasses import dataclass, fields
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 from labo_fairseq.runtime.files import read_json_if_exists, write_json
 from labo_fairseq.runtime.processes import output_of
 from labo_fairseq.study.protocol import Roots
 from labo_fairseq.study.sweep.selection import CellJob, SweepError, sweep_dir
 
-SLURM_OPTIONS = ("partition", "account", "qos", "time", "cpus_per_job", "mem_gb", "sbatch", "setup",
-                 "array_parallelism", "array_max_size", "max_requeues", "job_name")
+
+@dataclass(frozen=True)
+class SlurmOptions:
+    """``labo-fairseq sweep``'s SLURM options (``--launcher slurm`` only; None: not given)."""
+
+    partition: Optional[str] = None
+    account: Optional[str] = None
+    qos: Optional[str] = None
+    time: Optional[str] = None
+    cpus_per_job: Optional[int] = None
+    mem_gb: Optional[int] = None
+    sbatch: Optional[Tuple[str, ...]] = None
+    setup: Optional[Tuple[str, ...]] = None
+    array_parallelism: Optional[int] = None
+    array_max_size: Optional[int] = None
+    max_requeues: Optional[int] = None
+    job_name: Optional[str] = None
+
+
+SLURM_OPTIONS = tuple(f.name for f in fields(SlurmOptions))
 ACTIVE = {"RUNNING": "running", "COMPLETING": "running", "CONFIGURING": "running", "SIGNALING": "running",
           "STAGE_OUT": "running"}  # any other state squeue lists (PENDING, REQUEUED, ...) is "pending"
 
@@ -103,7 +122,7 @@ def _minutes(text: str) -> int:
     return -(-seconds // 60)
 
 
-def slurm_parameters(a) -> Dict:
+def slurm_parameters(a: SlurmOptions, gpus_per_job: int) -> Dict:
     """submitit's SLURM parameters from the command's options."""
     extra: Dict = {}
     for line in a.sbatch or ():
@@ -113,10 +132,10 @@ def slurm_parameters(a) -> Dict:
         extra[key] = value if value else True
     params = {"job_name": a.job_name or "labo-sweep", "time": _minutes(a.time or "1440"),
               "array_parallelism": a.array_parallelism or 256}
-    if a.gpus_per_job:
-        params["gpus_per_node"] = a.gpus_per_job
+    if gpus_per_job:
+        params["gpus_per_node"] = gpus_per_job
     for key, value in (("partition", a.partition), ("account", a.account), ("qos", a.qos),
-                       ("cpus_per_task", a.cpus_per_job), ("setup", a.setup)):
+                       ("cpus_per_task", a.cpus_per_job), ("setup", list(a.setup or ()))):
         if value:
             params[key] = value
     if a.mem_gb:
@@ -134,12 +153,13 @@ def sbatch_script(folder: Path, params: Dict, n_tasks: int) -> str:
     return _make_sbatch_string(command=command, folder=folder, map_count=n_tasks if n_tasks > 1 else None, **params)
 
 
-def submit_slurm(jobs: List[CellJob], roots: Roots, a, records: Dict[str, Dict]) -> None:
+def submit_slurm(jobs: List[CellJob], roots: Roots, a: SlurmOptions, gpus_per_job: int,
+                 records: Dict[str, Dict]) -> None:
     import submitit
 
     folder = sweep_dir(roots) / "slurm" / "%j"
     executor = submitit.SlurmExecutor(folder=folder, max_num_timeout=a.max_requeues)
-    executor.update_parameters(**slurm_parameters(a))
+    executor.update_parameters(**slurm_parameters(a, gpus_per_job))
     size = a.array_max_size or 1000
     for start in range(0, len(jobs), size):
         chunk = jobs[start:start + size]

@@ -5,6 +5,7 @@ import argparse
 import shlex
 import sys
 from collections import OrderedDict
+from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Dict, List, NamedTuple, Optional, Sequence, Tuple
 
@@ -158,14 +159,36 @@ def _common(ap: argparse.ArgumentParser) -> None:
                        "data", "runs", "results", "text")
 
 
-def _roots(a) -> Roots:
-    return Roots.from_args(a)
+@dataclass(frozen=True)
+class Selection:
+    """The options of :func:`_common`: the cells chosen and where they run and land."""
+
+    table: Optional[str] = None
+    datasets: Optional[Tuple[str, ...]] = None
+    methods: Optional[Tuple[str, ...]] = None
+    tau: Optional[Tuple[float, ...]] = None
+    seeds: Optional[Tuple[int, ...]] = None
+    root: Optional[Path] = None
+    data_root: Optional[Path] = None
+    runs_root: Optional[Path] = None
+    results_root: Optional[Path] = None
+    text_root: Optional[Path] = None
+
+    @classmethod
+    def from_namespace(cls, ns: argparse.Namespace) -> "Selection":
+        """From a parser given :func:`_common`'s options (lists made tuples)."""
+        values = {f.name: getattr(ns, f.name) for f in fields(cls)}
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in values.items()})
+
+    def roots(self) -> Roots:
+        return Roots.from_options(self.root, data=self.data_root, text=self.text_root, runs=self.runs_root,
+                                  results=self.results_root)
 
 
-def _cells(a, prog: str) -> Optional[List[Cell]]:
-    if a.table is not None and a.table not in _tables():
-        raise SweepError(f"unknown table {a.table!r}; choose from {', '.join(_tables())}")
-    if a.table == "distillation":
+def _cells(sel: Selection, prog: str) -> Optional[List[Cell]]:
+    if sel.table is not None and sel.table not in _tables():
+        raise SweepError(f"unknown table {sel.table!r}; choose from {', '.join(_tables())}")
+    if sel.table == "distillation":
         spec = table_spec("distillation")
         missing = [] if spec is None else [f"{k}/{n}.yaml" for k in ("datasets", "methods")
                                            for n in spec.get(k, []) if n not in names(k)]
@@ -174,7 +197,7 @@ def _cells(a, prog: str) -> Optional[List[Cell]]:
                   f"({', '.join(missing) or 'labo_fairseq/configs/sweeps/distillation.yaml'}); nothing to do",
                   file=sys.stderr)
             return None
-    return select(a.table, a.datasets, a.methods, a.tau, a.seeds)
+    return select(sel.table, sel.datasets, sel.methods, sel.tau, sel.seeds)
 
 
 def _tables() -> List[str]:

@@ -7,7 +7,16 @@ from labo_fairseq.runtime.commandline import ArgumentParser
 from labo_fairseq.runtime.files import read_json
 from labo_fairseq.study.protocol import Roots
 from labo_fairseq.study.sweep.launchers import job_state, last_error, load_jobs, squeue
-from labo_fairseq.study.sweep.selection import Cell, SweepError, _cells, _common, _roots, cell_result, cell_run_dir, sweep_dir
+from labo_fairseq.study.sweep.selection import (
+    Cell,
+    Selection,
+    SweepError,
+    _cells,
+    _common,
+    cell_result,
+    cell_run_dir,
+    sweep_dir,
+)
 
 
 def _hours(result: Dict) -> Tuple[float, float]:
@@ -58,11 +67,11 @@ def status_main(argv: List[str], prog: str) -> int:
                                  "(with the log's last error) / missing, then the GPU-hours spent and an estimate "
                                  "of those remaining. Without a selection: every cell the sweep has submitted.")
     _common(ap)
-    a = ap.parse_args(argv)
-    roots = _roots(a)
+    sel = Selection.from_namespace(ap.parse_args(argv))
+    roots = sel.roots()
     records = load_jobs(roots)
-    if a.table or a.datasets or a.methods:
-        cells = _cells(a, prog)
+    if sel.table or sel.datasets or sel.methods:
+        cells = _cells(sel, prog)
         if cells is None:
             return 0
     else:
