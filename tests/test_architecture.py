@@ -1,6 +1,6 @@
 """The layers of docs/architecture.md: every import of a package module runs downward (or within its
 layer), no module has a __main__ block, and none is over 450 lines; JSON is read and processes are
-started one way."""
+started one way; a function over 60 lines says why."""
 
 import ast
 from pathlib import Path
@@ -93,3 +93,24 @@ def test_processes_are_started_in_one_place():
     bad = {str(p.relative_to(REPO)): lines for p in checked({"runtime/processes.py"})
            if (lines := calls(p, "subprocess", {"run", "Popen", "call", "check_call", "check_output"}))}
     assert not bad, f"subprocess started outside runtime/processes.py: {bad}"
+
+
+LONG = 60  # lines, the def line to the last
+
+
+def long_functions(path: Path):
+    """(name, line, length, whether it says why) of each function over LONG lines: a ``# Long:``
+    comment between its ``def`` and its first statement after the docstring."""
+    lines = path.read_text(encoding="utf-8").splitlines()
+    for node in ast.walk(ast.parse("\n".join(lines))):
+        if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.end_lineno - node.lineno + 1 > LONG:
+            body = node.body[1:] if ast.get_docstring(node) is not None and len(node.body) > 1 else node.body
+            head = lines[node.lineno - 1:body[0].lineno - 1]
+            yield node.name, node.lineno, node.end_lineno - node.lineno + 1, any("# Long:" in x for x in head)
+
+
+def test_every_long_function_says_why():
+    """Functions over 60 lines are split by concern, or say in a ``# Long:`` comment why they are not."""
+    bad = [f"{p.relative_to(REPO)}:{line} {name} ({n} lines)" for p in sorted(PKG.rglob("*.py"))
+           for name, line, n, why in long_functions(p) if not why]
+    assert not bad, "over 60 lines without a '# Long:' comment saying why: " + ", ".join(bad)

@@ -168,24 +168,9 @@ class Allocation:
         return cmd + (["--threads", str(self.o.threads)] if self.o.threads else [])
 
     def run(self) -> int:
+        """The steps in order: install, prepare, check, the pilot, the runs sized by it, the report."""
         o = self.o
-        if not o.dry_run:
-            self.out.mkdir(parents=True, exist_ok=True)
-            from labo_fairseq.runtime.provenance import nvidia_driver, record
-
-            self.record["provenance"] = {**record("labo-fairseq gpu-allocation", o.argv, with_hardware=False),
-                                         "driver": nvidia_driver()}
-            self.save()
-        kind = "gpu" if self.gpu else "cpu"
-        if not self.gpu and not o.tiny:
-            raise AllocationError("no CUDA GPU is visible: --tiny rehearses the sequence on CPU")
-        self.say(f"{o.minutes:g} minutes on {'the GPU' if self.gpu else 'the CPU (a rehearsal: no GPU figures)'}; "
-                 f"results under {self.out}, checkpoints and data under {self.work}")
-        self.install()
-        if not o.dry_run:
-            from labo_fairseq.runtime.provenance import hardware  # torch imports now (after the install)
-
-            self.record["provenance"]["hardware"] = hardware()
+        self.begin()
         cfg = dataset_config(o.dataset)
         if cfg.get("data") != DATA or "--max-epoch" not in cfg.get("args", {}):
             raise AllocationError(f"--dataset {o.dataset}: needs a config on {DATA} with --max-epoch")
@@ -193,36 +178,9 @@ class Allocation:
             check_methods(o.dataset, o.methods)
         except ValueError as err:
             raise AllocationError(f"--methods: {err}") from None
-        data_bin = self.work / "data-bin" / DATA
-        prepared = (data_bin / "test2.de-en.en.idx").is_file()
-        self.step("prepare", [*self.lf, "prepare", DATA, "--root", str(self.work), "--offline",
-                              *[x for s in o.source for x in ("--source", str(absolute(s)))],
-                              "--workers", str(min(8, os.cpu_count() or 1))],
-                  *ESTIMATES["prepare"], skip="the data-bin is there" if prepared and not o.dry_run else "")
-        check = [*self.lf, "gpu-check", "--data-bin", str(data_bin), "--out", str(self.out / "gpu"),
-                 "--work", str(self.work / "gpu_check")]
-        check += ["--tiny"] if o.tiny else ["--updates", str(o.check_updates), "--skip-updates", str(o.check_updates // 3)]
-        self.step("check", check, *ESTIMATES["check"], skip="--no-check" if o.no_check else "")
-
-        # pilot: the runs' first epoch and their evaluation, timed, in a scratch root beside the data
-        pilot = self.work / "pilot"
-        for part in ("data", "data-bin"):
-            link = pilot / part / DATA
-            if not o.dry_run and not link.exists():
-                link.parent.mkdir(parents=True, exist_ok=True)
-                link.symlink_to(self.work / part / DATA)
-        est_pilot, how_pilot = ESTIMATES[f"pilot_{kind}"]
-        pilot_s = self.step("pilot", self.compare_cmd(pilot, 1, self.left()), est_pilot, how_pilot)
+        self.prepare_and_check()
+        pilot_s, epoch_s, how = self.pilot()
         config_epochs = int(cfg["args"]["--max-epoch"])
-        if o.dry_run:
-            epoch_s, how = ESTIMATES[f"epoch_{kind}"]
-        else:
-            logs = [run_dir(pilot / "runs", o.dataset, m, s, o.tau if m == "labo" else None) / "train.log"
-                    for s in o.seeds for m in o.methods]
-            measured = [epoch_seconds(p) for p in logs if p.is_file()]
-            if not measured or None in measured:
-                raise AllocationError(f"the pilot's logs lack an epoch's timing: {', '.join(map(str, logs))}")
-            epoch_s, how = max(measured), "measured by the pilot (the slowest run)"
         fixed_s = max(0.0, pilot_s - epoch_s)
         left = self.left() if not o.dry_run else 60 * o.minutes - sum(s.get("expected_s", 0) for s in self.record["steps"])
         n = epochs_that_fit(left, fixed_s, epoch_s, o.reserve_s, config_epochs)
@@ -240,12 +198,70 @@ class Allocation:
         self.step("runs", self.compare_cmd(self.work, n if n < config_epochs else None,
                                            self.left() if not o.dry_run else left),
                   n * epoch_s + fixed_s, f"N = {n} epochs x {epoch_s:.0f} s + {fixed_s:.0f} s fixed")
+        return 0 if o.dry_run else self.report()
+
+    def begin(self) -> None:
+        """The record's provenance, the device, the install step."""
+        o = self.o
+        if not o.dry_run:
+            self.out.mkdir(parents=True, exist_ok=True)
+            from labo_fairseq.runtime.provenance import nvidia_driver, record
+
+            self.record["provenance"] = {**record("labo-fairseq gpu-allocation", o.argv, with_hardware=False),
+                                         "driver": nvidia_driver()}
+            self.save()
+        if not self.gpu and not o.tiny:
+            raise AllocationError("no CUDA GPU is visible: --tiny rehearses the sequence on CPU")
+        self.say(f"{o.minutes:g} minutes on {'the GPU' if self.gpu else 'the CPU (a rehearsal: no GPU figures)'}; "
+                 f"results under {self.out}, checkpoints and data under {self.work}")
+        self.install()
+        if not o.dry_run:
+            from labo_fairseq.runtime.provenance import hardware  # torch imports now (after the install)
+
+            self.record["provenance"]["hardware"] = hardware()
+
+    def prepare_and_check(self) -> None:
+        o = self.o
+        data_bin = self.work / "data-bin" / DATA
+        prepared = (data_bin / "test2.de-en.en.idx").is_file()
+        self.step("prepare", [*self.lf, "prepare", DATA, "--root", str(self.work), "--offline",
+                              *[x for s in o.source for x in ("--source", str(absolute(s)))],
+                              "--workers", str(min(8, os.cpu_count() or 1))],
+                  *ESTIMATES["prepare"], skip="the data-bin is there" if prepared and not o.dry_run else "")
+        check = [*self.lf, "gpu-check", "--data-bin", str(data_bin), "--out", str(self.out / "gpu"),
+                 "--work", str(self.work / "gpu_check")]
+        check += ["--tiny"] if o.tiny else ["--updates", str(o.check_updates), "--skip-updates", str(o.check_updates // 3)]
+        self.step("check", check, *ESTIMATES["check"], skip="--no-check" if o.no_check else "")
+
+    def pilot(self) -> Tuple[float, float, str]:
+        """The runs' first epoch and their evaluation, timed, in a scratch root beside the data:
+        (the pilot's seconds, the seconds of an epoch, how that was found)."""
+        o = self.o
+        kind = "gpu" if self.gpu else "cpu"
+        pilot = self.work / "pilot"
+        for part in ("data", "data-bin"):
+            link = pilot / part / DATA
+            if not o.dry_run and not link.exists():
+                link.parent.mkdir(parents=True, exist_ok=True)
+                link.symlink_to(self.work / part / DATA)
+        est_pilot, how_pilot = ESTIMATES[f"pilot_{kind}"]
+        pilot_s = self.step("pilot", self.compare_cmd(pilot, 1, self.left()), est_pilot, how_pilot)
         if o.dry_run:
-            return 0
+            return (pilot_s, *ESTIMATES[f"epoch_{kind}"])
+        logs = [run_dir(pilot / "runs", o.dataset, m, s, o.tau if m == "labo" else None) / "train.log"
+                for s in o.seeds for m in o.methods]
+        measured = [epoch_seconds(p) for p in logs if p.is_file()]
+        if not measured or None in measured:
+            raise AllocationError(f"the pilot's logs lack an epoch's timing: {', '.join(map(str, logs))}")
+        return pilot_s, max(measured), "measured by the pilot (the slowest run)"
+
+    def report(self) -> int:
+        """The comparison's report, and what comes back (results, hypotheses, sentence statistics,
+        the report) copied under OUT; 3 if some run did not finish."""
+        o = self.o
         report = [*self.lf, "compare", "--report", "--dataset", o.dataset, "--root", str(self.work),
                   "--methods", *o.methods, "--seeds", *map(str, o.seeds)]
         self.step("report", report + (["--tiny"] if o.tiny else []), 5, "a few seconds")
-        # what comes back: the result JSONs, hypotheses, sentence statistics and the report
         for part in (o.dataset, "compare"):
             if (self.work / "results" / part).is_dir():
                 shutil.copytree(self.work / "results" / part, self.out / "results" / part, dirs_exist_ok=True)

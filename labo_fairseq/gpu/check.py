@@ -18,7 +18,6 @@ then says ``"kind": "cpu-smoke"``: those are not GPU figures.
 """
 
 import argparse
-import atexit
 import datetime
 import math
 import os
@@ -77,43 +76,6 @@ def run_tool(argv: List[str], log: Path, env: Optional[Dict[str, str]] = None, c
         return io_run_tool(argv, cwd=cwd, log=log, env=full_env, check=check)
     except ToolError as err:
         raise CheckError(str(err)) from None
-
-
-def train_with_peak(peak_json: str, args: List[str]) -> None:
-    """fairseq-train in this process, recording peak memory of the training steps into ``peak_json``.
-
-    fairseq's trainer reads ``torch.cuda.max_memory_allocated()`` and calls
-    ``reset_peak_memory_stats()`` after every update (it logs ``gb_free`` from it, rounded to 0.1 GB);
-    wrapping that reset records each update's exact allocator peak before it is cleared.
-    """
-    import resource
-
-    import torch
-
-    peaks: List[int] = []
-    if torch.cuda.is_available():
-        reset = torch.cuda.reset_peak_memory_stats
-
-        def recording_reset(device=None):
-            peaks.append(torch.cuda.max_memory_allocated(device))
-            reset(device)
-
-        torch.cuda.reset_peak_memory_stats = recording_reset
-
-    def dump():
-        out = {"cuda_peak_bytes": max(peaks) if peaks else None, "steps_recorded": len(peaks),
-               "max_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
-        write_json(Path(peak_json), out, indent=None)
-
-    atexit.register(dump)
-    from fairseq_cli.train import cli_main
-
-    from labo_fairseq.plugin import register
-
-    register()  # this package was imported before fairseq, so --user-dir would not register it
-
-    sys.argv = ["fairseq-train", *args]
-    cli_main()
 
 
 def train_log(text: str) -> List[Dict]:
@@ -381,6 +343,8 @@ def main(argv=None, prog="labo-fairseq gpu-check") -> int:
     if argv[:1] == [PEAK_FLAG]:
         if len(argv) < 3 or argv[2] != "--":
             raise UsageError(f"usage: {PEAK_FLAG} PEAK_JSON -- FAIRSEQ_TRAIN_ARGS")
+        from labo_fairseq.gpu.peak import train_with_peak
+
         train_with_peak(argv[1], argv[3:])
         return 0
     o = parse(argv, prog)
@@ -392,26 +356,9 @@ def main(argv=None, prog="labo-fairseq gpu-check") -> int:
                 work=(o.work or Path("runs") / "gpu_check" / kind).resolve())  # runs/ holds checkpoints, not results/
     plan = Plan(o, cuda)
     if o.dry_run:
-        print(f"# {kind} check; training runs under the peak-memory hook: "
-              f"{sys.executable} -m labo_fairseq gpu-check {PEAK_FLAG} PEAK.json -- ARGS")
-        if "correctness" in o.parts:
-            print(shlex.join(plan.pytest_args(o.work / "correctness.xml")))
-        if "training" in o.parts:
-            for r in plan.runs():
-                print(shlex.join(["fairseq-train", *r["args"]]))
-        if "decoding" in o.parts:
-            print(shlex.join(["fairseq-generate", *plan.generate_args()]))
-        return 0
+        return _dry_run(plan)
     dest = o.out / f"gpu_check-{kind}.json"
-    refusal = overwrite_refusal(dest, o.force)
-    if refusal:
-        raise UsageError(refusal)
-    if {"training", "decoding"} & set(o.parts):
-        missing = [p for p in (o.data_bin / f"dict.{o.source_lang}.txt", o.data_bin / f"dict.{o.target_lang}.txt")
-                   if not p.is_file()]
-        if missing:
-            raise UsageError(f"no data-bin at {o.data_bin} ({missing[0].name} missing); make it with "
-                             "'labo-fairseq prepare multi30k.de-en' or pass --data-bin")
+    _check_inputs(o, dest)
     if o.force and o.work.exists():
         shutil.rmtree(o.work)
     o.work.mkdir(parents=True, exist_ok=True)
@@ -421,9 +368,48 @@ def main(argv=None, prog="labo-fairseq gpu-check") -> int:
                  "command": shlex.join([*prog.split(), *argv]),
                  "cwd": os.getcwd(), "started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                  "environment": environment(cuda), "data_bin": str(o.data_bin), "work": str(o.work)}
+    status = _run_parts(plan, res)
+    res["seconds"] = time.time() - t0
+    res["ok"] = _ok(res, o.parts)
+    write_json(dest, res, default=str)
+    print(report_safe(res))
+    print(f"\nwrote {dest}")
+    return status or (0 if res["ok"] else 1)
+
+
+def _dry_run(plan: Plan) -> int:
+    o = plan.o
+    print(f"# {plan.kind} check; training runs under the peak-memory hook: "
+          f"{sys.executable} -m labo_fairseq gpu-check {PEAK_FLAG} PEAK.json -- ARGS")
+    if "correctness" in o.parts:
+        print(shlex.join(plan.pytest_args(o.work / "correctness.xml")))
+    if "training" in o.parts:
+        for r in plan.runs():
+            print(shlex.join(["fairseq-train", *r["args"]]))
+    if "decoding" in o.parts:
+        print(shlex.join(["fairseq-generate", *plan.generate_args()]))
+    return 0
+
+
+def _check_inputs(o: CheckOptions, dest: Path) -> None:
+    """:class:`UsageError` for a result that would be overwritten or a data-bin that is missing."""
+    refusal = overwrite_refusal(dest, o.force)
+    if refusal:
+        raise UsageError(refusal)
+    if {"training", "decoding"} & set(o.parts):
+        missing = [p for p in (o.data_bin / f"dict.{o.source_lang}.txt", o.data_bin / f"dict.{o.target_lang}.txt")
+                   if not p.is_file()]
+        if missing:
+            raise UsageError(f"no data-bin at {o.data_bin} ({missing[0].name} missing); make it with "
+                             "'labo-fairseq prepare multi30k.de-en' or pass --data-bin")
+
+
+def _run_parts(plan: Plan, res: Dict) -> int:
+    """Each part asked for into ``res``, in the order of the docstring; 1 if one could not run (the
+    others still do)."""
     parts = {"correctness": part_correctness, "bench": part_bench, "training": part_training, "decoding": part_decoding}
     status = 0
-    for name in [p for p in parts if p in o.parts]:  # in this order, whatever the order given
+    for name in [p for p in parts if p in plan.o.parts]:  # in this order, whatever the order given
         t = time.time()
         print(f"[gpu_check] {name} ...", file=sys.stderr, flush=True)
         try:
@@ -433,14 +419,14 @@ def main(argv=None, prog="labo-fairseq gpu-check") -> int:
             print(f"[gpu_check] {name} FAILED: {e}", file=sys.stderr)
             status = 1
         print(f"[gpu_check] {name} done in {time.time() - t:.0f} s", file=sys.stderr, flush=True)
-    res["seconds"] = time.time() - t0
+    return status
+
+
+def _ok(res: Dict, parts) -> bool:
+    """Whether the check passed: the device checks ran and passed, every part ran, every training
+    loss stayed finite, every test sentence was translated."""
     corr = res.get("correctness", {"failed": 0, "passed": 1})
-    ok = (corr.get("failed", 1) == 0 and corr.get("passed", 0) > 0  # all skipped is no evidence
-          and all("error" not in res.get(p, {}) for p in o.parts)
-          and all(r["finite_loss"] for r in res.get("training", {}).get("runs", {}).values())
-          and res.get("decoding", {}).get("all_translated", True))
-    res["ok"] = bool(ok)
-    write_json(dest, res, default=str)
-    print(report_safe(res))
-    print(f"\nwrote {dest}")
-    return status or (0 if ok else 1)
+    return bool(corr.get("failed", 1) == 0 and corr.get("passed", 0) > 0  # all skipped is no evidence
+                and all("error" not in res.get(p, {}) for p in parts)
+                and all(r["finite_loss"] for r in res.get("training", {}).get("runs", {}).values())
+                and res.get("decoding", {}).get("all_translated", True))

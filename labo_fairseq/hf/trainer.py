@@ -185,6 +185,8 @@ class _Meter:
 def make_trainer_class():
     """``LossTrainer``: a ``Seq2SeqTrainer`` whose loss is :func:`token_loss` (built on first use, so
     that importing this module needs no transformers)."""
+    # Long: a class factory: the class is defined in here so that its base, transformers'
+    # Seq2SeqTrainer, is imported only on first use; each of its methods is short.
     base = _trainer_base()
 
     class LossTrainer(base):

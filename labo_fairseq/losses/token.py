@@ -307,6 +307,23 @@ def _label_smoothed(x: Tensor, target: Tensor, epsilon: float) -> Tuple[Tensor, 
     return (1.0 - epsilon - eps_i) * nll - eps_i * x.sum(-1), nll
 
 
+def _teacher_kl(log_q: Tensor, log_pt: Tensor, target: Tensor, teacher_topk: Optional[int]) -> Tuple[Tensor, Tensor]:
+    """Per token, ``KL(p_t || q)`` and the teacher's probability of the gold token; with
+    ``teacher_topk`` (below V), over the teacher's k most probable tokens, renormalized."""
+    if teacher_topk is not None and teacher_topk < log_pt.size(-1):
+        # pytorch/translate's word-level KD: the teacher's k most probable tokens, renormalized.
+        top, idx = log_pt.topk(teacher_topk, dim=-1)
+        log_pt_k = torch.log_softmax(top, -1)
+        pt_k = log_pt_k.exp()
+        kl = (pt_k * (log_pt_k - log_q.gather(-1, idx))).sum(-1)
+        gold_in = idx.eq(target.unsqueeze(-1))
+        return kl, torch.where(gold_in, pt_k, 0.0).sum(-1)
+    pt = log_pt.exp()
+    # p_t log(p_t / q) with 0 log 0 = 0, also where q is 0 (an impossible class the teacher also excludes).
+    kl = torch.where(pt > 0, pt * (log_pt - log_q), 0.0).sum(-1)
+    return kl, _gold(pt, target)
+
+
 def distillation_terms(
     lprobs: Tensor,
     target: Tensor,
@@ -339,19 +356,7 @@ def distillation_terms(
     # log_softmax of log-probabilities divided by T is softmax(logits / T): the row constant cancels.
     log_q = x if temp == 1.0 else torch.log_softmax(x / temp, -1)
     log_pt = t if temp == 1.0 else torch.log_softmax(t / temp, -1)
-    if teacher_topk is not None and teacher_topk < vocab:
-        # pytorch/translate's word-level KD: the teacher's k most probable tokens, renormalized.
-        top, idx = log_pt.topk(teacher_topk, dim=-1)
-        log_pt_k = torch.log_softmax(top, -1)
-        pt_k = log_pt_k.exp()
-        kl = (pt_k * (log_pt_k - log_q.gather(-1, idx))).sum(-1)
-        gold_in = idx.eq(target.unsqueeze(-1))
-        pt_gold = torch.where(gold_in, pt_k, 0.0).sum(-1)
-    else:
-        pt = log_pt.exp()
-        # p_t log(p_t / q) with 0 log 0 = 0, also where q is 0 (an impossible class the teacher also excludes).
-        kl = torch.where(pt > 0, pt * (log_pt - log_q), 0.0).sum(-1)
-        pt_gold = _gold(pt, target)
+    kl, pt_gold = _teacher_kl(log_q, log_pt, target, teacher_topk)
     kd = (temp * temp) * kl
     loss = (1.0 - alpha) * ls + alpha * kd if alpha > 0.0 else ls
     pad = _pad_mask(target, ignore_index)

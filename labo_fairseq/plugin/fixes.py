@@ -70,6 +70,25 @@ def _fast_path_omits_mask_type(layer_cls) -> bool:
     return "_transformer_encoder_layer_fwd" in src and "mask_type" not in src
 
 
+def _dense_fast_path(layer, x, encoder_padding_mask) -> bool:
+    """Whether fairseq 0.12.2's encoder layer takes torch's fused path with a dense input and a
+    (B, T) padding mask: the call that needs ``mask_type``."""
+    return (
+        encoder_padding_mask is not None
+        and encoder_padding_mask.dim() == 2
+        and not x.is_nested
+        # fairseq 0.12.2's own fast-path condition
+        and layer.BT_version
+        and x.dim() == 3
+        and layer.load_to_BT
+        and not layer.return_fc
+        and layer.can_use_fastpath
+        and not layer.training
+        and not layer.ever_training
+        and not layer.cfg_checkpoint_activations
+    )
+
+
 def encoder_fast_path_mask_type() -> None:
     """Official fairseq 0.12.2 on torch >= 1.13: ``fairseq-generate`` fails with
     ``RuntimeError: Mask Type should be defined``.
@@ -104,20 +123,7 @@ def encoder_fast_path_mask_type() -> None:
 
     @functools.wraps(inner)
     def forward(self, x, encoder_padding_mask, attn_mask=None):
-        if (
-            encoder_padding_mask is not None
-            and encoder_padding_mask.dim() == 2
-            and not x.is_nested
-            # fairseq 0.12.2's own fast-path condition
-            and self.BT_version
-            and x.dim() == 3
-            and self.load_to_BT
-            and not self.return_fc
-            and self.can_use_fastpath
-            and not self.training
-            and not self.ever_training
-            and not self.cfg_checkpoint_activations
-        ):
+        if _dense_fast_path(self, x, encoder_padding_mask):
             return torch._transformer_encoder_layer_fwd(
                 x, self.embed_dim, self.num_heads,
                 self.in_proj_weight, self.in_proj_bias, self.out_proj_weight, self.out_proj_bias,

@@ -182,7 +182,22 @@ def sha256_lines(lines: Sequence[str]) -> str:
     return hashlib.sha256("".join(line + "\n" for line in lines).encode("utf-8")).hexdigest()
 
 
-def evaluate(o: "EvaluateOptions") -> int:
+@dataclass(frozen=True)
+class EvalPlan:
+    """What an evaluation reads and writes: the run, its checkpoint, the data, the result, the commands."""
+
+    ds: Dict
+    roots: Roots
+    run_dir: Path
+    checkpoint: Path
+    named: bool  # a checkpoint named explicitly: may be of a run still training
+    out: Path
+    data: Path
+    cpu: bool
+    cmds: Dict[str, List[str]]  # result key -> fairseq-generate command
+
+
+def plan_evaluation(o: "EvaluateOptions") -> EvalPlan:
     from labo_fairseq.study.kd import runs as kd_runs
 
     ds, _ = dataset_config(o.dataset), method_config(o.method)
@@ -191,85 +206,118 @@ def evaluate(o: "EvaluateOptions") -> int:
                            roots.data_bin)
     tag, tau = (o.method, o.tau) if student is None else (student.tag, None)  # a student's tag names its run
     rd = run_dir(roots.runs, o.dataset, tag, o.seed, tau)
-    named = o.checkpoint is not None  # a checkpoint named explicitly may be of a run still training
     which = o.checkpoint or "best"
     ck = (rd / "checkpoints" / f"checkpoint_{which}.pt" if which in ("best", "last") else absolute(Path(which)))
-    out = result_path(roots.results, o.dataset, tag, o.seed, tau)
     data = roots.data_bin / ds["data"]
     cpu = o.cpu or not cuda_visible(probe_torch=not o.dry_run)  # a dry run imports neither torch nor fairseq
     cmds = {key: decode_command(ds, data, ck, s, t, cpu, o.batch_size, o.generate_args, subset)
             for s, t in directions(ds) for key, subset in test_sets(ds, s, t).items()}
+    return EvalPlan(ds, roots, rd, ck, o.checkpoint is not None, result_path(roots.results, o.dataset, tag, o.seed, tau),
+                    data, cpu, cmds)
+
+
+def evaluate(o: "EvaluateOptions") -> int:
+    p = plan_evaluation(o)
     if o.dry_run:
-        print(f"# result {out} (hypotheses beside it; fairseq-generate output in {rd / 'eval'})")
-        for cmd in cmds.values():
+        print(f"# result {p.out} (hypotheses beside it; fairseq-generate output in {p.run_dir / 'eval'})")
+        for cmd in p.cmds.values():
             print(shlex.join(cmd))
         return 0
-    if out.is_file() and not o.force:
-        print(f"evaluate: {out} exists: already evaluated, nothing to do (--force scores it again)", file=sys.stderr)
+    if p.out.is_file() and not o.force:
+        print(f"evaluate: {p.out} exists: already evaluated, nothing to do (--force scores it again)", file=sys.stderr)
         return 0
+    run, completed = _check_inputs(o, p)
+    (p.run_dir / "eval").mkdir(exist_ok=True)
+    p.out.parent.mkdir(parents=True, exist_ok=True)
+    started, t0 = datetime.datetime.now(datetime.timezone.utc).isoformat(), time.time()
+    scores, sentence_stats = _score_all(o, p)
+    stats_file = p.out.with_name(f"{p.out.stem}.stats.json")
+    write_json(stats_file, {"what": "per-sentence BLEU statistics of the reported BLEU (sacrebleu: hyp_len, ref_len, "
+                                    "matches 1-4, totals 1-4), for significance tests", "directions": sentence_stats},
+               indent=None)
+    write_json(p.out, _result(o, p, run, completed, scores, stats_file, started, t0))
+    print(f"evaluate: wrote {p.out}", file=sys.stderr)
+    return 0
+
+
+def _check_inputs(o: "EvaluateOptions", p: EvalPlan) -> Tuple[Dict, bool]:
+    """The run's record and whether its training completed; :class:`EvalError` naming what is missing."""
+    rd, ck = p.run_dir, p.checkpoint
     marker = rd / RUN_MARKER
     if not marker.is_file():
         raise EvalError(f"{rd}: no run here ({RUN_MARKER} missing); train it first: "
                         f"labo-fairseq train {o.dataset} {o.method} {o.seed}" + (f" --tau {o.tau:g}" if o.tau else ""))
     run = read_json(marker)
     completed = training_completed(rd)
-    if not completed and not named:
+    if not completed and not p.named:
         raise EvalError(f"{rd}: training has not completed ({RUN_MARKER} has no 'completed'): finish it with the same "
                         f"labo-fairseq train command (it resumes), or name a checkpoint with --checkpoint best|last|PATH "
                         f"to score it anyway (the result then says 'training not completed')")
     if not ck.is_file():
         raise EvalError(f"{ck}: no such checkpoint (training not finished? --checkpoint last|PATH)")
     check_checkpoint(ck)
-    if not data.is_dir():
-        raise EvalError(f"{data}: no such data-bin directory (--data-root; labo-fairseq prepare makes it)")
-    eval_dir = rd / "eval"
-    eval_dir.mkdir(exist_ok=True)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    scores, started, t0 = {}, datetime.datetime.now(datetime.timezone.utc).isoformat(), time.time()
+    if not p.data.is_dir():
+        raise EvalError(f"{p.data}: no such data-bin directory (--data-root; labo-fairseq prepare makes it)")
+    return run, completed
+
+
+def _score_all(o: "EvaluateOptions", p: EvalPlan) -> Tuple[Dict, Dict[str, List[List[int]]]]:
+    """Decode and score every test set the data-bin has: the scores and per-sentence statistics by key."""
+    scores: Dict = {}
     sentence_stats: Dict[str, List[List[int]]] = {}
     no_raw: List[str] = []
-    for key, cmd in cmds.items():
+    for key, cmd in p.cmds.items():
         pair = key.split(".")[0]
         src, tgt = pair.split("-")
         subset = cmd[cmd.index("--gen-subset") + 1]
-        if subset != "test" and not any((data / f"{subset}.{p}.{src}.idx").is_file() for p in (pair, f"{tgt}-{src}")):
-            print(f"evaluate: note: {data} has no {subset} ({key.split('.', 1)[1]}): not scored; "
+        if subset != "test" and not any((p.data / f"{subset}.{x}.{src}.idx").is_file() for x in (pair, f"{tgt}-{src}")):
+            print(f"evaluate: note: {p.data} has no {subset} ({key.split('.', 1)[1]}): not scored; "
                   f"`labo-fairseq prepare ... --force` binarizes it", file=sys.stderr)
             continue
-        try:
-            n_test = split_size(data, subset, src, tgt)
-        except FileNotFoundError as err:
-            raise EvalError(f"{err}; prepare the data again with --force if it was made by an older version") from None
-        print(f"evaluate: {o.dataset} {o.method} seed {o.seed} {key}: beam 5 on {n_test} test sentences", file=sys.stderr)
-        try:
-            proc = run_generate(cmd, cwd=roots.root)
-        except ToolError as err:
-            raise EvalError(str(err)) from None
-        gen_file = eval_dir / f"generate-{subset}.{pair}.txt"
-        with atomic_open(gen_file) as f:
-            f.write(proc.stdout)
-        refs = raw_reference(roots.text, ds, subset, src, tgt)
-        score, hyps, stats = score_direction(ds, proc.stdout + "\n" + proc.stderr, n_test, src, tgt, refs)
-        if score.get("raw_references"):
-            score["raw_references"] = relative(refs, roots.root)
-        hyp_file = out.with_name(f"{out.stem}.{key}.hyp")
-        write_lines(hyp_file, hyps)
-        sentence_stats[key] = stats
-        scores[key] = {**score, "subset": subset, "hypotheses": hyp_file.name, "generate_output": relative(gen_file, roots.root),
-                       "command": cmd}
-        if score["sacrebleu"] is None:
+        scores[key], sentence_stats[key], refs = _score_one(o, p, key, cmd, subset, src, tgt)
+        if scores[key]["sacrebleu"] is None:
             no_raw.append(str(refs))
-        extra = "" if score["sacrebleu"] is None else f", sacreBLEU {score['sacrebleu']:.2f}, chrF {score['chrf']:.2f}"
-        print(f"  {key}: BLEU {score['bleu']:.2f} ({score['convention']}){extra}", file=sys.stderr)
     if no_raw:
         print(f"evaluate: note: no original references ({', '.join(no_raw)}): no sacreBLEU or chrF written; "
               f"`labo-fairseq prepare ... --force` keeps them", file=sys.stderr)
-    stats_file = out.with_name(f"{out.stem}.stats.json")
-    write_json(stats_file, {"what": "per-sentence BLEU statistics of the reported BLEU (sacrebleu: hyp_len, ref_len, "
-                                    "matches 1-4, totals 1-4), for significance tests", "directions": sentence_stats},
-               indent=None)
-    from labo_fairseq.runtime.provenance import git_state, hardware
+    return scores, sentence_stats
 
+
+def _score_one(o: "EvaluateOptions", p: EvalPlan, key: str, cmd: List[str], subset: str, src: str,
+               tgt: str) -> Tuple[Dict, List[List[int]], Path]:
+    """One test set decoded (its output kept in the run's eval/), scored, its hypotheses written."""
+    try:
+        n_test = split_size(p.data, subset, src, tgt)
+    except FileNotFoundError as err:
+        raise EvalError(f"{err}; prepare the data again with --force if it was made by an older version") from None
+    print(f"evaluate: {o.dataset} {o.method} seed {o.seed} {key}: beam 5 on {n_test} test sentences", file=sys.stderr)
+    try:
+        proc = run_generate(cmd, cwd=p.roots.root)
+    except ToolError as err:
+        raise EvalError(str(err)) from None
+    gen_file = p.run_dir / "eval" / f"generate-{subset}.{key.split('.')[0]}.txt"
+    with atomic_open(gen_file) as f:
+        f.write(proc.stdout)
+    refs = raw_reference(p.roots.text, p.ds, subset, src, tgt)
+    score, hyps, stats = score_direction(p.ds, proc.stdout + "\n" + proc.stderr, n_test, src, tgt, refs)
+    if score.get("raw_references"):
+        score["raw_references"] = relative(refs, p.roots.root)
+    hyp_file = p.out.with_name(f"{p.out.stem}.{key}.hyp")
+    write_lines(hyp_file, hyps)
+    extra = "" if score["sacrebleu"] is None else f", sacreBLEU {score['sacrebleu']:.2f}, chrF {score['chrf']:.2f}"
+    print(f"  {key}: BLEU {score['bleu']:.2f} ({score['convention']}){extra}", file=sys.stderr)
+    return ({**score, "subset": subset, "hypotheses": hyp_file.name,
+             "generate_output": relative(gen_file, p.roots.root), "command": cmd}, stats, refs)
+
+
+def _result(o: "EvaluateOptions", p: EvalPlan, run: Dict, completed: bool, scores: Dict, stats_file: Path,
+            started: str, t0: float) -> Dict:
+    """The result JSON: scores, the chosen checkpoint and its validation, the training run's record;
+    ``started`` and ``t0``: when the decoding began (date, ``time.time()``)."""
+    from labo_fairseq.runtime.provenance import git_state, hardware
+    from labo_fairseq.study.kd import runs as kd_runs
+
+    rd, ck, root = p.run_dir, p.checkpoint, p.roots.root
     last = rd / "checkpoints" / "checkpoint_last.pt"
     hparams, chosen = hyper_parameters(run["command"]), checkpoint_state(ck)
     curve = validation_curve(rd / "train.log")  # the learning curve; the chosen checkpoint's validation in it
@@ -279,24 +327,22 @@ def evaluate(o: "EvaluateOptions") -> int:
         "tau": float(hparams.get("labo_tau", 0)) or None,
         "hyper_parameters": hparams, "extra_train_args": run.get("extra_args", []),
         "extra_generate_args": list(o.generate_args),
-        "bleu_convention": ds["bleu"], "lowercase": bool(ds.get("lowercase")), "directions": scores,
+        "bleu_convention": p.ds["bleu"], "lowercase": bool(p.ds.get("lowercase")), "directions": scores,
         "sentence_stats": stats_file.name, "training_completed": completed,
         "validation": next((v for v in curve if v.get("updates") == chosen["updates"]), None),
         "validation_curve": curve,
-        "checkpoint": {"path": relative(ck, roots.root), **chosen},
-        "train": {"run_dir": relative(rd, roots.root), "stopping": run.get("stopping"), "command": run["command"],
+        "checkpoint": {"path": relative(ck, root), **chosen},
+        "train": {"run_dir": relative(rd, root), "stopping": run.get("stopping"), "command": run["command"],
                   "commit": run.get("commit"), "dirty": run.get("dirty"),
                   "hardware": run.get("hardware"), "gpus": run.get("gpus"), "procs": run.get("procs"),
                   "nodes": run.get("nodes"), "sessions": len(run.get("sessions", [])) or 1,
                   "last_checkpoint": last_state},
         "evaluate": {**git_state(), "hardware": hardware(), "started": started, "wall_s": round(time.time() - t0, 1),
-                     "beam": 5, "device": "cpu" if cpu else "cuda"},
+                     "beam": 5, "device": "cpu" if p.cpu else "cuda"},
     }
     if run.get("distillation"):
         result["distillation"] = {**run["distillation"], "teacher_gamma": kd_runs.teacher_gamma(rd)}
-    write_json(out, result)
-    print(f"evaluate: wrote {out}", file=sys.stderr)
-    return 0
+    return result
 
 
 @dataclass(frozen=True)

@@ -129,19 +129,30 @@ def main(argv=None, prog="labo-fairseq hf-train") -> int:
 
 
 def run(o: HfTrainOptions, loss: LossConfig, model_dir: Path, data, roots: Roots, out: Path, tau) -> int:
+    rd = run_dir(roots.runs, o.name, o.criterion, o.seed, tau)
+    trainer, tokenizer, ds = _trainer(o, loss, model_dir, data, rd)
+    started, t0 = datetime.datetime.now(datetime.timezone.utc).isoformat(), time.time()
+    last = sorted(Path(trainer.args.output_dir).glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
+    trainer.train(resume_from_checkpoint=str(last[-1]) if last else None)  # an interrupted run resumes
+    train_s = time.time() - t0
+    trainer.save_model(str(rd / "model"))
+    tokenizer.save_pretrained(str(rd / "model"))
+    hyps = _decode(trainer, tokenizer, ds["test"], o.max_length)
+    _write_result(o, loss, out, rd, trainer, hyps, [t for _, t in data["test"]], tau, started, train_s)
+    return 0
+
+
+def _trainer(o: HfTrainOptions, loss: LossConfig, model_dir: Path, data, rd: Path):
+    """(the :class:`LossTrainer`, the tokenizer, the tokenized splits) of the model in ``model_dir``."""
     import torch
     from transformers import AutoConfig, AutoModelForSeq2SeqLM, AutoTokenizer, DataCollatorForSeq2Seq, Seq2SeqTrainingArguments
 
     from labo_fairseq.hf.trainer import LossTrainer
-    from labo_fairseq.runtime.provenance import git_state, hardware
-    from labo_fairseq.scoring import bleu as B
-    from labo_fairseq.scoring import stats as S
 
     if not getattr(AutoConfig.from_pretrained(model_dir), "is_encoder_decoder", False):
         raise UsageError(f"{model_dir} is not an encoder-decoder model")
     tokenizer = AutoTokenizer.from_pretrained(model_dir)
     model = AutoModelForSeq2SeqLM.from_pretrained(model_dir)
-    rd = run_dir(roots.runs, o.name, o.criterion, o.seed, tau)
     args = Seq2SeqTrainingArguments(
         output_dir=str(rd / "trainer"), max_steps=o.max_steps, learning_rate=o.lr, per_device_train_batch_size=o.batch_size,
         per_device_eval_batch_size=o.batch_size, gradient_accumulation_steps=o.grad_accum, seed=o.seed,
@@ -152,18 +163,27 @@ def run(o: HfTrainOptions, loss: LossConfig, model_dir: Path, data, roots: Roots
     ds = {s: _Dataset(tokenizer, p, o.max_length) for s, p in data.items()}
     trainer = LossTrainer(model=model, args=args, loss=loss, train_dataset=ds["train"], eval_dataset=ds["valid"],
                           data_collator=DataCollatorForSeq2Seq(tokenizer, model=model))
-    started, t0 = datetime.datetime.now(datetime.timezone.utc).isoformat(), time.time()
-    last = sorted(Path(args.output_dir).glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
-    trainer.train(resume_from_checkpoint=str(last[-1]) if last else None)  # an interrupted run resumes
-    train_s = time.time() - t0
-    trainer.save_model(str(rd / "model"))
-    tokenizer.save_pretrained(str(rd / "model"))
-    trainer.args.predict_with_generate = True  # validation scored by NLL; the test set decoded by beam search
-    pred = trainer.predict(ds["test"], num_beams=5, max_length=o.max_length)
+    return trainer, tokenizer, ds
+
+
+def _decode(trainer, tokenizer, test: _Dataset, max_length: int) -> List[str]:
+    """The test set translated with beam 5 (validation was scored by NLL)."""
+    import torch
+
+    trainer.args.predict_with_generate = True
+    pred = trainer.predict(test, num_beams=5, max_length=max_length)
     ids = torch.as_tensor(pred.predictions)
     ids = torch.where(ids < 0, tokenizer.pad_token_id, ids)
-    hyps = [h.strip() for h in tokenizer.batch_decode(ids, skip_special_tokens=True)]
-    refs = [t for _, t in data["test"]]
+    return [h.strip() for h in tokenizer.batch_decode(ids, skip_special_tokens=True)]
+
+
+def _write_result(o: HfTrainOptions, loss: LossConfig, out: Path, rd: Path, trainer, hyps: List[str], refs: List[str],
+                  tau, started: str, train_s: float) -> None:
+    """The result JSON as ``labo-fairseq evaluate`` writes it, the hypotheses and sentence statistics beside it."""
+    from labo_fairseq.runtime.provenance import git_state, hardware
+    from labo_fairseq.scoring import bleu as B
+    from labo_fairseq.scoring import stats as S
+
     sacre, ch = B.sacrebleu_13a(hyps, refs, o.lowercase), B.chrf(hyps, refs, o.lowercase)
     here = {**git_state(), "hardware": hardware()}  # training and decoding ran in this one process
     src_lang, tgt_lang = (p.suffix.lstrip(".") or "src" for p in o.test)
@@ -196,4 +216,3 @@ def run(o: HfTrainOptions, loss: LossConfig, model_dir: Path, data, roots: Roots
     write_json(out, result)
     print(f"hf-train: {o.name} {o.criterion} seed {o.seed}: sacreBLEU {sacre['bleu']:.2f}, chrF {ch['chrf']:.2f}; "
           f"wrote {out}", file=sys.stderr)
-    return 0

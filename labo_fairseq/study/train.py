@@ -21,7 +21,7 @@ from typing import List, Optional, Tuple
 from labo_fairseq.losses.hparams import HP, check_flags
 from labo_fairseq.runtime.commandline import ArgumentParser, split_extra
 from labo_fairseq.runtime.errors import UsageError, usage_errors
-from labo_fairseq.runtime.files import read_json, write_json
+from labo_fairseq.runtime.files import read_json, read_json_if_exists, write_json
 from labo_fairseq.runtime.processes import run_logged
 from labo_fairseq.study.fairseq_tools import USER_DIR, fairseq_command, log_record, validation_curve
 from labo_fairseq.study.protocol import (
@@ -70,18 +70,7 @@ def train_command(dataset: str, method: str, seed: int, tau: Optional[float] = N
     ``master_port=0`` picks a free port (CPU ranks) or torchrun's default 29500 (nodes).
     ``student``: a :class:`labo_fairseq.study.kd.runs.StudentPlan` (distillation runs: tag, data, flags).
     """
-    if seed < 0 or gpus < 0 or update_freq < 1 or procs < 1 or nodes < 1:
-        raise ValueError("need seed >= 0, --gpus >= 0, --update-freq >= 1, --procs >= 1, --nodes >= 1")
-    if procs > 1 and gpus:
-        raise ValueError("--procs is for CPU ranks; with --gpus, fairseq starts one process per GPU")
-    if nodes > 1 and not gpus:
-        raise ValueError("--nodes needs --gpus (GPUs per node): multi-node training is GPU-only")
-    if nodes > 1 and not master_addr:
-        raise ValueError("--nodes > 1 needs --master-addr (the host name or address of node rank 0)")
-    if not 0 <= master_port <= 65535:
-        raise ValueError(f"--master-port must be in [0, 65535] (0: pick one), got {master_port}")
-    if not 0 <= node_rank < nodes:
-        raise ValueError(f"--node-rank must be in [0, {nodes - 1}]")
+    _check_launch(seed, gpus, update_freq, procs, nodes, node_rank, master_addr, master_port)
     ds, me = dataset_config(dataset), method_config(method)
     if tau is not None and method != "labo":
         raise ValueError("--tau applies to the labo method only")
@@ -110,19 +99,40 @@ def train_command(dataset: str, method: str, seed: int, tau: Optional[float] = N
         argv += ["--update-freq", str(update_freq)]
     argv += list(extra)
     check_flags(argv)  # the criterion's hyper-parameters, wherever they came from, before anything starts
+    return Launch(argv, _processes(argv, gpus, procs, nodes, node_rank, master_addr, master_port), out)
+
+
+def _check_launch(seed: int, gpus: int, update_freq: int, procs: int, nodes: int, node_rank: int,
+                  master_addr: Optional[str], master_port: int) -> None:
+    """ValueError naming the first flag of :func:`train_command` out of its range or at odds with another."""
+    if seed < 0 or gpus < 0 or update_freq < 1 or procs < 1 or nodes < 1:
+        raise ValueError("need seed >= 0, --gpus >= 0, --update-freq >= 1, --procs >= 1, --nodes >= 1")
+    if procs > 1 and gpus:
+        raise ValueError("--procs is for CPU ranks; with --gpus, fairseq starts one process per GPU")
+    if nodes > 1 and not gpus:
+        raise ValueError("--nodes needs --gpus (GPUs per node): multi-node training is GPU-only")
+    if nodes > 1 and not master_addr:
+        raise ValueError("--nodes > 1 needs --master-addr (the host name or address of node rank 0)")
+    if not 0 <= master_port <= 65535:
+        raise ValueError(f"--master-port must be in [0, 65535] (0: pick one), got {master_port}")
+    if not 0 <= node_rank < nodes:
+        raise ValueError(f"--node-rank must be in [0, {nodes - 1}]")
+
+
+def _processes(argv: List[str], gpus: int, procs: int, nodes: int, node_rank: int, master_addr: Optional[str],
+               master_port: int) -> List[List[str]]:
+    """The command lines that start ``argv`` on this node: CPU ranks (gloo), torchrun, or fairseq itself."""
     exe = fairseq_command("train")
     if not gpus and procs > 1:
         port = master_port or _free_port()
         gloo = ["--distributed-backend", "gloo", "--ddp-backend", "legacy_ddp", "--distributed-init-method",
                 f"tcp://127.0.0.1:{port}", "--distributed-no-spawn"]
-        processes = [[*exe, *argv[1:], *gloo, "--distributed-rank", str(r)] for r in range(procs)]
-    elif nodes > 1:
+        return [[*exe, *argv[1:], *gloo, "--distributed-rank", str(r)] for r in range(procs)]
+    if nodes > 1:
         torchrun = shutil.which("torchrun") or str(Path(sys.executable).parent / "torchrun")
-        processes = [[torchrun, "--nnodes", str(nodes), "--node-rank", str(node_rank), "--nproc-per-node", str(gpus),
-                      "--master-addr", master_addr, "--master-port", str(master_port or 29500), *exe, *argv[1:]]]
-    else:
-        processes = [[*exe, *argv[1:]]]
-    return Launch(argv, processes, out)
+        return [[torchrun, "--nnodes", str(nodes), "--node-rank", str(node_rank), "--nproc-per-node", str(gpus),
+                 "--master-addr", master_addr, "--master-port", str(master_port or 29500), *exe, *argv[1:]]]
+    return [[*exe, *argv[1:]]]
 
 
 class Progress:
@@ -185,34 +195,15 @@ def _record(o: "TrainOptions", launch: Launch, previous: dict) -> dict:
 
 
 def cmd_train(o: "TrainOptions") -> int:
-    from labo_fairseq.study.kd import runs as kd_runs
-
     roots = o.roots()
-    with usage_errors():  # the hyper-parameters' and configs' checks raise ValueError
-        student = kd_runs.plan(o.dataset, dataset_config(o.dataset)["data"], o.method, o.tau, o.teacher, o.data_variant,
-                               o.student, roots.runs, roots.data_bin)
-        launch = train_command(o.dataset, o.method, o.seed, o.tau, o.gpus, o.update_freq, roots.data_bin, roots.runs,
-                               tuple(o.fairseq_args), o.procs, o.nodes, o.node_rank, o.master_addr, o.master_port,
-                               student)
-        if student is not None and not o.dry_run:
-            missing = [str(p) for p in student.needs if not p.exists()]
-            if missing:
-                raise kd_runs.KDError(f"not found: {', '.join(missing)} (train the teacher first; for "
-                                      "--data-variant seqkd:RUN, run labo-fairseq distill-data DATASET RUN)")
+    student, launch = _plan(o, roots)
     out = launch.run_dir
     exists = out.exists()
     lead = o.node_rank == 0  # on several nodes, only node 0 manages the run directory
     if exists and o.force and lead and not (out / RUN_MARKER).exists():
         raise UsageError(f"{out} was not made by this command; not deleting it")
-    if exists and not o.force and training_completed(out):
-        done = read_json(out / RUN_MARKER)
-        converged = (done.get("stopping") or {}).get("converged")  # its rule has spoken: a higher cap changes nothing
-        longer = "" if converged else _longer_caps(done.get("command", []), launch.train_argv)
-        if not longer:
-            print(f"train: {out} has finished training ({_finished_how(out)}); nothing to do (--force starts over, "
-                  "a larger --max-update/--max-epoch after -- trains on)", file=sys.stderr)
-            return 0
-        print(f"train: {out} finished, training on to {longer}", file=sys.stderr)
+    if exists and not o.force and training_completed(out) and _finished(out, launch):
+        return 0
     data = Path(launch.train_argv[1])
     if not data.is_dir() and student is None:
         hint = (f"no prepared data at {data}: run `labo-fairseq prepare {dataset_config(o.dataset)['data']}"
@@ -229,6 +220,46 @@ def cmd_train(o: "TrainOptions") -> int:
         for cmd in launch.processes:
             print(shlex.join(cmd))
         return 0
+    return _train(o, roots, launch, student, logs, exists, lead)
+
+
+def _plan(o: "TrainOptions", roots: Roots):
+    """(the student plan or None, the :class:`Launch`); :class:`UsageError` for bad options or a
+    student's missing teacher or data."""
+    from labo_fairseq.study.kd import runs as kd_runs
+
+    with usage_errors():  # the hyper-parameters' and configs' checks raise ValueError
+        student = kd_runs.plan(o.dataset, dataset_config(o.dataset)["data"], o.method, o.tau, o.teacher, o.data_variant,
+                               o.student, roots.runs, roots.data_bin)
+        launch = train_command(o.dataset, o.method, o.seed, o.tau, o.gpus, o.update_freq, roots.data_bin, roots.runs,
+                               tuple(o.fairseq_args), o.procs, o.nodes, o.node_rank, o.master_addr, o.master_port,
+                               student)
+        if student is not None and not o.dry_run:
+            missing = [str(p) for p in student.needs if not p.exists()]
+            if missing:
+                raise kd_runs.KDError(f"not found: {', '.join(missing)} (train the teacher first; for "
+                                      "--data-variant seqkd:RUN, run labo-fairseq distill-data DATASET RUN)")
+    return student, launch
+
+
+def _finished(out: Path, launch: Launch) -> bool:
+    """Whether a run that finished training has nothing left to do (said on stderr either way): not
+    when the command raises its caps, unless its stopping rule found it converged."""
+    done = read_json(out / RUN_MARKER)
+    converged = (done.get("stopping") or {}).get("converged")  # its rule has spoken: a higher cap changes nothing
+    longer = "" if converged else _longer_caps(done.get("command", []), launch.train_argv)
+    if not longer:
+        print(f"train: {out} has finished training ({_finished_how(out)}); nothing to do (--force starts over, "
+              "a larger --max-update/--max-epoch after -- trains on)", file=sys.stderr)
+        return True
+    print(f"train: {out} finished, training on to {longer}", file=sys.stderr)
+    return False
+
+
+def _train(o: "TrainOptions", roots: Roots, launch: Launch, student, logs: List[Path], exists: bool,
+           lead: bool) -> int:
+    """Start (or resume) the run, record it in run.json, and mark it completed when fairseq finishes."""
+    out = launch.run_dir
     if exists and o.force and lead:
         shutil.rmtree(out)
     elif exists:
@@ -239,8 +270,7 @@ def cmd_train(o: "TrainOptions") -> int:
     out.mkdir(parents=True, exist_ok=True)
     if lead:
         marker = out / RUN_MARKER
-        previous = read_json(marker) if marker.exists() else {}
-        record = _record(o, launch, previous)
+        record = _record(o, launch, read_json_if_exists(marker, {}))
         if student is not None:
             record["distillation"] = student.record
         write_json(marker, record)

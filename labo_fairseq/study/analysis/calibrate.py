@@ -12,6 +12,7 @@ import argparse
 import re
 import sys
 from pathlib import Path
+from typing import Dict, Optional, Tuple
 
 from labo_fairseq.runtime.commandline import ArgumentParser
 from labo_fairseq.scoring.calibration import ece_from_reliability, scan_with_t1
@@ -25,7 +26,7 @@ def bleu_of(gen) -> float:
     return float(m.group(1))
 
 
-def main(argv=None, prog="labo-fairseq analyze calibrate") -> int:
+def _parser(prog: str) -> ArgumentParser:
     ap = ArgumentParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("data_bin", type=Path)
     ap.add_argument("--path", type=Path, required=True, help="checkpoint")
@@ -44,6 +45,11 @@ def main(argv=None, prog="labo-fairseq analyze calibrate") -> int:
     ap.add_argument("--source-lang", help="decoding direction (needed for a multilingual model; default: the data's)")
     ap.add_argument("--target-lang")
     ap.add_argument("--force", action="store_true", help="overwrite an existing calibration.json in --out")
+    return ap
+
+
+def main(argv=None, prog="labo-fairseq analyze calibrate") -> int:
+    ap = _parser(prog)
     args = ap.parse_args(argv)
     if args.n_bins < 1 or not (0 < args.t_min < args.t_max) or args.t_step <= 0:
         ap.error("need --n-bins >= 1 and 0 < --t-min < --t-max, --t-step > 0")
@@ -52,38 +58,19 @@ def main(argv=None, prog="labo-fairseq analyze calibrate") -> int:
     from labo_fairseq.runtime.commandline import require_inputs
     from labo_fairseq.runtime.files import write_json
     from labo_fairseq.runtime.provenance import record
-    from labo_fairseq.study.analysis.loading import collect, generate, load
+    from labo_fairseq.study.analysis.loading import collect, load
 
     out_json = args.out / "calibration.json"
     require_inputs(ap, dirs=[args.data_bin], files=[args.path], output=out_json, force=args.force)
 
     model, task = load(args.path, args.data_bin, args.cpu)
     scan = scan_with_t1(args.t_min, args.t_max, args.t_step, args.n_bins)
-    grid = list(scan.temperatures)
     collect(model, task, args.subset, scan, args.max_tokens, args.cpu)
     res = scan.result()
-    i_one, i_best = grid.index(1.0), grid.index(res["best_nll"]["temperature"])
-    rel_one, rel_best = scan.reliability_at(i_one), scan.reliability_at(i_best)
     args.out.mkdir(parents=True, exist_ok=True)
-    figures = {
-        "reliability": str(plots.reliability_diagram(rel_one, args.out / "reliability.png",
-                                                     f"{args.subset}, T = 1", ece_from_reliability(rel_one))),
-        "reliability_scaled": str(plots.reliability_diagram(
-            rel_best, args.out / "reliability_scaled.png", f"{args.subset}, T = {grid[i_best]:.2f} (min NLL)",
-            ece_from_reliability(rel_best))),
-        "temperature": str(plots.curves(grid, {"NLL (nats/token)": res["curve"]["nll"], "ECE": res["curve"]["ece"]},
-                                        args.out / "temperature.png", f"temperature scaling on {args.subset}",
-                                        "temperature T", {"min NLL": res["best_nll"]["temperature"],
-                                                          "min ECE": res["best_ece"]["temperature"]})),
-    }
-    bleu_curve = []
-    for temp in args.bleu_temperatures:
-        print(f"  decoding {args.gen_subset} with beam {args.beam} at T = {temp}", file=sys.stderr)
-        gen = generate(args.data_bin, args.path, args.gen_subset, args.beam, args.cpu,
-                       extra=["--temperature", temp], max_tokens=args.max_tokens,
-                       source_lang=args.source_lang, target_lang=args.target_lang)
-        bleu_curve.append({"temperature": temp, "bleu": bleu_of(gen), "bleu_line": gen.bleu_line,
-                           "sentences": len(gen.hypothesis)})
+    figures, rel_one, rel_best = _figures(scan, res, args.out, args.subset)
+    bleu_curve = [_bleu_at(args.data_bin, args.path, args.gen_subset, args.beam, t, args.cpu, args.max_tokens,
+                           args.source_lang, args.target_lang) for t in args.bleu_temperatures]
     if bleu_curve:
         figures["bleu_temperature"] = str(plots.curves(
             [b["temperature"] for b in bleu_curve], {"BLEU": [b["bleu"] for b in bleu_curve]},
@@ -101,3 +88,34 @@ def main(argv=None, prog="labo-fairseq analyze calibrate") -> int:
           f"(min NLL) -> ECE {res['best_nll']['ece']:.4f}; min-ECE T={res['best_ece']['temperature']:.2f} "
           f"-> ECE {res['best_ece']['ece']:.4f}; {res['tokens']:,} tokens; wrote {out_json}")
     return 0
+
+
+def _figures(scan, res: Dict, out: Path, subset: str) -> Tuple[Dict[str, str], Dict, Dict]:
+    """The reliability diagrams at T = 1 and at the NLL-optimal T, and the temperature curves:
+    (the figures' paths, the two diagrams' data)."""
+    grid = list(scan.temperatures)
+    i_one, i_best = grid.index(1.0), grid.index(res["best_nll"]["temperature"])
+    rel_one, rel_best = scan.reliability_at(i_one), scan.reliability_at(i_best)
+    figures = {
+        "reliability": str(plots.reliability_diagram(rel_one, out / "reliability.png",
+                                                     f"{subset}, T = 1", ece_from_reliability(rel_one))),
+        "reliability_scaled": str(plots.reliability_diagram(
+            rel_best, out / "reliability_scaled.png", f"{subset}, T = {grid[i_best]:.2f} (min NLL)",
+            ece_from_reliability(rel_best))),
+        "temperature": str(plots.curves(grid, {"NLL (nats/token)": res["curve"]["nll"], "ECE": res["curve"]["ece"]},
+                                        out / "temperature.png", f"temperature scaling on {subset}",
+                                        "temperature T", {"min NLL": res["best_nll"]["temperature"],
+                                                          "min ECE": res["best_ece"]["temperature"]})),
+    }
+    return figures, rel_one, rel_best
+
+
+def _bleu_at(data_bin: Path, path: Path, subset: str, beam: int, temp: float, cpu: bool, max_tokens: int,
+             source_lang: Optional[str], target_lang: Optional[str]) -> Dict:
+    """BLEU of beam search at decoding temperature ``temp``."""
+    from labo_fairseq.study.analysis.loading import generate
+
+    print(f"  decoding {subset} with beam {beam} at T = {temp}", file=sys.stderr)
+    gen = generate(data_bin, path, subset, beam, cpu, extra=["--temperature", temp], max_tokens=max_tokens,
+                   source_lang=source_lang, target_lang=target_lang)
+    return {"temperature": temp, "bleu": bleu_of(gen), "bleu_line": gen.bleu_line, "sentences": len(gen.hypothesis)}

@@ -100,7 +100,7 @@ def plot_curves(curves: Dict[str, Dict], path: Path, title: str) -> Path:
     return plots.save(fig, path)
 
 
-def main(argv=None, prog="labo-fairseq analyze inference-calibration") -> int:
+def _parser(prog: str) -> ArgumentParser:
     ap = ArgumentParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("data_bin", type=Path)
     ap.add_argument("--path", type=Path, required=True, help="checkpoint")
@@ -120,13 +120,18 @@ def main(argv=None, prog="labo-fairseq analyze inference-calibration") -> int:
     ap.add_argument("--cpu", action="store_true")
     ap.add_argument("--out", type=Path, required=True, help="output directory (JSON + PNGs)")
     ap.add_argument("--force", action="store_true", help="overwrite an existing inference_calibration.json in --out")
+    return ap
+
+
+def main(argv=None, prog="labo-fairseq analyze inference-calibration") -> int:
+    ap = _parser(prog)
     args = ap.parse_args(argv)
     if args.n_bins < 1 or not (0 < args.t_min < args.t_max) or args.t_step <= 0 or args.beam < 1:
         ap.error("need --n-bins >= 1, --beam >= 1, 0 < --t-min < --t-max and --t-step > 0")
     from labo_fairseq.runtime.commandline import require_inputs
     from labo_fairseq.runtime.files import write_json
     from labo_fairseq.runtime.provenance import record
-    from labo_fairseq.study.analysis.loading import collect, generate, load
+    from labo_fairseq.study.analysis.loading import collect, load
 
     out_json = args.out / "inference_calibration.json"
     require_inputs(ap, dirs=[args.data_bin], files=[args.path, args.train_tgt], output=out_json, force=args.force)
@@ -145,37 +150,16 @@ def main(argv=None, prog="labo-fairseq analyze inference-calibration") -> int:
               "gen_subset": args.gen_subset, "beam": args.beam, "n_bins": args.n_bins, "temperature_min_nll": t_star,
               "frequency_counts": str(args.train_tgt) if args.train_tgt else "data-bin dictionary",
               "teacher_forced": {}, "inference": {}}
+    extra = [] if args.max_len_b is None else ["--max-len-b", args.max_len_b]
     for key, temp in (("t1", 1.0), ("scaled", t_star)):
         result["teacher_forced"][key] = summarise(tf.reliability_at(temps.index(temp)), {"temperature": temp})
         if key == "scaled" and temp == 1.0:  # T* = 1: nothing to decode again
             result["inference"][key] = result["inference"]["t1"]
             continue
-        print(f"  decoding {args.gen_subset} with beam {args.beam} at T = {temp:.2f}", file=sys.stderr)
-        gen = generate(args.data_bin, args.path, args.gen_subset, args.beam, args.cpu,
-                       extra=["--temperature", temp] + ([] if args.max_len_b is None else ["--max-len-b", args.max_len_b]),
-                       max_tokens=args.max_tokens, remove_bpe=False)
-        lab = token_labels(gen)
-        rel = reliability(lab["confidence"], lab["correct"], args.n_bins)
-        result["inference"][key] = summarise(rel, {
-            "temperature": temp, "sentences": len(gen.hypothesis), "bleu_line": gen.bleu_line,
-            "ter": lab["ter_edits"] / max(lab["ref_words"], 1), "ter_edits": lab["ter_edits"],
-            "ref_tokens": lab["ref_words"], "by_frequency": by_frequency(lab, counts, args.n_bins)})
-
+        result["inference"][key] = _inference(args.data_bin, args.path, args.gen_subset, args.beam, temp, args.cpu,
+                                              args.max_tokens, extra, args.n_bins, counts)
     args.out.mkdir(parents=True, exist_ok=True)
-    label = args.name or args.path.name
-    figures = {}
-    for kind in ("teacher_forced", "inference"):
-        for key in ("t1", "scaled"):
-            res = result[kind][key]
-            name = f"reliability_{kind}{'_scaled' if key == 'scaled' else ''}"
-            figures[name] = str(plots.reliability_diagram(
-                res["reliability"], args.out / f"{name}.png",
-                f"{label}: {kind.replace('_', ' ')}, {args.gen_subset}, T = {res['temperature']:.2f}", res["ece"]))
-    curves = {f"{kind.replace('_', ' ')}, T = {result[kind][key]['temperature']:.2f}": result[kind][key]
-              for kind in ("teacher_forced", "inference") for key in ("t1", "scaled")}
-    figures["curves"] = str(plot_curves(curves, args.out / "inference_calibration.png",
-                                        f"{label} on {args.gen_subset}: teacher forced vs beam {args.beam}"))
-    result["figures"] = figures
+    result["figures"] = _figures(result, args.out, args.name or args.path.name, args.gen_subset, args.beam)
     result["provenance"] = record(prog, argv)
     write_json(out_json, result)
     for key in ("t1", "scaled"):
@@ -186,3 +170,37 @@ def main(argv=None, prog="labo-fairseq analyze inference-calibration") -> int:
               f"confidence {inf['confidence']:.3f}); by frequency: {freq}")
     print(f"wrote {out_json}")
     return 0
+
+
+def _inference(data_bin: Path, path: Path, subset: str, beam: int, temp: float, cpu: bool, max_tokens: int,
+               extra: List, n_bins: int, counts) -> Dict:
+    """Beam search at temperature ``temp``, its tokens labelled by TER: their calibration, overall
+    and by frequency."""
+    from labo_fairseq.study.analysis.loading import generate
+
+    print(f"  decoding {subset} with beam {beam} at T = {temp:.2f}", file=sys.stderr)
+    gen = generate(data_bin, path, subset, beam, cpu, extra=["--temperature", temp] + extra, max_tokens=max_tokens,
+                   remove_bpe=False)
+    lab = token_labels(gen)
+    rel = reliability(lab["confidence"], lab["correct"], n_bins)
+    return summarise(rel, {
+        "temperature": temp, "sentences": len(gen.hypothesis), "bleu_line": gen.bleu_line,
+        "ter": lab["ter_edits"] / max(lab["ref_words"], 1), "ter_edits": lab["ter_edits"],
+        "ref_tokens": lab["ref_words"], "by_frequency": by_frequency(lab, counts, n_bins)})
+
+
+def _figures(result: Dict, out: Path, label: str, subset: str, beam: int) -> Dict[str, str]:
+    """A reliability diagram per kind and temperature, and their curves in one figure."""
+    figures = {}
+    for kind in ("teacher_forced", "inference"):
+        for key in ("t1", "scaled"):
+            res = result[kind][key]
+            name = f"reliability_{kind}{'_scaled' if key == 'scaled' else ''}"
+            figures[name] = str(plots.reliability_diagram(
+                res["reliability"], out / f"{name}.png",
+                f"{label}: {kind.replace('_', ' ')}, {subset}, T = {res['temperature']:.2f}", res["ece"]))
+    curves = {f"{kind.replace('_', ' ')}, T = {result[kind][key]['temperature']:.2f}": result[kind][key]
+              for kind in ("teacher_forced", "inference") for key in ("t1", "scaled")}
+    figures["curves"] = str(plot_curves(curves, out / "inference_calibration.png",
+                                        f"{label} on {subset}: teacher forced vs beam {beam}"))
+    return figures

@@ -207,7 +207,7 @@ def _strip(res: Dict) -> Dict:
     return {k: v for k, v in res.items() if not k.startswith("_")}
 
 
-def main(argv=None, prog="labo-fairseq analyze penultimate") -> int:
+def _parser(prog: str) -> ArgumentParser:
     ap = ArgumentParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("data_bin", type=Path)
     ap.add_argument("--system", action="append", required=True, metavar="NAME=CHECKPOINT",
@@ -224,6 +224,11 @@ def main(argv=None, prog="labo-fairseq analyze penultimate") -> int:
     ap.add_argument("--cpu", action="store_true")
     ap.add_argument("--out", type=Path, required=True, help="output directory (penultimate.json, penultimate.png)")
     ap.add_argument("--force", action="store_true", help="overwrite an existing penultimate.json in --out")
+    return ap
+
+
+def main(argv=None, prog="labo-fairseq analyze penultimate") -> int:
+    ap = _parser(prog)
     args = ap.parse_args(argv)
     if args.candidates < 3 or args.max_points < 1:
         ap.error("need --candidates >= 3 and --max-points >= 1")
@@ -233,53 +238,22 @@ def main(argv=None, prog="labo-fairseq analyze penultimate") -> int:
     from labo_fairseq.study.analysis.loading import load
 
     require_inputs(ap, dirs=[args.data_bin])
-    systems = {}
-    for spec in args.system:
-        name, _, path = spec.partition("=")
-        if not name or not path:
-            ap.error(f"--system {spec}: expected NAME=CHECKPOINT")
-        require_inputs(ap, files=[path])
-        if name in systems:
-            ap.error(f"--system {name} given twice")
-        systems[name] = Path(path)
+    systems = _systems(ap, args.system)
     out_json = args.out / "penultimate.json"
     require_inputs(ap, output=out_json, force=args.force)
 
     models = {name: load(path, args.data_bin, args.cpu) for name, path in systems.items()}
     first_task = next(iter(models.values()))[1]
-    dictionary = first_task.target_dictionary
     counts, inside = target_counts(first_task, args.subset)
-    candidates = content_tokens(counts, dictionary, max(args.candidates, 3), inside)
+    candidates = content_tokens(counts, first_task.target_dictionary, max(args.candidates, 3), inside)
     if len(candidates) < 3 and not (args.tokens and (args.similar or args.no_similar)):
         ap.error(f"fewer than 3 content tokens among the targets of {args.subset}; give --tokens/--similar")
     triples = {"frequent": list(args.tokens) if args.tokens else candidates[:3]}
     if not args.no_similar:
         triples["similar"] = list(args.similar) if args.similar else similar_triple(
             candidates, [(task.target_dictionary, output_embedding(m)) for m, task in models.values()])
-    for mode, toks in triples.items():
-        if len(set(toks)) != 3:
-            ap.error(f"{mode}: three different tokens needed, got {toks}")
-        for name, (_m, task) in models.items():
-            for t in toks:
-                if task.target_dictionary.index(t) == task.target_dictionary.unk():
-                    ap.error(f"token {t!r} is not in the target dictionary of {name} ({systems[name]})")
-            missing = [t for t in toks if counts[task.target_dictionary.index(t)] == 0]
-            if missing:
-                ap.error(f"token(s) {missing} never occur as targets in {args.subset}")
-
-    rows = {mode: {"tokens": toks, "models": {}} for mode, toks in triples.items()}
-    for name, (model, task) in models.items():
-        w_all = output_embedding(model).double().cpu()
-        wanted = sorted({t for toks in triples.values() for t in toks})
-        ids = [task.target_dictionary.index(t) for t in wanted]
-        x, lab = collect(model, task, args.subset, ids, args.max_tokens, args.cpu)
-        for mode, toks in triples.items():
-            sel = torch.tensor([wanted.index(t) for t in toks])
-            keep = (lab.unsqueeze(-1) == sel).any(-1)
-            relabel = (lab[keep].unsqueeze(-1) == sel).nonzero()[:, 1]
-            w = w_all[[task.target_dictionary.index(t) for t in toks]]
-            rows[mode]["models"][name] = analyse(x[keep], relabel, w, toks)
-
+    _check_triples(ap, triples, models, systems, counts, args.subset)
+    rows = _rows(models, triples, args.subset, args.max_tokens, args.cpu)
     args.out.mkdir(parents=True, exist_ok=True)
     png = plot(rows, list(systems), args.out / "penultimate.png", args.max_points)
     summary = {"data_bin": str(args.data_bin), "subset": args.subset, "systems": {k: str(v) for k, v in systems.items()},
@@ -298,3 +272,53 @@ def main(argv=None, prog="labo-fairseq analyze penultimate") -> int:
                   f"equidistance {full['equidistance']:.2f}")
     print(f"wrote {out_json}")
     return 0
+
+
+def _systems(ap: ArgumentParser, specs: List[str]) -> Dict[str, Path]:
+    """``--system NAME=CHECKPOINT`` by name; argparse's error for a malformed, missing or repeated one."""
+    from labo_fairseq.runtime.commandline import require_inputs
+
+    systems: Dict[str, Path] = {}
+    for spec in specs:
+        name, _, path = spec.partition("=")
+        if not name or not path:
+            ap.error(f"--system {spec}: expected NAME=CHECKPOINT")
+        require_inputs(ap, files=[path])
+        if name in systems:
+            ap.error(f"--system {name} given twice")
+        systems[name] = Path(path)
+    return systems
+
+
+def _check_triples(ap: ArgumentParser, triples: Dict[str, List[str]], models: Dict, systems: Dict[str, Path],
+                   counts, subset: str) -> None:
+    """argparse's error unless each row has three different tokens, each in every model's target
+    dictionary and among the subset's targets."""
+    for mode, toks in triples.items():
+        if len(set(toks)) != 3:
+            ap.error(f"{mode}: three different tokens needed, got {toks}")
+        for name, (_m, task) in models.items():
+            for t in toks:
+                if task.target_dictionary.index(t) == task.target_dictionary.unk():
+                    ap.error(f"token {t!r} is not in the target dictionary of {name} ({systems[name]})")
+            missing = [t for t in toks if counts[task.target_dictionary.index(t)] == 0]
+            if missing:
+                ap.error(f"token(s) {missing} never occur as targets in {subset}")
+
+
+def _rows(models: Dict, triples: Dict[str, List[str]], subset: str, max_tokens: int, cpu: bool) -> Dict:
+    """Per row (token triple) and model: the decoder features of those targets, analysed on the
+    plane of their output embeddings (:func:`analyse`)."""
+    rows = {mode: {"tokens": toks, "models": {}} for mode, toks in triples.items()}
+    for name, (model, task) in models.items():
+        w_all = output_embedding(model).double().cpu()
+        wanted = sorted({t for toks in triples.values() for t in toks})
+        ids = [task.target_dictionary.index(t) for t in wanted]
+        x, lab = collect(model, task, subset, ids, max_tokens, cpu)
+        for mode, toks in triples.items():
+            sel = torch.tensor([wanted.index(t) for t in toks])
+            keep = (lab.unsqueeze(-1) == sel).any(-1)
+            relabel = (lab[keep].unsqueeze(-1) == sel).nonzero()[:, 1]
+            w = w_all[[task.target_dictionary.index(t) for t in toks]]
+            rows[mode]["models"][name] = analyse(x[keep], relabel, w, toks)
+    return rows

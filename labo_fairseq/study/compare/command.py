@@ -29,7 +29,7 @@ from labo_fairseq.study.protocol import (
 
 @dataclass(frozen=True)
 class CompareOptions:
-    """``labo-fairseq compare``'s options (see :func:`main`'s parser)."""
+    """``labo-fairseq compare``'s options (see :func:`parse`)."""
 
     root: Optional[Path] = None
     dataset: str = DATASET
@@ -53,7 +53,7 @@ class CompareOptions:
     dry_run: bool = False
 
 
-def main(argv=None, prog="labo-fairseq compare") -> int:
+def _parser(prog: str) -> ArgumentParser:
     ap = ArgumentParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--root", type=Path, help="directory for data/, data-bin/, runs/, results/ and analysis/ "
                                                "(default: the working directory)")
@@ -88,6 +88,12 @@ def main(argv=None, prog="labo-fairseq compare") -> int:
     ap.add_argument("--cpu", action="store_true", help="train and decode on CPU even with a GPU")
     ap.add_argument("--force", action="store_true", help="rewrite an existing report")
     ap.add_argument("--dry-run", action="store_true", help="print the commands of the next steps, run nothing")
+    return ap
+
+
+def parse(argv, prog: str) -> CompareOptions:
+    """The options, checked (argparse's one-line errors)."""
+    ap = _parser(prog)
     a = ap.parse_args(argv)
     if not a.seeds or any(s < 0 for s in a.seeds) or len(set(a.seeds)) != len(a.seeds):
         ap.error("--seeds: distinct integers >= 0")
@@ -119,8 +125,12 @@ def main(argv=None, prog="labo-fairseq compare") -> int:
     if ablations(a.methods) and a.tau != default_tau():
         ap.error(f"--tau {a.tau:g}: the ablations of LABO ({', '.join(ablations(a.methods))}) run at LABO's "
                  f"config's tau ({default_tau():g}); compare them without --tau")
-    o = CompareOptions(**{**vars(a), **{k: tuple(getattr(a, k) or ()) for k in ("methods", "seeds", "source",
+    return CompareOptions(**{**vars(a), **{k: tuple(getattr(a, k) or ()) for k in ("methods", "seeds", "source",
                                                                             "results_from")}})
+
+
+def main(argv=None, prog="labo-fairseq compare") -> int:
+    o = parse(argv, prog)
     c = Compare(o)
 
     def on_sigterm(signum, frame):
@@ -129,26 +139,46 @@ def main(argv=None, prog="labo-fairseq compare") -> int:
 
     signal.signal(signal.SIGTERM, on_sigterm)
     if o.curves:
-        cur = curves(c)
-        path = write_json(c.roots.results / "compare" / f"{c.dataset}_curves.json", cur)
-        for name, rows in cur["curves"].items():
-            print(f"{name}: " + " ".join(f"{r['epoch']}:{r['bleu']:.2f}" for r in rows))
-        print(f"plateau epoch by the rule: {cur['plateau_epoch'] or 'not yet reached'} ({cur['rule']})")
-        c.say(f"curves {path}")
-        return 0
+        return _curves(c)
     if o.report:
-        rep = c.report()
-        path = write_report(c, rep)
-        sys.stdout.write(markdown(rep))
-        c.say(f"report {path} (from {len(rep['results'])} result(s))")
-        return 0
+        return _report(c)
     if o.dry_run:
-        c.prepare()
-        for r in c.runs():
-            c.say("+ " + shlex.join(c.train_cmd(*r)))
-        for r in c.runs():
-            c.say("+ " + shlex.join(c.evaluate_cmd(*r)))
-        return 0
+        return _dry_run(c)
+    return _run(c)
+
+
+def _curves(c: Compare) -> int:
+    """``--curves``: the runs' validation curves and the pilot's epoch rule."""
+    cur = curves(c)
+    path = write_json(c.roots.results / "compare" / f"{c.dataset}_curves.json", cur)
+    for name, rows in cur["curves"].items():
+        print(f"{name}: " + " ".join(f"{r['epoch']}:{r['bleu']:.2f}" for r in rows))
+    print(f"plateau epoch by the rule: {cur['plateau_epoch'] or 'not yet reached'} ({cur['rule']})")
+    c.say(f"curves {path}")
+    return 0
+
+
+def _report(c: Compare) -> int:
+    """``--report``: the report of the results present, nothing trained."""
+    rep = c.report()
+    path = write_report(c, rep)
+    sys.stdout.write(markdown(rep))
+    c.say(f"report {path} (from {len(rep['results'])} result(s))")
+    return 0
+
+
+def _dry_run(c: Compare) -> int:
+    c.prepare()
+    for r in c.runs():
+        c.say("+ " + shlex.join(c.train_cmd(*r)))
+    for r in c.runs():
+        c.say("+ " + shlex.join(c.evaluate_cmd(*r)))
+    return 0
+
+
+def _run(c: Compare) -> int:
+    """Prepare, train, evaluate, report, analyse, as far as the budget goes (:data:`NOT_FINISHED`: call again)."""
+    o = c.o
     report_json = c.report_path()
     if not (c.prepare() and c.train() and c.evaluate()):
         why = "by SIGTERM" if c.terminated else f"for the time budget ({o.budget_minutes:g} min)"

@@ -126,69 +126,15 @@ def build_report(dataset: str, found: Dict[Tuple[str, int, Optional[float]], Pat
     per seed pair sacrebleu's bootstrap and AR), and per method the chosen checkpoints' epochs,
     validation NLL and training time. Refuses results of other configs or data (:func:`protocol_key`),
     naming two that differ."""
-    if not found:
-        raise ReportError(f"no results of {dataset} yet (train and evaluate first)")
-    results = {r: _load(p) for r, p in found.items()}
-    first_run, first = next(iter(results.items()))
-    key0 = protocol_key(first["train"]["command"])
-    for r, res in results.items():
-        if protocol_key(res["train"]["command"]) != key0:
-            raise ReportError(f"{res['_path']} and {first['_path']} were trained with different configs or data: "
-                              "not compared (one config, one data-bin per report)")
+    results = _load_comparable(dataset, found)
+    first = next(iter(results.values()))
     methods = [m for m in METHODS if any(r[0] == m for r in results)] + sorted({r[0] for r in results} - set(METHODS))
     keys = [k for k in first["directions"]]
-    m_ = S.metric("bleu")
     table: Dict = {}
     for key in keys:
-        per: Dict = {}
-        for method in methods:
-            rs = sorted(((r[1], res) for r, res in results.items() if r[0] == method and key in res["directions"]),
-                        key=lambda x: x[0])
-            cell = {"seeds": [s for s, _ in rs]}
-            for metric in ("bleu", "sacrebleu", "chrf"):
-                values = [res["directions"][key].get(metric) for _, res in rs]
-                values = [v for v in values if v is not None]
-                mean, std = S.mean_std(values) if values else (None, None)
-                cell[metric] = {"values": values, "mean": mean, "std": std, "n": len(values)}
-            cell["under_min_seeds"] = len(rs) < MIN_SEEDS
-            cell["incomplete_training"] = [s for s, res in rs if res.get("training_completed") is False]
-            cell["not_converged"] = [s for s, res in rs if (res["train"].get("stopping") or {}).get("converged") is False]
-            per[method] = cell
-        comparisons = {}
-        for b, a in pairs(methods):
-            if b not in per or a not in per:
-                continue
-            common = sorted(set(per[a]["seeds"]) & set(per[b]["seeds"]))
-            if not common:
-                continue
-            st = {m: {s: result_sentence_stats(results[(m, s, tau if m == "labo" else None)], key) for s in common}
-                  for m in (a, b)}
-            comparisons[f"{b}_minus_{a}"] = {
-                "seeds": common,
-                "seed_aware": S.seed_bootstrap(m_, [st[a][s] for s in common], [st[b][s] for s in common], samples),
-                "per_seed": {s: {"bootstrap": S.paired_bootstrap(m_, st[a][s], st[b][s], samples),
-                                 "approximate_randomization": S.paired_ar(m_, st[a][s], st[b][s], 10 * samples)}
-                             for s in common},
-            }
-        table[key] = {"methods": per, "comparisons": comparisons}
-    for name in {n for t in table.values() for n in t["comparisons"]}:  # one family per pair: its test sets
-        tests = [t["comparisons"][name]["seed_aware"] for t in table.values() if name in t["comparisons"]]
-        for sa, p in zip(tests, S.holm([sa["p_value"] for sa in tests])):
-            sa["p_holm"], sa["holm_family"] = p, len(tests)
-    runs = {}
-    for method in methods:
-        rs = sorted(((r[1], res) for r, res in results.items() if r[0] == method), key=lambda x: x[0])
-        runs[method] = [{
-            "seed": s, "epoch": res["checkpoint"].get("epoch"), "updates": res["checkpoint"].get("updates"),
-            "valid_metric": res["checkpoint"].get("valid_metric"), "valid_value": res["checkpoint"].get("valid_value"),
-            "stopping": res["train"].get("stopping"),
-            "valid_nll_bits": (res.get("validation") or {}).get("nll_loss"),
-            "last_updates": ((res["train"].get("last_checkpoint") or {}).get("updates")),
-            "train_wall_s": ((res["train"].get("last_checkpoint") or {}).get("train_wall_s")),
-            "hardware": res["train"].get("hardware"), "commit": res["train"].get("commit"),
-            "training_completed": res.get("training_completed"),
-            "max_epoch": max_epoch(res["train"]["command"]),
-        } for s, res in rs]
+        per = {method: _cell(results, method, key) for method in methods}
+        table[key] = {"methods": per, "comparisons": _comparisons(results, per, methods, key, tau, samples)}
+    _adjust_holm(table)
     config_epochs = dataset_config(dataset).get("args", {}).get("--max-epoch")
     return {"dataset": dataset, "tau": tau, "tiny": tiny, "bleu": first.get("bleu_convention"),
             "max_epoch": max_epoch(first["train"]["command"]),
@@ -196,8 +142,85 @@ def build_report(dataset: str, found: Dict[Tuple[str, int, Optional[float]], Pat
             "signatures": {k: {"bleu": first["directions"][k]["paper_metric"]["signature"],
                                **{m: first["directions"][k].get(f"{m}_signature") for m in ("sacrebleu", "chrf")}}
                            for k in keys},
-            "test_sets": table, "runs": runs, "samples": samples, "curves": validation_curves(results),
+            "test_sets": table, "runs": {m: _runs(results, m) for m in methods}, "samples": samples,
+            "curves": validation_curves(results),
             "results": {f"{m} seed {s}": str(p) for (m, s, _), p in found.items()}}
+
+
+def _load_comparable(dataset: str, found: Dict) -> Dict:
+    """The results, loaded; :class:`ReportError` when there are none or two of other configs or data."""
+    if not found:
+        raise ReportError(f"no results of {dataset} yet (train and evaluate first)")
+    results = {r: _load(p) for r, p in found.items()}
+    first = next(iter(results.values()))
+    key0 = protocol_key(first["train"]["command"])
+    for res in results.values():
+        if protocol_key(res["train"]["command"]) != key0:
+            raise ReportError(f"{res['_path']} and {first['_path']} were trained with different configs or data: "
+                              "not compared (one config, one data-bin per report)")
+    return results
+
+
+def _cell(results: Dict, method: str, key: str) -> Dict:
+    """One method's scores on one test set over its seeds: each metric's values, mean, std and n."""
+    rs = sorted(((r[1], res) for r, res in results.items() if r[0] == method and key in res["directions"]),
+                key=lambda x: x[0])
+    cell: Dict = {"seeds": [s for s, _ in rs]}
+    for metric in ("bleu", "sacrebleu", "chrf"):
+        values = [res["directions"][key].get(metric) for _, res in rs]
+        values = [v for v in values if v is not None]
+        mean, std = S.mean_std(values) if values else (None, None)
+        cell[metric] = {"values": values, "mean": mean, "std": std, "n": len(values)}
+    cell["under_min_seeds"] = len(rs) < MIN_SEEDS
+    cell["incomplete_training"] = [s for s, res in rs if res.get("training_completed") is False]
+    cell["not_converged"] = [s for s, res in rs if (res["train"].get("stopping") or {}).get("converged") is False]
+    return cell
+
+
+def _comparisons(results: Dict, per: Dict, methods: List[str], key: str, tau: float, samples: int) -> Dict:
+    """The differences of :func:`pairs` on one test set, over the seeds both methods have."""
+    m_ = S.metric("bleu")
+    comparisons = {}
+    for b, a in pairs(methods):
+        if b not in per or a not in per:
+            continue
+        common = sorted(set(per[a]["seeds"]) & set(per[b]["seeds"]))
+        if not common:
+            continue
+        st = {m: {s: result_sentence_stats(results[(m, s, tau if m == "labo" else None)], key) for s in common}
+              for m in (a, b)}
+        comparisons[f"{b}_minus_{a}"] = {
+            "seeds": common,
+            "seed_aware": S.seed_bootstrap(m_, [st[a][s] for s in common], [st[b][s] for s in common], samples),
+            "per_seed": {s: {"bootstrap": S.paired_bootstrap(m_, st[a][s], st[b][s], samples),
+                             "approximate_randomization": S.paired_ar(m_, st[a][s], st[b][s], 10 * samples)}
+                         for s in common},
+        }
+    return comparisons
+
+
+def _adjust_holm(table: Dict) -> None:
+    """Holm's adjustment of each pair's seed-aware p-values: one family per pair, its test sets."""
+    for name in {n for t in table.values() for n in t["comparisons"]}:
+        tests = [t["comparisons"][name]["seed_aware"] for t in table.values() if name in t["comparisons"]]
+        for sa, p in zip(tests, S.holm([sa["p_value"] for sa in tests])):
+            sa["p_holm"], sa["holm_family"] = p, len(tests)
+
+
+def _runs(results: Dict, method: str) -> List[Dict]:
+    """A method's runs by seed: the chosen checkpoint, its validation, training time and provenance."""
+    rs = sorted(((r[1], res) for r, res in results.items() if r[0] == method), key=lambda x: x[0])
+    return [{
+        "seed": s, "epoch": res["checkpoint"].get("epoch"), "updates": res["checkpoint"].get("updates"),
+        "valid_metric": res["checkpoint"].get("valid_metric"), "valid_value": res["checkpoint"].get("valid_value"),
+        "stopping": res["train"].get("stopping"),
+        "valid_nll_bits": (res.get("validation") or {}).get("nll_loss"),
+        "last_updates": ((res["train"].get("last_checkpoint") or {}).get("updates")),
+        "train_wall_s": ((res["train"].get("last_checkpoint") or {}).get("train_wall_s")),
+        "hardware": res["train"].get("hardware"), "commit": res["train"].get("commit"),
+        "training_completed": res.get("training_completed"),
+        "max_epoch": max_epoch(res["train"]["command"]),
+    } for s, res in rs]
 
 
 def validation_curves(results: Dict) -> Dict[str, Dict[str, List[List[float]]]]:

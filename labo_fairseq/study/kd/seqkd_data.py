@@ -65,7 +65,22 @@ def _link_or_copy(a: Path, b: Path) -> None:
         shutil.copy2(a, b)
 
 
-def distill(o: "DistillOptions") -> int:
+@dataclass(frozen=True)
+class DistillPlan:
+    """What a distillation reads and writes: the teacher's checkpoint, the data-bin, the new one, the commands."""
+
+    teacher: kd_runs.Teacher
+    checkpoint: Path
+    data: Path
+    out: Path  # the new data-bin
+    work: Path  # its shard outputs and text, kept until it is finished
+    src: str
+    tgt: str
+    cpu: bool
+    cmds: Dict[int, List[str]]  # shard -> fairseq-generate command
+
+
+def plan_distillation(o: "DistillOptions") -> DistillPlan:
     ds = dataset_config(o.dataset)
     roots = Roots.from_options(o.root, data=o.data_root, runs=o.runs_root)
     if "source_lang" not in ds:
@@ -75,35 +90,64 @@ def distill(o: "DistillOptions") -> int:
     ck = Path(o.checkpoint) if o.checkpoint not in ("best", "last") else teacher.checkpoint(o.checkpoint)
     data = roots.data_bin / ds["data"]
     out = roots.data_bin / kd_runs.seqkd_data_name(ds["data"], teacher)
-    work = out / WORK
     cpu = o.cpu or not cuda_visible(probe_torch=not o.dry_run)
     cmds = {k: shard_command(data, ck.absolute(), src, tgt, k, o.shards, o.batch_size, cpu, o.generate_args)
             for k in range(o.shards)}
+    return DistillPlan(teacher, ck, data, out, out / WORK, src, tgt, cpu, cmds)
+
+
+def distill(o: "DistillOptions") -> int:
+    p = plan_distillation(o)
     if o.dry_run:
-        if (out / MANIFEST).exists():
-            print(f"# {out} is finished: " + ("--force would rebuild it" if o.force else "nothing to do"))
-        for k, cmd in cmds.items():
-            print(shlex.join(cmd) + f" > {shard_file(work, k, o.shards)}")
-        print(shlex.join(["fairseq-preprocess", *preprocess_args(data, out, work, src, tgt, o.workers)]))
+        if (p.out / MANIFEST).exists():
+            print(f"# {p.out} is finished: " + ("--force would rebuild it" if o.force else "nothing to do"))
+        for k, cmd in p.cmds.items():
+            print(shlex.join(cmd) + f" > {shard_file(p.work, k, o.shards)}")
+        print(shlex.join(["fairseq-preprocess", *preprocess_args(p.data, p.out, p.work, p.src, p.tgt, o.workers)]))
         return 0
-    if (out / MANIFEST).exists():
+    n_train = _check_inputs(o, p)
+    p.work.mkdir(parents=True, exist_ok=True)
+    t0 = time.time()
+    _translate(o, p, n_train)
+    hyp = _gather(o, p, n_train)
+    _binarize(o, p)
+    empty = sum(1 for i in range(n_train) if not hyp[i].strip())
+    manifest = {
+        "dataset": o.dataset, "data": str(p.data), "data_bin": str(p.out), "teacher": p.teacher.record(),
+        "checkpoint": str(p.checkpoint), "beam": 5, "shards": o.shards, "sentences": n_train, "empty_hypotheses": empty,
+        "generate": p.cmds[0], "device": "cpu" if p.cpu else "cuda", "wall_s": round(time.time() - t0, 1),
+        "finished": datetime.datetime.now(datetime.timezone.utc).isoformat(),
+        "valid_test": "the dataset's own valid/test splits (linked or copied)",
+    }
+    write_json(p.out / MANIFEST, manifest)
+    print(f"distill-data: wrote {p.out} ({n_train} sentences, {empty} empty translations)", file=sys.stderr)
+    return 0
+
+
+def _check_inputs(o: "DistillOptions", p: DistillPlan) -> int:
+    """The training set's size, once the inputs are there and a finished output may be replaced
+    (``--force``: it is deleted here); :class:`DistillError` otherwise."""
+    if (p.out / MANIFEST).exists():
         if not o.force:
-            raise DistillError(f"{out} is finished (see {MANIFEST}); --force to translate and binarize again")
-        shutil.rmtree(out)
-    elif o.force and out.exists() and not work.is_dir():
-        raise DistillError(f"{out} was not made by this command; not deleting it")
-    if not ck.is_file():
-        raise DistillError(f"{ck}: no such teacher checkpoint (train the teacher first, or --checkpoint last|PATH)")
-    if not data.is_dir():
-        raise DistillError(f"{data}: no such data-bin directory (labo-fairseq prepare; --data-root)")
+            raise DistillError(f"{p.out} is finished (see {MANIFEST}); --force to translate and binarize again")
+        shutil.rmtree(p.out)
+    elif o.force and p.out.exists() and not p.work.is_dir():
+        raise DistillError(f"{p.out} was not made by this command; not deleting it")
+    if not p.checkpoint.is_file():
+        raise DistillError(f"{p.checkpoint}: no such teacher checkpoint (train the teacher first, or --checkpoint "
+                           "last|PATH)")
+    if not p.data.is_dir():
+        raise DistillError(f"{p.data}: no such data-bin directory (labo-fairseq prepare; --data-root)")
     try:
-        n_train = split_size(data, "train", src, tgt)
+        return split_size(p.data, "train", p.src, p.tgt)
     except FileNotFoundError as err:
         raise DistillError(str(err)) from None
-    work.mkdir(parents=True, exist_ok=True)
-    t0 = time.time()
-    for k, cmd in cmds.items():
-        path = shard_file(work, k, o.shards)
+
+
+def _translate(o: "DistillOptions", p: DistillPlan, n_train: int) -> None:
+    """Each shard not yet translated, its output kept once complete."""
+    for k, cmd in p.cmds.items():
+        path = shard_file(p.work, k, o.shards)
         if path.is_file():
             print(f"distill-data: shard {k + 1}/{o.shards} already translated ({path.name})", file=sys.stderr)
             continue
@@ -114,37 +158,36 @@ def distill(o: "DistillOptions") -> int:
             raise DistillError(str(err)) from None
         with atomic_open(path) as f:  # a shard counts as done only once complete
             f.write(proc.stdout)
+
+
+def _gather(o: "DistillOptions", p: DistillPlan, n_train: int) -> Dict[int, str]:
+    """The shards' sources and hypotheses, every training sentence checked, written as the new
+    training text; the hypotheses by sentence id."""
     source: Dict[int, str] = {}
     hyp: Dict[int, str] = {}
     for k in range(o.shards):
-        g = parse_generate(shard_file(work, k, o.shards).read_text(encoding="utf-8"))
+        g = parse_generate(shard_file(p.work, k, o.shards).read_text(encoding="utf-8"))
         source.update(g.source)
         hyp.update(g.hypothesis)
     if sorted(hyp) != list(range(n_train)) or sorted(source) != list(range(n_train)):
         raise DistillError(f"the teacher translated {len(hyp)} of {n_train} training sentences "
-                           f"(shard outputs in {work}; delete the incomplete ones and run again)")
-    write_lines(work / f"train.{src}", (source[i] for i in range(n_train)))
-    write_lines(work / f"train.{tgt}", (hyp[i] for i in range(n_train)))
-    for f in out.glob("train.*"):  # a binarization interrupted earlier
+                           f"(shard outputs in {p.work}; delete the incomplete ones and run again)")
+    write_lines(p.work / f"train.{p.src}", (source[i] for i in range(n_train)))
+    write_lines(p.work / f"train.{p.tgt}", (hyp[i] for i in range(n_train)))
+    return hyp
+
+
+def _binarize(o: "DistillOptions", p: DistillPlan) -> None:
+    """The new training text binarized with the dataset's dictionaries; its valid/test splits beside it."""
+    for f in p.out.glob("train.*"):  # a binarization interrupted earlier
         f.unlink()
     try:
-        preprocess(preprocess_args(data, out, work, src, tgt, o.workers))
+        preprocess(preprocess_args(p.data, p.out, p.work, p.src, p.tgt, o.workers))
     except ToolError as err:
         raise DistillError(str(err)) from None
-    for f in sorted(data.iterdir()):
-        if f.name.startswith(("valid", "test")) and f.suffix in (".bin", ".idx") and not (out / f.name).exists():
-            _link_or_copy(f, out / f.name)
-    empty = sum(1 for i in range(n_train) if not hyp[i].strip())
-    manifest = {
-        "dataset": o.dataset, "data": str(data), "data_bin": str(out), "teacher": teacher.record(),
-        "checkpoint": str(ck), "beam": 5, "shards": o.shards, "sentences": n_train, "empty_hypotheses": empty,
-        "generate": cmds[0], "device": "cpu" if cpu else "cuda", "wall_s": round(time.time() - t0, 1),
-        "finished": datetime.datetime.now(datetime.timezone.utc).isoformat(),
-        "valid_test": "the dataset's own valid/test splits (linked or copied)",
-    }
-    write_json(out / MANIFEST, manifest)
-    print(f"distill-data: wrote {out} ({n_train} sentences, {empty} empty translations)", file=sys.stderr)
-    return 0
+    for f in sorted(p.data.iterdir()):
+        if f.name.startswith(("valid", "test")) and f.suffix in (".bin", ".idx") and not (p.out / f.name).exists():
+            _link_or_copy(f, p.out / f.name)
 
 
 @dataclass(frozen=True)

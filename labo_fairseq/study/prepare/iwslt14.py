@@ -48,6 +48,8 @@ def iwslt14_raw_test(tmp, pair: str, src: str, lang: str) -> List[str]:
 
 
 def prepare_iwslt14(src: str, opt: Options) -> Workspace:
+    # Long: fairseq's prepare-iwslt14.sh as one recipe: its steps, in its order, as short nested
+    # functions sharing the recipe's names (pair, tmp, langs), then the manifest.
     tgt, pair = "en", f"{src}-en"
     name = f"iwslt14.{pair}"
     ws = Workspace(opt.out, opt.dest, name, opt.force, opt.dry_run)

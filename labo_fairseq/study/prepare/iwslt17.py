@@ -46,6 +46,8 @@ class Iwslt17Options(Options):
 
 
 def prepare_iwslt17(opt: Options) -> Workspace:
+    # Long: fairseq's prepare-iwslt17-multilingual.sh as one recipe: its steps, in its order, as short nested
+    # functions sharing the recipe's names (raw, vocab, the test sets), then the manifest.
     if not isinstance(opt, Iwslt17Options):
         opt = Iwslt17Options(**vars(opt))
     import sentencepiece as spm

@@ -36,6 +36,8 @@ def newstest2014(sources: Sources, lang: str) -> List[str]:
 
 
 def prepare_wmt14(opt: Options) -> Workspace:
+    # Long: fairseq's prepare-wmt14en2de.sh as one recipe: its steps, in its order, as short nested
+    # functions sharing the recipe's names (tmp, merges, langs), then the manifest.
     name, src, tgt = "wmt14.en-de", "en", "de"
     ws = Workspace(opt.out, opt.dest, name, opt.force, opt.dry_run)
     if ws.finished:

@@ -38,7 +38,7 @@ from labo_fairseq.study.sweep.status import status_main
 
 @dataclass(frozen=True)
 class SweepOptions:
-    """``labo-fairseq sweep``'s options (the parser below); ``train_args``: those after ``--``."""
+    """``labo-fairseq sweep``'s options (see :func:`parse`); ``train_args``: those after ``--``."""
 
     selection: Selection
     slurm: SlurmOptions
@@ -50,7 +50,7 @@ class SweepOptions:
     train_args: Tuple[str, ...] = ()
 
 
-def sweep_main(argv: List[str], prog: str) -> int:
+def _parser(prog: str) -> ArgumentParser:
     ap = ArgumentParser(prog=prog, description=sys.modules["labo_fairseq.study.sweep"].__doc__,
                         formatter_class=argparse.RawDescriptionHelpFormatter)
     _common(ap)
@@ -86,8 +86,13 @@ def sweep_main(argv: List[str], prog: str) -> int:
     ap.epilog = ("Extra fairseq-train flags go after --; each cell's train command gets them (recorded; the tables "
                  "mark such runs with †).\nFinished cells (result JSON) are skipped; queued or running ones are "
                  "not submitted again;\na run without result resumes from its checkpoint_last.pt.")
+    return ap
+
+
+def parse(argv: List[str], prog: str) -> SweepOptions:
+    """The options, checked (:class:`SweepError` naming the first that is wrong)."""
     own, train_args = split_extra(argv)
-    a = ap.parse_args(own)
+    a = _parser(prog).parse_args(own)
     given = [o for o in SLURM_OPTIONS if getattr(a, o) is not None]
     if a.launcher == "local" and given:
         raise SweepError(f"{', '.join('--' + o.replace('_', '-') for o in given)}: SLURM option(s), "
@@ -99,7 +104,7 @@ def sweep_main(argv: List[str], prog: str) -> int:
             least = 0 if opt in ("gpus_per_job", "max_requeues") else 1
             raise SweepError(f"--{opt.replace('_', '-')} must be >= {least}, got {v}")
     slurm = {k: tuple(getattr(a, k)) if isinstance(getattr(a, k), list) else getattr(a, k) for k in SLURM_OPTIONS}
-    o = SweepOptions(
+    return SweepOptions(
         selection=Selection.from_namespace(a),
         slurm=SlurmOptions(**{**slurm, "max_requeues": 10 if a.max_requeues is None else a.max_requeues}),
         launcher=a.launcher,
@@ -107,6 +112,10 @@ def sweep_main(argv: List[str], prog: str) -> int:
         1 if a.launcher == "slurm" else _local_gpus(a.dry_run),
         update_freq=a.update_freq, evaluate_args=tuple(shlex.split(a.evaluate_args)), dry_run=a.dry_run,
         train_args=tuple(train_args))
+
+
+def sweep_main(argv: List[str], prog: str) -> int:
+    o = parse(argv, prog)
     cells = _cells(o.selection, prog)
     if cells is None:
         return 0
