@@ -126,6 +126,20 @@ def test_half_precision_inputs(name, dtype):
     assert_matches(got, reference(hidden, weight, bias, target, name, PAD), rtol=1e-2, atol_rel=1e-2)
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+@pytest.mark.parametrize("name", ["ls", "labo"])
+def test_half_precision_gemm_for_large_chunks(name, dtype):
+    # chunks of >= HALF_GEMM_MIN_TOKENS take grad_weight's GEMM in the inputs' dtype, rounded once
+    # per chunk, added into fp32: three uneven chunks stay within the output rounding
+    from labo_fairseq.losses.linear import HALF_GEMM_MIN_TOKENS
+
+    chunk = HALF_GEMM_MIN_TOKENS
+    hidden, weight, bias, target = make(n=2 * chunk + 37, n_pad=40, dtype=dtype)
+    got = fused(hidden, weight, bias, target, name, PAD, chunk)
+    assert all(g.dtype == dtype for g in got[2])
+    assert_matches(got, reference(hidden, weight, bias, target, name, PAD), rtol=1e-2, atol_rel=1e-2)
+
+
 @pytest.mark.parametrize("name", ["labo", "ls"])
 def test_autocast_region_does_not_downcast(name):
     # Hugging Face's Trainer runs the model under autocast: the GEMMs inside must stay fp32
