@@ -10,7 +10,7 @@
   labo-fairseq distill-data DATASET RUN  sequence-level KD data from a teacher run
   labo-fairseq analyze WHAT              freq-splits | beam-probs | calibrate | penultimate | inference-calibration
   labo-fairseq user-dir                  the directory to pass to fairseq as --user-dir
-  labo-fairseq bench-criteria|bench-vocab benchmarks (ratios measured side by side, never timed tests)
+  labo-fairseq bench-criteria|bench-vocab|bench-training  benchmarks (ratios measured side by side, never timed tests)
   labo-fairseq gpu-check                 the one-command GPU check (results/gpu/)
   labo-fairseq gpu-allocation            one short GPU job: install, check, whole comparison runs
   labo-fairseq hf-train MODEL_DIR ...    LABO or a baseline for a Hugging Face seq2seq model (labo_fairseq.hf.trainer)
@@ -41,6 +41,8 @@ COMMANDS: Dict[str, Tuple[str, str]] = {
     "hf-train": ("labo_fairseq.study.hf_train", "fine-tune a Hugging Face seq2seq model with a criterion, scored into results/"),
     "bench-criteria": ("labo_fairseq.bench.criteria", "benchmark: each criterion's forward+backward against fairseq's LS"),
     "bench-vocab": ("labo_fairseq.bench.vocab", "benchmark: the chunked output-layer loss at large vocabularies"),
+    "bench-training": ("labo_fairseq.study.bench_training",
+                       "benchmark: fairseq-train's time with LS and LABO, unfused and fused, alternated"),
     "gpu-check": ("labo_fairseq.gpu.check", "the GPU check: correctness, speed, memory, fp16/bf16 training, decoding"),
     "gpu-allocation": ("labo_fairseq.gpu.allocation", "one short GPU job: install from the bundle, check, train comparison runs"),
 }

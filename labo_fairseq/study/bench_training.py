@@ -1,0 +1,129 @@
+"""Whole-training benchmark: fairseq-train's time for the same updates with fairseq's LS, LABO, and
+both through the fused output layer (``--loss-chunk-tokens``), side by side in one run.
+
+Each variant is the study's own command for DATASET (``labo-fairseq train``'s, seed 1) with
+``--max-update N``, no validation, no checkpoints, LABO active from the first update
+(``--labo-warmup-updates 0``); "LS fused" is our ``label_smoothed_ce`` (the same loss as fairseq's
+LS) on the fused path, so that fused LS and fused LABO differ only in the loss. Rounds alternate
+the variants, so that a machine whose speed drifts slows them alike. Time: fairseq's own
+``train_wall`` (seconds in training steps, summed over its epoch records; whole seconds), and the
+process's wall time (start-up included). The ratios are medians of per-round ratios to fairseq's
+LS in the same round.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import statistics
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, List, Tuple
+
+from labo_fairseq.runtime.commandline import ArgumentParser
+from labo_fairseq.runtime.files import read_lines, write_json
+from labo_fairseq.runtime.processes import run_tool, thread_env
+from labo_fairseq.runtime.provenance import record
+from labo_fairseq.study.fairseq_tools import log_record
+from labo_fairseq.study.train import train_command
+
+BASELINE = "LS"
+# name -> (method, fairseq flags added to the method's command)
+VARIANTS: Dict[str, Tuple[str, Tuple[str, ...]]] = {
+    BASELINE: ("ls", ()),
+    "LABO": ("labo", ()),
+    "LS fused": ("ls", ("--criterion", "label_smoothed_ce")),
+    "LABO fused": ("labo", ()),
+}
+FUSED = ("LS fused", "LABO fused")
+
+
+@dataclass(frozen=True)
+class Options:
+    dataset: str
+    root: Path
+    updates: int
+    rounds: int
+    threads: int
+    chunk_tokens: int
+    dry_run: bool
+
+
+def command(o: Options, name: str, save_dir: Path) -> List[str]:
+    """The fairseq-train argv of one variant."""
+    method, flags = VARIANTS[name]
+    extra = ["--max-update", str(o.updates), "--max-epoch", "0", "--disable-validation", "--no-save",
+             *flags, *(["--labo-warmup-updates", "0"] if method == "labo" else []),
+             *(["--loss-chunk-tokens", str(o.chunk_tokens)] if name in FUSED else [])]
+    launch = train_command(o.dataset, method, 1, data_root=o.root / "data-bin", runs_root=save_dir, extra=tuple(extra))
+    return launch.train_argv
+
+
+def train_seconds(log: Path) -> float:
+    """fairseq's ``train_wall`` summed over the epoch records of ``log``."""
+    records = (log_record(line) for line in read_lines(log))
+    return float(sum(float(rec.get("train_train_wall", 0)) for kind, rec in filter(None, records) if kind == "train"))
+
+
+def run_once(o: Options, name: str, work: Path) -> Dict[str, float]:
+    log = work / f"{name.replace(' ', '_')}.log"
+    start = time.monotonic()
+    run_tool(command(o, name, work / "runs"), log=log, env=thread_env(o.threads), what=f"fairseq-train ({name})")
+    return {"process_s": time.monotonic() - start, "train_wall_s": train_seconds(log)}
+
+
+def ratios(rounds: List[Dict[str, Dict[str, float]]], key: str) -> Dict[str, float]:
+    """Per variant: the median over rounds of its ``key`` over the baseline's in the same round."""
+    return {name: statistics.median(r[name][key] / r[BASELINE][key] for r in rounds) for name in VARIANTS}
+
+
+def report(rounds: List[Dict[str, Dict[str, float]]]) -> str:
+    lines = ["| variant | train_wall s (median) | / LS | process s (median) | / LS |", "|---|---|---|---|---|"]
+    by_train, by_process = ratios(rounds, "train_wall_s"), ratios(rounds, "process_s")
+    for name in VARIANTS:
+        tw = statistics.median(r[name]["train_wall_s"] for r in rounds)
+        ps = statistics.median(r[name]["process_s"] for r in rounds)
+        lines.append(f"| {name} | {tw:.0f} | {by_train[name]:.3f}x | {ps:.1f} | {by_process[name]:.3f}x |")
+    return "\n".join(lines)
+
+
+def run(o: Options) -> Dict | None:
+    """The rounds and ratios (None under ``dry_run``, which prints the commands)."""
+    if o.dry_run:
+        for name in VARIANTS:
+            print(f"# {name}\n" + shlex.join(command(o, name, Path("BENCH_DIR") / "runs")))
+        return None
+    rounds: List[Dict[str, Dict[str, float]]] = []
+    with tempfile.TemporaryDirectory(prefix="labo-bench-training-") as tmp:
+        for i in range(o.rounds):
+            rounds.append({name: run_once(o, name, Path(tmp)) for name in VARIANTS})
+            print(f"round {i + 1}: " + ", ".join(f"{n} {r['train_wall_s']:.0f}s" for n, r in rounds[-1].items()),
+                  flush=True)
+    print(report(rounds))
+    return {"rounds": rounds, "ratio_train_wall": ratios(rounds, "train_wall_s"),
+            "ratio_process": ratios(rounds, "process_s"),
+            "options": {"dataset": o.dataset, "updates": o.updates, "threads": o.threads,
+                        "chunk_tokens": o.chunk_tokens}}
+
+
+def main(argv=None, prog="labo-fairseq bench-training") -> int:
+    ap = ArgumentParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--dataset", default="multi30k_de_en", help="a dataset config (default: the quickstart's)")
+    ap.add_argument("--root", type=Path, default=Path("."), help="the study root whose data-bin/ holds the data")
+    ap.add_argument("--updates", type=int, default=200, help="updates per run (default 200)")
+    ap.add_argument("--rounds", type=int, default=2, help="alternated rounds of every variant (default 2)")
+    ap.add_argument("--threads", type=int, default=2, help="CPU threads per run (default 2)")
+    ap.add_argument("--chunk-tokens", type=int, default=4096,
+                    help="--loss-chunk-tokens of the fused variants (default 4096: one chunk per batch of "
+                         "--max-tokens 4096 at a small vocabulary)")
+    ap.add_argument("--json", type=Path, help="also write the rounds and ratios to this JSON file")
+    ap.add_argument("--dry-run", action="store_true", help="print the four fairseq-train commands, run nothing")
+    a = ap.parse_args(argv)
+    if min(a.updates, a.rounds, a.threads, a.chunk_tokens) < 1:
+        ap.error("--updates, --rounds, --threads and --chunk-tokens must be >= 1")
+    out = run(Options(a.dataset, a.root.resolve(), a.updates, a.rounds, a.threads, a.chunk_tokens, a.dry_run))
+    if out is not None and a.json:
+        write_json(a.json, {**out, "provenance": record(prog, argv)})
+    return 0
