@@ -277,15 +277,23 @@ class Plateau:
     last_epoch: Optional[int]
     since_best: int          # validations after the best one
     best: Optional[float]
+    cap_reached: bool = False  # the last validation is at --max-epoch or --max-update
 
     @property
     def converged(self) -> bool:
         """The rule says so: ``patience`` validations without improvement."""
         return self.patience > 0 and self.since_best >= self.patience
 
+    @property
+    def stopped(self) -> bool:
+        """Whether training is over by the rule or the cap (a run without a rule: by the cap alone,
+        which fairseq enforces)."""
+        return not self.patience or self.converged or self.cap_reached
+
     def as_dict(self) -> Dict:
         return {"patience": self.patience, "best_epoch": self.best_epoch, "last_epoch": self.last_epoch,
-                "validations_since_best": self.since_best, "best": self.best, "converged": self.converged}
+                "validations_since_best": self.since_best, "best": self.best, "converged": self.converged,
+                "cap_reached": self.cap_reached}
 
 
 def plateau(curve: Sequence[Dict], command: Sequence[str]) -> Plateau:
@@ -304,7 +312,11 @@ def plateau(curve: Sequence[Dict], command: Sequence[str]) -> Plateau:
             best_i, best = i, v
     if best_i is None:
         return Plateau(patience, None, None, 0, None)
-    return Plateau(patience, rows[best_i].get("epoch"), rows[-1].get("epoch"), len(rows) - 1 - best_i, best)
+    last = rows[-1]
+    caps = [(int(flag_value(command, "--max-epoch") or 0), last.get("epoch")),
+            (int(flag_value(command, "--max-update") or 0), last.get("updates"))]
+    capped = any(cap and done is not None and int(done) >= cap for cap, done in caps)
+    return Plateau(patience, rows[best_i].get("epoch"), last.get("epoch"), len(rows) - 1 - best_i, best, capped)
 
 
 def portable_command(command: Sequence[str], root: Path) -> List[str]:

@@ -246,7 +246,12 @@ def _finished(out: Path, launch: Launch) -> bool:
     """Whether a run that finished training has nothing left to do (said on stderr either way): not
     when the command raises its caps, unless its stopping rule found it converged."""
     done = read_json(out / RUN_MARKER)
-    converged = (done.get("stopping") or {}).get("converged")  # its rule has spoken: a higher cap changes nothing
+    rule = plateau(validation_curve(out / "train.log"), launch.train_argv)
+    if rule.patience and not rule.stopped:
+        print(f"train: {out} stopped before its rule or its cap said so ({rule.since_best} of {rule.patience} "
+              "validations without improvement): training on", file=sys.stderr)
+        return False
+    converged = rule.converged  # its rule has spoken: a higher cap changes nothing
     longer = "" if converged else _longer_caps(done.get("command", []), launch.train_argv)
     if not longer:
         print(f"train: {out} has finished training ({_finished_how(out)}); nothing to do (--force starts over, "
@@ -265,8 +270,6 @@ def _train(o: "TrainOptions", roots: Roots, launch: Launch, student, logs: List[
     elif exists:
         print(f"{out} exists: resuming (fairseq continues from checkpoint_last.pt); --force to start over",
               file=sys.stderr)
-    # the rule from the lead's log on every node (other nodes log no validations), the same for all ranks
-    rule = plateau(validation_curve(out / "train.log"), launch.train_argv) if exists and not o.force else None
     out.mkdir(parents=True, exist_ok=True)
     if lead:
         marker = out / RUN_MARKER
@@ -274,20 +277,40 @@ def _train(o: "TrainOptions", roots: Roots, launch: Launch, student, logs: List[
         if student is not None:
             record["distillation"] = student.record
         write_json(marker, record)
-    processes = launch.processes
-    if rule is not None and rule.patience:
-        if rule.converged:  # stopped after its last validation, before fairseq could say so
-            processes = []
-        else:  # fairseq's patience count restarts with each process: give it what is left
-            left = ["--patience", str(rule.patience - rule.since_best)]
-            processes = [[*cmd, *left] for cmd in processes]
-    status = run_logged(processes, logs, cwd=roots.root, echo=Progress(launch.train_argv) if o.quiet else True) \
-        if processes else 0
+    status, rule = _run_segments(o, roots, launch, logs, resumed=exists and not o.force)
     if status and lead:
         tail = "".join(logs[0].read_text(encoding="utf-8", errors="replace").splitlines(True)[-15:])
         print(f"train: fairseq-train failed (exit {status}); the end of {logs[0]}:\n{tail}", file=sys.stderr)
     if status == 0 and lead:  # fairseq stopped by the rule or reached --max-update/--max-epoch: finished
-        _mark_completed(out, plateau(validation_curve(out / "train.log"), launch.train_argv))
+        _mark_completed(out, rule)
+    return status
+
+
+def _run_segments(o: "TrainOptions", roots: Roots, launch: Launch, logs: List[Path], resumed: bool):
+    """Run fairseq until the stopping rule or the cap ends the run: ``(exit status, the rule)``.
+
+    fairseq's patience count lives in its process: a resumed process counts from zero, and takes its
+    first validation as the best. So each process gets the patience the rule has left (``--patience
+    P - since_best``), and when one stops on that count after a new best, the next resumes with what
+    is left then. The rule is read from the lead's log on every node (other nodes log no
+    validations), so all ranks start the same processes."""
+    log = launch.run_dir / "train.log"
+    echo = Progress(launch.train_argv) if o.quiet else True
+    rule = plateau(validation_curve(log), launch.train_argv) if resumed else None
+    while True:
+        processes = launch.processes
+        if rule is not None and rule.patience:
+            if rule.stopped:  # stopped after its last validation, before fairseq could say so
+                return 0, rule
+            processes = [[*cmd, "--patience", str(rule.patience - rule.since_best)] for cmd in processes]
+        before = rule.last_epoch if rule is not None else None
+        status = run_logged(processes, logs, cwd=roots.root, echo=echo)
+        rule = plateau(validation_curve(log), launch.train_argv)
+        if status or rule.stopped or rule.last_epoch == before:  # the last: no validation, nothing to go on
+            return status, rule
+        print(f"train: fairseq stopped on the patience its process was given, {rule.since_best} validations "
+              f"after a new best at epoch {rule.best_epoch}; resuming with the {rule.patience - rule.since_best} "
+              "left", file=sys.stderr)
     return status
 
 
@@ -295,7 +318,7 @@ def _mark_completed(out: Path, rule) -> None:
     """``completed`` in run.json, and where the stopping rule left the run."""
     record = read_json(out / RUN_MARKER)
     record["completed"] = datetime.datetime.now(datetime.timezone.utc).isoformat()
-    if rule.patience:
+    if rule is not None and rule.patience:
         record["stopping"] = rule.as_dict()
     write_json(out / RUN_MARKER, record)
 

@@ -137,11 +137,16 @@ class Tune:
         write_json(self.result_path(p), self.record(p))
         return True
 
+    def done(self, p: Point) -> bool:
+        """Whether the point's record says its training is over (a record of a run that stopped
+        before its rule or cap said so, as a resumed fairseq could, is trained on)."""
+        return self.result_path(p).is_file() and _stopped(read_json(self.result_path(p)))
+
     def train(self, parallel: int) -> Tuple[bool, list]:
         for p in self.points:  # finished in an earlier call whose record was not written
             if training_completed(self.run_dir(p)) and not self.result_path(p).is_file():
                 self.finish(p)
-        todo = [p for p in self.points if not self.result_path(p).is_file()]
+        todo = [p for p in self.points if not self.done(p)]
         logs = self.roots.root / "logs" / "tune" / self.name
         jobs = [(p, self.train_cmd(p), logs / f"{p.name}.train.out") for p in todo]
         return run_queue(jobs, parallel, self.left, self.finish, env=self.env(), interrupted=lambda: self.terminated)
@@ -151,7 +156,7 @@ class Tune:
         rows = []
         for p in self.points:
             rec = read_json(self.result_path(p)) if self.result_path(p).is_file() else self.record(p)
-            rows.append({"point": p.name, "args": dict(p.args), "finished": bool(rec and rec["completed"]),
+            rows.append({"point": p.name, "args": dict(p.args), "finished": bool(rec and rec["completed"] and _stopped(rec)),
                          "started": rec is not None,
                          "train": {k: (rec or {}).get("train", {}).get(k) for k in ("command", "commit", "hardware")},
                          **({k: rec["plateau"][k] for k in ("best", "best_epoch", "last_epoch", "converged")}
@@ -164,6 +169,12 @@ class Tune:
             chosen = (max if maximize else min)(scored, key=lambda r: r["best"])["point"]
         return {"grid": self.name, "config": self.g, "rows": rows, "chosen": chosen,
                 "rule": "the point with the best validation metric, once every point has finished"}
+
+
+def _stopped(rec: Dict) -> bool:
+    """Whether a point's record says its training is over: by its rule or its cap."""
+    rule = rec["plateau"]
+    return not rule["patience"] or rule["converged"] or bool(rule.get("cap_reached"))
 
 
 def markdown(rep: Dict) -> str:

@@ -219,20 +219,46 @@ def _valid(epoch, bleu):
     return f'x | INFO | valid | {{"epoch": {epoch}, "valid_bleu": "{bleu}", "valid_num_updates": "{epoch * 133}"}}\n'
 
 
-def test_a_resumed_run_gets_the_patience_it_has_left_and_a_finished_one_is_not_trained_again(tmp_path, monkeypatch,
-                                                                                            capsys):
-    first = [_valid(1, 10), _valid(2, 20), _valid(3, 19), _valid(4, 18)]  # stopped: 2 validations since the best
-    calls, train = _fake_train(tmp_path, monkeypatch, [first])
+def _interrupted_run(tmp_path, lines):
     rd = tmp_path / "runs" / "multi30k_de_en_converged" / "ls" / "seed1"
     rd.mkdir(parents=True)
     (rd / RUN_MARKER).write_text(json.dumps({"command": []}))  # an interrupted run: no 'completed'
-    (rd / "train.log").write_text("".join(first))
+    (rd / "train.log").write_text("".join(lines))
+    return rd
+
+
+def test_a_resumed_run_gets_the_patience_it_has_left_until_its_rule_is_met(tmp_path, monkeypatch, capsys):
+    # resumed 2 validations after its best: fairseq gets patience 8; it finds a new best at epoch 5 and,
+    # its count restarted, stops 8 validations later; train resumes it with the 2 the rule has left
+    first = [_valid(1, 10), _valid(2, 20), _valid(3, 19), _valid(4, 18)]
+    segment1 = [_valid(5, 25)] + [_valid(e, 24) for e in range(6, 14)]
+    segment2 = [_valid(14, 24), _valid(15, 24)]
+    calls, train = _fake_train(tmp_path, monkeypatch, [segment1, segment2])
+    rd = _interrupted_run(tmp_path, first)
     assert train() == 0
-    assert calls[-1][0][-2:] == ["--patience", "8"]  # 10 - 2
-    record = json.loads((rd / RUN_MARKER).read_text())
-    assert record["completed"] and record["stopping"]["best_epoch"] == 2 and not record["stopping"]["converged"]
-    assert train() == 0 and len(calls) == 1  # finished: not started again
-    assert "has finished training (reached its cap at epoch 4" in capsys.readouterr().err
+    assert [c[0][-2:] for c in calls] == [["--patience", "8"], ["--patience", "2"]]
+    assert "resuming with the 2 left" in capsys.readouterr().err
+    stopping = json.loads((rd / RUN_MARKER).read_text())["stopping"]
+    assert (stopping["best_epoch"], stopping["last_epoch"], stopping["converged"]) == (5, 15, True)
+    assert train() == 0 and len(calls) == 2  # finished: not started again
+    assert "has finished training (converged: best epoch 5, stopped at epoch 15" in capsys.readouterr().err
+
+
+def test_a_run_at_its_cap_is_finished_and_one_stopped_early_is_trained_on(tmp_path, monkeypatch, capsys):
+    from labo_fairseq.study import train as T
+
+    first = [_valid(1, 10), _valid(2, 20), _valid(3, 19)]
+    calls, _ = _fake_train(tmp_path, monkeypatch, [[], [_valid(4, 18), _valid(5, 18)]])
+    rd = _interrupted_run(tmp_path, first)
+    capped = ["multi30k_de_en_converged", "ls", "1", "--root", str(tmp_path), "--", "--max-epoch", "5"]
+    assert T.main(capped) == 0  # a process that adds no validation: marked completed, not converged
+    assert not json.loads((rd / RUN_MARKER).read_text())["stopping"]["cap_reached"]
+    assert T.main(capped) == 0  # so the next call trains on, here to the cap
+    assert "stopped before its rule or its cap said so" in capsys.readouterr().err
+    stopping = json.loads((rd / RUN_MARKER).read_text())["stopping"]
+    assert stopping["cap_reached"] and not stopping["converged"] and len(calls) == 2
+    assert T.main(capped) == 0 and len(calls) == 2
+    assert "reached its cap at epoch 5 before its patience ran out" in capsys.readouterr().err
 
 
 def test_a_run_whose_rule_was_met_before_it_was_stopped_is_marked_converged_without_training(tmp_path, monkeypatch):

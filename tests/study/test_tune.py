@@ -27,11 +27,11 @@ def test_dry_run_prints_one_train_command_per_point_in_its_own_runs_root(tmp_pat
                              "--lr 1e-3")
 
 
-def fake_run(t, point, bleus, completed=True):
+def fake_run(t, point, bleus, completed=True, cap=10):
     rd = t.run_dir(point)
     rd.mkdir(parents=True)
     cmd = ["fairseq-train", "d", "--best-checkpoint-metric", "bleu", "--maximize-best-checkpoint-metric",
-           "--patience", "2"]
+           "--patience", "2", "--max-epoch", str(cap)]
     rec = {"command": cmd, **({"completed": "now"} if completed else {})}
     (rd / RUN_MARKER).write_text(json.dumps(rec))
     (rd / "train.log").write_text("".join(
@@ -44,11 +44,11 @@ def test_the_grid_chooses_the_best_validation_point_only_once_every_point_finish
     p = t.points
     fake_run(t, p[0], [10, 20, 19, 18])
     fake_run(t, p[1], [10, 25, 24, 23])
-    fake_run(t, p[2], [10, 22, 21], completed=False)
+    fake_run(t, p[2], [10, 22, 21], completed=False, cap=3)
     rep = t.report()
     assert rep["chosen"] is None and [r["finished"] for r in rep["rows"]] == [True, True, False, False]
     assert rep["rows"][1]["best"] == 25 and rep["rows"][1]["best_epoch"] == 2 and rep["rows"][1]["converged"]
-    fake_run(t, p[3], [10, 30, 31])  # the best, but the cap stopped it: finished, not converged
+    fake_run(t, p[3], [10, 30, 31], cap=3)  # the best, but the cap stopped it: finished, not converged
     for q in p:
         if t.run_dir(q).joinpath(RUN_MARKER).is_file():
             rec = json.loads(t.run_dir(q).joinpath(RUN_MARKER).read_text())
@@ -57,3 +57,14 @@ def test_the_grid_chooses_the_best_validation_point_only_once_every_point_finish
     assert rep["chosen"] == "dropout0.3-lr2e-3"
     md = (tmp_path / "results" / "grids" / "multi30k_de_en_converged.md").read_text()
     assert "| dropout0.3-lr2e-3 **(chosen)** | 31.00 | 3 | 3 | no: reached the cap |" in md
+
+
+def test_a_point_that_stopped_before_its_rule_or_cap_is_trained_on(tmp_path):
+    # what a resumed fairseq could leave: completed, 1 of 2 validations without improvement, below the cap
+    t = tune.Tune("multi30k_de_en_converged", Roots.from_options(tmp_path))
+    p = t.points[0]
+    fake_run(t, p, [10, 20, 19])
+    assert t.finish(p) and not t.done(p) and not t.report()["rows"][0]["finished"]
+    (t.run_dir(p) / "train.log").write_text((t.run_dir(p) / "train.log").read_text() +
+                                             'x | INFO | valid | {"epoch": 4, "valid_bleu": "18"}\n')
+    assert t.finish(p) and t.done(p)
