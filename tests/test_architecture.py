@@ -71,13 +71,9 @@ def calls(path: Path, module: str, names) -> list:
     return found
 
 
-EXEMPT = ("bench",)  # being moved; to be brought under these rules there
-
-
 def checked(allowed) -> list:
-    """The package's modules outside ``allowed`` (paths relative to the package) and the exempt layers."""
-    return [p for p in sorted(PKG.rglob("*.py"))
-            if str(p.relative_to(PKG)) not in allowed and p.relative_to(PKG).parts[0] not in EXEMPT]
+    """The package's modules outside ``allowed`` (paths relative to the package)."""
+    return [p for p in sorted(PKG.rglob("*.py")) if str(p.relative_to(PKG)) not in allowed]
 
 
 def test_json_is_read_in_one_place():

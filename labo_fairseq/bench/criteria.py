@@ -13,11 +13,8 @@ Targets (README): LABO <= 1.3x LS time on CPU, <= 1.1x on GPU, at most one extra
 """
 
 import argparse
-import json
 import platform
 import statistics
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Callable, Dict, List, Sequence, Tuple
@@ -28,6 +25,7 @@ from labo_fairseq import losses
 from labo_fairseq.runtime.commandline import ArgumentParser
 from labo_fairseq.runtime.errors import UsageError
 from labo_fairseq.runtime.files import write_json
+from labo_fairseq.runtime.processes import python_value
 
 PAD = 1
 LS = "ls (fairseq)"
@@ -135,10 +133,7 @@ def child_peak_bytes(names: Sequence[str], tokens: int, vocab: int) -> List[int]
 def peak_bytes_cpu(names: Sequence[str], tokens: int, vocab: int) -> List[int]:
     """:func:`child_peak_bytes` in one subprocess (one interpreter start per (tokens, V))."""
     code = f"from labo_fairseq.bench import criteria as bench; print(bench.child_peak_bytes({list(names)!r}, {tokens}, {vocab}))"
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
-    if out.returncode != 0:
-        raise RuntimeError(f"memory probe failed:\n{out.stderr[-2000:]}")
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    return python_value(code)
 
 
 def bench(device, tokens_list: Sequence[int], vocabs: Sequence[int], repeats: int) -> List[Dict]:

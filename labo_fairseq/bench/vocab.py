@@ -22,10 +22,7 @@ kept for the inputs count. Full size needs tens of GB of memory on the CPU; try
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
-import subprocess
-import sys
 import time
 from pathlib import Path
 from typing import Callable
@@ -38,6 +35,7 @@ from labo_fairseq.bench.criteria import _status_kib
 from labo_fairseq.losses.linear import linear_loss
 from labo_fairseq.runtime.commandline import ArgumentParser
 from labo_fairseq.runtime.files import write_json
+from labo_fairseq.runtime.processes import python_value
 
 PAD = -100
 UNFUSED_LS, FUSED_LABO = "ours unfused LS", "ours fused LABO"
@@ -148,10 +146,7 @@ def child_peak(name: str, tokens: int, vocab: int, dim: int, dtype: str) -> int:
 def peak_cpu(name, tokens, vocab, dim, dtype) -> int:
     code = (f"from labo_fairseq.bench import vocab as b; "
             f"print(b.child_peak({name!r}, {tokens}, {vocab}, {dim}, {dtype!r}))")
-    out = subprocess.run([sys.executable, "-c", code], check=False, capture_output=True, text=True)
-    if out.returncode != 0:
-        raise RuntimeError(f"memory probe of {name!r} failed:\n{out.stderr[-2000:]}")
-    return json.loads(out.stdout.strip().splitlines()[-1])
+    return python_value(code)
 
 
 def peak_cuda(fn, inputs) -> int:

@@ -39,6 +39,16 @@ def write_json(path: Path, obj, indent: Optional[int] = 1, default=None) -> Path
     return Path(path)
 
 
+def parse_json(text: str, what: str):
+    """The JSON value in ``text``; :class:`InvalidFile` naming ``what`` if it is not valid JSON."""
+    import json
+
+    try:
+        return json.loads(text)
+    except ValueError as err:
+        raise InvalidFile(f"{what} is not valid JSON ({err})") from None
+
+
 def read_json(path: Path):
     """The JSON in ``path``: the one reader; :class:`InvalidFile` naming the file when it is missing
     or not valid JSON (e.g. truncated)."""

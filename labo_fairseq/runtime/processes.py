@@ -152,6 +152,19 @@ def output_of(cmd: Sequence[str], cwd: Optional[Path] = None, timeout: Optional[
     return proc.stdout if proc.returncode == 0 else None
 
 
+def python_value(code: str):
+    """The JSON value that ``python -c CODE`` prints on its last line, run in a fresh interpreter of
+    this Python (a clean process to measure, e.g. its peak memory); :class:`ToolError` with the end of
+    its stderr if it fails."""
+    from labo_fairseq.runtime.files import parse_json
+
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    lines = proc.stdout.strip().splitlines()
+    if proc.returncode != 0 or not lines:
+        raise ToolError(f"a child interpreter failed (exit {proc.returncode}):\n{proc.stderr[-2000:]}")
+    return parse_json(lines[-1], "a child interpreter's output")
+
+
 class _Terminated(Exception):
     pass
 

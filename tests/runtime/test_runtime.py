@@ -167,3 +167,14 @@ def test_output_of_is_stdout_or_none():
     assert output_of([sys.executable, "-c", "raise SystemExit(3)"]) is None
     assert output_of(["labo-no-such-program"]) is None
     assert output_of([sys.executable, "-c", "import time; time.sleep(30)"], timeout=0.5) is None
+
+
+def test_python_value_is_the_last_printed_json_or_one_clear_error():
+    from labo_fairseq.runtime.errors import InvalidFile, ToolError
+    from labo_fairseq.runtime.processes import python_value
+
+    assert python_value("import json; print('warming up'); print(json.dumps([1, 2.5, None]))") == [1, 2.5, None]
+    with pytest.raises(ToolError, match="exit 1"):
+        python_value("raise RuntimeError('probe failed')")
+    with pytest.raises(InvalidFile, match="a child interpreter's output is not valid JSON"):
+        python_value("print('[1, ')")
