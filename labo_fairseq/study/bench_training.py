@@ -7,8 +7,9 @@ Each variant is the study's own command for DATASET (``labo-fairseq train``'s, s
 LS) on the fused path, so that fused LS and fused LABO differ only in the loss. Rounds alternate
 the variants, so that a machine whose speed drifts slows them alike. Time: fairseq's own
 ``train_wall`` (seconds in training steps, summed over its epoch records; whole seconds), and the
-process's wall time (start-up included). The ratios are medians of per-round ratios to fairseq's
-LS in the same round.
+process's wall time (start-up included), and its CPU time (user + system: on a machine that other
+work shares, the one that measures the work itself). The ratios are medians of per-round ratios to
+fairseq's LS in the same round.
 """
 
 from __future__ import annotations
@@ -67,11 +68,18 @@ def train_seconds(log: Path) -> float:
     return float(sum(float(rec.get("train_train_wall", 0)) for kind, rec in filter(None, records) if kind == "train"))
 
 
+def _children_cpu_s() -> float:
+    import resource
+
+    use = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return use.ru_utime + use.ru_stime
+
+
 def run_once(o: Options, name: str, work: Path) -> Dict[str, float]:
     log = work / f"{name.replace(' ', '_')}.log"
-    start = time.monotonic()
+    start, cpu = time.monotonic(), _children_cpu_s()
     run_tool(command(o, name, work / "runs"), log=log, env=thread_env(o.threads), what=f"fairseq-train ({name})")
-    return {"process_s": time.monotonic() - start, "train_wall_s": train_seconds(log)}
+    return {"process_s": time.monotonic() - start, "cpu_s": _children_cpu_s() - cpu, "train_wall_s": train_seconds(log)}
 
 
 def ratios(rounds: List[Dict[str, Dict[str, float]]], key: str) -> Dict[str, float]:
@@ -79,13 +87,17 @@ def ratios(rounds: List[Dict[str, Dict[str, float]]], key: str) -> Dict[str, flo
     return {name: statistics.median(r[name][key] / r[BASELINE][key] for r in rounds) for name in VARIANTS}
 
 
+MEASURES = {"train_wall_s": "train_wall s", "process_s": "process s", "cpu_s": "CPU s"}
+
+
 def report(rounds: List[Dict[str, Dict[str, float]]]) -> str:
-    lines = ["| variant | train_wall s (median) | / LS | process s (median) | / LS |", "|---|---|---|---|---|"]
-    by_train, by_process = ratios(rounds, "train_wall_s"), ratios(rounds, "process_s")
+    """One row per variant: each measure's median over rounds and its ratio to LS."""
+    head = " | ".join(f"{label} (median) | / LS" for label in MEASURES.values())
+    lines = [f"| variant | {head} |", "|---" * (1 + 2 * len(MEASURES)) + "|"]
+    by = {key: ratios(rounds, key) for key in MEASURES}
     for name in VARIANTS:
-        tw = statistics.median(r[name]["train_wall_s"] for r in rounds)
-        ps = statistics.median(r[name]["process_s"] for r in rounds)
-        lines.append(f"| {name} | {tw:.0f} | {by_train[name]:.3f}x | {ps:.1f} | {by_process[name]:.3f}x |")
+        cells = [f"{statistics.median(r[name][key] for r in rounds):.1f} | {by[key][name]:.3f}x" for key in MEASURES]
+        lines.append(f"| {name} | {' | '.join(cells)} |")
     return "\n".join(lines)
 
 
@@ -102,8 +114,7 @@ def run(o: Options) -> Dict | None:
             print(f"round {i + 1}: " + ", ".join(f"{n} {r['train_wall_s']:.0f}s" for n, r in rounds[-1].items()),
                   flush=True)
     print(report(rounds))
-    return {"rounds": rounds, "ratio_train_wall": ratios(rounds, "train_wall_s"),
-            "ratio_process": ratios(rounds, "process_s"),
+    return {"rounds": rounds, **{f"ratio_{key[:-2]}": ratios(rounds, key) for key in MEASURES},
             "options": {"dataset": o.dataset, "updates": o.updates, "threads": o.threads,
                         "chunk_tokens": o.chunk_tokens}}
 

@@ -34,13 +34,13 @@ def test_variants_differ_only_in_loss_and_path(capsys):
 
 
 def test_ratios_are_medians_of_per_round_ratios():
-    rounds = [{n: {"train_wall_s": t, "process_s": t + 5} for n, t in zip(bt.VARIANTS, times)}
+    rounds = [{n: {"train_wall_s": t, "process_s": t + 5, "cpu_s": t - 1} for n, t in zip(bt.VARIANTS, times)}
               for times in ([100, 120, 101, 103], [200, 220, 190, 210], [100, 130, 100, 104])]
     got = bt.ratios(rounds, "train_wall_s")
     assert got["LS"] == 1.0
     assert got["LABO"] == pytest.approx(1.2)  # median of 1.2, 1.1, 1.3
     assert got["LABO fused"] == pytest.approx(1.04)  # median of 1.03, 1.05, 1.04
-    assert "| LABO fused | 104 | 1.040x |" in bt.report(rounds)
+    assert "| LABO fused | 104.0 | 1.040x | 109.0 | " in bt.report(rounds)
 
 
 def test_bad_values_fail_in_one_line(capsys):
@@ -57,5 +57,5 @@ def test_tiny_run_of_every_variant(multi30k_small, tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     rec = read_json(out)
     (round_,) = rec["rounds"]
-    assert set(round_) == set(bt.VARIANTS) and all(r["process_s"] > 0 for r in round_.values())
+    assert set(round_) == set(bt.VARIANTS) and all(r["process_s"] > 0 and r["cpu_s"] > 0 for r in round_.values())
     assert rec["ratio_process"]["LS"] == 1.0 and rec["provenance"]["command"].startswith("labo-fairseq bench-training")
