@@ -155,7 +155,7 @@ class Tune:
         """Every point's best validation metric, epochs and convergence; the choice once all finished."""
         rows = []
         for p in self.points:
-            rec = read_json(self.result_path(p)) if self.result_path(p).is_file() else self.record(p)
+            rec = read_json(self.result_path(p)) if self.done(p) else self.record(p)  # a stale record: the run as it stands
             rows.append({"point": p.name, "args": dict(p.args), "finished": bool(rec and rec["completed"] and _stopped(rec)),
                          "started": rec is not None,
                          "train": {k: (rec or {}).get("train", {}).get(k) for k in ("command", "commit", "hardware")},
