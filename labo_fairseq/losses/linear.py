@@ -135,21 +135,20 @@ def _chunk_terms(run, h, w, b, target, ignore_index, want_grad):
     return loss.detach(), nll.detach(), stats, dz
 
 
-# Below this many tokens per chunk the fp32 GEMM is used for grad_weight (see _add_grad_weight).
+# From this many tokens per chunk, bf16 inputs take grad_weight's GEMM in bf16 (see _add_grad_weight).
 HALF_GEMM_MIN_TOKENS = 512
 
 
 def _add_grad_weight(gw, dz, dz_in, h):
-    """``gw += dz.T @ h`` into the fp32 accumulator. Each chunk's product passes once over the whole
-    (V, d) ``gw``; the GEMM's reduction runs over the chunk's tokens. Half-precision inputs with
-    chunks of at least :data:`HALF_GEMM_MIN_TOKENS` tokens: the GEMM in their dtype (fp32
-    accumulation inside, rounded once per chunk as the unfused backward rounds its one product),
-    added to ``gw`` in blocks of rows (a temporary near :data:`CHUNK_BYTES`). Smaller chunks: one
-    fp32 GEMM adding in place, since there the extra pass of the mixed-dtype addition costs more
-    than the faster GEMM saves (a bf16 step of fused LABO on a CPU with bf16 instructions: 14% faster
-    at 832 tokens per chunk, even at 256, 20% slower at 128). On GPUs the half GEMM is many times
-    faster than an fp32 one (no TF32 by default), and large chunks keep the addition's pass rare."""
-    if dz_in.dtype == gw.dtype or dz.size(0) < HALF_GEMM_MIN_TOKENS:
+    """``gw += dz.T @ h`` into the fp32 accumulator; each chunk's product passes once over the whole
+    (V, d) ``gw``. bf16 inputs in chunks of at least :data:`HALF_GEMM_MIN_TOKENS` tokens: the GEMM
+    in bf16 (fp32 accumulation inside, rounded once per chunk as the unfused backward rounds its one
+    product), added to ``gw`` in blocks of rows (a temporary near :data:`CHUNK_BYTES`). Otherwise one
+    fp32 GEMM adding in place: for small chunks the mixed-dtype addition's extra pass costs more than
+    the faster GEMM saves (a bf16 step of fused LABO on a CPU with bf16 instructions: 14% faster at
+    832 tokens per chunk, about even at 256, 20% slower at 128), and fp16 would flush the small
+    entries of ``dz`` (rare tokens' probabilities, before any loss scale) to zero."""
+    if dz_in.dtype != torch.bfloat16 or dz.size(0) < HALF_GEMM_MIN_TOKENS:
         gw.addmm_(dz.t(), h.to(dz.dtype))
         return
     rows = max(1, CHUNK_BYTES // (dz_in.element_size() * h.size(1)))

@@ -126,18 +126,36 @@ def test_half_precision_inputs(name, dtype):
     assert_matches(got, reference(hidden, weight, bias, target, name, PAD), rtol=1e-2, atol_rel=1e-2)
 
 
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 @pytest.mark.parametrize("name", ["ls", "labo"])
-def test_half_precision_gemm_for_large_chunks(name, dtype):
-    # chunks of >= HALF_GEMM_MIN_TOKENS take grad_weight's GEMM in the inputs' dtype, rounded once
-    # per chunk, added into fp32: three uneven chunks stay within the output rounding
+def test_bf16_gemm_for_large_chunks(name):
+    # chunks of >= HALF_GEMM_MIN_TOKENS take grad_weight's GEMM in bf16, rounded once per chunk,
+    # added into fp32: three uneven chunks stay within the output rounding
     from labo_fairseq.losses.linear import HALF_GEMM_MIN_TOKENS
 
     chunk = HALF_GEMM_MIN_TOKENS
-    hidden, weight, bias, target = make(n=2 * chunk + 37, n_pad=40, dtype=dtype)
+    hidden, weight, bias, target = make(n=2 * chunk + 37, n_pad=40, dtype=torch.bfloat16)
     got = fused(hidden, weight, bias, target, name, PAD, chunk)
-    assert all(g.dtype == dtype for g in got[2])
+    assert all(g.dtype == torch.bfloat16 for g in got[2])
     assert_matches(got, reference(hidden, weight, bias, target, name, PAD), rtol=1e-2, atol_rel=1e-2)
+
+
+@pytest.mark.parametrize("name", ["ce", "labo"])
+def test_fp16_keeps_rare_tokens_gradient_in_large_chunks(name):
+    # tokens of probability ~1e-9 (a bias of -20): their rows of grad_weight are sums of entries of
+    # dz below fp16's range, which a loss scale (here 1024) brings back only if dz was not cast first
+    from labo_fairseq.losses.linear import HALF_GEMM_MIN_TOKENS
+
+    hidden, weight, bias, target = make(n=HALF_GEMM_MIN_TOKENS + 37, n_pad=20, dtype=torch.float16)
+    rare = torch.arange(V // 2, V)
+    bias[rare] = -20.0
+    target[target >= V // 2] = 2  # no rare token is a target
+    h, w, b = leaves(hidden, weight, bias)
+    crit, params = CONFIGS[name]
+    loss, _ = linear_loss(h, w, target, crit, bias=b, chunk_tokens=HALF_GEMM_MIN_TOKENS, ignore_index=PAD, **params)
+    (loss * 1024).backward()
+    ref = reference(hidden, weight, bias, target, name, PAD)[2][1][rare] * 1024
+    got = w.grad[rare].double()
+    assert ref.abs().min() > 0 and (got - ref).norm() / ref.norm() < 1e-2
 
 
 @pytest.mark.parametrize("name", ["labo", "ls"])
