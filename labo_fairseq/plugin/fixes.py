@@ -14,9 +14,13 @@ without the defect nothing is missing and nothing changes.
 
 ``encoder_fast_path_mask_type``: official fairseq 0.12.2 on torch >= 1.13 cannot decode a
 left-padded batch ("Mask Type should be defined"); see that function and docs/fairseq-compat.md.
+
+``patience_across_resumes``: fairseq's ``--patience`` restarts its count in a resumed process and
+takes the process's first validation as the best; see that function.
 """
 
 import functools
+import os
 
 import numpy as np
 
@@ -141,7 +145,44 @@ def encoder_fast_path_mask_type() -> None:
     TransformerEncoderLayerBase.forward = forward
 
 
+# validations since the best that labo-fairseq train read off the run's log when it resumes it
+SINCE_BEST_ENV = "LABO_VALIDATIONS_SINCE_BEST"
+
+
+def patience_across_resumes() -> None:
+    """``--patience`` as in an uninterrupted run. fairseq keeps its count on ``should_stop_early``
+    (``best``, ``num_runs``), in the process only: a resumed fairseq-train takes its first validation
+    as the best, whatever the checkpoint's best was, and counts from zero, so it can stop before or
+    long after an uninterrupted run would. The wrapper seeds the count before the process's first
+    check with the best the checkpoint restored (``save_checkpoint.best``, the same metric) and the
+    validations since it from ``LABO_VALIDATIONS_SINCE_BEST`` (set by ``labo-fairseq train``; 0 when
+    unset, so a plain resumed fairseq-train counts against the true best)."""
+    try:
+        import fairseq_cli.train as fairseq_train
+    except ImportError:
+        return
+    original = fairseq_train.should_stop_early
+    if getattr(original, "_labo_seeded", False):
+        return
+
+    @functools.wraps(original)
+    def should_stop_early(cfg, valid_loss):
+        # fairseq's function keeps its state on the module's name, which is now this wrapper
+        if valid_loss is not None and not hasattr(should_stop_early, "best"):
+            from fairseq import checkpoint_utils
+
+            best = getattr(checkpoint_utils.save_checkpoint, "best", None)
+            if best is not None:  # None: a fresh run, nothing to carry over
+                should_stop_early.best = best
+                should_stop_early.num_runs = int(os.environ.get(SINCE_BEST_ENV) or 0)
+        return original(cfg, valid_loss)
+
+    should_stop_early._labo_seeded = True
+    fairseq_train.should_stop_early = should_stop_early
+
+
 def apply_fixes() -> None:
     """Every repair of this module; each does nothing on a fairseq without its defect."""
     keep_final_batch()
     encoder_fast_path_mask_type()
+    patience_across_resumes()

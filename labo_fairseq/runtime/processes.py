@@ -174,7 +174,7 @@ def _raise_terminated(signum, frame):
 
 
 def run_logged(processes: Sequence[Sequence[str]], logs: Sequence[Path], cwd: Optional[Path] = None,
-               echo: Echo = True) -> int:
+               echo: Echo = True, env: Optional[Dict[str, str]] = None) -> int:
     """Start every process (the first echoed to the terminal), each appending to its log; if one
     fails, stop the others. Returns the first non-zero exit status, else 0. Ctrl-C or SIGTERM (a
     scheduler's preemption) stops the processes too, so none is left running alone."""
@@ -185,7 +185,7 @@ def run_logged(processes: Sequence[Sequence[str]], logs: Sequence[Path], cwd: Op
     status = 0
     try:
         for i, (cmd, log) in enumerate(zip(processes, logs)):
-            children.append(Child(cmd, log, cwd=cwd, echo=echo if i == 0 else False))
+            children.append(Child(cmd, log, cwd=cwd, env=env, echo=echo if i == 0 else False))
         while None in [c.poll() for c in children]:  # a list, not any(): every process is polled
             failed = [c.returncode for c in children if c.returncode not in (None, 0)]
             if failed and not status:  # the first failure's, not that of a rank stopped because of it

@@ -9,6 +9,7 @@ under ``--root`` (default: the working directory), and fairseq runs in that dire
 
 import argparse
 import datetime
+import os
 import shlex
 import shutil
 import socket
@@ -19,6 +20,7 @@ from pathlib import Path
 from typing import List, Optional, Tuple
 
 from labo_fairseq.losses.hparams import HP, check_flags
+from labo_fairseq.plugin.fixes import SINCE_BEST_ENV
 from labo_fairseq.runtime.commandline import ArgumentParser, split_extra
 from labo_fairseq.runtime.errors import UsageError, usage_errors
 from labo_fairseq.runtime.files import read_json, read_json_if_exists, write_json
@@ -247,18 +249,17 @@ def _finished(out: Path, launch: Launch) -> bool:
     when the command raises its caps, unless its stopping rule found it converged."""
     done = read_json(out / RUN_MARKER)
     rule = plateau(validation_curve(out / "train.log"), launch.train_argv)
-    if rule.patience and not rule.stopped:
+    longer = "" if rule.converged else _longer_caps(done.get("command", []), launch.train_argv)  # the rule has spoken
+    if longer:
+        print(f"train: {out} finished, training on to {longer}", file=sys.stderr)
+        return False
+    if not rule.stopped and rule.last_epoch is not None:  # e.g. a resumed fairseq that counted from zero
         print(f"train: {out} stopped before its rule or its cap said so ({rule.since_best} of {rule.patience} "
               "validations without improvement): training on", file=sys.stderr)
         return False
-    converged = rule.converged  # its rule has spoken: a higher cap changes nothing
-    longer = "" if converged else _longer_caps(done.get("command", []), launch.train_argv)
-    if not longer:
-        print(f"train: {out} has finished training ({_finished_how(out)}); nothing to do (--force starts over, "
-              "a larger --max-update/--max-epoch after -- trains on)", file=sys.stderr)
-        return True
-    print(f"train: {out} finished, training on to {longer}", file=sys.stderr)
-    return False
+    print(f"train: {out} has finished training ({_finished_how(out)}); nothing to do (--force starts over, "
+          "a larger --max-update/--max-epoch after -- trains on)", file=sys.stderr)
+    return True
 
 
 def _train(o: "TrainOptions", roots: Roots, launch: Launch, student, logs: List[Path], exists: bool,
@@ -277,7 +278,7 @@ def _train(o: "TrainOptions", roots: Roots, launch: Launch, student, logs: List[
         if student is not None:
             record["distillation"] = student.record
         write_json(marker, record)
-    status, rule = _run_segments(o, roots, launch, logs, resumed=exists and not o.force)
+    status, rule = _run(o, roots, launch, logs, resumed=exists and not o.force)
     if status and lead:
         tail = "".join(logs[0].read_text(encoding="utf-8", errors="replace").splitlines(True)[-15:])
         print(f"train: fairseq-train failed (exit {status}); the end of {logs[0]}:\n{tail}", file=sys.stderr)
@@ -286,32 +287,23 @@ def _train(o: "TrainOptions", roots: Roots, launch: Launch, student, logs: List[
     return status
 
 
-def _run_segments(o: "TrainOptions", roots: Roots, launch: Launch, logs: List[Path], resumed: bool):
-    """Run fairseq until the stopping rule or the cap ends the run: ``(exit status, the rule)``.
+def _run(o: "TrainOptions", roots: Roots, launch: Launch, logs: List[Path], resumed: bool):
+    """Run fairseq until its stopping rule or its cap ends the run: ``(exit status, the rule)``.
 
-    fairseq's patience count lives in its process: a resumed process counts from zero, and takes its
-    first validation as the best. So each process gets the patience the rule has left (``--patience
-    P - since_best``), and when one stops on that count after a new best, the next resumes with what
-    is left then. The rule is read from the lead's log on every node (other nodes log no
-    validations), so all ranks start the same processes."""
+    A resumed run gets its count of validations since the best in ``LABO_VALIDATIONS_SINCE_BEST``,
+    which the plugin's fix of fairseq's patience seeds it with (fairseq's own count lives in its
+    process). The count is read from the lead's log on every node (other nodes log no validations),
+    so all ranks stop together."""
     log = launch.run_dir / "train.log"
-    echo = Progress(launch.train_argv) if o.quiet else True
     rule = plateau(validation_curve(log), launch.train_argv) if resumed else None
-    while True:
-        processes = launch.processes
-        if rule is not None and rule.patience:
-            if rule.stopped:  # stopped after its last validation, before fairseq could say so
-                return 0, rule
-            processes = [[*cmd, "--patience", str(rule.patience - rule.since_best)] for cmd in processes]
-        before = rule.last_epoch if rule is not None else None
-        status = run_logged(processes, logs, cwd=roots.root, echo=echo)
-        rule = plateau(validation_curve(log), launch.train_argv)
-        if status or rule.stopped or rule.last_epoch == before:  # the last: no validation, nothing to go on
-            return status, rule
-        print(f"train: fairseq stopped on the patience its process was given, {rule.since_best} validations "
-              f"after a new best at epoch {rule.best_epoch}; resuming with the {rule.patience - rule.since_best} "
-              "left", file=sys.stderr)
-    return status
+    env = None
+    if rule is not None and rule.patience:
+        if rule.stopped:  # stopped after its last validation, before fairseq could say so
+            return 0, rule
+        env = {**os.environ, SINCE_BEST_ENV: str(rule.since_best)}
+    status = run_logged(launch.processes, logs, cwd=roots.root, echo=Progress(launch.train_argv) if o.quiet else True,
+                        env=env)
+    return status, plateau(validation_curve(log), launch.train_argv)
 
 
 def _mark_completed(out: Path, rule) -> None:

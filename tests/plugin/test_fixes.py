@@ -1,4 +1,5 @@
-"""labo_fairseq.plugin.fixes: batching keeps every sentence whatever --required-batch-size-multiple."""
+"""labo_fairseq.plugin.fixes: batching keeps every sentence whatever --required-batch-size-multiple; --patience
+counts across a resume as in an uninterrupted run."""
 
 import numpy as np
 import pytest
@@ -27,3 +28,48 @@ def test_batch_by_size_covers_every_index_once_in_order(n, mult, max_tokens):
 def test_batch_by_size_with_tokens_fn_and_list_indices():
     batches = data_utils.batch_by_size(list(range(10)), lambda i: 5, max_tokens=1000, required_batch_size_multiple=8)
     assert sorted(np.concatenate(batches).tolist()) == list(range(10))
+
+
+@pytest.fixture
+def fresh_stop_rule(monkeypatch):
+    """fairseq's should_stop_early wrapped anew by the fix (no count from other tests), and its cfg."""
+    from types import SimpleNamespace
+
+    import fairseq_cli.train as fairseq_train
+
+    from labo_fairseq.plugin import fixes
+
+    original = getattr(fairseq_train.should_stop_early, "__wrapped__", fairseq_train.should_stop_early)
+    monkeypatch.setattr(fairseq_train, "should_stop_early", original)
+    fixes.patience_across_resumes()
+    cfg = SimpleNamespace(checkpoint=SimpleNamespace(patience=4, maximize_best_checkpoint_metric=True))
+    return lambda values: [fairseq_train.should_stop_early(cfg, v) for v in values]
+
+
+def test_a_resumed_patience_counts_on_from_the_checkpoints_best(fresh_stop_rule, monkeypatch):
+    from fairseq import checkpoint_utils
+
+    from labo_fairseq.plugin.fixes import SINCE_BEST_ENV
+
+    monkeypatch.setattr(checkpoint_utils.save_checkpoint, "best", 20.0, raising=False)
+    monkeypatch.setenv(SINCE_BEST_ENV, "2")
+    # 2 validations since the best (20) before the resume, 2 more below it: patience 4 is spent. fairseq
+    # alone would take 19 as its best and 19.5 as an improvement, and go on.
+    assert fresh_stop_rule([19, 19.5]) == [False, True]
+
+
+def test_a_new_best_after_a_resume_restarts_the_full_count(fresh_stop_rule, monkeypatch):
+    from fairseq import checkpoint_utils
+
+    from labo_fairseq.plugin.fixes import SINCE_BEST_ENV
+
+    monkeypatch.setattr(checkpoint_utils.save_checkpoint, "best", 20.0, raising=False)
+    monkeypatch.setenv(SINCE_BEST_ENV, "3")
+    assert fresh_stop_rule([21, 20, 20, 20, 20]) == [False, False, False, False, True]
+
+
+def test_a_fresh_run_counts_as_fairseq_does(fresh_stop_rule, monkeypatch):
+    from fairseq import checkpoint_utils
+
+    monkeypatch.delattr(checkpoint_utils.save_checkpoint, "best", raising=False)
+    assert fresh_stop_rule([10, 9, 9, 9, 9]) == [False, False, False, False, True]

@@ -203,8 +203,8 @@ def _fake_train(tmp_path, monkeypatch, curve_lines):
 
     calls = []
 
-    def fake_run_logged(processes, logs, cwd=None, echo=True):
-        calls.append(processes)
+    def fake_run_logged(processes, logs, cwd=None, echo=True, env=None):
+        calls.append((processes, env))
         with open(logs[0], "a") as f:
             f.writelines(curve_lines.pop(0) if curve_lines else [])
         return 0
@@ -227,21 +227,20 @@ def _interrupted_run(tmp_path, lines):
     return rd
 
 
-def test_a_resumed_run_gets_the_patience_it_has_left_until_its_rule_is_met(tmp_path, monkeypatch, capsys):
-    # resumed 2 validations after its best: fairseq gets patience 8; it finds a new best at epoch 5 and,
-    # its count restarted, stops 8 validations later; train resumes it with the 2 the rule has left
-    first = [_valid(1, 10), _valid(2, 20), _valid(3, 19), _valid(4, 18)]
-    segment1 = [_valid(5, 25)] + [_valid(e, 24) for e in range(6, 14)]
-    segment2 = [_valid(14, 24), _valid(15, 24)]
-    calls, train = _fake_train(tmp_path, monkeypatch, [segment1, segment2])
+def test_a_resumed_run_gets_its_count_since_the_best_and_a_finished_one_is_not_trained_again(tmp_path, monkeypatch,
+                                                                                              capsys):
+    from labo_fairseq.plugin.fixes import SINCE_BEST_ENV
+
+    first = [_valid(1, 10), _valid(2, 20), _valid(3, 19), _valid(4, 18)]  # 2 validations since the best
+    calls, train = _fake_train(tmp_path, monkeypatch, [[_valid(e, 19) for e in range(5, 13)]])
     rd = _interrupted_run(tmp_path, first)
     assert train() == 0
-    assert [c[0][-2:] for c in calls] == [["--patience", "8"], ["--patience", "2"]]
-    assert "resuming with the 2 left" in capsys.readouterr().err
+    (processes, env), = calls
+    assert env[SINCE_BEST_ENV] == "2" and "--patience" not in processes[0][-2:]  # the full patience, seeded
     stopping = json.loads((rd / RUN_MARKER).read_text())["stopping"]
-    assert (stopping["best_epoch"], stopping["last_epoch"], stopping["converged"]) == (5, 15, True)
-    assert train() == 0 and len(calls) == 2  # finished: not started again
-    assert "has finished training (converged: best epoch 5, stopped at epoch 15" in capsys.readouterr().err
+    assert (stopping["best_epoch"], stopping["last_epoch"], stopping["converged"]) == (2, 12, True)
+    assert train() == 0 and len(calls) == 1  # finished: not started again
+    assert "has finished training (converged: best epoch 2, stopped at epoch 12" in capsys.readouterr().err
 
 
 def test_a_run_at_its_cap_is_finished_and_one_stopped_early_is_trained_on(tmp_path, monkeypatch, capsys):
