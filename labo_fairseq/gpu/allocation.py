@@ -40,6 +40,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
+from labo_fairseq.losses.hparams import HP
 from labo_fairseq.runtime.commandline import ArgumentParser
 from labo_fairseq.runtime.errors import ToolError
 from labo_fairseq.runtime.files import write_json
@@ -287,7 +288,7 @@ class AllocationOptions:
     dataset: str = DEFAULT_DATASET
     methods: Tuple[str, ...] = ("ce", "ls", "labo")
     seeds: Tuple[int, ...] = (1, 2, 3)
-    tau: float = 1.15
+    tau: float = HP["tau"].default
     threads: Optional[int] = None
     check_updates: int = 150
     no_check: bool = False
@@ -311,7 +312,7 @@ def parse(argv: List[str], prog: str) -> AllocationOptions:
     ap.add_argument("--methods", nargs="+", default=["ce", "ls", "labo"], help="methods (default: ce ls labo)")
     ap.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3],
                     help="seeds (default 1 2 3; a later allocation adds others, e.g. 4 5 6)")
-    ap.add_argument("--tau", type=float, default=1.15, help="LABO's tau (default 1.15)")
+    ap.add_argument("--tau", type=float, default=HP["tau"].default, help=f"LABO's tau (default {HP['tau'].default})")
     ap.add_argument("--threads", type=int, help="CPU threads per run (default: torch's choice)")
     ap.add_argument("--check-updates", type=int, default=150,
                     help="updates per training run of the GPU check (default 150, ~2 minutes in all)")

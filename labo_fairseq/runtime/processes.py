@@ -156,13 +156,17 @@ def python_value(code: str):
     """The JSON value that ``python -c CODE`` prints on its last line, run in a fresh interpreter of
     this Python (a clean process to measure, e.g. its peak memory); :class:`ToolError` with the end of
     its stderr if it fails."""
+    from labo_fairseq.runtime.errors import InvalidFile
     from labo_fairseq.runtime.files import parse_json
 
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     lines = proc.stdout.strip().splitlines()
     if proc.returncode != 0 or not lines:
         raise ToolError(f"a child interpreter failed (exit {proc.returncode}):\n{proc.stderr[-2000:]}")
-    return parse_json(lines[-1], "a child interpreter's output")
+    try:
+        return parse_json(lines[-1], "a child interpreter's output")
+    except InvalidFile as err:  # the child misbehaved, not a file of the user's
+        raise ToolError(str(err)) from None
 
 
 class _Terminated(Exception):

@@ -28,6 +28,7 @@ from labo_fairseq.runtime.files import read_lines, write_json
 from labo_fairseq.runtime.processes import run_tool, thread_env
 from labo_fairseq.runtime.provenance import record
 from labo_fairseq.study.fairseq_tools import log_record
+from labo_fairseq.study.protocol import dataset_argument
 from labo_fairseq.study.train import train_command
 
 BASELINE = "LS"
@@ -83,8 +84,10 @@ def run_once(o: Options, name: str, work: Path) -> Dict[str, float]:
 
 
 def ratios(rounds: List[Dict[str, Dict[str, float]]], key: str) -> Dict[str, float]:
-    """Per variant: the median over rounds of its ``key`` over the baseline's in the same round."""
-    return {name: statistics.median(r[name][key] / r[BASELINE][key] for r in rounds) for name in VARIANTS}
+    """Per variant: the median over rounds of its ``key`` over the baseline's in the same round (nan
+    where the baseline's is 0: fairseq's whole seconds of a very short run)."""
+    return {name: statistics.median(r[name][key] / r[BASELINE][key] if r[BASELINE][key] else float("nan")
+                                    for r in rounds) for name in VARIANTS}
 
 
 MEASURES = {"train_wall_s": "train_wall s", "process_s": "process s", "cpu_s": "CPU s"}
@@ -121,7 +124,8 @@ def run(o: Options) -> Dict | None:
 
 def main(argv=None, prog="labo-fairseq bench-training") -> int:
     ap = ArgumentParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--dataset", default="multi30k_de_en", help="a dataset config (default: the quickstart's)")
+    ap.add_argument("--dataset", type=dataset_argument, default="multi30k_de_en",
+                    help="a dataset config (default: the quickstart's)")
     ap.add_argument("--root", type=Path, default=Path("."), help="the study root whose data-bin/ holds the data")
     ap.add_argument("--updates", type=int, default=200, help="updates per run (default 200)")
     ap.add_argument("--rounds", type=int, default=2, help="alternated rounds of every variant (default 2)")

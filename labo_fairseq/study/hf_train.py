@@ -58,7 +58,7 @@ class HfTrainOptions:
     test: Tuple[Path, Path]
     name: str
     criterion: str = "labo"
-    tau: float = 1.15
+    tau: float = HP["tau"].default
     rho: float = HP["rho"].default
     alpha: Optional[float] = None
     warmup_steps: int = 0
@@ -85,7 +85,7 @@ def main(argv=None, prog="labo-fairseq hf-train") -> int:
         ap.add_argument(f"--{split}", type=Path, nargs=2, required=True, metavar=("SRC", "TGT"))
     ap.add_argument("--name", required=True, help="the dataset's name in results/ and the tables")
     ap.add_argument("--criterion", default="labo", choices=CRITERIA)
-    ap.add_argument("--tau", type=float, default=1.15, help="LABO's tau (default 1.15)")
+    ap.add_argument("--tau", type=float, default=HP["tau"].default, help=f"LABO's tau (default {HP['tau'].default})")
     ap.add_argument("--rho", type=float, default=HP["rho"].default, help=f"LABO's rho: {HP['rho'].describe()}")
     ap.add_argument("--alpha", type=float, help="LABO: a fixed alpha instead of the adaptive one")
     ap.add_argument("--warmup-steps", type=int, default=0,

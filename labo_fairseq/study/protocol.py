@@ -230,7 +230,7 @@ class Roots:
 
 def add_run_arguments(ap: argparse.ArgumentParser, tau_help: str) -> None:
     """A run's ``dataset method seed`` and ``--tau``, as train, evaluate and the sweeps name it."""
-    ap.add_argument("dataset", type=_argtype(dataset_name), help=f"one of: {', '.join(names('datasets'))} (or "
+    ap.add_argument("dataset", type=dataset_argument, help=f"one of: {', '.join(names('datasets'))} (or "
                     "prepare's name of its data, e.g. multi30k.de-en)")
     ap.add_argument("method", help=f"one of: {', '.join(names('methods'))}")
     ap.add_argument("seed", type=int)
@@ -246,6 +246,9 @@ def _argtype(fn):
             raise argparse.ArgumentTypeError(str(err)) from None
     convert.__name__ = fn.__name__
     return convert
+
+
+dataset_argument = _argtype(dataset_name)  # argparse's type for a dataset name, in either spelling
 
 
 def add_root_arguments(ap: argparse.ArgumentParser, *which: str) -> None:

@@ -24,7 +24,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 from labo_fairseq.runtime.commandline import ArgumentParser
 from labo_fairseq.runtime.files import overwrite_refusal, read_json
 from labo_fairseq.scoring import stats as S
-from labo_fairseq.study.protocol import absolute, result_sentence_stats, test_set_name
+from labo_fairseq.study.protocol import absolute, method_config, result_sentence_stats, test_set_name
 
 # The paper's numbers (Lu et al., Table 1 and Table 2), the only copy in the package:
 # BLEU, beam 5, mean ± std over seeds (Table 2 gives means only).
@@ -44,7 +44,7 @@ TABLE1_COLUMNS = [("DE-EN", "iwslt14_de_en", "de-en"), ("EN-DE", "iwslt14_en_de"
                   ("WMT EN-DE", "wmt14_en_de", "en-de"), ("WMT DE-EN", "wmt14_de_en", "de-en")]
 TABLE2_COLUMNS = [("DE-EN", "iwslt17_multi", "de-en"), ("FR-EN", "iwslt17_multi", "fr-en")]
 METHOD_NAMES = {"ce": "Transformer (CE)", "ls": "LS", "cp": "CP", "fl": "FL", "afl": "AFL", "labo": "LABO"}
-DEFAULT_TAU = 1.15
+DEFAULT_TAU = float(method_config("labo")["args"]["--labo-tau"])  # what a labo run without --tau trained with
 
 
 def load_results(root: Path) -> List[Dict]:

@@ -244,4 +244,9 @@ def main(argv=None, prog="labo-fairseq tune") -> int:
         print("tune: stopped " + ("by SIGTERM" if t.terminated else "for the time budget")
               + "; run the same command again to continue", file=sys.stderr)
         return NOT_FINISHED
+    unfinished = [p.name for p in t.points if not t.done(p)]
+    if not a.report and unfinished:  # a run that ended before its rule or cap said so
+        print(f"tune: not finished by their rule or cap: {', '.join(unfinished)}; run the same command again to "
+              "train on", file=sys.stderr)
+        return NOT_FINISHED
     return 0

@@ -170,11 +170,11 @@ def test_output_of_is_stdout_or_none():
 
 
 def test_python_value_is_the_last_printed_json_or_one_clear_error():
-    from labo_fairseq.runtime.errors import InvalidFile, ToolError
+    from labo_fairseq.runtime.errors import ToolError
     from labo_fairseq.runtime.processes import python_value
 
     assert python_value("import json; print('warming up'); print(json.dumps([1, 2.5, None]))") == [1, 2.5, None]
     with pytest.raises(ToolError, match="exit 1"):
         python_value("raise RuntimeError('probe failed')")
-    with pytest.raises(InvalidFile, match="a child interpreter's output is not valid JSON"):
+    with pytest.raises(ToolError, match="a child interpreter's output is not valid JSON"):
         python_value("print('[1, ')")
