@@ -36,6 +36,7 @@ from labo_fairseq.losses.linear import linear_loss
 from labo_fairseq.runtime.commandline import ArgumentParser
 from labo_fairseq.runtime.files import write_json
 from labo_fairseq.runtime.processes import python_value
+from labo_fairseq.runtime.provenance import record
 
 PAD = -100
 UNFUSED_LS, FUSED_LABO = "ours unfused LS", "ours fused LABO"
@@ -223,5 +224,6 @@ def main(argv=None, prog="labo-fairseq bench-vocab") -> int:
     print(markdown(rows))
     if args.json:
         write_json(args.json, {"rows": rows, "machine": name, "torch": torch.__version__, "tokens": args.tokens,
-                               "dim": args.dim, "dtype": args.dtype, "repeats": args.repeats})
+                               "dim": args.dim, "dtype": args.dtype, "repeats": args.repeats,
+                               "provenance": record(prog, argv)})
     return 0
