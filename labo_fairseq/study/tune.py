@@ -203,6 +203,10 @@ def main(argv=None, prog="labo-fairseq tune") -> int:
     ap = ArgumentParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("grid", help=f"one of: {', '.join(grid_names())}")
     ap.add_argument("--root", type=Path, help="directory holding data-bin/, grids/ and results/ (default: .)")
+    ap.add_argument("--results-root", type=Path,
+                    help="where each finished point's record and the table go (default: ROOT/results). A "
+                         "checkout's results/ keeps them with the code: a lost --root then retrains only the "
+                         "points that had not finished")
     ap.add_argument("--source", type=Path, help="directory with the dataset's raw files, for an offline prepare "
                                                 "when its data-bin is missing")
     ap.add_argument("--parallel", type=int, default=1, help="runs trained at a time (default 1)")
@@ -210,12 +214,13 @@ def main(argv=None, prog="labo-fairseq tune") -> int:
     ap.add_argument("--budget-minutes", type=float, default=600.0,
                     help="wall time of this call (default 600); the next call resumes")
     ap.add_argument("--report", action="store_true", help="only write the table of the points present")
-    ap.add_argument("--dry-run", action="store_true", help="print the train commands, run nothing")
+    ap.add_argument("--dry-run", action="store_true", help="print the train commands of the points not finished, "
+                                                           "run nothing")
     a = ap.parse_args(argv)
     if a.parallel < 1 or (a.threads is not None and a.threads < 1) or a.budget_minutes <= 0:
         ap.error("--parallel and --threads must be >= 1, --budget-minutes > 0")
     try:
-        t = Tune(a.grid, Roots.from_options(a.root), a.threads, a.budget_minutes)
+        t = Tune(a.grid, Roots.from_options(a.root, results=a.results_root), a.threads, a.budget_minutes)
     except ValueError as err:
         ap.error(str(err))
 
@@ -223,9 +228,10 @@ def main(argv=None, prog="labo-fairseq tune") -> int:
         t.terminated = True
 
     signal.signal(signal.SIGTERM, on_sigterm)
-    if a.dry_run:
+    if a.dry_run:  # the points a call would train
         for p in t.points:
-            print(shlex.join(t.train_cmd(p)))
+            if not t.done(p):
+                print(shlex.join(t.train_cmd(p)))
         return 0
     if not a.report:
         data = t.roots.data_bin / dataset_config(t.g["dataset"])["data"]

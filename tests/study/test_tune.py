@@ -68,3 +68,17 @@ def test_a_point_that_stopped_before_its_rule_or_cap_is_trained_on(tmp_path):
     (t.run_dir(p) / "train.log").write_text((t.run_dir(p) / "train.log").read_text() +
                                              'x | INFO | valid | {"epoch": 4, "valid_bleu": "18"}\n')
     assert t.finish(p) and t.done(p)
+
+
+def test_finished_points_kept_elsewhere_are_not_trained_again(tmp_path):
+    # the records committed with the code (--results-root), the work directory with the checkpoints lost
+    kept = tune.Tune("multi30k_de_en_converged", Roots.from_options(tmp_path / "old"))
+    fake_run(kept, kept.points[1], [10, 25, 24, 23])
+    assert kept.finish(kept.points[1])
+    (tmp_path / "checkout").mkdir()
+    (tmp_path / "old" / "results").rename(tmp_path / "checkout" / "results")
+    proc = cli("tune", "multi30k_de_en_converged", "--root", tmp_path / "new", "--results-root",
+               tmp_path / "checkout" / "results", "--dry-run")
+    assert proc.returncode == 0 and len(proc.stdout.splitlines()) == 3 and "dropout0.1-lr2e-3" not in proc.stdout
+    t = tune.Tune("multi30k_de_en_converged", Roots.from_options(tmp_path / "new", results=tmp_path / "checkout" / "results"))
+    assert [t.done(p) for p in t.points] == [False, True, False, False]
