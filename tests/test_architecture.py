@@ -86,8 +86,10 @@ def test_json_is_read_in_one_place():
 
 def test_processes_are_started_in_one_place():
     """Processes through runtime.processes (``subprocess.CompletedProcess`` as a type is fine)."""
+    starters = {"subprocess": {"run", "Popen", "call", "check_call", "check_output", "getoutput"},
+                "os": {"system", "popen", "execv", "execvp", "execve", "spawnv", "spawnvp", "posix_spawn"}}
     bad = {str(p.relative_to(REPO)): lines for p in checked({"runtime/processes.py"})
-           if (lines := calls(p, "subprocess", {"run", "Popen", "call", "check_call", "check_output"}))}
+           if (lines := [n for module, names in starters.items() for n in calls(p, module, names)])}
     assert not bad, f"subprocess started outside runtime/processes.py: {bad}"
 
 
