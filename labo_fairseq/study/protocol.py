@@ -298,6 +298,12 @@ class Plateau:
                 "validations_since_best": self.since_best, "best": self.best, "converged": self.converged,
                 "cap_reached": self.cap_reached}
 
+    @classmethod
+    def from_dict(cls, d: Dict) -> "Plateau":
+        """The inverse of :meth:`as_dict` (a record written before ``cap_reached`` existed: False)."""
+        return cls(d["patience"], d["best_epoch"], d["last_epoch"], d["validations_since_best"], d["best"],
+                   bool(d.get("cap_reached")))
+
 
 def plateau(curve: Sequence[Dict], command: Sequence[str]) -> Plateau:
     """The stopping rule applied to a run's validation curve (:func:`labo_fairseq.study.fairseq_tools.validation_curve`)

@@ -28,11 +28,13 @@ from labo_fairseq.runtime.processes import run_logged
 from labo_fairseq.study.fairseq_tools import USER_DIR, fairseq_command, log_record, validation_curve
 from labo_fairseq.study.protocol import (
     RUN_MARKER,
+    Plateau,
     Roots,
     add_root_arguments,
     add_run_arguments,
     common_config,
     dataset_config,
+    flag_value,
     flags,
     is_labo,
     labo_warmup_updates,
@@ -142,8 +144,6 @@ class Progress:
     the epoch's loss and plain NLL (bits), the validation's NLL and BLEU, and the time left to the cap."""
 
     def __init__(self, argv: List[str]):
-        from labo_fairseq.study.protocol import flag_value
-
         cap_update, cap_epoch = flag_value(argv, "--max-update"), flag_value(argv, "--max-epoch")
         self.max_update = int(cap_update) if cap_update not in (None, "0") else None
         self.max_epoch = int(cap_epoch) if cap_epoch not in (None, "0") else None
@@ -246,7 +246,8 @@ def _plan(o: "TrainOptions", roots: Roots):
 
 def _finished(out: Path, launch: Launch) -> bool:
     """Whether a run that finished training has nothing left to do (said on stderr either way): not
-    when the command raises its caps, unless its stopping rule found it converged."""
+    when the command raises its caps, unless its stopping rule found it converged, nor when it stopped
+    before its rule or its cap said so."""
     done = read_json(out / RUN_MARKER)
     rule = plateau(validation_curve(out / "train.log"), launch.train_argv)
     longer = "" if rule.converged else _longer_caps(done.get("command", []), launch.train_argv)  # the rule has spoken
@@ -306,11 +307,11 @@ def _run(o: "TrainOptions", roots: Roots, launch: Launch, logs: List[Path], resu
     return status, plateau(validation_curve(log), launch.train_argv)
 
 
-def _mark_completed(out: Path, rule) -> None:
+def _mark_completed(out: Path, rule: Plateau) -> None:
     """``completed`` in run.json, and where the stopping rule left the run."""
     record = read_json(out / RUN_MARKER)
     record["completed"] = datetime.datetime.now(datetime.timezone.utc).isoformat()
-    if rule is not None and rule.patience:
+    if rule.patience:
         record["stopping"] = rule.as_dict()
     write_json(out / RUN_MARKER, record)
 
@@ -318,8 +319,6 @@ def _mark_completed(out: Path, rule) -> None:
 def _longer_caps(before: List[str], now: List[str]) -> str:
     """The caps (``--max-update``, ``--max-epoch``) that ``now`` raises over ``before`` ('' if none):
     a finished run given more to do trains on; the same command again does nothing."""
-    from labo_fairseq.study.protocol import flag_value
-
     raised = []
     for flag in ("--max-update", "--max-epoch"):
         old, new = (int(flag_value(c, flag) or 0) for c in (before, now))

@@ -28,6 +28,7 @@ from labo_fairseq.study.fairseq_tools import validation_curve
 from labo_fairseq.study.protocol import (
     CONFIGS,
     RUN_MARKER,
+    Plateau,
     Roots,
     absolute,
     dataset_config,
@@ -137,10 +138,14 @@ class Tune:
         write_json(self.result_path(p), self.record(p))
         return True
 
+    def kept(self, p: Point) -> Optional[Dict]:
+        """The point's kept record if it says its training is over, else None (a record of a run that
+        stopped before its rule or cap said so, as a resumed fairseq could, is trained on)."""
+        rec = read_json(self.result_path(p)) if self.result_path(p).is_file() else None
+        return rec if rec is not None and _stopped(rec) else None
+
     def done(self, p: Point) -> bool:
-        """Whether the point's record says its training is over (a record of a run that stopped
-        before its rule or cap said so, as a resumed fairseq could, is trained on)."""
-        return self.result_path(p).is_file() and _stopped(read_json(self.result_path(p)))
+        return self.kept(p) is not None
 
     def train(self, parallel: int) -> Tuple[bool, list]:
         for p in self.points:  # finished in an earlier call whose record was not written
@@ -155,7 +160,7 @@ class Tune:
         """Every point's best validation metric, epochs and convergence; the choice once all finished."""
         rows = []
         for p in self.points:
-            rec = read_json(self.result_path(p)) if self.done(p) else self.record(p)  # a stale record: the run as it stands
+            rec = self.kept(p) or self.record(p)  # not kept, or stale: the run as it stands
             rows.append({"point": p.name, "args": dict(p.args), "finished": bool(rec and rec["completed"] and _stopped(rec)),
                          "started": rec is not None,
                          "train": {k: (rec or {}).get("train", {}).get(k) for k in ("command", "commit", "hardware")},
@@ -173,8 +178,7 @@ class Tune:
 
 def _stopped(rec: Dict) -> bool:
     """Whether a point's record says its training is over: by its rule or its cap."""
-    rule = rec["plateau"]
-    return not rule["patience"] or rule["converged"] or bool(rule.get("cap_reached"))
+    return Plateau.from_dict(rec["plateau"]).stopped
 
 
 def markdown(rep: Dict) -> str:

@@ -189,6 +189,11 @@ def test_the_stopping_rule_counts_validations_after_the_first_best_as_fairseq_do
     assert (rising.best_epoch, rising.last_epoch, rising.since_best, rising.converged) == (3, 5, 2, False)
     done = plateau(_curve(10, 20, 30, 29, 30, 28), RULE)
     assert done.converged and done.as_dict()["best"] == 30
+    from labo_fairseq.study.protocol import Plateau
+
+    assert Plateau.from_dict(done.as_dict()) == done and Plateau.from_dict(rising.as_dict()) == rising
+    old_record = {k: v for k, v in rising.as_dict().items() if k != "cap_reached"}  # written before the field
+    assert not Plateau.from_dict(old_record).stopped
     repeated = plateau(_curve(10, 30, 29) + _curve(10, 30, 29)[2:] + [{"epoch": 4, "updates": 40, "bleu": 1}], RULE)
     assert repeated.since_best == 2  # epoch 3 validated twice (a resume) counts once
     by_nll = plateau([{"epoch": 1, "nll_loss": 3.0}, {"epoch": 2, "nll_loss": 2.0}],
