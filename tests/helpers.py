@@ -31,8 +31,12 @@ def fairseq(tool, *args, check=True, env=None):
 
 
 def cli(*args, cwd=None, timeout=900):
-    """``labo-fairseq ARGS`` (as ``python -m labo_fairseq``) of this checkout, run in ``cwd``."""
-    env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    """``labo-fairseq ARGS`` (as ``python -m labo_fairseq``) of this checkout, run in ``cwd``, with
+    the interpreter's own bin folder off PATH: an environment that is not activated, as a cluster
+    job or CI runs it, must still find fairseq's tools."""
+    bin_dir = str(Path(sys.executable).parent)
+    path = os.pathsep.join(p for p in os.environ.get("PATH", "").split(os.pathsep) if p != bin_dir)
+    env = dict(os.environ, PATH=path, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     return subprocess.run([sys.executable, "-m", "labo_fairseq", *map(str, args)], cwd=cwd or REPO,
                           capture_output=True, text=True, env=env, timeout=timeout)
 

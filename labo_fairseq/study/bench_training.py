@@ -60,7 +60,8 @@ def command(o: Options, name: str, save_dir: Path) -> List[str]:
              *flags, *(["--labo-warmup-updates", "0"] if method == "labo" else []),
              *(["--loss-chunk-tokens", str(o.chunk_tokens)] if name in FUSED else [])]
     launch = train_command(o.dataset, method, 1, data_root=o.root / "data-bin", runs_root=save_dir, extra=tuple(extra))
-    return launch.train_argv
+    (process,) = launch.processes  # one CPU process: fairseq-train as this interpreter starts it
+    return process
 
 
 def train_seconds(log: Path) -> float:
