@@ -8,9 +8,12 @@ KL(P*||U) term and its statistics; LS's q; CP's entropy; the focal weights and t
 and every range check keeps one home there. Rows are independent in those losses, so the chunk
 sums equal the full-batch value up to float summation order.
 
-Design: the gradient w.r.t. the chunk's logits ``dz`` is taken during forward (as Liger-Kernel
-does): autograd of the pure loss w.r.t. the chunk's log-probs, then log_softmax's backward by hand
-(``dz = g - p * sum_j g_j``), folded at once into ``grad_hidden[chunk] = dz @ W``,
+Design: tokens whose target is ``ignore_index`` are dropped before the first GEMM. The gradient
+w.r.t. the chunk's logits ``dz`` is taken during forward (as Liger-Kernel does). For CE, LS and
+LABO, whose target distribution q is a constant summing to 1, it is ``p - q``, written by the pure
+loss's module in one go (:data:`LOGIT_FORMS`); for CP, FL and AFL it is autograd of the pure loss
+w.r.t. the chunk's log-probs, then log_softmax's backward by hand (``dz = g - p * sum_j g_j``).
+Either is folded at once into ``grad_hidden[chunk] = dz @ W``,
 ``grad_weight += dz.T @ h`` and ``grad_bias += sum dz``. The loss is a scalar sum, so backward
 only multiplies these by the incoming ``grad_output``: the logits matmul runs once, not twice as
 in the recompute design (forward for the value, backward again for ``dz``), i.e. 3 GEMMs of
@@ -22,8 +25,8 @@ a backward that reaches ``nll_loss`` recomputes the chunks' logits for ``p - one
 A no-grad call (validation) does the value sweep only.
 
 Memory: a few (chunk x V) buffers of the working dtype at a time (logits, log-probs, the pure loss's
-buffer, its gradient), freed before the next chunk. Precision: the logits GEMM and the one for
-``grad_hidden`` run in the inputs' dtype with fp32 accumulation, as the model's own output layer and
+buffer, its gradient), reused by the next chunk (on the CPU also by the next call:
+:class:`_Workspace`). Precision: the logits GEMM and the one for ``grad_hidden`` run in the inputs' dtype with fp32 accumulation, as the model's own output layer and
 its unfused backward do (no V x d fp32 copy of a bf16 weight, the largest buffer there would be);
 everything after the logits (log_softmax, P*, the loss, ``dz``) is at least fp32, chunk by chunk,
 and ``grad_weight`` accumulates over the chunks in fp32 (see :func:`_add_grad_weight` for the
@@ -34,6 +37,8 @@ Backward reuses the forward's buffers in place, so it can run once (like the pur
 from __future__ import annotations
 
 import inspect
+import math
+import threading
 from typing import Callable
 
 import torch
@@ -44,7 +49,9 @@ from labo_fairseq.losses.token import (
     anti_focal_loss,
     confidence_penalty_loss,
     focal_loss,
+    label_smoothing_logit_terms,
     label_smoothing_loss,
+    labo_logit_terms,
     labo_terms,
 )
 
@@ -60,6 +67,14 @@ CRITERIA: dict[str, tuple[Callable, dict]] = {
     "fl": (focal_loss, {}),
     "afl": (anti_focal_loss, {}),
 }
+# The losses whose target is a distribution q held constant (summing to 1): their gradient w.r.t.
+# the logits is p - q, which the pure loss's module writes in one go (fewer passes over the chunk
+# than autograd through the pure loss and log_softmax's backward); the others take that route.
+LOGIT_FORMS: dict[str, Callable] = {
+    "ce": label_smoothing_logit_terms,
+    "ls": label_smoothing_logit_terms,
+    "labo": labo_logit_terms,
+}
 _NOT_PARAMS = {"lprobs", "target", "ignore_index", "reduce"}
 
 # One (chunk x V) buffer of the working dtype is kept near this size (the chunk loop holds ~3-4):
@@ -70,12 +85,16 @@ CHUNK_BYTES = 128 * 2**20
 
 
 def default_chunk_tokens(n_tokens: int, vocab: int, element_size: int = 4) -> int:
-    """Tokens per chunk so that one ``(chunk, V)`` buffer is about :data:`CHUNK_BYTES` (128 MiB):
-    rounded down to a multiple of 8 (GEMM tiles) when >= 8, at least 1, at most ``n_tokens``.
-    E.g. fp32: V = 10k -> 3352, 40k -> 832, 128k -> 256, 256k -> 128 tokens."""
+    """Tokens per chunk so that one ``(chunk, V)`` buffer is at most about :data:`CHUNK_BYTES`
+    (128 MiB), the ``n_tokens`` shared evenly between as few chunks as that allows (no short last
+    chunk running its GEMMs at a poor shape); a multiple of 8 (GEMM tiles) when >= 8, within
+    [1, n_tokens]. E.g. fp32, 4,096 tokens: V = 10k -> 2 x 2048, 40k -> 5 x 824, 256k -> 32 x 128."""
     raw = CHUNK_BYTES // (element_size * max(vocab, 1))
-    chunk = raw - raw % 8 if raw >= 8 else max(raw, 1)
-    return max(1, min(chunk, n_tokens))
+    most = raw - raw % 8 if raw >= 8 else max(raw, 1)
+    if n_tokens <= most:
+        return max(1, n_tokens)
+    even = -(-n_tokens // -(-n_tokens // most))  # ceil(n / number of chunks)
+    return min(most, even + (-even) % 8 if even >= 8 else even)
 
 
 def _runner(fn: Callable, kwargs: dict) -> Callable:
@@ -108,31 +127,83 @@ def token_loss_fn(criterion: str, params: dict) -> Callable:
     return run
 
 
-_CE = _runner(label_smoothing_loss, {"epsilon": 0.0})  # the nll's gradient p - onehot(y)
+def _logit_runner(criterion: str, params: dict) -> Callable | None:
+    """``run(lprobs, target) -> (loss, nll, stats, dz)`` per token, all rows kept (``LOGIT_FORMS``), or None."""
+    form = LOGIT_FORMS.get(criterion)
+    if form is None:
+        return None
+    kwargs = {**CRITERIA[criterion][1], **params}
+    return lambda lprobs, target, scratch: form(lprobs, target, scratch=scratch, **kwargs)
 
 
-def _chunk_terms(run, h, w, b, target, ignore_index, want_grad):
-    """``(loss, nll, stats, dz)`` of one chunk, ``dz = d loss / d logits`` (None without ``want_grad``)."""
+_CE = (_runner(label_smoothing_loss, {"epsilon": 0.0}), None)  # the nll's gradient p - onehot(y)
+
+
+# Largest workspace kept between calls on the CPU: a few (chunk x V) buffers of the default chunk.
+WORKSPACE_BYTES = 4 * CHUNK_BYTES
+
+
+class _Workspace(threading.local):
+    """The chunk loop's (chunk x V) buffers. On the CPU they are views of one allocation reused across
+    chunks and calls: a fresh buffer of that size pays a page fault per 4 KiB on first write
+    (measured: a fresh ``exp`` output of 64 MiB cost 4x an ``exp`` into an existing one), which
+    CUDA's caching allocator avoids by itself. Up to :data:`WORKSPACE_BYTES` stay allocated between
+    calls; a larger request is allocated for the call only. One per thread."""
+
+    storage: Tensor | None = None
+
+    def views(self, device: torch.device, shapes: list[tuple[tuple[int, ...], torch.dtype]]) -> list[Tensor]:
+        if device.type != "cpu":
+            return [torch.empty(shape, dtype=dtype, device=device) for shape, dtype in shapes]
+        sizes = [-(-math.prod(shape) * dtype.itemsize // 64) * 64 for shape, dtype in shapes]  # 64-byte aligned
+        store = self.storage
+        if store is None or store.numel() < sum(sizes):
+            store = torch.empty(sum(sizes), dtype=torch.uint8)
+            if sum(sizes) <= WORKSPACE_BYTES:
+                self.storage = store
+        out, offset = [], 0
+        for (shape, dtype), size in zip(shapes, sizes):
+            out.append(store[offset:offset + math.prod(shape) * dtype.itemsize].view(dtype).view(shape))
+            offset += size
+        return out
+
+
+_WORKSPACE = _Workspace()
+
+
+def _chunk_terms(fns, h, w, b, target, want_grad):
+    """``(loss, nll, stats, dz, half)`` of one chunk of kept tokens, ``dz = d loss / d logits`` (None
+    without ``want_grad``), ``half`` a free (chunk, V) buffer of half-precision inputs' dtype (or
+    None); ``fns = (run, logit form or None)``. ``dz`` and ``half`` live until the next chunk."""
+    run, logit_form = fns
+    work = torch.promote_types(h.dtype, torch.float32)
+    shape = (h.size(0), w.size(0))
+    z, lp, spare, *half = _WORKSPACE.views(h.device, [(shape, work)] * 3 + ([(shape, h.dtype)] if h.dtype != work else []))
     with torch.no_grad():
         # the GEMM in the inputs' dtype (fp32 accumulation inside, as the model's own output layer);
         # the loss from here on in the working dtype, at least fp32
-        z = (h @ w.t()).to(torch.promote_types(h.dtype, torch.float32))
+        if half:
+            z.copy_(torch.mm(h, w.t(), out=half[0]))
+        else:
+            torch.mm(h, w.t(), out=z)
         if b is not None:
             z += b
-        lp = torch.log_softmax(z, -1)
-        del z
+        torch.log_softmax(z, -1, out=lp)
+        if want_grad and logit_form is not None:
+            loss, nll, stats, dz = logit_form(lp, target, (z, spare))
+            return loss.sum(), nll.sum(), {k: v.sum() for k, v in stats.items()}, dz, (half or [None])[0]
     if not want_grad:
-        return (*run(lp, target, ignore_index), None)
+        return (*run(lp, target, None), None, None)
     lp.requires_grad_()
     with torch.enable_grad():
-        loss, nll, stats = run(lp, target, ignore_index)
+        loss, nll, stats = run(lp, target, None)
         (g,) = torch.autograd.grad(loss, lp)
     if not g.is_contiguous():  # an expanded (stride-0) gradient must not be written in place
         g = g.contiguous()
     # log_softmax's backward, in place in the two buffers there are: dz = g - p * sum_j g_j
     p = lp.detach().exp_()
     dz = g.sub_(p.mul_(g.sum(-1, keepdim=True)))
-    return loss.detach(), nll.detach(), stats, dz
+    return loss.detach(), nll.detach(), stats, dz, (half or [None])[0]
 
 
 # From this many tokens per chunk, bf16 inputs take grad_weight's GEMM in bf16 (see _add_grad_weight).
@@ -156,9 +227,9 @@ def _add_grad_weight(gw, dz, dz_in, h):
         gw[r:r + rows] += dz_in[:, r:r + rows].t() @ h
 
 
-def _sweep(hidden, w, b, target, run, chunk, ignore_index, grads, scale=None):
-    """Sum loss, nll and statistics over chunks of ``chunk`` tokens (float64 accumulators), adding
-    each chunk's ``scale * dz`` products into ``grads = (grad_hidden, grad_weight, grad_bias)``
+def _sweep(hidden, w, b, target, fns, chunk, grads, scale=None):
+    """Sum loss, nll and statistics over chunks of ``chunk`` kept tokens (float64 accumulators),
+    adding each chunk's ``scale * dz`` products into ``grads = (grad_hidden, grad_weight, grad_bias)``
     (working-dtype buffers, or None where no gradient is wanted)."""
     gh, gw, gb = grads
     want = any(g is not None for g in grads)
@@ -168,7 +239,7 @@ def _sweep(hidden, w, b, target, run, chunk, ignore_index, grads, scale=None):
     for s in range(0, hidden.size(0), chunk):
         h = hidden[s:s + chunk].to(w.dtype)
         with torch.autocast(hidden.device.type, enabled=False):  # an AMP region must not downcast the GEMMs
-            l_c, nll_c, st, dz = _chunk_terms(run, h, w, b, target[s:s + chunk], ignore_index, want)
+            l_c, nll_c, st, dz, half = _chunk_terms(fns, h, w, b, target[s:s + chunk], want)
         loss += l_c
         nll += nll_c
         for k, v in (st or {}).items():
@@ -178,7 +249,8 @@ def _sweep(hidden, w, b, target, run, chunk, ignore_index, grads, scale=None):
         if scale is not None:
             dz.mul_(scale.to(dz.dtype))
         with torch.autocast(hidden.device.type, enabled=False):
-            dz_in = dz.to(w.dtype)  # dz in the inputs' dtype, as the unfused backward's grad of the logits
+            # dz in the inputs' dtype, as the unfused backward's grad of the logits
+            dz_in = dz if half is None else half.copy_(dz)
             if gh is not None:  # (chunk, d)
                 gh[s:s + chunk] += dz_in @ w
             if gw is not None:
@@ -211,16 +283,17 @@ def _grad_buffers(hidden, w, b, needs):
 
 
 class _LinearLossFunction(torch.autograd.Function):
-    """``(loss, nll)`` sums; forward accumulates ``d loss / d (hidden, weight, bias)``, backward scales them."""
+    """``(loss, nll)`` sums over the kept tokens ``hidden`` (n, d); forward accumulates
+    ``d loss / d (hidden, weight, bias)``, backward scales them."""
 
     @staticmethod
-    def forward(ctx, hidden, weight, bias, target, run, chunk, ignore_index, stats_out):
+    def forward(ctx, hidden, weight, bias, target, fns, chunk, stats_out):
         w, b = _work_params(hidden, weight, bias)
         grads = _grad_buffers(hidden, w, b, ctx.needs_input_grad[:3])
-        loss, nll, stats = _sweep(hidden, w, b, target, run, chunk, ignore_index, grads)
+        loss, nll, stats = _sweep(hidden, w, b, target, fns, chunk, grads)
         stats_out.update(stats)
         ctx.save_for_backward(hidden, weight, bias, target)
-        ctx.grads, ctx.chunk, ctx.ignore_index = grads, chunk, ignore_index
+        ctx.grads, ctx.chunk = grads, chunk
         ctx.set_materialize_grads(False)  # an unused nll arrives as None: no recompute sweep
         dtype = torch.promote_types(hidden.dtype, weight.dtype)
         return loss.to(dtype), nll.to(dtype)
@@ -236,9 +309,20 @@ class _LinearLossFunction(torch.autograd.Function):
                 g.zero_()
         if grad_nll is not None:
             w, b = _work_params(hidden, weight, bias)
-            _sweep(hidden, w, b, target, _CE, ctx.chunk, ctx.ignore_index, grads, scale=grad_nll)
+            _sweep(hidden, w, b, target, _CE, ctx.chunk, grads, scale=grad_nll)
         out = [None if g is None else g.to(src.dtype) for g, src in zip(grads, (hidden, weight, bias))]
-        return (*out, None, None, None, None, None)
+        return (*out, None, None, None, None)
+
+
+def _kept_tokens(hidden, target, ignore_index):
+    """``(hidden, target, rows)`` of the tokens whose target is not ``ignore_index`` (``rows`` their
+    indices, None where every token is kept): ignored tokens cost no GEMM and no pass over V."""
+    if ignore_index is None:
+        return hidden, target, None
+    rows = target.ne(ignore_index).nonzero().squeeze(1)
+    if rows.numel() == target.numel():
+        return hidden, target, None
+    return hidden.index_select(0, rows), target.index_select(0, rows), rows
 
 
 def _check_shapes(hidden, weight, bias, target):
@@ -269,24 +353,23 @@ def linear_loss(hidden: Tensor, weight: Tensor, target: Tensor, criterion: str, 
     ``stats`` (sums, no gradient): labo ``{"alpha", "target_entropy", "ntokens"}`` as
     :func:`~labo_fairseq.losses.labo_terms` gives them; the others ``{"ntokens"}``.
     """
-    run = token_loss_fn(criterion, params)
+    fns = (token_loss_fn(criterion, params), _logit_runner(criterion, params))
     hidden2, target = _check_shapes(hidden, weight, bias, target)
     if chunk_tokens is not None and chunk_tokens < 1:
         raise ValueError(f"chunk_tokens must be >= 1, got {chunk_tokens}")
-    n = hidden2.size(0)
+    kept_hidden, kept_target, rows = _kept_tokens(hidden2, target, ignore_index)
+    n = kept_hidden.size(0)
     chunk = default_chunk_tokens(n, weight.size(0)) if chunk_tokens is None else int(chunk_tokens)
     dtype = torch.promote_types(hidden.dtype, weight.dtype)
     stats: dict[str, Tensor] = {}
     if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (hidden, weight, bias)):
-        loss, nll = _LinearLossFunction.apply(hidden2, weight, bias, target, run, chunk, ignore_index, stats)
+        loss, nll = _LinearLossFunction.apply(kept_hidden, weight, bias, kept_target, fns, chunk, stats)
     else:
-        w, b = _work_params(hidden2, weight, bias)
-        loss, nll, stats = _sweep(hidden2, w, b, target, run, chunk, ignore_index, (None, None, None))
+        w, b = _work_params(kept_hidden, weight, bias)
+        loss, nll, stats = _sweep(kept_hidden, w, b, kept_target, fns, chunk, (None, None, None))
         loss, nll = loss.to(dtype), nll.to(dtype)
     if not return_stats:
         return loss, nll
     work = _work_dtype(hidden, weight)
-    if "ntokens" not in stats:
-        keep = target.numel() if ignore_index is None else target.ne(ignore_index).sum()
-        stats["ntokens"] = torch.as_tensor(keep, dtype=torch.float64, device=target.device)
+    stats.setdefault("ntokens", torch.tensor(float(n), dtype=torch.float64, device=target.device))
     return loss, nll, {k: v.to(work) for k, v in stats.items()}

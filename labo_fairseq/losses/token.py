@@ -9,7 +9,7 @@ promoted); the results have the input dtype.
 """
 
 import math
-from typing import Dict, Optional, Tuple
+from typing import Dict, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor
@@ -83,6 +83,48 @@ def _take_buffer(ctx, name: str) -> Tensor:
     return buf
 
 
+def _labo_forward(x: Tensor, target: Tensor, tau: float, rho: float, alpha_fixed: Optional[float],
+                  p: Optional[Tensor] = None, buf: Optional[Tensor] = None) -> Tuple[Tensor, ...]:
+    """Eq. 14 per token from log-probs ``x`` (at least fp32): ``(loss, nll, alpha, target_entropy, e,
+    z)`` with ``P* = e / z``, ``e`` written into ``buf`` (x's shape and dtype; allocated if None).
+    ``p = exp(x)`` where the caller has it already (for the entropy in Eq. 16)."""
+    n, vocab = x.shape
+    log_v = math.log(vocab)
+    buf = torch.empty_like(x) if buf is None else buf  # the one (N, V) scratch buffer, reused
+    if alpha_fixed is None:
+        # alpha = (log V - rho H(p)) / log V  (Eq. 16)
+        entropy = -_rowdot(torch.exp(x, out=buf) if p is None else p, x)
+        alpha = ((log_v - rho * entropy) / log_v).clamp_(0.0, 1.0)
+    else:
+        alpha = x.new_full((n,), float(alpha_fixed))
+    # P* = softmax(x / tau) = e / Z with e = exp(x/tau - m). max_j x_j >= -log V, so m = 0
+    # cannot underflow a whole row unless log V / tau is large; then shift by the row max.
+    m = x.amax(-1) / tau if log_v / tau > 60.0 else x.new_zeros(n)
+    e = torch.mul(x, 1.0 / tau, out=buf)
+    if log_v / tau > 60.0:
+        e.sub_(m.unsqueeze(-1))
+    e.exp_()
+    z = e.sum(-1)
+    log_z = m + z.log()
+    pstar_dot_lp = _rowdot(e, x) / z  # sum_j P*_j log p_j
+    # sum_j P*_j log P*_j = (1/tau) sum_j P*_j log p_j - logZ ; KL(P*||U) = log V + that >= 0.
+    pstar_logpstar = pstar_dot_lp / tau - log_z
+    kl = (log_v + pstar_logpstar).clamp_(min=0.0)
+    lp_gold = _gold(x, target)
+    beta = tau * alpha
+    loss = -(1.0 - alpha) * lp_gold - alpha * pstar_dot_lp + beta * kl
+    # Entropy of the smoothed target P_hat (for logging), from per-row scalars only.
+    pstar_gold = (lp_gold / tau - log_z).exp()
+    p_hat_gold = 1.0 - alpha + alpha * pstar_gold
+    rest_plogp = pstar_logpstar - torch.special.xlogy(pstar_gold, pstar_gold)
+    target_entropy = -(
+        alpha * rest_plogp
+        + torch.special.xlogy(alpha, alpha) * (1.0 - pstar_gold)
+        + torch.special.xlogy(p_hat_gold, p_hat_gold)
+    )
+    return loss, -lp_gold, alpha, target_entropy, e, z
+
+
 class _LaboFunction(torch.autograd.Function):
     """Token loss of Eq. 14 with P*, alpha, beta held constant; grad w.r.t. ``lprobs`` is ``-P_hat``.
 
@@ -92,45 +134,10 @@ class _LaboFunction(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, lprobs, target, keep, tau, rho, alpha_fixed):
-        x = _work(lprobs.detach())
-        n, vocab = x.shape
-        log_v = math.log(vocab)
-        buf = torch.empty_like(x)  # the one (N, V) scratch buffer, reused
-        if alpha_fixed is None:
-            # alpha = (log V - rho H(p)) / log V  (Eq. 16)
-            entropy = -_rowdot(torch.exp(x, out=buf), x)
-            alpha = ((log_v - rho * entropy) / log_v).clamp_(0.0, 1.0)
-        else:
-            alpha = x.new_full((n,), float(alpha_fixed))
-        # P* = softmax(x / tau) = e / Z with e = exp(x/tau - m). max_j x_j >= -log V, so m = 0
-        # cannot underflow a whole row unless log V / tau is large; then shift by the row max.
-        m = x.amax(-1) / tau if log_v / tau > 60.0 else x.new_zeros(n)
-        e = torch.mul(x, 1.0 / tau, out=buf)
-        if log_v / tau > 60.0:
-            e.sub_(m.unsqueeze(-1))
-        e.exp_()
-        z = e.sum(-1)
-        log_z = m + z.log()
-        pstar_dot_lp = _rowdot(e, x) / z  # sum_j P*_j log p_j
+        loss, nll, alpha, target_entropy, e, z = _labo_forward(_work(lprobs.detach()), target, tau, rho, alpha_fixed)
         if ctx.needs_input_grad[0]:
             ctx.pstar = e.div_(z.unsqueeze(-1))  # P*, turned into the gradient in place by backward
-        del e, buf
-        # sum_j P*_j log P*_j = (1/tau) sum_j P*_j log p_j - logZ ; KL(P*||U) = log V + that >= 0.
-        pstar_logpstar = pstar_dot_lp / tau - log_z
-        kl = (log_v + pstar_logpstar).clamp_(min=0.0)
-        lp_gold = _gold(x, target)
-        beta = tau * alpha
-        loss = -(1.0 - alpha) * lp_gold - alpha * pstar_dot_lp + beta * kl
-        nll = -lp_gold
-        # Entropy of the smoothed target P_hat (for logging), from per-row scalars only.
-        pstar_gold = (lp_gold / tau - log_z).exp()
-        p_hat_gold = 1.0 - alpha + alpha * pstar_gold
-        rest_plogp = pstar_logpstar - torch.special.xlogy(pstar_gold, pstar_gold)
-        target_entropy = -(
-            alpha * rest_plogp
-            + torch.special.xlogy(alpha, alpha) * (1.0 - pstar_gold)
-            + torch.special.xlogy(p_hat_gold, p_hat_gold)
-        )
+        del e
         ctx.save_for_backward(target, keep, alpha)
         ctx.input_dtype = lprobs.dtype
         ctx.mark_non_differentiable(nll, alpha, target_entropy)
@@ -194,6 +201,26 @@ def labo_loss(lprobs, target, tau, rho=0.5, alpha=None, ignore_index=None, reduc
     """
     loss, nll, _ = labo_terms(lprobs, target, tau, rho, alpha, ignore_index, reduce)
     return loss, nll
+
+
+def labo_logit_terms(lprobs: Tensor, target: Tensor, tau: float, rho: float = 0.5, alpha: Optional[float] = None,
+                     scratch: Sequence[Tensor] = ()):
+    """Eq. 14 for the chunked output layer: per token ``(loss, nll, {"alpha", "target_entropy"}, dz)``
+    with ``dz = d loss / d logits = p - P_hat`` (P*, alpha, beta constant, as in :func:`labo_loss`),
+    from ``lprobs = log_softmax(logits)`` (N, V) of kept tokens only (at least fp32; left intact).
+    Every row's target distribution sums to 1, so log_softmax's backward reduces to ``p - P_hat``.
+    ``scratch``: up to two buffers of lprobs's shape and dtype to use (``dz`` is the second) instead
+    of allocating."""
+    HP["tau"].check(tau, "tau")
+    HP["rho"].check(rho, "rho")
+    HP["alpha"].check(alpha, "alpha")
+    e_buf, p_buf = (*scratch, None, None)[:2]
+    p = torch.exp(lprobs, out=p_buf) if p_buf is not None else torch.exp(lprobs)
+    loss, nll, a, ent, e, z = _labo_forward(lprobs, target, float(tau), float(rho), alpha, p=p, buf=e_buf)
+    dz = p.addcmul_(e, (a / z).unsqueeze(-1), value=-1.0)  # p - alpha P*
+    del e
+    dz.scatter_add_(-1, target.unsqueeze(-1), (a - 1.0).unsqueeze(-1))  # ... - (1 - alpha) onehot(y)
+    return loss, nll, {"alpha": a, "target_entropy": ent}, dz
 
 
 # ------------------------------------------------------------------------------------ baselines
@@ -303,8 +330,27 @@ def _label_smoothed(x: Tensor, target: Tensor, epsilon: float) -> Tuple[Tensor, 
     nll = -_gold(x, target)
     if epsilon == 0.0:
         return nll, nll
-    eps_i = epsilon / (x.size(-1) - 1)
-    return (1.0 - epsilon - eps_i) * nll - eps_i * x.sum(-1), nll
+    off, gold = _label_smoothed_target(epsilon, x.size(-1))
+    return (gold - off) * nll - off * x.sum(-1), nll
+
+
+def _label_smoothed_target(epsilon: float, vocab: int) -> Tuple[float, float]:
+    """fairseq's smoothed target ``q``: ``(q_j for j != y, q_y) = (eps/(V-1), 1 - eps)``; sums to 1."""
+    return epsilon / (vocab - 1), 1.0 - epsilon
+
+
+def label_smoothing_logit_terms(lprobs: Tensor, target: Tensor, epsilon: float, scratch: Sequence[Tensor] = ()):
+    """:func:`label_smoothing_loss` for the chunked output layer: per token ``(loss, nll, {}, dz)``
+    with ``dz = d loss / d logits = p - q``, from ``lprobs = log_softmax(logits)`` (N, V) of kept
+    tokens only (at least fp32), which ``dz`` overwrites (``scratch`` is not needed)."""
+    HP["epsilon"].check(epsilon, "epsilon")
+    loss, nll = _label_smoothed(lprobs, target, float(epsilon))
+    off, gold = _label_smoothed_target(float(epsilon), lprobs.size(-1))
+    dz = lprobs.exp_()
+    if off:
+        dz.sub_(off)
+    dz.scatter_add_(-1, target.unsqueeze(-1), dz.new_full((dz.size(0), 1), off - gold))
+    return loss, nll, {}, dz
 
 
 def _teacher_kl(log_q: Tensor, log_pt: Tensor, target: Tensor, teacher_topk: Optional[int]) -> Tuple[Tensor, Tensor]:

@@ -246,15 +246,20 @@ def test_empty_batch_is_zero():
 
 
 def test_default_chunk_rule():
-    # one fp32 (chunk x V) buffer ~ 128 MiB, a multiple of 8, within [1, N]
+    # one fp32 (chunk x V) buffer at most ~128 MiB, a multiple of 8, within [1, N], the tokens
+    # shared evenly: 4096 at V = 10k is 2 x 2048, not 3352 + 744
     assert default_chunk_tokens(4096, 256000) == 128
-    assert default_chunk_tokens(4096, 40000) == 832
+    assert default_chunk_tokens(4096, 40000) == 824  # 5 chunks (832 would be the most)
+    assert default_chunk_tokens(4096, 10000) == 2048
     assert default_chunk_tokens(100, 10000) == 100
     assert default_chunk_tokens(4096, 10**8) == 1
     assert default_chunk_tokens(0, 50) == 1
-    for n, v in [(4096, 128000), (50000, 10000), (4096, 3_000_000)]:
+    for n, v in [(4096, 128000), (50000, 10000), (4096, 3_000_000), (3891, 40000), (8193, 10000)]:
         c = default_chunk_tokens(n, v)
+        most = 128 * 2**20 // (4 * v)
         assert 1 <= c <= n and c * v * 4 <= 128 * 2**20 and (c % 8 == 0 or c < 8)
+        chunks = -(-n // c)
+        assert chunks == -(-n // max(1, most - most % 8)) and n - (chunks - 1) * c > c - 8 * chunks
 
 
 @pytest.mark.parametrize("call, match", [
@@ -305,12 +310,15 @@ class PeakLiveBytes(TorchDispatchMode):
 
 @pytest.mark.parametrize("name", ["labo", "ls", "cp", "fl"])
 def test_peak_memory_is_a_few_chunk_buffers(name):
-    n, d, v, chunk = 512, 16, 1000, 16
+    from labo_fairseq.losses import linear
+
+    n, d, v, chunk = 512, 16, 4000, 16
     hidden, weight, bias, target = make(n=n, d=d, v=v)
     crit, params = CONFIGS[name]
     full, chunk_buf = n * v * 4, chunk * v * 4
-    fixed = (v * d + n * d + v) * 4  # the fp32 gradient accumulators
+    fixed = (v * d + 3 * n * d + v) * 4  # the fp32 gradient accumulators, the kept tokens' copy and gradient
     h, w, b = leaves(hidden, weight, bias)
+    linear._WORKSPACE.storage = None  # the chunk buffers' workspace is counted too
     with PeakLiveBytes() as fused_mem:
         loss, _ = linear_loss(h, w, target, crit, bias=b, chunk_tokens=chunk, ignore_index=PAD, **params)
         loss.backward()
@@ -382,3 +390,40 @@ def test_ddp_two_processes_match_one_process(name):
         grads = torch.load(os.path.join(tmp, "grads.pt"))
     for k, p in model.named_parameters():
         torch.testing.assert_close(grads[k], p.grad, rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("name", ["ls", "labo", "fl"])
+def test_ignored_tokens_are_never_computed(name):
+    # their rows are dropped before the GEMMs: NaN hidden states there change nothing, and their
+    # gradient is exactly zero
+    hidden, weight, bias, target = make()
+    ref = fused(hidden, weight, bias, target, name, PAD, 5)
+    hidden[target.eq(PAD)] = float("nan")
+    got = fused(hidden, weight, bias, target, name, PAD, 5)
+    assert torch.equal(got[0], ref[0]) and torch.equal(got[1], ref[1])
+    assert torch.equal(got[2][0], ref[2][0]) and float(got[2][0][target.eq(PAD)].abs().sum()) == 0.0
+
+
+def test_the_cpu_workspace_is_reused_and_bounded(monkeypatch):
+    # the chunk buffers are views of one allocation kept between calls (up to WORKSPACE_BYTES);
+    # nothing returned aliases it, so a second call leaves the first call's results as they were
+    from labo_fairseq.losses import linear
+
+    hidden, weight, bias, target = make(n=64, v=500)
+    linear._WORKSPACE.storage = None
+    first = fused(hidden, weight, bias, target, "labo", PAD, 16)
+    kept = linear._WORKSPACE.storage
+    assert kept is not None and kept.numel() >= 3 * 16 * 500 * 4
+    saved = [first[0].clone(), first[1].clone(), [g.clone() for g in first[2]]]
+    fused(hidden * 2, weight, bias, target, "labo", PAD, 16)
+    assert linear._WORKSPACE.storage is kept
+    assert same(first, saved)
+    monkeypatch.setattr(linear, "WORKSPACE_BYTES", 1000)
+    linear._WORKSPACE.storage = None
+    again = fused(hidden, weight, bias, target, "labo", PAD, 16)
+    assert linear._WORKSPACE.storage is None  # too large to keep: allocated for the call only
+    assert same(again, saved)
+
+
+def same(got, ref):
+    return all(torch.equal(a, b) for a, b in [(got[0], ref[0]), (got[1], ref[1]), *zip(got[2], ref[2])])
