@@ -26,11 +26,12 @@ A no-grad call (validation) does the value sweep only.
 
 Memory: a few (chunk x V) buffers of the working dtype at a time (logits, log-probs, the pure loss's
 buffer, its gradient), reused by the next chunk (on the CPU also by the next call:
-:class:`_Workspace`). Precision: the logits GEMM and the one for ``grad_hidden`` run in the inputs' dtype with fp32 accumulation, as the model's own output layer and
-its unfused backward do (no V x d fp32 copy of a bf16 weight, the largest buffer there would be);
-everything after the logits (log_softmax, P*, the loss, ``dz``) is at least fp32, chunk by chunk,
-and ``grad_weight`` accumulates over the chunks in fp32 (see :func:`_add_grad_weight` for the
-GEMM's dtype). Outputs and gradients come back in the inputs' dtypes.
+:class:`_Workspace`). Precision: the logits GEMM and the one for ``grad_hidden`` run in the
+inputs' dtype with fp32 accumulation, as the model's own output layer and its unfused backward do
+(no V x d fp32 copy of a bf16 weight, the largest buffer there would be); everything after the
+logits (log_softmax, P*, the loss, ``dz``) is at least fp32, chunk by chunk, and ``grad_weight``
+accumulates over the chunks in fp32 (see :meth:`_GradWeight.add_` for the GEMM's dtype). Outputs
+and gradients come back in the inputs' dtypes.
 Backward reuses the forward's buffers in place, so it can run once (like the pure losses).
 """
 
@@ -171,19 +172,25 @@ class _Workspace(threading.local):
 _WORKSPACE = _Workspace()
 
 
+def _alias(buf: Tensor, dtype: torch.dtype) -> Tensor:
+    """A ``dtype`` tensor of ``buf``'s shape in the first bytes of ``buf`` (contiguous, of a dtype at
+    least as wide): a half-precision buffer where a working-dtype one is free."""
+    return buf.view(-1).view(dtype)[:buf.numel()].view(buf.shape)
+
+
 def _chunk_terms(fns, h, w, b, target, want_grad):
-    """``(loss, nll, stats, dz, half)`` of one chunk of kept tokens, ``dz = d loss / d logits`` (None
-    without ``want_grad``), ``half`` a free (chunk, V) buffer of half-precision inputs' dtype (or
-    None); ``fns = (run, logit form or None)``. ``dz`` and ``half`` live until the next chunk."""
+    """``(loss, nll, stats, dz, free)`` of one chunk of kept tokens, ``dz = d loss / d logits`` (None
+    without ``want_grad``), ``free`` a (chunk, V) working-dtype buffer no longer used; ``fns = (run,
+    logit form or None)``. ``dz`` and ``free`` live until the next chunk."""
     run, logit_form = fns
     work = torch.promote_types(h.dtype, torch.float32)
-    shape = (h.size(0), w.size(0))
-    z, lp, spare, *half = _WORKSPACE.views(h.device, [(shape, work)] * 3 + ([(shape, h.dtype)] if h.dtype != work else []))
+    z, lp, spare = _WORKSPACE.views(h.device, [((h.size(0), w.size(0)), work)] * 3)
     with torch.no_grad():
-        # the GEMM in the inputs' dtype (fp32 accumulation inside, as the model's own output layer);
-        # the loss from here on in the working dtype, at least fp32
-        if half:
-            z.copy_(torch.mm(h, w.t(), out=half[0]))
+        # the GEMM in the inputs' dtype (fp32 accumulation inside, as the model's own output layer),
+        # a half-precision product in spare's memory (free until the loss); the loss from here on
+        # in the working dtype, at least fp32
+        if h.dtype != work:
+            z.copy_(torch.mm(h, w.t(), out=_alias(spare, h.dtype)))
         else:
             torch.mm(h, w.t(), out=z)
         if b is not None:
@@ -191,7 +198,7 @@ def _chunk_terms(fns, h, w, b, target, want_grad):
         torch.log_softmax(z, -1, out=lp)
         if want_grad and logit_form is not None:
             loss, nll, stats, dz = logit_form(lp, target, (z, spare))
-            return loss.sum(), nll.sum(), {k: v.sum() for k, v in stats.items()}, dz, (half or [None])[0]
+            return loss.sum(), nll.sum(), {k: v.sum() for k, v in stats.items()}, dz, z
     if not want_grad:
         return (*run(lp, target, None), None, None)
     lp.requires_grad_()
@@ -203,28 +210,64 @@ def _chunk_terms(fns, h, w, b, target, want_grad):
     # log_softmax's backward, in place in the two buffers there are: dz = g - p * sum_j g_j
     p = lp.detach().exp_()
     dz = g.sub_(p.mul_(g.sum(-1, keepdim=True)))
-    return loss.detach(), nll.detach(), stats, dz, (half or [None])[0]
+    return loss.detach(), nll.detach(), stats, dz, z
 
 
-# From this many tokens per chunk, bf16 inputs take grad_weight's GEMM in bf16 (see _add_grad_weight).
+# From this many tokens per chunk, bf16 inputs take grad_weight's GEMM in bf16 (see _GradWeight.add_).
 HALF_GEMM_MIN_TOKENS = 512
 
 
-def _add_grad_weight(gw, dz, dz_in, h):
-    """``gw += dz.T @ h`` into the fp32 accumulator; each chunk's product passes once over the whole
-    (V, d) ``gw``. bf16 inputs in chunks of at least :data:`HALF_GEMM_MIN_TOKENS` tokens: the GEMM
-    in bf16 (fp32 accumulation inside, rounded once per chunk as the unfused backward rounds its one
-    product), added to ``gw`` in blocks of rows (a temporary near :data:`CHUNK_BYTES`). Otherwise one
-    fp32 GEMM adding in place: for small chunks the mixed-dtype addition's extra pass costs more than
-    the faster GEMM saves (a bf16 step of fused LABO on a CPU with bf16 instructions: 14% faster at
-    832 tokens per chunk, about even at 256, 20% slower at 128), and fp16 would flush the small
-    entries of ``dz`` (rare tokens' probabilities, before any loss scale) to zero."""
-    if dz_in.dtype != torch.bfloat16 or dz.size(0) < HALF_GEMM_MIN_TOKENS:
-        gw.addmm_(dz.t(), h.to(dz.dtype))
-        return
-    rows = max(1, CHUNK_BYTES // (dz_in.element_size() * h.size(1)))
-    for r in range(0, gw.size(0), rows):
-        gw[r:r + rows] += dz_in[:, r:r + rows].t() @ h
+class _GradWeight:
+    """``grad_weight`` (V, d) accumulated over the chunks in the working dtype (at least fp32), in
+    blocks of rows of about :data:`CHUNK_BYTES`. A half-precision weight gets its gradient back
+    block by block, each fp32 block freed as its copy is made, so that the whole fp32 accumulator
+    and the whole half-precision result never coexist (V = 256k, d = 1,024: 1 GiB at the end, not 1.5)."""
+
+    def __init__(self, w: Tensor, out_dtype: torch.dtype):
+        work = self.dtype = torch.promote_types(w.dtype, torch.float32)
+        rows = max(1, CHUNK_BYTES // (work.itemsize * w.size(1)))
+        self.starts = list(range(0, w.size(0), rows))
+        if out_dtype == work:  # the accumulator is the result
+            self.whole = torch.zeros(w.shape, dtype=work, device=w.device)
+            self.blocks = list(self.whole.split(rows))
+        else:
+            self.whole = None
+            self.blocks = [torch.zeros(min(rows, w.size(0) - r), w.size(1), dtype=work, device=w.device)
+                           for r in self.starts]
+
+    def add_(self, dz: Tensor, dz_in: Tensor, h: Tensor) -> None:
+        """``+= dz.T @ h``, one pass over every block per chunk. bf16 inputs in chunks of at least
+        :data:`HALF_GEMM_MIN_TOKENS` tokens: the GEMM in bf16 (fp32 accumulation inside, rounded
+        once per chunk as the unfused backward rounds its one product), added to the block.
+        Otherwise an fp32 GEMM adding in place: for small chunks the mixed-dtype addition's extra
+        pass costs more than the faster GEMM saves (a bf16 step of fused LABO on a CPU with bf16
+        instructions: 14% faster at 832 tokens per chunk, about even at 256, 20% slower at 128), and
+        fp16 would flush the small entries of ``dz`` (rare tokens' probabilities, before any loss
+        scale) to zero."""
+        half = dz_in.dtype == torch.bfloat16 and dz.size(0) >= HALF_GEMM_MIN_TOKENS
+        h_work = None if half else h.to(dz.dtype)
+        for r, block in zip(self.starts, self.blocks):
+            if half:
+                block += dz_in[:, r:r + block.size(0)].t() @ h
+            else:
+                block.addmm_(dz[:, r:r + block.size(0)].t(), h_work)
+
+    def mul_(self, scale: Tensor) -> None:
+        for block in self.blocks:
+            block.mul_(scale)
+
+    def zero_(self) -> None:
+        for block in self.blocks:
+            block.zero_()
+
+    def to(self, dtype: torch.dtype) -> Tensor:
+        """The gradient in ``dtype``; the accumulator is used up."""
+        if self.whole is not None:
+            return self.whole.to(dtype)
+        parts = []
+        while self.blocks:
+            parts.append(self.blocks.pop(0).to(dtype))
+        return torch.cat(parts)
 
 
 def _sweep(hidden, w, b, target, fns, chunk, grads, scale=None):
@@ -239,7 +282,7 @@ def _sweep(hidden, w, b, target, fns, chunk, grads, scale=None):
     for s in range(0, hidden.size(0), chunk):
         h = hidden[s:s + chunk].to(w.dtype)
         with torch.autocast(hidden.device.type, enabled=False):  # an AMP region must not downcast the GEMMs
-            l_c, nll_c, st, dz, half = _chunk_terms(fns, h, w, b, target[s:s + chunk], want)
+            l_c, nll_c, st, dz, free = _chunk_terms(fns, h, w, b, target[s:s + chunk], want)
         loss += l_c
         nll += nll_c
         for k, v in (st or {}).items():
@@ -250,11 +293,11 @@ def _sweep(hidden, w, b, target, fns, chunk, grads, scale=None):
             dz.mul_(scale.to(dz.dtype))
         with torch.autocast(hidden.device.type, enabled=False):
             # dz in the inputs' dtype, as the unfused backward's grad of the logits
-            dz_in = dz if half is None else half.copy_(dz)
+            dz_in = dz if dz.dtype == w.dtype else _alias(free, w.dtype).copy_(dz)
             if gh is not None:  # (chunk, d)
                 gh[s:s + chunk] += dz_in @ w
             if gw is not None:
-                _add_grad_weight(gw, dz, dz_in, h)
+                gw.add_(dz, dz_in, h)
             del dz_in
         if gb is not None:
             gb.add_(dz.sum(0))
@@ -274,12 +317,14 @@ def _work_params(hidden, weight, bias):
     return weight.to(gemm), None if bias is None else bias.to(_work_dtype(hidden, weight))
 
 
-def _grad_buffers(hidden, w, b, needs):
-    """Gradient accumulators in the working dtype (at least fp32)."""
+def _grad_buffers(hidden, weight, w, b, needs):
+    """Gradient accumulators in the working dtype (at least fp32): hidden's, weight's
+    (:class:`_GradWeight`), bias's; None where not needed."""
     work = torch.promote_types(w.dtype, torch.float32)
-    shapes = (hidden.shape, w.shape, None if b is None else b.shape)
-    return [torch.zeros(shape, dtype=work, device=w.device) if need and shape is not None else None
-            for need, shape in zip(needs, shapes)]
+    gh = torch.zeros(hidden.shape, dtype=work, device=w.device) if needs[0] else None
+    gw = _GradWeight(w, weight.dtype) if needs[1] else None
+    gb = torch.zeros(b.shape, dtype=work, device=w.device) if needs[2] and b is not None else None
+    return [gh, gw, gb]
 
 
 class _LinearLossFunction(torch.autograd.Function):
@@ -289,7 +334,7 @@ class _LinearLossFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, hidden, weight, bias, target, fns, chunk, stats_out):
         w, b = _work_params(hidden, weight, bias)
-        grads = _grad_buffers(hidden, w, b, ctx.needs_input_grad[:3])
+        grads = _grad_buffers(hidden, weight, w, b, ctx.needs_input_grad[:3])
         loss, nll, stats = _sweep(hidden, w, b, target, fns, chunk, grads)
         stats_out.update(stats)
         ctx.save_for_backward(hidden, weight, bias, target)

@@ -427,3 +427,17 @@ def test_the_cpu_workspace_is_reused_and_bounded(monkeypatch):
 
 def same(got, ref):
     return all(torch.equal(a, b) for a, b in [(got[0], ref[0]), (got[1], ref[1]), *zip(got[2], ref[2])])
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_grad_weight_in_row_blocks(monkeypatch, dtype):
+    # grad_weight accumulates in blocks of rows of about CHUNK_BYTES; a half-precision weight's is
+    # converted block by block: with blocks of 10 rows (6 blocks, the last short) nothing changes
+    from labo_fairseq.losses import linear
+
+    monkeypatch.setattr(linear, "CHUNK_BYTES", 10 * D * 4)
+    hidden, weight, bias, target = make(dtype=dtype)
+    got = fused(hidden, weight, bias, target, "labo", PAD, 7)
+    tol = 1e-5 if dtype == torch.float32 else 1e-2
+    assert got[2][1].dtype == dtype
+    assert_matches(got, reference(hidden, weight, bias, target, "labo", PAD), rtol=tol, atol_rel=tol)
