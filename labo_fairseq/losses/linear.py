@@ -156,17 +156,15 @@ class _Workspace(threading.local):
     def views(self, device: torch.device, shapes: list[tuple[tuple[int, ...], torch.dtype]]) -> list[Tensor]:
         if device.type != "cpu":
             return [torch.empty(shape, dtype=dtype, device=device) for shape, dtype in shapes]
-        sizes = [-(-math.prod(shape) * dtype.itemsize // 64) * 64 for shape, dtype in shapes]  # 64-byte aligned
+        nbytes = [math.prod(shape) * dtype.itemsize for shape, dtype in shapes]
+        starts = [sum(-(-n // 64) * 64 for n in nbytes[:i]) for i in range(len(nbytes) + 1)]  # 64-byte aligned
         store = self.storage
-        if store is None or store.numel() < sum(sizes):
-            store = torch.empty(sum(sizes), dtype=torch.uint8)
-            if sum(sizes) <= WORKSPACE_BYTES:
+        if store is None or store.numel() < starts[-1]:
+            store = torch.empty(starts[-1], dtype=torch.uint8)
+            if starts[-1] <= WORKSPACE_BYTES:
                 self.storage = store
-        out, offset = [], 0
-        for (shape, dtype), size in zip(shapes, sizes):
-            out.append(store[offset:offset + math.prod(shape) * dtype.itemsize].view(dtype).view(shape))
-            offset += size
-        return out
+        return [store[start:start + n].view(dtype).view(shape)
+                for (shape, dtype), start, n in zip(shapes, starts, nbytes)]
 
 
 _WORKSPACE = _Workspace()
@@ -360,14 +358,14 @@ class _LinearLossFunction(torch.autograd.Function):
 
 
 def _kept_tokens(hidden, target, ignore_index):
-    """``(hidden, target, rows)`` of the tokens whose target is not ``ignore_index`` (``rows`` their
-    indices, None where every token is kept): ignored tokens cost no GEMM and no pass over V."""
+    """``(hidden, target)`` of the tokens whose target is not ``ignore_index`` (the inputs themselves
+    where every token is kept): ignored tokens cost no GEMM and no pass over V."""
     if ignore_index is None:
-        return hidden, target, None
+        return hidden, target
     rows = target.ne(ignore_index).nonzero().squeeze(1)
     if rows.numel() == target.numel():
-        return hidden, target, None
-    return hidden.index_select(0, rows), target.index_select(0, rows), rows
+        return hidden, target
+    return hidden.index_select(0, rows), target.index_select(0, rows)
 
 
 def _check_shapes(hidden, weight, bias, target):
@@ -402,7 +400,7 @@ def linear_loss(hidden: Tensor, weight: Tensor, target: Tensor, criterion: str, 
     hidden2, target = _check_shapes(hidden, weight, bias, target)
     if chunk_tokens is not None and chunk_tokens < 1:
         raise ValueError(f"chunk_tokens must be >= 1, got {chunk_tokens}")
-    kept_hidden, kept_target, rows = _kept_tokens(hidden2, target, ignore_index)
+    kept_hidden, kept_target = _kept_tokens(hidden2, target, ignore_index)
     n = kept_hidden.size(0)
     chunk = default_chunk_tokens(n, weight.size(0)) if chunk_tokens is None else int(chunk_tokens)
     dtype = torch.promote_types(hidden.dtype, weight.dtype)

@@ -125,6 +125,11 @@ def _labo_forward(x: Tensor, target: Tensor, tau: float, rho: float, alpha_fixed
     return loss, -lp_gold, alpha, target_entropy, e, z
 
 
+def _check_labo(tau: float, rho: float, alpha: Optional[float]) -> None:
+    for name, value in (("tau", tau), ("rho", rho), ("alpha", alpha)):
+        HP[name].check(value, name)
+
+
 class _LaboFunction(torch.autograd.Function):
     """Token loss of Eq. 14 with P*, alpha, beta held constant; grad w.r.t. ``lprobs`` is ``-P_hat``.
 
@@ -170,9 +175,7 @@ def labo_terms(
     Statistics are sums over non-padding tokens (``reduce=True``) or per-token (``reduce=False``),
     in nats; they carry no gradient.
     """
-    HP["tau"].check(tau, "tau")
-    HP["rho"].check(rho, "rho")
-    HP["alpha"].check(alpha, "alpha")
+    _check_labo(tau, rho, alpha)
     pad = _pad_mask(target, ignore_index)
     keep = torch.ones_like(target, dtype=torch.bool) if pad is None else ~pad
     loss, nll, a, ent = _LaboFunction.apply(lprobs, target, keep, float(tau), float(rho), alpha)
@@ -211,9 +214,7 @@ def labo_logit_terms(lprobs: Tensor, target: Tensor, tau: float, rho: float = 0.
     Every row's target distribution sums to 1, so log_softmax's backward reduces to ``p - P_hat``.
     ``scratch``: up to two buffers of lprobs's shape and dtype to use (``dz`` is the second) instead
     of allocating."""
-    HP["tau"].check(tau, "tau")
-    HP["rho"].check(rho, "rho")
-    HP["alpha"].check(alpha, "alpha")
+    _check_labo(tau, rho, alpha)
     e_buf, p_buf = (*scratch, None, None)[:2]
     p = torch.exp(lprobs, out=p_buf) if p_buf is not None else torch.exp(lprobs)
     loss, nll, a, ent, e, z = _labo_forward(lprobs, target, float(tau), float(rho), alpha, p=p, buf=e_buf)

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
 from labo_fairseq.runtime.commandline import ArgumentParser
-from labo_fairseq.runtime.files import read_json, write_json
+from labo_fairseq.runtime.files import read_json, read_json_if_exists, write_json
 from labo_fairseq.runtime.processes import run_queue, run_tool, thread_env
 from labo_fairseq.study.fairseq_tools import validation_curve
 from labo_fairseq.study.protocol import (
@@ -141,7 +141,7 @@ class Tune:
     def kept(self, p: Point) -> Optional[Dict]:
         """The point's kept record if it says its training is over, else None (a record of a run that
         stopped before its rule or cap said so, as a resumed fairseq could, is trained on)."""
-        rec = read_json(self.result_path(p)) if self.result_path(p).is_file() else None
+        rec = read_json_if_exists(self.result_path(p))
         return rec if rec is not None and _stopped(rec) else None
 
     def done(self, p: Point) -> bool:
