@@ -9,30 +9,23 @@ and every range check keeps one home there. Rows are independent in those losses
 sums equal the full-batch value up to float summation order.
 
 Design: tokens whose target is ``ignore_index`` are dropped before the first GEMM. The gradient
-w.r.t. the chunk's logits ``dz`` is taken during forward (as Liger-Kernel does). For CE, LS and
-LABO, whose target distribution q is a constant summing to 1, it is ``p - q``, written by the pure
-loss's module in one go (:data:`LOGIT_FORMS`); for CP, FL and AFL it is autograd of the pure loss
-w.r.t. the chunk's log-probs, then log_softmax's backward by hand (``dz = g - p * sum_j g_j``).
-Either is folded at once into ``grad_hidden[chunk] = dz @ W``,
-``grad_weight += dz.T @ h`` and ``grad_bias += sum dz``. The loss is a scalar sum, so backward
-only multiplies these by the incoming ``grad_output``: the logits matmul runs once, not twice as
-in the recompute design (forward for the value, backward again for ``dz``), i.e. 3 GEMMs of
-N x V x d instead of 4. The price is holding the fp32 ``grad_weight`` (V x d: 1 GiB at V = 256k,
-d = 1024) and ``grad_hidden`` (N x d) from forward to backward, where recompute would hold them
-only during backward. The gradient of ``nll_loss`` is not precomputed (it is usually only logged):
-a backward that reaches ``nll_loss`` recomputes the chunks' logits for ``p - onehot(y)``
-(differentiable under every criterion, where the pure LABO and CP losses mark theirs non-differentiable).
-A no-grad call (validation) does the value sweep only.
+w.r.t. the chunk's logits ``dz`` is taken during forward (as Liger-Kernel does): ``p - q`` written
+in one go for CE, LS and LABO, whose target q is a constant summing to 1 (:data:`LOGIT_FORMS`);
+for CP, FL and AFL autograd of the pure loss w.r.t. the chunk's log-probs, then log_softmax's
+backward by hand (``dz = g - p * sum_j g_j``). It goes into ``grad_hidden = dz @ W``,
+``grad_weight += dz.T @ h`` and ``grad_bias += sum dz`` at once, so backward only scales them by
+``grad_output``: 3 GEMMs of N x V x d, not the recompute design's 4, for holding the fp32
+``grad_weight`` (1 GiB at V = 256k, d = 1024) and ``grad_hidden`` from forward to backward.
+``nll_loss``'s gradient (usually only logged) is not precomputed: a backward that reaches it
+recomputes the chunks for ``p - onehot(y)``. A no-grad call (validation) does the value sweep only.
 
-Memory: a few (chunk x V) buffers of the working dtype at a time (logits, log-probs, the pure loss's
-buffer, its gradient), reused by the next chunk (on the CPU also by the next call:
-:class:`_Workspace`). Precision: the logits GEMM and the one for ``grad_hidden`` run in the
-inputs' dtype with fp32 accumulation, as the model's own output layer and its unfused backward do
-(no V x d fp32 copy of a bf16 weight, the largest buffer there would be); everything after the
-logits (log_softmax, P*, the loss, ``dz``) is at least fp32, chunk by chunk, and ``grad_weight``
-accumulates over the chunks in fp32 (see :meth:`_GradWeight.add_` for the GEMM's dtype). Outputs
-and gradients come back in the inputs' dtypes.
-Backward reuses the forward's buffers in place, so it can run once (like the pure losses).
+Memory: two (chunk x V) working-dtype buffers (logits, then log-probs in place, then ``dz``; the
+loss's scratch), and for a bf16 weight the chunks' ``dz`` waiting in bf16 (:data:`PENDING_BYTES`);
+reused by the next chunk (on the CPU also by the next call: :class:`_Workspace`). Precision: the
+GEMMs run in the inputs' dtype with fp32 accumulation, as the model's own output layer and its
+unfused backward do (no V x d fp32 copy of a bf16 weight); everything after the logits is at least
+fp32, and ``grad_weight`` accumulates in fp32 (:meth:`_GradWeight.add_`). Outputs and gradients
+come back in the inputs' dtypes. Backward reuses the forward's buffers, so it can run once.
 """
 
 from __future__ import annotations
@@ -78,19 +71,27 @@ LOGIT_FORMS: dict[str, Callable] = {
 }
 _NOT_PARAMS = {"lprobs", "target", "ignore_index", "reduce"}
 
-# One (chunk x V) buffer of the working dtype is kept near this size (the chunk loop holds ~3-4):
-# large enough that the three GEMMs per chunk (M = chunk) stay compute-bound rather than re-reading
+# One (chunk x V) buffer of the working dtype is kept near this size (the chunk loop holds two):
+# large enough that the GEMMs per chunk (M = chunk) stay compute-bound rather than re-reading
 # the V x d weight and gradient per few tokens, small enough to be noise next to the (N x V)
 # logits it replaces (4096 x 256k fp32 = 4 GiB).
 CHUNK_BYTES = 128 * 2**20
+# bf16 weights: the chunk's two fp32 buffers take half of CHUNK_BYTES each, and the chunks' dz in
+# bf16 wait in a buffer of this size, so that grad_hidden's and grad_weight's GEMMs run in bf16 over
+# many chunks at once (K = 512 tokens at V = 256k, where a chunk is 64): measured on a CPU with bf16
+# instructions, grad_weight's GEMM per token took 6.4 ms in fp32 at K = 128 and 4.0 ms in bf16 at
+# K = 512, and grad_hidden's 4.4 ms at M = 64 and 2.9 ms at M = 512. The same memory as three fp32
+# buffers of CHUNK_BYTES.
+PENDING_BYTES = 2 * CHUNK_BYTES
 
 
-def default_chunk_tokens(n_tokens: int, vocab: int, element_size: int = 4) -> int:
-    """Tokens per chunk so that one ``(chunk, V)`` buffer is at most about :data:`CHUNK_BYTES`
-    (128 MiB), the ``n_tokens`` shared evenly between as few chunks as that allows (no short last
-    chunk running its GEMMs at a poor shape); a multiple of 8 (GEMM tiles) when >= 8, within
-    [1, n_tokens]. E.g. fp32, 4,096 tokens: V = 10k -> 2 x 2048, 40k -> 5 x 824, 256k -> 32 x 128."""
-    raw = CHUNK_BYTES // (element_size * max(vocab, 1))
+def default_chunk_tokens(n_tokens: int, vocab: int, bf16: bool = False) -> int:
+    """Tokens per chunk so that one fp32 ``(chunk, V)`` buffer is at most about :data:`CHUNK_BYTES`
+    (128 MiB; half of it for a ``bf16`` weight, see :data:`PENDING_BYTES`), the ``n_tokens`` shared
+    evenly between as few chunks as that allows (no short last chunk running its GEMMs at a poor
+    shape); a multiple of 8 (GEMM tiles) when >= 8, within [1, n_tokens]. E.g. fp32, 4,096 tokens:
+    V = 10k -> 2 x 2048, 40k -> 5 x 824, 256k -> 32 x 128; bf16 at 256k: 64 x 64."""
+    raw = (CHUNK_BYTES // (2 if bf16 else 1)) // (4 * max(vocab, 1))
     most = raw - raw % 8 if raw >= 8 else max(raw, 1)
     if n_tokens <= most:
         return max(1, n_tokens)
@@ -176,27 +177,28 @@ def _alias(buf: Tensor, dtype: torch.dtype) -> Tensor:
     return buf.view(-1).view(dtype)[:buf.numel()].view(buf.shape)
 
 
-def _chunk_terms(fns, h, w, b, target, want_grad):
+def _chunk_terms(fns, h, w, b, target, want_grad, z, spare):
     """``(loss, nll, stats, dz, free)`` of one chunk of kept tokens, ``dz = d loss / d logits`` (None
     without ``want_grad``), ``free`` a (chunk, V) working-dtype buffer no longer used; ``fns = (run,
-    logit form or None)``. ``dz`` and ``free`` live until the next chunk."""
+    logit form or None)``; ``z`` and ``spare`` the chunk's two (chunk, V) working-dtype buffers.
+    ``dz`` and ``free`` live until the next chunk."""
     run, logit_form = fns
-    work = torch.promote_types(h.dtype, torch.float32)
-    z, lp, spare = _WORKSPACE.views(h.device, [((h.size(0), w.size(0)), work)] * 3)
     with torch.no_grad():
         # the GEMM in the inputs' dtype (fp32 accumulation inside, as the model's own output layer),
         # a half-precision product in spare's memory (free until the loss); the loss from here on
         # in the working dtype, at least fp32
-        if h.dtype != work:
+        if h.dtype != z.dtype:
             z.copy_(torch.mm(h, w.t(), out=_alias(spare, h.dtype)))
         else:
             torch.mm(h, w.t(), out=z)
         if b is not None:
             z += b
-        torch.log_softmax(z, -1, out=lp)
+        # the log-probs over the logits: in place on the CPU, whose kernel reads a row before writing
+        # it; CUDA's caching allocator gives a buffer at no cost, and its kernels make no such promise
+        lp = torch.log_softmax(z, -1, out=z) if z.device.type == "cpu" else torch.log_softmax(z, -1)
         if want_grad and logit_form is not None:
-            loss, nll, stats, dz = logit_form(lp, target, (z, spare))
-            return loss.sum(), nll.sum(), {k: v.sum() for k, v in stats.items()}, dz, z
+            loss, nll, stats, dz = logit_form(lp, target, (spare,))
+            return loss.sum(), nll.sum(), {k: v.sum() for k, v in stats.items()}, dz, spare
     if not want_grad:
         return (*run(lp, target, None), None, None)
     lp.requires_grad_()
@@ -208,11 +210,7 @@ def _chunk_terms(fns, h, w, b, target, want_grad):
     # log_softmax's backward, in place in the two buffers there are: dz = g - p * sum_j g_j
     p = lp.detach().exp_()
     dz = g.sub_(p.mul_(g.sum(-1, keepdim=True)))
-    return loss.detach(), nll.detach(), stats, dz, z
-
-
-# From this many tokens per chunk, bf16 inputs take grad_weight's GEMM in bf16 (see _GradWeight.add_).
-HALF_GEMM_MIN_TOKENS = 512
+    return loss.detach(), nll.detach(), stats, dz, spare
 
 
 class _GradWeight:
@@ -233,22 +231,26 @@ class _GradWeight:
             self.blocks = [torch.zeros(min(rows, w.size(0) - r), w.size(1), dtype=work, device=w.device)
                            for r in self.starts]
 
-    def add_(self, dz: Tensor, dz_in: Tensor, h: Tensor) -> None:
-        """``+= dz.T @ h``, one pass over every block per chunk. bf16 inputs in chunks of at least
-        :data:`HALF_GEMM_MIN_TOKENS` tokens: the GEMM in bf16 (fp32 accumulation inside, rounded
-        once per chunk as the unfused backward rounds its one product), added to the block.
-        Otherwise an fp32 GEMM adding in place: for small chunks the mixed-dtype addition's extra
-        pass costs more than the faster GEMM saves (a bf16 step of fused LABO on a CPU with bf16
-        instructions: 14% faster at 832 tokens per chunk, about even at 256, 20% slower at 128), and
-        fp16 would flush the small entries of ``dz`` (rare tokens' probabilities, before any loss
-        scale) to zero."""
-        half = dz_in.dtype == torch.bfloat16 and dz.size(0) >= HALF_GEMM_MIN_TOKENS
-        h_work = None if half else h.to(dz.dtype)
+    def add_(self, dz: Tensor, h: Tensor) -> None:
+        """``+= dz.T @ h``, one pass over every block. ``dz`` in the working dtype: a GEMM adding in
+        place (fp16 inputs too, whose dtype would flush the small entries of ``dz``, rare tokens'
+        probabilities before any loss scale, to zero). ``dz`` in bf16 (the waiting rows of a bf16
+        weight, :data:`PENDING_BYTES`): the GEMM in bf16 (fp32 accumulation inside, rounded once per
+        flush as the unfused backward rounds its one product) into a small product buffer, added to
+        the block; the flushes' K tokens make the bf16 GEMM worth the addition's extra pass."""
+        if dz.dtype != torch.bfloat16:
+            h = h.to(dz.dtype)
+            for r, block in zip(self.starts, self.blocks):
+                block.addmm_(dz[:, r:r + block.size(0)].t(), h)
+            return
+        rows = max(1, CHUNK_BYTES // 16 // (2 * h.size(1)))
+        tmp = h.new_empty(min(rows, dz.size(1)), h.size(1))
         for r, block in zip(self.starts, self.blocks):
-            if half:
-                block += dz_in[:, r:r + block.size(0)].t() @ h
-            else:
-                block.addmm_(dz[:, r:r + block.size(0)].t(), h_work)
+            for i in range(0, block.size(0), rows):
+                part = block[i:i + rows]
+                block_tmp = tmp[:part.size(0)]
+                torch.mm(dz[:, r + i:r + i + part.size(0)].t(), h, out=block_tmp)
+                part += block_tmp
 
     def mul_(self, scale: Tensor) -> None:
         for block in self.blocks:
@@ -268,37 +270,65 @@ class _GradWeight:
         return torch.cat(parts)
 
 
+def _pending_tokens(n: int, chunk: int, vocab: int) -> int:
+    """Rows of the bf16 ``dz`` that wait for grad_hidden's and grad_weight's GEMMs: whole chunks
+    filling at most :data:`PENDING_BYTES` (at least one), no more than the ``n`` tokens."""
+    return min(max(n, 1), chunk * max(1, PENDING_BYTES // (2 * chunk * max(vocab, 1))))
+
+
 def _sweep(hidden, w, b, target, fns, chunk, grads, scale=None):
     """Sum loss, nll and statistics over chunks of ``chunk`` kept tokens (float64 accumulators),
     adding each chunk's ``scale * dz`` products into ``grads = (grad_hidden, grad_weight, grad_bias)``
-    (working-dtype buffers, or None where no gradient is wanted)."""
+    (working-dtype buffers, or None where no gradient is wanted). A bf16 weight's chunks leave
+    their ``dz`` in bf16 rows that the two GEMMs take many chunks at a time (:data:`PENDING_BYTES`)."""
     gh, gw, gb = grads
+    n, device = hidden.size(0), hidden.device
     want = any(g is not None for g in grads)
+    work = torch.promote_types(w.dtype, torch.float32)
+    k = _pending_tokens(n, chunk, w.size(0)) if want and w.dtype == torch.bfloat16 else 0
+    z, spare, pending = _WORKSPACE.views(device, [((min(chunk, max(n, 1)), w.size(0)), work)] * 2
+                                         + [((k, w.size(0)), torch.bfloat16)])
+    start = 0  # the first token of the waiting rows
+
+    def flush(end):
+        if gh is not None:
+            gh[start:end] += pending[:end - start] @ w
+        if gw is not None:
+            gw.add_(pending[:end - start], hidden[start:end].to(w.dtype))
+
     loss = hidden.new_zeros((), dtype=torch.float64)
     nll = loss.clone()
     stats: dict[str, Tensor] = {}
-    for s in range(0, hidden.size(0), chunk):
+    for s in range(0, n, chunk):
         h = hidden[s:s + chunk].to(w.dtype)
-        with torch.autocast(hidden.device.type, enabled=False):  # an AMP region must not downcast the GEMMs
-            l_c, nll_c, st, dz, free = _chunk_terms(fns, h, w, b, target[s:s + chunk], want)
+        with torch.autocast(device.type, enabled=False):  # an AMP region must not downcast the GEMMs
+            l_c, nll_c, st, dz, free = _chunk_terms(fns, h, w, b, target[s:s + chunk], want,
+                                                    z[:h.size(0)], spare[:h.size(0)])
         loss += l_c
         nll += nll_c
-        for k, v in (st or {}).items():
-            stats[k] = stats.get(k, 0.0) + v.double()
+        for key, v in (st or {}).items():
+            stats[key] = stats.get(key, 0.0) + v.double()
         if dz is None:
             continue
         if scale is not None:
             dz.mul_(scale.to(dz.dtype))
-        with torch.autocast(hidden.device.type, enabled=False):
+        if gb is not None:
+            gb.add_(dz.sum(0))
+        with torch.autocast(device.type, enabled=False):
+            if k:
+                end = s + h.size(0)
+                pending[s - start:end - start].copy_(dz)
+                if end == n or end - start + min(chunk, n - end) > k:  # the next chunk would not fit
+                    flush(end)
+                    start = end
+                continue
             # dz in the inputs' dtype, as the unfused backward's grad of the logits
             dz_in = dz if dz.dtype == w.dtype else _alias(free, w.dtype).copy_(dz)
             if gh is not None:  # (chunk, d)
                 gh[s:s + chunk] += dz_in @ w
             if gw is not None:
-                gw.add_(dz, dz_in, h)
+                gw.add_(dz, h)
             del dz_in
-        if gb is not None:
-            gb.add_(dz.sum(0))
         del dz
     return loss, nll, stats
 
@@ -402,7 +432,8 @@ def linear_loss(hidden: Tensor, weight: Tensor, target: Tensor, criterion: str, 
         raise ValueError(f"chunk_tokens must be >= 1, got {chunk_tokens}")
     kept_hidden, kept_target = _kept_tokens(hidden2, target, ignore_index)
     n = kept_hidden.size(0)
-    chunk = default_chunk_tokens(n, weight.size(0)) if chunk_tokens is None else int(chunk_tokens)
+    bf16 = torch.promote_types(hidden.dtype, weight.dtype) == torch.bfloat16
+    chunk = default_chunk_tokens(n, weight.size(0), bf16) if chunk_tokens is None else int(chunk_tokens)
     dtype = torch.promote_types(hidden.dtype, weight.dtype)
     stats: dict[str, Tensor] = {}
     if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (hidden, weight, bias)):

@@ -210,14 +210,17 @@ def labo_logit_terms(lprobs: Tensor, target: Tensor, tau: float, rho: float = 0.
                      scratch: Sequence[Tensor] = ()):
     """Eq. 14 for the chunked output layer: per token ``(loss, nll, {"alpha", "target_entropy"}, dz)``
     with ``dz = d loss / d logits = p - P_hat`` (P*, alpha, beta constant, as in :func:`labo_loss`),
-    from ``lprobs = log_softmax(logits)`` (N, V) of kept tokens only (at least fp32; left intact).
+    from ``lprobs = log_softmax(logits)`` (N, V) of kept tokens only (at least fp32).
     Every row's target distribution sums to 1, so log_softmax's backward reduces to ``p - P_hat``.
-    ``scratch``: up to two buffers of lprobs's shape and dtype to use (``dz`` is the second) instead
-    of allocating."""
+    ``scratch``: up to two buffers of lprobs's shape and dtype to use instead of allocating; with
+    two, ``dz`` is the second, otherwise it overwrites ``lprobs`` (one fewer (N, V) buffer, one more
+    ``exp`` pass)."""
     _check_labo(tau, rho, alpha)
     e_buf, p_buf = (*scratch, None, None)[:2]
-    p = torch.exp(lprobs, out=p_buf) if p_buf is not None else torch.exp(lprobs)
+    p = None if p_buf is None else torch.exp(lprobs, out=p_buf)
     loss, nll, a, ent, e, z = _labo_forward(lprobs, target, float(tau), float(rho), alpha, p=p, buf=e_buf)
+    if p is None:  # the log-probs are used up: p in their place
+        p = lprobs.exp_()
     dz = p.addcmul_(e, (a / z).unsqueeze(-1), value=-1.0)  # p - alpha P*
     del e
     dz.scatter_add_(-1, target.unsqueeze(-1), (a - 1.0).unsqueeze(-1))  # ... - (1 - alpha) onehot(y)

@@ -126,32 +126,54 @@ def test_half_precision_inputs(name, dtype):
     assert_matches(got, reference(hidden, weight, bias, target, name, PAD), rtol=1e-2, atol_rel=1e-2)
 
 
-@pytest.mark.parametrize("name", ["ls", "labo"])
-def test_bf16_gemm_for_large_chunks(name):
-    # chunks of >= HALF_GEMM_MIN_TOKENS take grad_weight's GEMM in bf16, rounded once per chunk,
-    # added into fp32: three uneven chunks stay within the output rounding
-    from labo_fairseq.losses.linear import HALF_GEMM_MIN_TOKENS
+@pytest.mark.parametrize("name", ["ls", "labo", "fl"])
+@pytest.mark.parametrize("waiting", [1, 3, 100])
+def test_bf16_rows_wait_for_the_gemms(monkeypatch, name, waiting):
+    # a bf16 weight's chunks leave dz in bf16 rows that grad_hidden's and grad_weight's GEMMs take
+    # `waiting` chunks at a time (one, three with a short last flush, all): the GEMMs see exactly
+    # those rows, and the result stays within the output rounding
+    from labo_fairseq.losses import linear
 
-    chunk = HALF_GEMM_MIN_TOKENS
-    hidden, weight, bias, target = make(n=2 * chunk + 37, n_pad=40, dtype=torch.bfloat16)
+    chunk = 5
+    monkeypatch.setattr(linear, "PENDING_BYTES", 2 * chunk * V * waiting)
+    seen = []
+    add = linear._GradWeight.add_
+    monkeypatch.setattr(linear._GradWeight, "add_", lambda self, dz, h: (seen.append((dz.dtype, dz.size(0))),
+                                                                        add(self, dz, h)))
+    hidden, weight, bias, target = make(dtype=torch.bfloat16)
     got = fused(hidden, weight, bias, target, name, PAD, chunk)
+    kept = int(target.ne(PAD).sum())
+    rows = [min(chunk * waiting, kept - i) for i in range(0, kept, chunk * waiting)]
+    assert seen == [(torch.bfloat16, r) for r in rows] * 2  # the loss's sweep and nll's (fused() reaches both)
     assert all(g.dtype == torch.bfloat16 for g in got[2])
     assert_matches(got, reference(hidden, weight, bias, target, name, PAD), rtol=1e-2, atol_rel=1e-2)
+
+
+def test_fp32_and_fp16_chunks_take_their_gemms_at_once(monkeypatch):
+    # no waiting rows outside bf16: every chunk's dz goes into grad_weight in the working dtype
+    from labo_fairseq.losses import linear
+
+    seen = []
+    add = linear._GradWeight.add_
+    monkeypatch.setattr(linear._GradWeight, "add_", lambda self, dz, h: (seen.append(dz.dtype), add(self, dz, h)))
+    for dtype in (torch.float32, torch.float16):
+        hidden, weight, bias, target = make(dtype=dtype)
+        fused(hidden, weight, bias, target, "labo", PAD, 5)
+    assert seen == [torch.float32] * (2 * 2 * -(-int(target.ne(PAD).sum()) // 5))  # 2 dtypes x loss and nll
 
 
 @pytest.mark.parametrize("name", ["ce", "labo"])
 def test_fp16_keeps_rare_tokens_gradient_in_large_chunks(name):
     # tokens of probability ~1e-9 (a bias of -20): their rows of grad_weight are sums of entries of
     # dz below fp16's range, which a loss scale (here 1024) brings back only if dz was not cast first
-    from labo_fairseq.losses.linear import HALF_GEMM_MIN_TOKENS
-
-    hidden, weight, bias, target = make(n=HALF_GEMM_MIN_TOKENS + 37, n_pad=20, dtype=torch.float16)
+    chunk = 512
+    hidden, weight, bias, target = make(n=chunk + 37, n_pad=20, dtype=torch.float16)
     rare = torch.arange(V // 2, V)
     bias[rare] = -20.0
     target[target >= V // 2] = 2  # no rare token is a target
     h, w, b = leaves(hidden, weight, bias)
     crit, params = CONFIGS[name]
-    loss, _ = linear_loss(h, w, target, crit, bias=b, chunk_tokens=HALF_GEMM_MIN_TOKENS, ignore_index=PAD, **params)
+    loss, _ = linear_loss(h, w, target, crit, bias=b, chunk_tokens=chunk, ignore_index=PAD, **params)
     (loss * 1024).backward()
     ref = reference(hidden, weight, bias, target, name, PAD)[2][1][rare] * 1024
     got = w.grad[rare].double()
@@ -254,6 +276,9 @@ def test_default_chunk_rule():
     assert default_chunk_tokens(100, 10000) == 100
     assert default_chunk_tokens(4096, 10**8) == 1
     assert default_chunk_tokens(0, 50) == 1
+    # a bf16 weight: fp32 buffers of half that size (its dz waits in bf16 rows beside them)
+    assert default_chunk_tokens(4096, 256000, bf16=True) == 64
+    assert default_chunk_tokens(4096, 10000, bf16=True) == 1368  # 3 chunks
     for n, v in [(4096, 128000), (50000, 10000), (4096, 3_000_000), (3891, 40000), (8193, 10000)]:
         c = default_chunk_tokens(n, v)
         most = 128 * 2**20 // (4 * v)
@@ -413,7 +438,7 @@ def test_the_cpu_workspace_is_reused_and_bounded(monkeypatch):
     linear._WORKSPACE.storage = None
     first = fused(hidden, weight, bias, target, "labo", PAD, 16)
     kept = linear._WORKSPACE.storage
-    assert kept is not None and kept.numel() >= 3 * 16 * 500 * 4
+    assert kept is not None and kept.numel() >= 2 * 16 * 500 * 4
     saved = [first[0].clone(), first[1].clone(), [g.clone() for g in first[2]]]
     fused(hidden * 2, weight, bias, target, "labo", PAD, 16)
     assert linear._WORKSPACE.storage is kept
