@@ -45,6 +45,7 @@ from labo_fairseq.study.protocol import (
     dataset_config,
     directions,
     method_config,
+    portable_command,
     raw_reference,
     result_path,
     run_dir,
@@ -300,14 +301,16 @@ def _score_one(o: "EvaluateOptions", p: EvalPlan, key: str, cmd: List[str], subs
         f.write(proc.stdout)
     refs = raw_reference(p.roots.text, p.ds, subset, src, tgt)
     score, hyps, stats = score_direction(p.ds, proc.stdout + "\n" + proc.stderr, n_test, src, tgt, refs)
-    if score.get("raw_references"):
-        score["raw_references"] = relative(refs, p.roots.root)
+    for k in ("raw_references", "bleu_references", "sacrebleu_note"):  # the references' path, relative to the root
+        if score.get(k):
+            score[k] = score[k].replace(str(refs), relative(refs, p.roots.root))
     hyp_file = p.out.with_name(f"{p.out.stem}.{key}.hyp")
     write_lines(hyp_file, hyps)
     extra = "" if score["sacrebleu"] is None else f", sacreBLEU {score['sacrebleu']:.2f}, chrF {score['chrf']:.2f}"
     print(f"  {key}: BLEU {score['bleu']:.2f} ({score['convention']}){extra}", file=sys.stderr)
     return ({**score, "subset": subset, "hypotheses": hyp_file.name,
-             "generate_output": relative(gen_file, p.roots.root), "command": cmd}, stats, refs)
+             "generate_output": relative(gen_file, p.roots.root),
+             "command": portable_command(cmd, p.roots.root)}, stats, refs)
 
 
 def _result(o: "EvaluateOptions", p: EvalPlan, run: Dict, completed: bool, scores: Dict, stats_file: Path,
@@ -332,7 +335,8 @@ def _result(o: "EvaluateOptions", p: EvalPlan, run: Dict, completed: bool, score
         "validation": next((v for v in curve if v.get("updates") == chosen["updates"]), None),
         "validation_curve": curve,
         "checkpoint": {"path": relative(ck, root), **chosen},
-        "train": {"run_dir": relative(rd, root), "stopping": run.get("stopping"), "command": run["command"],
+        "train": {"run_dir": relative(rd, root), "stopping": run.get("stopping"),
+                  "command": portable_command(run["command"], root),
                   "commit": run.get("commit"), "dirty": run.get("dirty"),
                   "hardware": run.get("hardware"), "gpus": run.get("gpus"), "procs": run.get("procs"),
                   "nodes": run.get("nodes"), "sessions": len(run.get("sessions", [])) or 1,
