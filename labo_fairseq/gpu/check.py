@@ -37,6 +37,7 @@ from labo_fairseq.runtime.commandline import ArgumentParser
 from labo_fairseq.runtime.errors import ToolError, UsageError
 from labo_fairseq.runtime.files import overwrite_refusal, read_json, write_json
 from labo_fairseq.runtime.processes import run_tool as io_run_tool
+from labo_fairseq.runtime.provenance import portable
 from labo_fairseq.study.fairseq_tools import fairseq_command, log_record, split_size
 from labo_fairseq.study.protocol import common_config, dataset_config, flags, method_config, tiny_model
 
@@ -365,9 +366,9 @@ def main(argv=None, prog="labo-fairseq gpu-check") -> int:
     t0 = time.time()
     res: Dict = {"kind": kind, "note": "GPU figures" if cuda else
                  "CPU smoke run (scaled down, fp32 instead of fp16/bf16): NOT GPU figures",
-                 "command": shlex.join([*prog.split(), *argv]),
-                 "cwd": os.getcwd(), "started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-                 "environment": environment(cuda), "data_bin": str(o.data_bin), "work": str(o.work)}
+                 "command": shlex.join([*prog.split(), *map(portable, argv)]),
+                 "started": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+                 "environment": environment(cuda), "data_bin": portable(o.data_bin), "work": portable(o.work)}
     status = _run_parts(plan, res)
     res["seconds"] = time.time() - t0
     res["ok"] = _ok(res, o.parts)

@@ -84,12 +84,26 @@ def hardware() -> Dict:
             **build, "python": platform.python_version()}
 
 
+def portable(arg) -> str:
+    """An argument as a record shows it on any machine: a path under the working directory relative
+    to it, one under the home directory from ``~/``, anything else as given."""
+    arg = str(arg)
+    if arg.startswith("/"):
+        for base, prefix in ((Path.cwd(), ""), (Path.home(), "~/")):
+            try:
+                return prefix + str(Path(arg).relative_to(base))
+            except ValueError:
+                pass
+    return arg
+
+
 def record(prog: str, argv: Optional[Sequence[str]] = None, with_hardware: bool = True) -> Dict:
-    """The command that made an output (``prog`` and its arguments, ``sys.argv[1:]`` when None),
-    its working directory and date, the commit (:func:`git_state`) and, unless ``with_hardware`` is
-    False (text-only commands: no torch import), the hardware."""
+    """The command that made an output (``prog`` and its arguments, ``sys.argv[1:]`` when None; paths
+    :func:`portable`, so relative ones are to the directory it ran in), its date, the commit
+    (:func:`git_state`) and, unless ``with_hardware`` is False (text-only commands: no torch
+    import), the hardware."""
     args = list(sys.argv[1:] if argv is None else argv)
-    rec = {"command": " ".join([prog, *map(shlex.quote, map(str, args))]), "cwd": os.getcwd(),
+    rec = {"command": " ".join([prog, *(shlex.quote(portable(a)) for a in args)]),
            "date": time.strftime("%Y-%m-%dT%H:%M:%S%z"), **git_state()}
     if with_hardware:
         rec["hardware"] = hardware()

@@ -11,11 +11,15 @@ from tests.helpers import REPO
 
 
 def test_record_names_the_command_commit_and_hardware(monkeypatch, tmp_path):
-    monkeypatch.chdir(tmp_path)
-    rec = record("labo-fairseq analyze penultimate", ["data bin", "--out", tmp_path / "o"])
-    assert shlex.split(rec["command"]) == ["labo-fairseq", "analyze", "penultimate", "data bin", "--out",
-                                           str(tmp_path / "o")]
-    assert rec["cwd"] == str(tmp_path) and rec["date"][:2] == "20"
+    (tmp_path / "work").mkdir()
+    monkeypatch.chdir(tmp_path / "work")
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    rec = record("labo-fairseq analyze penultimate", ["data bin", "--out", tmp_path / "work" / "o", "--teacher",
+                                                      tmp_path / "home" / "t.pt", "/elsewhere/x"])
+    # no path of the machine: under the working directory relative to it, under home from ~/
+    assert shlex.split(rec["command"]) == ["labo-fairseq", "analyze", "penultimate", "data bin", "--out", "o",
+                                           "--teacher", "~/t.pt", "/elsewhere/x"]
+    assert "cwd" not in rec and rec["date"][:2] == "20"
     assert {k: rec[k] for k in ("commit", "dirty", "version")} == git_state()
     if (REPO / ".git").exists():
         assert len(rec["commit"]) == 40
