@@ -19,9 +19,10 @@ backward by hand (``dz = g - p * sum_j g_j``). It goes into ``grad_hidden = dz @
 ``nll_loss``'s gradient (usually only logged) is not precomputed: a backward that reaches it
 recomputes the chunks for ``p - onehot(y)``. A no-grad call (validation) does the value sweep only.
 
-Memory: two (chunk x V) working-dtype buffers (logits, then log-probs in place, then ``dz``; the
-loss's scratch), and for a bf16 weight the chunks' ``dz`` waiting in bf16 (:data:`PENDING_BYTES`);
-reused by the next chunk (on the CPU also by the next call: :class:`_Workspace`). Precision: the
+Memory: two (chunk x V) working-dtype buffers (logits, then log-probs in place on the CPU, then
+``dz`` for CE/LS/LABO; the loss's scratch; CUDA's log-probs and CP/FL/AFL's autograd take their own),
+for a bf16 weight the chunks' ``dz`` waiting in bf16 (:data:`PENDING_BYTES`); reused by the next
+chunk (on the CPU also by the next call: :class:`~labo_fairseq.losses.workspace.Workspace`). Precision: the
 GEMMs run in the inputs' dtype with fp32 accumulation, as the model's own output layer and its
 unfused backward do (no V x d fp32 copy of a bf16 weight); everything after the logits is at least
 fp32, and ``grad_weight`` accumulates in fp32 (:meth:`_GradWeight.add_`). Outputs and gradients
@@ -31,8 +32,6 @@ come back in the inputs' dtypes. Backward reuses the forward's buffers, so it ca
 from __future__ import annotations
 
 import inspect
-import math
-import threading
 from typing import Callable
 
 import torch
@@ -48,6 +47,7 @@ from labo_fairseq.losses.token import (
     labo_logit_terms,
     labo_terms,
 )
+from labo_fairseq.losses.workspace import WORKSPACE, alias
 
 __all__ = ["CRITERIA", "default_chunk_tokens", "linear_loss", "token_loss_fn"]
 
@@ -141,42 +141,6 @@ def _logit_runner(criterion: str, params: dict) -> Callable | None:
 _CE = (_runner(label_smoothing_loss, {"epsilon": 0.0}), None)  # the nll's gradient p - onehot(y)
 
 
-# Largest workspace kept between calls on the CPU: a few (chunk x V) buffers of the default chunk.
-WORKSPACE_BYTES = 4 * CHUNK_BYTES
-
-
-class _Workspace(threading.local):
-    """The chunk loop's (chunk x V) buffers. On the CPU they are views of one allocation reused across
-    chunks and calls: a fresh buffer of that size pays a page fault per 4 KiB on first write
-    (measured: a fresh ``exp`` output of 64 MiB cost 4x an ``exp`` into an existing one), which
-    CUDA's caching allocator avoids by itself. Up to :data:`WORKSPACE_BYTES` stay allocated between
-    calls; a larger request is allocated for the call only. One per thread."""
-
-    storage: Tensor | None = None
-
-    def views(self, device: torch.device, shapes: list[tuple[tuple[int, ...], torch.dtype]]) -> list[Tensor]:
-        if device.type != "cpu":
-            return [torch.empty(shape, dtype=dtype, device=device) for shape, dtype in shapes]
-        nbytes = [math.prod(shape) * dtype.itemsize for shape, dtype in shapes]
-        starts = [sum(-(-n // 64) * 64 for n in nbytes[:i]) for i in range(len(nbytes) + 1)]  # 64-byte aligned
-        store = self.storage
-        if store is None or store.numel() < starts[-1]:
-            store = torch.empty(starts[-1], dtype=torch.uint8)
-            if starts[-1] <= WORKSPACE_BYTES:
-                self.storage = store
-        return [store[start:start + n].view(dtype).view(shape)
-                for (shape, dtype), start, n in zip(shapes, starts, nbytes)]
-
-
-_WORKSPACE = _Workspace()
-
-
-def _alias(buf: Tensor, dtype: torch.dtype) -> Tensor:
-    """A ``dtype`` tensor of ``buf``'s shape in the first bytes of ``buf`` (contiguous, of a dtype at
-    least as wide): a half-precision buffer where a working-dtype one is free."""
-    return buf.view(-1).view(dtype)[:buf.numel()].view(buf.shape)
-
-
 def _chunk_terms(fns, h, w, b, target, want_grad, z, spare):
     """``(loss, nll, stats, dz, free)`` of one chunk of kept tokens, ``dz = d loss / d logits`` (None
     without ``want_grad``), ``free`` a (chunk, V) working-dtype buffer no longer used; ``fns = (run,
@@ -188,7 +152,7 @@ def _chunk_terms(fns, h, w, b, target, want_grad, z, spare):
         # a half-precision product in spare's memory (free until the loss); the loss from here on
         # in the working dtype, at least fp32
         if h.dtype != z.dtype:
-            z.copy_(torch.mm(h, w.t(), out=_alias(spare, h.dtype)))
+            z.copy_(torch.mm(h, w.t(), out=alias(spare, h.dtype)))
         else:
             torch.mm(h, w.t(), out=z)
         if b is not None:
@@ -231,20 +195,20 @@ class _GradWeight:
             self.blocks = [torch.zeros(min(rows, w.size(0) - r), w.size(1), dtype=work, device=w.device)
                            for r in self.starts]
 
-    def add_(self, dz: Tensor, h: Tensor) -> None:
+    def add_(self, dz: Tensor, h: Tensor, tmp: Tensor | None = None) -> None:
         """``+= dz.T @ h``, one pass over every block. ``dz`` in the working dtype: a GEMM adding in
         place (fp16 inputs too, whose dtype would flush the small entries of ``dz``, rare tokens'
         probabilities before any loss scale, to zero). ``dz`` in bf16 (the waiting rows of a bf16
         weight, :data:`PENDING_BYTES`): the GEMM in bf16 (fp32 accumulation inside, rounded once per
         flush as the unfused backward rounds its one product) into a small product buffer, added to
-        the block; the flushes' K tokens make the bf16 GEMM worth the addition's extra pass."""
+        the block; the flushes' K tokens make the bf16 GEMM worth the addition's extra pass. ``tmp``:
+        a (rows, d) bf16 buffer for the products (:func:`_product_rows` rows)."""
         if dz.dtype != torch.bfloat16:
             h = h.to(dz.dtype)
             for r, block in zip(self.starts, self.blocks):
                 block.addmm_(dz[:, r:r + block.size(0)].t(), h)
             return
-        rows = max(1, CHUNK_BYTES // 16 // (2 * h.size(1)))
-        tmp = h.new_empty(min(rows, dz.size(1)), h.size(1))
+        rows = tmp.size(0)
         for r, block in zip(self.starts, self.blocks):
             for i in range(0, block.size(0), rows):
                 part = block[i:i + rows]
@@ -270,6 +234,12 @@ class _GradWeight:
         return torch.cat(parts)
 
 
+def _product_rows(vocab: int, dim: int) -> int:
+    """Rows of grad_weight's bf16 product buffer at a flush: 8 MiB (row blocks of that size run the
+    GEMM as fast as whole 128 MiB blocks)."""
+    return min(vocab, max(1, CHUNK_BYTES // 16 // (2 * dim)))
+
+
 def _pending_tokens(n: int, chunk: int, vocab: int) -> int:
     """Rows of the bf16 ``dz`` that wait for grad_hidden's and grad_weight's GEMMs: whole chunks
     filling at most :data:`PENDING_BYTES` (at least one), no more than the ``n`` tokens."""
@@ -285,16 +255,17 @@ def _sweep(hidden, w, b, target, fns, chunk, grads, scale=None):
     n, device = hidden.size(0), hidden.device
     want = any(g is not None for g in grads)
     work = torch.promote_types(w.dtype, torch.float32)
-    k = _pending_tokens(n, chunk, w.size(0)) if want and w.dtype == torch.bfloat16 else 0
-    z, spare, pending = _WORKSPACE.views(device, [((min(chunk, max(n, 1)), w.size(0)), work)] * 2
-                                         + [((k, w.size(0)), torch.bfloat16)])
+    gemms = gh is not None or gw is not None
+    k = _pending_tokens(n, chunk, w.size(0)) if gemms and w.dtype == torch.bfloat16 else 0
+    z, spare, pending, tmp = WORKSPACE.views(device, [((min(chunk, max(n, 1)), w.size(0)), work)] * 2 + [
+        ((k, w.size(0)), torch.bfloat16), ((_product_rows(w.size(0), w.size(1)) if k else 0, w.size(1)), torch.bfloat16)])
     start = 0  # the first token of the waiting rows
 
     def flush(end):
         if gh is not None:
             gh[start:end] += pending[:end - start] @ w
         if gw is not None:
-            gw.add_(pending[:end - start], hidden[start:end].to(w.dtype))
+            gw.add_(pending[:end - start], hidden[start:end].to(w.dtype), tmp)
 
     loss = hidden.new_zeros((), dtype=torch.float64)
     nll = loss.clone()
@@ -323,7 +294,7 @@ def _sweep(hidden, w, b, target, fns, chunk, grads, scale=None):
                     start = end
                 continue
             # dz in the inputs' dtype, as the unfused backward's grad of the logits
-            dz_in = dz if dz.dtype == w.dtype else _alias(free, w.dtype).copy_(dz)
+            dz_in = dz if dz.dtype == w.dtype else alias(free, w.dtype).copy_(dz)
             if gh is not None:  # (chunk, d)
                 gh[s:s + chunk] += dz_in @ w
             if gw is not None:
@@ -432,11 +403,12 @@ def linear_loss(hidden: Tensor, weight: Tensor, target: Tensor, criterion: str, 
         raise ValueError(f"chunk_tokens must be >= 1, got {chunk_tokens}")
     kept_hidden, kept_target = _kept_tokens(hidden2, target, ignore_index)
     n = kept_hidden.size(0)
-    bf16 = torch.promote_types(hidden.dtype, weight.dtype) == torch.bfloat16
+    grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (hidden, weight, bias))
+    bf16 = grad and torch.promote_types(hidden.dtype, weight.dtype) == torch.bfloat16  # dz waits (PENDING_BYTES)
     chunk = default_chunk_tokens(n, weight.size(0), bf16) if chunk_tokens is None else int(chunk_tokens)
     dtype = torch.promote_types(hidden.dtype, weight.dtype)
     stats: dict[str, Tensor] = {}
-    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (hidden, weight, bias)):
+    if grad:
         loss, nll = _LinearLossFunction.apply(kept_hidden, weight, bias, kept_target, fns, chunk, stats)
     else:
         w, b = _work_params(kept_hidden, weight, bias)

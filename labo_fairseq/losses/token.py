@@ -213,8 +213,8 @@ def labo_logit_terms(lprobs: Tensor, target: Tensor, tau: float, rho: float = 0.
     from ``lprobs = log_softmax(logits)`` (N, V) of kept tokens only (at least fp32).
     Every row's target distribution sums to 1, so log_softmax's backward reduces to ``p - P_hat``.
     ``scratch``: up to two buffers of lprobs's shape and dtype to use instead of allocating; with
-    two, ``dz`` is the second, otherwise it overwrites ``lprobs`` (one fewer (N, V) buffer, one more
-    ``exp`` pass)."""
+    two, ``dz`` is the second, otherwise it overwrites ``lprobs`` (one fewer (N, V) buffer; with
+    adaptive alpha one more ``exp`` pass)."""
     _check_labo(tau, rho, alpha)
     e_buf, p_buf = (*scratch, None, None)[:2]
     p = None if p_buf is None else torch.exp(lprobs, out=p_buf)
