@@ -11,7 +11,8 @@ fused linear cross-entropy and Cut Cross-Entropy where installed (their rows say
 Inputs: hidden (tokens, d) and W (V, d) leaves needing gradients, 5% of targets ignored (-100).
 
 Time: median over ``--repeats`` rounds (every method once per round, interleaved, after one warm-up
-step each), CUDA events on CUDA. Peak: bytes a step needs beyond its inputs: on CUDA the allocator's
+step each), wall and, on the CPU, this process's CPU time (the robust one where other work
+shares the cores). Peak: bytes a step needs beyond its inputs: on CUDA the allocator's
 ``max_memory_allocated`` above the allocated bytes before it; on the CPU (Linux) a fresh subprocess
 per row builds the inputs and warms the method up on tiny ones, resets the RSS high-water mark and
 reports ``VmHWM`` minus ``VmRSS`` before the step (as :mod:`labo_fairseq.bench.criteria` does); gradients
@@ -112,12 +113,14 @@ def _sync(device):
         torch.cuda.synchronize()
 
 
-def time_ms(fn, inputs, device) -> float:
+def time_ms(fn, inputs, device) -> tuple[float, float]:
+    """(wall, this process's CPU time) of one step, in ms. The CPU time is what the step cost rather
+    than how long it waited, so it holds where other work shares the cores."""
     _sync(device)
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     step(fn, *inputs)
     _sync(device)
-    return (time.perf_counter() - t0) * 1e3
+    return (time.perf_counter() - t0) * 1e3, (time.process_time() - c0) * 1e3
 
 
 def usable(names, inputs) -> dict[str, str]:
@@ -165,15 +168,17 @@ def bench_vocab(vocab: int, tokens: int, dim: int, dtype: str, repeats: int, dev
     inputs = make_inputs(tokens, vocab, dim, DTYPES[dtype], device)
     why = usable(METHODS, inputs)  # also the warm-up step
     ok = [name for name in METHODS if not why[name]]
-    times: dict[str, list[float]] = {name: [] for name in ok}
+    times: dict[str, list[tuple[float, float]]] = {name: [] for name in ok}
     for _ in range(repeats):
         for name in ok:
             times[name].append(time_ms(METHODS[name], inputs, device))
     rows = []
     for name, fn in METHODS.items():
-        row = {"V": vocab, "method": name, "note": why[name], "ms": None, "peak_bytes": None}
+        row = {"V": vocab, "method": name, "note": why[name], "ms": None, "cpu_ms": None, "peak_bytes": None}
         if name in times:
-            row["ms"] = statistics.median(times[name])
+            row["ms"] = statistics.median(t[0] for t in times[name])
+            if device.type == "cpu":  # a GPU step's CPU time says nothing of its cost
+                row["cpu_ms"] = statistics.median(t[1] for t in times[name])
             row["peak_bytes"] = (peak_cuda(fn, inputs) if device.type == "cuda" else
                                  peak_cpu(name, tokens, vocab, dim, dtype))
         rows.append(row)
@@ -181,19 +186,24 @@ def bench_vocab(vocab: int, tokens: int, dim: int, dtype: str, repeats: int, dev
 
 
 def markdown(rows: list[dict]) -> str:
-    lines = ["| V | method | fwd+bwd ms (median) | peak extra MiB |", "|---|---|---|---|"]
+    """The rows, then fused LABO's time (wall; CPU time on the CPU) and peak over unfused LS's."""
+    def cpu(r, fmt):
+        return "–" if r.get("cpu_ms") is None else format(r["cpu_ms"], fmt)
+
+    lines = ["| V | method | fwd+bwd ms (median) | CPU ms (median) | peak extra MiB |", "|---|---|---|---|---|"]
     for r in rows:
         if r["ms"] is None:
-            lines.append(f"| {r['V']} | {r['method']} | {r['note']} | |")
+            lines.append(f"| {r['V']} | {r['method']} | {r['note']} | | |")
         else:
-            lines.append(f"| {r['V']} | {r['method']} | {r['ms']:.1f} | {r['peak_bytes'] / 2**20:.1f} |")
-    lines += ["", f"| V | {FUSED_LABO} / {UNFUSED_LS}: time | peak |", "|---|---|---|"]
+            lines.append(f"| {r['V']} | {r['method']} | {r['ms']:.1f} | {cpu(r, '.1f')} | {r['peak_bytes'] / 2**20:.1f} |")
+    lines += ["", f"| V | {FUSED_LABO} / {UNFUSED_LS}: time | CPU time | peak |", "|---|---|---|---|"]
     for vocab in dict.fromkeys(r["V"] for r in rows):
         by = {r["method"]: r for r in rows if r["V"] == vocab}
         a, b = by[FUSED_LABO], by[UNFUSED_LS]
         if a["ms"] is not None and b["ms"] is not None:
             peak = a["peak_bytes"] / b["peak_bytes"] if b["peak_bytes"] else float("nan")
-            lines.append(f"| {vocab} | {a['ms'] / b['ms']:.2f}x | {peak:.2f}x |")
+            ratio = "–" if b.get("cpu_ms") is None else f"{a['cpu_ms'] / b['cpu_ms']:.2f}x"
+            lines.append(f"| {vocab} | {a['ms'] / b['ms']:.2f}x | {ratio} | {peak:.2f}x |")
     return "\n".join(lines)
 
 

@@ -13,5 +13,6 @@ def test_the_vocabulary_benchmark_prints_every_method_and_the_ratios(tmp_path):
     assert proc.returncode == 0, proc.stderr[-2000:]
     for method in ("ours unfused LS", "ours fused LABO", "torch cross_entropy(ls=0.1)"):
         assert f"| 300 | {method} | " in proc.stdout
-    assert "| 300 | " in proc.stdout.split("ours fused LABO / ours unfused LS")[1]
+    ratios = proc.stdout.split("ours fused LABO / ours unfused LS")[1]
+    assert "| 300 | " in ratios and ratios.count("x |") == 3  # wall time, CPU time, peak
     assert (tmp_path / "rows.json").is_file()
