@@ -163,17 +163,21 @@ def peak_cuda(fn, inputs) -> int:
     return torch.cuda.max_memory_allocated() - base
 
 
-def bench_vocab(vocab: int, tokens: int, dim: int, dtype: str, repeats: int, device) -> list[dict]:
-    """One row per method for one vocabulary size (``dtype``: a key of :data:`DTYPES`)."""
+def bench_vocab(vocab: int, tokens: int, dim: int, dtype: str, repeats: int, device,
+                methods: list[str] | None = None) -> list[dict]:
+    """One row per method (``methods``: keys of :data:`METHODS`, all when None) for one vocabulary
+    size (``dtype``: a key of :data:`DTYPES`)."""
     inputs = make_inputs(tokens, vocab, dim, DTYPES[dtype], device)
-    why = usable(METHODS, inputs)  # also the warm-up step
-    ok = [name for name in METHODS if not why[name]]
+    names = list(METHODS) if methods is None else methods
+    why = usable(names, inputs)  # also the warm-up step
+    ok = [name for name in names if not why[name]]
     times: dict[str, list[tuple[float, float]]] = {name: [] for name in ok}
     for _ in range(repeats):
         for name in ok:
             times[name].append(time_ms(METHODS[name], inputs, device))
     rows = []
-    for name, fn in METHODS.items():
+    for name in names:
+        fn = METHODS[name]
         row = {"V": vocab, "method": name, "note": why[name], "ms": None, "cpu_ms": None, "peak_bytes": None}
         if name in times:
             row["ms"] = statistics.median(t[0] for t in times[name])
@@ -199,8 +203,8 @@ def markdown(rows: list[dict]) -> str:
     lines += ["", f"| V | {FUSED_LABO} / {UNFUSED_LS}: time | CPU time | peak |", "|---|---|---|---|"]
     for vocab in dict.fromkeys(r["V"] for r in rows):
         by = {r["method"]: r for r in rows if r["V"] == vocab}
-        a, b = by[FUSED_LABO], by[UNFUSED_LS]
-        if a["ms"] is not None and b["ms"] is not None:
+        a, b = by.get(FUSED_LABO), by.get(UNFUSED_LS)
+        if a and b and a["ms"] is not None and b["ms"] is not None:
             peak = a["peak_bytes"] / b["peak_bytes"] if b["peak_bytes"] else float("nan")
             ratio = "–" if b.get("cpu_ms") is None else f"{a['cpu_ms'] / b['cpu_ms']:.2f}x"
             lines.append(f"| {vocab} | {a['ms'] / b['ms']:.2f}x | {ratio} | {peak:.2f}x |")
@@ -216,6 +220,9 @@ def main(argv=None, prog="labo-fairseq bench-vocab") -> int:
     ap.add_argument("--repeats", type=int, default=3, help="timed rounds; the median is shown (default 3)")
     ap.add_argument("--device", choices=["cpu", "cuda"], default="cuda" if torch.cuda.is_available() else "cpu",
                     help="default: cuda when available, else cpu")
+    ap.add_argument("--methods", nargs="+", choices=list(METHODS), metavar="METHOD",
+                    help=f"only these (default: all; the ratios need {UNFUSED_LS!r} and {FUSED_LABO!r}): "
+                         + ", ".join(map(repr, METHODS)))
     ap.add_argument("--json", type=Path, help="also write the rows to this JSON file")
     args = ap.parse_args(argv)
     if min(args.vocab) < 2 or args.tokens < 1 or args.dim < 1 or args.repeats < 1:
@@ -228,7 +235,7 @@ def main(argv=None, prog="labo-fairseq bench-vocab") -> int:
           f"median of {args.repeats} interleaved rounds")
     rows = []
     for vocab in args.vocab:
-        rows += bench_vocab(vocab, args.tokens, args.dim, args.dtype, args.repeats, device)
+        rows += bench_vocab(vocab, args.tokens, args.dim, args.dtype, args.repeats, device, args.methods)
         if device.type == "cuda":
             torch.cuda.empty_cache()
     print(markdown(rows))
