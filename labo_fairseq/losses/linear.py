@@ -78,12 +78,12 @@ _NOT_PARAMS = {"lprobs", "target", "ignore_index", "reduce"}
 CHUNK_BYTES = 128 * 2**20
 # bf16 weights: the chunk's two fp32 buffers take half of CHUNK_BYTES each, and the chunks' dz in
 # bf16 wait in a buffer of this size, so that grad_hidden's and grad_weight's GEMMs run in bf16 over
-# many chunks at once (K = 448 tokens at V = 256k, where a chunk is 64): measured on a CPU with bf16
+# many chunks at once (K = 512 tokens at V = 256k, where a chunk is 64): measured on a CPU with bf16
 # instructions, grad_weight's GEMM per token (V = 256k, d = 1,024) took 6.4 ms in fp32 at K = 128,
 # 5.2 ms in bf16 at K = 384 and 4.2 ms at K = 512, and grad_hidden's 4.4 ms at M = 64 and 2.9 ms at
-# M = 512. 224 MiB, not the 256 of three fp32 buffers: it keeps fused LABO's peak at 256k below 1/8
-# of the unfused path's (0.1255 was measured with 256 MiB).
-PENDING_BYTES = 7 * CHUNK_BYTES // 4
+# M = 512. The same memory as three fp32 buffers of CHUNK_BYTES. (224 MiB measured 0.121x of the
+# unfused peak at 256k, not 0.1255x, but 1.03x its time, not 0.88x: docs/performance.md.)
+PENDING_BYTES = 2 * CHUNK_BYTES
 
 
 def default_chunk_tokens(n_tokens: int, vocab: int, bf16: bool = False) -> int:
@@ -236,9 +236,9 @@ class _GradWeight:
 
 
 def _product_rows(vocab: int, dim: int) -> int:
-    """Rows of grad_weight's bf16 product buffer at a flush: 4 MiB (row blocks of 8 MiB ran the GEMM
-    as fast as whole 128 MiB blocks)."""
-    return min(vocab, max(1, CHUNK_BYTES // 32 // (2 * dim)))
+    """Rows of grad_weight's bf16 product buffer at a flush: 8 MiB (row blocks of that size run the
+    GEMM as fast as whole 128 MiB blocks)."""
+    return min(vocab, max(1, CHUNK_BYTES // 16 // (2 * dim)))
 
 
 def _pending_tokens(n: int, chunk: int, vocab: int) -> int:
