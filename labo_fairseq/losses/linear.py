@@ -405,9 +405,10 @@ def linear_loss(hidden: Tensor, weight: Tensor, target: Tensor, criterion: str, 
     kept_hidden, kept_target = _kept_tokens(hidden2, target, ignore_index)
     n = kept_hidden.size(0)
     grad = torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in (hidden, weight, bias))
-    bf16 = grad and torch.promote_types(hidden.dtype, weight.dtype) == torch.bfloat16  # dz waits (PENDING_BYTES)
-    chunk = default_chunk_tokens(n, weight.size(0), bf16) if chunk_tokens is None else int(chunk_tokens)
     dtype = torch.promote_types(hidden.dtype, weight.dtype)
+    # dz waits in bf16 rows (PENDING_BYTES) where a GEMM gradient is wanted, as _sweep decides
+    bf16 = dtype == torch.bfloat16 and torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad)
+    chunk = default_chunk_tokens(n, weight.size(0), bf16) if chunk_tokens is None else int(chunk_tokens)
     stats: dict[str, Tensor] = {}
     if grad:
         loss, nll = _LinearLossFunction.apply(kept_hidden, weight, bias, kept_target, fns, chunk, stats)

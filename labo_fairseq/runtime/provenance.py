@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 from typing import Dict, Optional, Sequence
 
+from labo_fairseq.runtime.files import relative
 from labo_fairseq.runtime.processes import output_of
 
 PACKAGE = Path(__file__).resolve().parents[1]
@@ -90,10 +91,9 @@ def portable(arg) -> str:
     arg = str(arg)
     if arg.startswith("/"):
         for base, prefix in ((Path.cwd(), ""), (Path.home(), "~/")):
-            try:
-                return prefix + str(Path(arg).relative_to(base))
-            except ValueError:
-                pass
+            rel = relative(Path(arg), base)
+            if not rel.startswith("/"):
+                return prefix + rel
     return arg
 
 

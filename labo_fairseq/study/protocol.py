@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from labo_fairseq.losses.hparams import HP
-from labo_fairseq.runtime.files import read_json, read_json_if_exists
+from labo_fairseq.runtime.files import read_json, read_json_if_exists, relative
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 RUN_MARKER = "run.json"
@@ -338,9 +338,7 @@ def portable_command(command: Sequence[str], root: Path) -> List[str]:
         elif i > 0 and command[i - 1] == "--user-dir":
             tok = "labo_fairseq"
         elif tok.startswith("/"):
-            try:
-                tok = str(Path(tok).relative_to(root))
-            except ValueError:
-                pass
+            rel = relative(Path(tok), root)
+            tok = tok if rel.startswith("/") else rel
         out.append(tok)
     return out
