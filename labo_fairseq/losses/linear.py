@@ -180,15 +180,21 @@ def _chunk_terms(fns, h, w, b, target, want_grad, z, spare):
 
 class _GradWeight:
     """``grad_weight`` (V, d) accumulated over the chunks in the working dtype (at least fp32), in
-    blocks of rows of about :data:`CHUNK_BYTES`. A half-precision weight gets its gradient back
-    block by block, each fp32 block freed as its copy is made, so that the whole fp32 accumulator
-    and the whole half-precision result never coexist (V = 256k, d = 1,024: 1 GiB at the end, not 1.5)."""
+    blocks of rows. A half-precision weight gets its gradient back block by block, each fp32 block
+    freed as its copy is made, so that the whole fp32 accumulator and the whole half-precision result
+    never coexist (V = 256k, d = 1,024: 1 GiB at the end, not 1.5). That conversion's peak is the
+    accumulator plus one block's copy, so its blocks are half of :data:`CHUNK_BYTES` (a 32 MiB copy;
+    measured at 256k: 64 MiB over the sweep's peak with 128 MiB blocks), and not smaller: glibc's
+    malloc serves requests up to 32 MiB from its heap, which keeps freed blocks resident (16 MiB
+    blocks left 1 GiB resident after the conversion). Otherwise blocks of :data:`CHUNK_BYTES` of the
+    one accumulator."""
 
     def __init__(self, w: Tensor, out_dtype: torch.dtype):
         work = self.dtype = torch.promote_types(w.dtype, torch.float32)
-        rows = max(1, CHUNK_BYTES // (work.itemsize * w.size(1)))
+        whole = out_dtype == work  # the accumulator is the result
+        rows = max(1, CHUNK_BYTES // (1 if whole else 2) // (work.itemsize * w.size(1)))
         self.starts = list(range(0, w.size(0), rows))
-        if out_dtype == work:  # the accumulator is the result
+        if whole:
             self.whole = torch.zeros(w.shape, dtype=work, device=w.device)
             self.blocks = list(self.whole.split(rows))
         else:

@@ -435,13 +435,15 @@ def same(got, ref):
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_grad_weight_in_row_blocks(monkeypatch, dtype):
-    # grad_weight accumulates in blocks of rows of about CHUNK_BYTES; a half-precision weight's is
-    # converted block by block: with blocks of 10 rows (6 blocks, the last short) nothing changes
+    # grad_weight accumulates in blocks of rows of about CHUNK_BYTES (half of it for a half-precision
+    # weight, whose gradient is converted block by block): with blocks of 10 rows (fp32: 6 blocks,
+    # the last short) or 5 (bf16: 11 blocks) nothing changes
     from labo_fairseq.losses import linear
 
     monkeypatch.setattr(linear, "CHUNK_BYTES", 10 * D * 4)
     hidden, weight, bias, target = make(dtype=dtype)
     got = fused(hidden, weight, bias, target, "labo", PAD, 7)
+    assert len(linear._GradWeight(weight, dtype).blocks) == (6 if dtype == torch.float32 else 11)
     tol = 1e-5 if dtype == torch.float32 else 1e-2
     assert got[2][1].dtype == dtype
     assert_matches(got, reference(hidden, weight, bias, target, "labo", PAD), rtol=tol, atol_rel=tol)
