@@ -81,8 +81,8 @@ CHUNK_BYTES = 128 * 2**20
 # many chunks at once (K = 512 tokens at V = 256k, where a chunk is 64): measured on a CPU with bf16
 # instructions, grad_weight's GEMM per token (V = 256k, d = 1,024) took 6.4 ms in fp32 at K = 128,
 # 5.2 ms in bf16 at K = 384 and 4.2 ms at K = 512, and grad_hidden's 4.4 ms at M = 64 and 2.9 ms at
-# M = 512. The same memory as three fp32 buffers of CHUNK_BYTES. (224 MiB measured 0.121x of the
-# unfused peak at 256k, not 0.1255x, but 1.03x its time, not 0.88x: docs/performance.md.)
+# M = 512. The same memory as three fp32 buffers of CHUNK_BYTES. (224 MiB took 1.03x unfused LS's
+# time at 256k where 256 MiB took 0.88x: docs/performance.md.)
 PENDING_BYTES = 2 * CHUNK_BYTES
 
 
