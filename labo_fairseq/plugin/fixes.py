@@ -17,9 +17,13 @@ left-padded batch ("Mask Type should be defined"); see that function and docs/fa
 
 ``patience_across_resumes``: fairseq's ``--patience`` restarts its count in a resumed process and
 takes the process's first validation as the best; see that function.
+
+``batches_as_uninterrupted``: a resumed process groups the training sentences into other batches
+than the process it continues; see that function.
 """
 
 import functools
+import inspect
 import os
 
 import numpy as np
@@ -181,8 +185,44 @@ def patience_across_resumes() -> None:
     fairseq_train.should_stop_early = should_stop_early
 
 
+def batches_as_uninterrupted() -> None:
+    """Training batches that do not depend on where a process started. fairseq 0.12 builds a split's
+    batches once per process, ordering the sentences by length with ties broken by a permutation
+    seeded with ``seed + epoch`` of the epoch the process starts at, and reuses them every epoch
+    (shuffling their order by ``seed + epoch``): a run resumed at epoch k groups its sentences into
+    other batches than the uninterrupted run (seeded by epoch 1) from then on, so their losses part at
+    the first resumed update. Where fairseq would freeze the batches, the wrapper builds them as at
+    epoch 1 and hands back the iterator at the epoch asked for; batches rebuilt every epoch (sharded
+    data, ``--rebuild-batches``) are left alone, as they do not depend on the start."""
+    from fairseq.tasks.fairseq_task import FairseqTask
+
+    inner = FairseqTask.get_batch_iterator
+    if getattr(inner, "_labo_as_uninterrupted", False):
+        return
+    signature = inspect.signature(inner)
+
+    @functools.wraps(inner)
+    def get_batch_iterator(self, *args, **kwargs):
+        a = signature.bind(self, *args, **kwargs)
+        a.apply_defaults()
+        kw, dataset, epoch = a.arguments, a.arguments["dataset"], a.arguments["epoch"]
+        frozen = (not kw["disable_iterator_cache"] and not kw.get("update_epoch_batch_itr", False)
+                  and self.can_reuse_epoch_itr(dataset) and dataset not in self.dataset_to_epoch_iter
+                  and not getattr(getattr(self, "cfg", None), "rebuild_batches", False))
+        if not frozen or epoch <= 1:
+            return inner(**kw)
+        itr = inner(**{**kw, "epoch": 1})
+        dataset.set_epoch(epoch)  # as fairseq's own call at this epoch leaves it
+        itr.epoch = epoch
+        return itr
+
+    get_batch_iterator._labo_as_uninterrupted = True
+    FairseqTask.get_batch_iterator = get_batch_iterator
+
+
 def apply_fixes() -> None:
     """Every repair of this module; each does nothing on a fairseq without its defect."""
     keep_final_batch()
     encoder_fast_path_mask_type()
     patience_across_resumes()
+    batches_as_uninterrupted()

@@ -1,5 +1,5 @@
-"""labo_fairseq.plugin.fixes: batching keeps every sentence whatever --required-batch-size-multiple; --patience
-counts across a resume as in an uninterrupted run."""
+"""labo_fairseq.plugin.fixes: batching keeps every sentence whatever --required-batch-size-multiple, and a resumed
+process batches as the one it continues; --patience counts across a resume as in an uninterrupted run."""
 
 import numpy as np
 import pytest
@@ -73,3 +73,35 @@ def test_a_fresh_run_counts_as_fairseq_does(fresh_stop_rule, monkeypatch):
 
     monkeypatch.delattr(checkpoint_utils.save_checkpoint, "best", raising=False)
     assert fresh_stop_rule([10, 9, 9, 9, 9]) == [False, False, False, False, True]
+
+
+def _pairs(n=60):
+    """A shuffled language-pair dataset with many equal lengths, so that the seeded tie-break matters."""
+    import torch
+    from fairseq.data import Dictionary, LanguagePairDataset
+
+    d = Dictionary()
+    lens = np.random.RandomState(0).randint(2, 6, size=n)
+    text = [torch.full((int(k),), d.unk(), dtype=torch.long) for k in lens]
+    return LanguagePairDataset(text, lens, d, text, lens, d, shuffle=True)
+
+
+def _batches(get_batch_iterator, epoch, seed=1, **kw):
+    from types import SimpleNamespace
+
+    from fairseq.tasks.fairseq_task import FairseqTask
+
+    task = FairseqTask(SimpleNamespace())
+    itr = get_batch_iterator(task, _pairs(), max_tokens=12, seed=seed, epoch=epoch, **kw)
+    return [b.tolist() for b in itr.frozen_batches], itr.epoch
+
+
+def test_a_process_started_at_a_later_epoch_batches_as_one_started_at_epoch_1():
+    from fairseq.tasks.fairseq_task import FairseqTask
+
+    fixed, original = FairseqTask.get_batch_iterator, FairseqTask.get_batch_iterator.__wrapped__
+    first, _ = _batches(fixed, 1)
+    assert _batches(fixed, 1, seed=8)[0] != first  # the batches depend on the seeded tie-break
+    assert _batches(fixed, 7) == (first, 7)  # the batches of epoch 1, the iterator at epoch 7
+    # batches rebuilt at each epoch's own seed (no iterator cache) are fairseq's own
+    assert _batches(fixed, 7, disable_iterator_cache=True) == _batches(original, 7, disable_iterator_cache=True)
