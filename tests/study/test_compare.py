@@ -124,7 +124,7 @@ def test_runs_ended_by_the_same_sigterm_resume_and_are_not_failures(tmp_path, mo
     assert "failed" not in capsys.readouterr().err
 
 
-def fake_result(tmp_path, method, seed, bleu, command=None, completed=True, keys=("de-en",)):
+def fake_result(tmp_path, method, seed, bleu, command=None, completed=True, keys=("de-en",), path=None):
     """A result JSON with its sentence statistics, as evaluate writes them, for the report."""
     from labo_fairseq.scoring import stats as S
 
@@ -132,7 +132,7 @@ def fake_result(tmp_path, method, seed, bleu, command=None, completed=True, keys
     cut = {"ce": 3, "ls": 2, "labo": 1}.get(method, 2) + seed % 2  # another method: an ablation of LABO
     st = S.sentence_stats(S.metric("bleu"), [" ".join(r.split()[:-cut]) for r in refs], refs)
     tag = "labo-tau1.15" if method == "labo" else method
-    path = tmp_path / "results" / tag / f"seed{seed}.json"
+    path = path or tmp_path / "results" / tag / f"seed{seed}.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     path.with_name(f"seed{seed}.stats.json").write_text(json.dumps({"directions": {k: st for k in keys}}))
     crit = {"ce": "cross_entropy", "ls": "label_smoothed_cross_entropy"}.get(method, "label_smoothed_labo")
@@ -328,3 +328,20 @@ def test_the_report_keeps_each_runs_validation_curve_and_draws_mean_and_range(tm
     assert rep["curves"]["LS"]["2"] == [[e, 10.0 * e + 2] for e in range(1, 6)]
     png = validation_curves(rep["curves"], tmp_path / "curves.png")
     assert png_size(png) == (640, 480)
+
+
+def test_a_call_with_more_seeds_than_the_written_report_rebuilds_it(tmp_path):
+    """A report written by a call on seed 1 (to analyse its checkpoints) is stale once seeds 2-5 are
+    in: the next call must rebuild it, not print the old one."""
+    opts = compare.CompareOptions(root=tmp_path, seeds=(1,), tau=1.15, budget_minutes=1, cpu=True, dry_run=True,
+                                  methods=("ls", "labo"), dataset="multi30k_de_en_small")
+    one = compare.Compare(opts)
+    assert not one.report_is_current()
+    for m, s in (("ls", 1), ("labo", 1), ("ls", 2), ("labo", 2)):
+        fake_result(tmp_path, m, s, 39.0, path=one.result(m, s, one.tau(m)))
+    compare.write_report(one, one.report())
+    assert one.report_is_current()
+    both = compare.Compare(dataclasses.replace(opts, seeds=(1, 2)))
+    assert not both.report_is_current()
+    compare.write_report(both, both.report())
+    assert both.report_is_current() and one.report_is_current()  # seed 1 alone is in the fuller report

@@ -184,7 +184,7 @@ def _run(c: Compare) -> int:
         why = "by SIGTERM" if c.terminated else f"for the time budget ({o.budget_minutes:g} min)"
         c.say(f"stopped {why}; run the same command again to continue")
         return NOT_FINISHED
-    if not report_json.is_file() or o.force:
+    if o.force or not c.report_is_current():
         write_report(c, c.report())
     rep = read_json(report_json)
     sys.stdout.write(markdown(rep))

@@ -144,7 +144,12 @@ def build_report(dataset: str, found: Dict[Tuple[str, int, Optional[float]], Pat
                            for k in keys},
             "test_sets": table, "runs": {m: _runs(results, m) for m in methods}, "samples": samples,
             "curves": validation_curves(results),
-            "results": {f"{m} seed {s}": str(p) for (m, s, _), p in found.items()}}
+            "results": {result_name(m, s): str(p) for (m, s, _), p in found.items()}}
+
+
+def result_name(method: str, seed: int) -> str:
+    """A result's name in a report's ``results``."""
+    return f"{method} seed {seed}"
 
 
 def _load_comparable(dataset: str, found: Dict) -> Dict:

@@ -17,6 +17,7 @@ from labo_fairseq.study.compare.report import (
     label,
     markdown,
     report_name,
+    result_name,
     results_in,
 )
 from labo_fairseq.study.protocol import (
@@ -156,14 +157,24 @@ class Compare:
                 self.run_one(self.evaluate_cmd(*r))
         return True
 
-    def report(self) -> Dict:
-        """The report of every result present (see :func:`build_report`): of this call's runs, or with
-        ``--results-from`` of every seed found in those results directories."""
+    def found(self) -> Dict:
+        """The results present, by (method, seed, tau): of this call's runs, or with ``--results-from``
+        every seed found in those results directories."""
         if self.o.results_from:
-            found = results_in(self.o.results_from, self.dataset, self.methods, self.o.tau)
-        else:
-            found = {r: self.result(*r) for r in self.runs() if self.result(*r).is_file()}
-        return build_report(self.dataset, found, self.o.tau, self.o.bootstrap_samples, self.o.tiny)
+            return results_in(self.o.results_from, self.dataset, self.methods, self.o.tau)
+        return {r: self.result(*r) for r in self.runs() if self.result(*r).is_file()}
+
+    def report(self) -> Dict:
+        """The report of every result present (see :func:`build_report`)."""
+        return build_report(self.dataset, self.found(), self.o.tau, self.o.bootstrap_samples, self.o.tiny)
+
+    def report_is_current(self) -> bool:
+        """Whether the written report already has every result present (a call with more seeds than
+        the one that wrote it must rebuild it)."""
+        path = self.report_path()
+        if not path.is_file():
+            return False
+        return {result_name(m, s) for m, s, _ in self.found()} <= set(read_json(path).get("results", {}))
 
     def report_path(self) -> Path:
         return self.roots.results / "compare" / f"{report_name(self.dataset, self.methods, self.o.tau, self.o.tiny)}.json"
