@@ -95,8 +95,10 @@ def histograms(data: Dict[str, Dict[str, Sequence[float]]], path: Path, title: s
 
 def validation_curves(curves: Dict[str, Dict[str, List[List[float]]]], path: Path, metric: str = "BLEU") -> Path:
     """Validation ``metric`` per epoch of each method: the mean over its seeds (line) and their range
-    (band), at the epochs every seed reached; ``curves``: method -> seed -> [[epoch, value], ...]."""
+    (band) at the epochs every seed reached, and each seed's own curve (thin) to the epoch it stopped
+    at, so that every run's plateau shows; ``curves``: method -> seed -> [[epoch, value], ...]."""
     fig, ax = pyplot().subplots(figsize=SIZE)
+    top = max((v for seeds in curves.values() for rows in seeds.values() for _, v in rows), default=None)
     for method, seeds in curves.items():
         by_epoch: Dict[float, List[float]] = {}
         for rows in seeds.values():
@@ -109,9 +111,13 @@ def validation_curves(curves: Dict[str, Dict[str, List[List[float]]]], path: Pat
         line, = ax.plot(epochs, mean, label=f"{method} (mean of {len(seeds)})")
         ax.fill_between(epochs, [min(by_epoch[e]) for e in epochs], [max(by_epoch[e]) for e in epochs],
                         color=line.get_color(), alpha=0.2)
+        for rows in seeds.values():
+            ax.plot([e for e, _ in rows], [v for _, v in rows], color=line.get_color(), lw=0.6, alpha=0.45)
+    if top is not None:  # the first epochs' climb from 0 would flatten the plateau the figure is for
+        ax.set_ylim(bottom=max(0.0, top - 12.0))
     ax.set_xlabel("epoch")
     ax.set_ylabel(f"validation {metric}")
-    ax.set_title("validation per epoch: mean over seeds, band = range")
+    ax.set_title("validation per epoch: mean over seeds, band = range, thin = each seed", fontsize=10)
     ax.legend(loc="lower right", fontsize=8)
     ax.grid(alpha=0.3)
     fig.tight_layout()
