@@ -330,18 +330,33 @@ def test_the_report_keeps_each_runs_validation_curve_and_draws_mean_and_range(tm
     assert png_size(png) == (640, 480)
 
 
-def test_a_call_with_more_seeds_than_the_written_report_rebuilds_it(tmp_path):
-    """A report written by a call on seed 1 (to analyse its checkpoints) is stale once seeds 2-5 are
-    in: the next call must rebuild it, not print the old one."""
-    opts = compare.CompareOptions(root=tmp_path, seeds=(1,), tau=1.15, budget_minutes=1, cpu=True, dry_run=True,
-                                  methods=("ls", "labo"), dataset="multi30k_de_en_small")
+def test_a_call_with_more_seeds_than_the_written_report_rebuilds_it(tmp_path, monkeypatch, capsys):
+    """A report written by a call on seed 1 (to analyse its checkpoints) is stale once seed 2 is in,
+    or once a run was evaluated again: the next call rebuilds it rather than print the old one. A
+    report naming runs the call does not is kept, and the call goes on."""
+    import os
+
+    from labo_fairseq.study.compare import command
+
+    opts = compare.CompareOptions(root=tmp_path, seeds=(1,), tau=1.15, budget_minutes=1, cpu=True,
+                                  methods=("ls", "labo"), dataset="multi30k_de_en_small", bootstrap_samples=50,
+                                  no_analysis=True)
+    for step in ("prepare", "train", "evaluate"):  # the runs are done: only the report is at stake
+        monkeypatch.setattr(compare.Compare, step, lambda self: True)
     one = compare.Compare(opts)
-    assert not one.report_is_current()
     for m, s in (("ls", 1), ("labo", 1), ("ls", 2), ("labo", 2)):
         fake_result(tmp_path, m, s, 39.0, path=one.result(m, s, one.tau(m)))
-    compare.write_report(one, one.report())
-    assert one.report_is_current()
+    assert command._run(one) == 0 and one.report_is_current()
+    path = one.report_path()
+    assert sorted(json.loads(path.read_text())["results"]) == ["labo seed 1", "ls seed 1"]
     both = compare.Compare(dataclasses.replace(opts, seeds=(1, 2)))
     assert not both.report_is_current()
-    compare.write_report(both, both.report())
+    assert command._run(both) == 0
+    assert sorted(json.loads(path.read_text())["results"]) == ["labo seed 1", "labo seed 2", "ls seed 1", "ls seed 2"]
     assert both.report_is_current() and one.report_is_current()  # seed 1 alone is in the fuller report
+    again = one.result("ls", 1, None)
+    os.utime(again, (path.stat().st_mtime + 5,) * 2)  # evaluated again after the report was written
+    assert not one.report_is_current()
+    capsys.readouterr()
+    assert command._run(one) == 0  # it would leave seed 2 out: the fuller report stays
+    assert "report not rebuilt" in capsys.readouterr().err and len(json.loads(path.read_text())["results"]) == 4

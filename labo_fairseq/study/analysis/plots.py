@@ -94,11 +94,12 @@ def histograms(data: Dict[str, Dict[str, Sequence[float]]], path: Path, title: s
 
 
 def validation_curves(curves: Dict[str, Dict[str, List[List[float]]]], path: Path, metric: str = "BLEU") -> Path:
-    """Validation ``metric`` per epoch of each method: the mean over its seeds (line) and their range
-    (band) at the epochs every seed reached, and each seed's own curve (thin) to the epoch it stopped
-    at, so that every run's plateau shows; ``curves``: method -> seed -> [[epoch, value], ...]."""
+    """Validation ``metric`` (higher is better) per epoch of each method: the mean over its seeds
+    (line) and their range (band) at the epochs every seed reached, and each seed's own curve (thin)
+    to the epoch it stopped at, so that every run's plateau shows; ``curves``: method -> seed ->
+    [[epoch, value], ...]."""
     fig, ax = pyplot().subplots(figsize=SIZE)
-    top = max((v for seeds in curves.values() for rows in seeds.values() for _, v in rows), default=None)
+    bests = [max(v for rows in seeds.values() for _, v in rows) for seeds in curves.values() if any(seeds.values())]
     for method, seeds in curves.items():
         by_epoch: Dict[float, List[float]] = {}
         for rows in seeds.values():
@@ -113,8 +114,8 @@ def validation_curves(curves: Dict[str, Dict[str, List[List[float]]]], path: Pat
                         color=line.get_color(), alpha=0.2)
         for rows in seeds.values():
             ax.plot([e for e, _ in rows], [v for _, v in rows], color=line.get_color(), lw=0.6, alpha=0.45)
-    if top is not None:  # the first epochs' climb from 0 would flatten the plateau the figure is for
-        ax.set_ylim(bottom=max(0.0, top - 12.0))
+    if bests:  # the first epochs' climb from 0 would flatten the plateaus the figure is for
+        ax.set_ylim(bottom=max(0.0, min(bests) - 12.0))
     ax.set_xlabel("epoch")
     ax.set_ylabel(f"validation {metric}")
     ax.set_title("validation per epoch: mean over seeds, band = range, thin = each seed", fontsize=10)

@@ -15,6 +15,7 @@ from labo_fairseq.study.compare.report import (
     DATA,
     DATASET,
     METHODS,
+    ReportError,
     ablations,
     default_tau,
     markdown,
@@ -185,7 +186,12 @@ def _run(c: Compare) -> int:
         c.say(f"stopped {why}; run the same command again to continue")
         return NOT_FINISHED
     if o.force or not c.report_is_current():
-        write_report(c, c.report())
+        try:
+            write_report(c, c.report())
+        except ReportError as err:
+            if not report_json.is_file():
+                raise
+            c.say(f"report not rebuilt: {err}")  # it names runs this call does not: kept, and the call goes on
     rep = read_json(report_json)
     sys.stdout.write(markdown(rep))
     c.say(f"report {report_json}")

@@ -169,12 +169,14 @@ class Compare:
         return build_report(self.dataset, self.found(), self.o.tau, self.o.bootstrap_samples, self.o.tiny)
 
     def report_is_current(self) -> bool:
-        """Whether the written report already has every result present (a call with more seeds than
-        the one that wrote it must rebuild it)."""
+        """Whether the written report already has every result present, as it is now (a call with more
+        seeds than the one that wrote it, or after a run was evaluated again, must rebuild it)."""
         path = self.report_path()
         if not path.is_file():
             return False
-        return {result_name(m, s) for m, s, _ in self.found()} <= set(read_json(path).get("results", {}))
+        written, at = read_json(path).get("results", {}), path.stat().st_mtime
+        return all(written.get(result_name(m, s)) == str(p) and p.stat().st_mtime <= at
+                   for (m, s, _), p in self.found().items())
 
     def report_path(self) -> Path:
         return self.roots.results / "compare" / f"{report_name(self.dataset, self.methods, self.o.tau, self.o.tiny)}.json"
