@@ -360,3 +360,41 @@ def test_a_call_with_more_seeds_than_the_written_report_rebuilds_it(tmp_path, mo
     capsys.readouterr()
     assert command._run(one) == 0  # it would leave seed 2 out: the fuller report stays
     assert "report not rebuilt" in capsys.readouterr().err and len(json.loads(path.read_text())["results"]) == 4
+
+
+def test_a_lost_work_directory_resumes_from_the_kept_results(tmp_path, monkeypatch, capsys):
+    """With --results-from in a training call, a run whose result was kept (committed) is neither
+    trained nor evaluated again, the report takes it, and the analyses, which need its checkpoint,
+    are skipped with a line saying why."""
+    from labo_fairseq.study.compare import command
+
+    kept = tmp_path / "checkout" / "results"
+    ds = "multi30k_de_en_small"
+    for m, s in (("ls", 1), ("labo", 1)):
+        tag = "labo-tau1.15" if m == "labo" else m
+        fake_result(tmp_path, m, s, 39.0, path=kept / ds / tag / f"seed{s}.json")
+    o = command.parse(["--dataset", ds, "--methods", "ls", "labo", "--seeds", "1", "2", "--root", str(tmp_path / "work"),
+                       "--cpu", "--results-from", str(kept), "--bootstrap-samples", "50"], "compare")
+    c = compare.Compare(o)
+    assert [(m, s) for m, s, _ in c.runs() if not c.finished(m, s, c.tau(m))] == [("ls", 2), ("labo", 2)]
+    assert c.result("labo", 1, 1.15) == kept / ds / "labo-tau1.15" / "seed1.json"
+    assert c.result("labo", 2, 1.15) == tmp_path / "work" / "results" / ds / "labo-tau1.15" / "seed2.json"
+    commands = []
+    monkeypatch.setattr(compare.Compare, "prepare", lambda self: True)
+    monkeypatch.setattr(compare.Compare, "run_one", lambda self, cmd: commands.append(cmd[3:6]) or True)
+
+    def train_the_rest(self):  # what train() does for seed 2: each finished run evaluated at once
+        for m, s, t in self.runs():
+            if not self.finished(m, s, t):
+                fake_result(tmp_path, m, s, 40.0, path=self.result(m, s, t))
+        return True
+
+    monkeypatch.setattr(compare.Compare, "train", train_the_rest)
+    capsys.readouterr()
+    assert command._run(c) == 0
+    assert commands == []  # nothing evaluated again: seed 1 is kept, seed 2 was evaluated by train
+    rep = json.loads(c.report_path().read_text())
+    assert sorted(rep["results"]) == ["labo seed 1", "labo seed 2", "ls seed 1", "ls seed 2"]
+    assert rep["results"]["ls seed 1"] == str(kept / ds / "ls" / "seed1.json")
+    err = capsys.readouterr().err
+    assert "analysis skipped: no checkpoint of ls seed 1, labo seed 1" in err

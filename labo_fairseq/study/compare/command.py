@@ -77,7 +77,9 @@ def _parser(prog: str) -> ArgumentParser:
                     help="only build the report from the results present (n per cell shown), train nothing")
     ap.add_argument("--results-from", type=Path, nargs="+", metavar="DIR",
                     help="with --report: the results directories to read (e.g. one per GPU allocation), every "
-                         "seed found in them; a method's seed found twice is an error")
+                         "seed found in them; a method's seed found twice is an error. Without it: results "
+                         "already kept (e.g. the checkout's results/ after the work directory was lost); a run "
+                         "whose result is there is neither trained nor evaluated again, and the report takes it")
     ap.add_argument("--max-epoch", type=int,
                     help="train this many epochs instead of the dataset config's (a shorter protocol, stated in "
                          "the report and never pooled with another)")
@@ -108,8 +110,6 @@ def parse(argv, prog: str) -> CompareOptions:
         ap.error("--parallel and --threads must be >= 1")
     if a.max_epoch is not None and a.max_epoch < 1:
         ap.error("--max-epoch must be >= 1")
-    if a.results_from and not a.report:
-        ap.error("--results-from goes with --report")
     for d in a.results_from or ():
         if not absolute(d).is_dir():
             ap.error(f"--results-from {d}: no such directory")

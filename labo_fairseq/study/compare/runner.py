@@ -94,12 +94,24 @@ class Compare:
         return cmd + (["--", *TINY_DECODE] if self.o.tiny else [])
 
     def finished(self, method: str, seed: int, tau: Optional[float]) -> bool:
-        return training_completed(run_dir(self.roots.runs, self.dataset, method, seed, tau))
+        """Trained here, or its result kept in a ``--results-from`` directory (not trained again)."""
+        return (training_completed(run_dir(self.roots.runs, self.dataset, method, seed, tau))
+                or self.kept(method, seed, tau) is not None)
+
+    def kept(self, method: str, seed: int, tau: Optional[float]) -> Optional[Path]:
+        """The run's result in a ``--results-from`` directory of a training call (e.g. the checkout's
+        ``results/``, where a lost work directory's finished runs were committed), else None."""
+        if self.o.report:
+            return None
+        return next((p for d in self.o.results_from
+                     for p in result_candidates(absolute(d), self.dataset, method, seed, tau) if p.is_file()), None)
 
     def result(self, method: str, seed: int, tau: Optional[float]) -> Path:
-        """Where the run's result is (see :func:`result_candidates`), else where evaluate writes it."""
+        """Where the run's result is (see :func:`result_candidates`): under ``--root``, else kept in
+        ``--results-from``, else where evaluate writes it."""
         found = [p for p in result_candidates(self.roots.results, self.dataset, method, seed, tau) if p.is_file()]
-        return found[0] if found else result_path(self.roots.results, self.dataset, method, seed, tau)
+        return (found[0] if found else self.kept(method, seed, tau)
+                or result_path(self.roots.results, self.dataset, method, seed, tau))
 
     # ------------------------------------------------------------------------------- steps
 
@@ -158,9 +170,9 @@ class Compare:
         return True
 
     def found(self) -> Dict:
-        """The results present, by (method, seed, tau): of this call's runs, or with ``--results-from``
-        every seed found in those results directories."""
-        if self.o.results_from:
+        """The results present, by (method, seed, tau): of this call's runs, or with ``--report
+        --results-from`` every seed found in those results directories."""
+        if self.o.report and self.o.results_from:
             return results_in(self.o.results_from, self.dataset, self.methods, self.o.tau)
         return {r: self.result(*r) for r in self.runs() if self.result(*r).is_file()}
 
@@ -187,14 +199,19 @@ class Compare:
     def analysis(self) -> bool:
         import importlib.util
 
-        if importlib.util.find_spec("matplotlib") is None:  # the offline bundle leaves it out (64 MiB)
-            self.say("analysis skipped: its figures need matplotlib (pip install 'labo-fairseq[plots]'); "
-                     "run the same command again where it is installed")
-            return True
         out = self.analysis_dir()
         seed = self.o.seeds[0]
         rd = {m: run_dir(self.roots.runs, self.dataset, m, seed, self.tau(m)) for m in self.methods}
         ck = {m: rd[m] / "checkpoints" / "checkpoint_best.pt" for m in self.methods}
+        lost = [f"{m} seed {seed}" for m in self.methods if not ck[m].is_file()]
+        if lost:  # a result kept in --results-from has no checkpoint here
+            self.say(f"analysis skipped: no checkpoint of {', '.join(lost)} under {self.roots.runs} "
+                     "(the analyses run where the runs' checkpoints are)")
+            return True
+        if importlib.util.find_spec("matplotlib") is None:  # the offline bundle leaves it out (64 MiB)
+            self.say("analysis skipped: its figures need matplotlib (pip install 'labo-fairseq[plots]'); "
+                     "run the same command again where it is installed")
+            return True
         text = self.roots.text / DATA / "tmp"
         cpu = [] if self.gpu else ["--cpu"]
         small = ["--max-tokens", "2000"] if self.o.tiny else []
