@@ -6,6 +6,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 from labo_fairseq.runtime.errors import UsageError
 from labo_fairseq.runtime.files import read_json
+from labo_fairseq.runtime.provenance import portable
 from labo_fairseq.scoring import stats as S
 from labo_fairseq.study.protocol import (
     absolute,
@@ -144,7 +145,7 @@ def build_report(dataset: str, found: Dict[Tuple[str, int, Optional[float]], Pat
                            for k in keys},
             "test_sets": table, "runs": {m: _runs(results, m) for m in methods}, "samples": samples,
             "curves": validation_curves(results),
-            "results": {result_name(m, s): str(p) for (m, s, _), p in found.items()}}
+            "results": {result_name(m, s): portable(p) for (m, s, _), p in found.items()}}
 
 
 def result_name(method: str, seed: int) -> str:

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Dict, List, Optional, Sequence, Tuple
 from labo_fairseq.runtime.errors import ToolError, UsageError
 from labo_fairseq.runtime.files import atomic_open, read_json, read_json_if_exists, write_json
 from labo_fairseq.runtime.processes import cuda_visible, run_queue, run_tool, thread_env
+from labo_fairseq.runtime.provenance import portable
 from labo_fairseq.study.compare.report import (
     DATA,
     ReportError,
@@ -187,7 +188,7 @@ class Compare:
         if not path.is_file():
             return False
         written, at = read_json(path).get("results", {}), path.stat().st_mtime
-        return all(written.get(result_name(m, s)) == str(p) and p.stat().st_mtime <= at
+        return all(written.get(result_name(m, s)) == portable(p) and p.stat().st_mtime <= at
                    for (m, s, _), p in self.found().items())
 
     def report_path(self) -> Path:
