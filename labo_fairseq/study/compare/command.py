@@ -1,4 +1,35 @@
-"""``labo-fairseq compare``'s command line."""
+"""labo-fairseq compare: the converged comparison of CE, LS and LABO on Multi30k de->en.
+
+A dataset config fixes the model and protocol (``--dataset``): ``multi30k_de_en_iwslt`` (default)
+is the paper's IWSLT model scaled to the corpus, for a GPU; ``multi30k_de_en_converged`` is the
+quickstart's model with a tuned setting, each run to its validation-BLEU plateau, for a few CPU
+cores (``multi30k_de_en_small``: its superseded 45-epoch version). Several seeds per method, the
+checkpoint chosen by validation BLEU, beam 5 on test_2016_flickr, test_2017_flickr and
+test_2017_mscoco. Steps, each through the project's own commands and each skipped when its output
+exists:
+
+  1. ``prepare multi30k.de-en`` (when the data-bin is missing; ``--source DIR`` for offline files);
+  2. ``train`` of every run not finished, ``--parallel`` at a time (default: all at once), each
+     evaluated as soon as it finishes (``evaluate``: BLEU, sacreBLEU and chrF); a run whose result
+     is kept in ``--results-from`` (e.g. the checkout's results/ after a lost work directory) counts
+     as finished;
+  3. the report, from every result present: mean ± std per method and test set (n per cell, cells
+     under 3 seeds marked), LS − CE, LABO − LS and each ablation of LABO − LABO with the seed-aware
+     paired bootstrap (Holm's adjustment over the test sets) and, per seed pair, sacrebleu's paired
+     bootstrap and approximate randomization (:mod:`labo_fairseq.scoring.stats`), validation NLL and training
+     time per method, into ``RESULTS/compare/DATASET.{json,md}`` (``DATASET_tauT`` for another τ,
+     ``DATASET_ablations`` with ablations; rebuilt when results appear that it lacks; a rebuilt
+     report may add results, not leave any out);
+  4. the analyses on the checkpoints of the first seed given (frequency splits, beam probabilities,
+     calibration, penultimate layer, inference calibration) into ``ROOT/analysis/compare/DATASET/`` (named
+     as the report); skipped, saying so, where those checkpoints are not under ROOT.
+
+``--report`` only builds the report from the results present (of any number of calls or machines).
+``--budget-minutes`` bounds one call: training stops (losing at most the updates since its last
+save) and later steps wait when time runs out; the next call resumes. Exit status 0 means the
+comparison is complete, 3 that it is not yet (call again). ``--tiny`` runs the same code path with a
+tiny model and a few updates, on CPU in minutes: a check of the pipeline, not a result.
+"""
 
 import argparse
 import shlex
@@ -60,7 +91,7 @@ def _parser(prog: str) -> ArgumentParser:
                                                "(default: the working directory)")
     ap.add_argument("--dataset", default=DATASET,
                     help=f"the config of the comparison (default {DATASET}: the paper's model, for a GPU; "
-                         "multi30k_de_en_small: the quickstart's model to convergence, for a CPU)")
+                         "multi30k_de_en_converged: the quickstart's model, each run to its plateau, for a CPU)")
     ap.add_argument("--methods", nargs="+", default=list(METHODS), help="methods (default: ce ls labo)")
     ap.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3], help="seeds per method (default: 1 2 3)")
     ap.add_argument("--tau", type=float, default=HP["tau"].default, help=f"LABO's tau (default {HP['tau'].default:g})")
