@@ -326,6 +326,7 @@ def test_the_report_keeps_each_runs_validation_curve_and_draws_mean_and_range(tm
             found[(m, s, 1.15 if m == "labo" else None)] = path
     rep = compare.build_report("multi30k_de_en_small", found, 1.15, samples=50)
     assert rep["curves"]["LS"]["2"] == [[e, 10.0 * e + 2] for e in range(1, 6)]
+    assert list(rep["curves"]) == ["LS", "LABO"]  # the methods' order, as in every table and figure
     png = validation_curves(rep["curves"], tmp_path / "curves.png")
     assert png_size(png) == (640, 480)
 

@@ -230,9 +230,11 @@ def _runs(results: Dict, method: str) -> List[Dict]:
 
 
 def validation_curves(results: Dict) -> Dict[str, Dict[str, List[List[float]]]]:
-    """Validation BLEU per epoch of every run, by method label and seed (from each result's curve)."""
+    """Validation BLEU per epoch of every run, by method label (CE, LS, LABO, then the ablations) and
+    seed (from each result's curve)."""
     out: Dict[str, Dict[str, List[List[float]]]] = {}
-    for (method, seed, _), res in sorted(results.items(), key=lambda x: (x[0][0], x[0][1])):
+    order = {m: i for i, m in enumerate(METHODS)}
+    for (method, seed, _), res in sorted(results.items(), key=lambda x: (order.get(x[0][0], len(order)), x[0][:2])):
         rows = [[r["epoch"], r["bleu"]] for r in res.get("validation_curve") or [] if r.get("bleu") is not None]
         if rows:
             out.setdefault(label(method), {})[str(seed)] = rows
