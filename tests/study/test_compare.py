@@ -400,3 +400,39 @@ def test_a_lost_work_directory_resumes_from_the_kept_results(tmp_path, monkeypat
     assert rep["results"]["ls seed 1"] == f"checkout/results/{ds}/ls/seed1.json"  # named as on any machine
     err = capsys.readouterr().err
     assert "analysis skipped: no checkpoint of ls seed 1, labo seed 1" in err
+
+
+def test_status_says_where_each_run_stands(tmp_path, monkeypatch):
+    """A kept result with where its rule stopped it, a run training (its epoch, best so far and the
+    validations since against the patience, read off its log), a run not started."""
+    from labo_fairseq.study.compare import command
+
+    monkeypatch.chdir(tmp_path)
+    o = command.parse(["--dataset", "multi30k_de_en_converged", "--methods", "ls", "labo", "--seeds", "1",
+                       "--root", "work"], "compare")
+    c = compare.Compare(o)
+    done = fake_result(tmp_path, "ls", 1, 39.0, path=c.result("ls", 1, None))
+    r = json.loads(done.read_text())
+    r["train"]["stopping"] = {"patience": 10, "best_epoch": 25, "last_epoch": 35, "validations_since_best": 10,
+                              "best": 39.5, "converged": True, "cap_reached": False}
+    done.write_text(json.dumps(r))
+    rd = c.roots.runs / "multi30k_de_en_converged" / "labo-tau1.15" / "seed1"
+    rd.mkdir(parents=True)
+    (rd / "run.json").write_text(json.dumps({"command": ["fairseq-train", "--best-checkpoint-metric", "bleu",
+                                                         "--maximize-best-checkpoint-metric", "--patience", "10",
+                                                         "--max-epoch", "150"]}))
+    (rd / "train.log").write_text("".join(f'2026-12-06 | INFO | valid | {{"epoch": {e}, "valid_bleu": "{b}", '
+                                          f'"valid_num_updates": "{133 * e}"}}\n'
+                                          for e, b in ((1, 20.0), (2, 31.5), (3, 30.9), (4, 31.2))))
+    assert compare.status(c) == [
+        "LS seed 1: done: work/results/multi30k_de_en_converged/ls/seed1.json "
+        "(epoch 35, best 39.5 at epoch 25, 10/10 validations since, converged)",
+        "LABO seed 1: training: epoch 4, best 31.5 at epoch 2, 2/10 validations since",
+    ]
+    o2 = command.parse(["--dataset", "multi30k_de_en_converged", "--methods", "ce", "--seeds", "2", "--root", "work"],
+                       "compare")
+    assert compare.status(compare.Compare(o2)) == ["CE seed 2: not started"]
+    shown = cli("compare", "--dataset", "multi30k_de_en_converged", "--methods", "ls", "labo", "--seeds", 1,
+                "--root", "work", "--status", cwd=tmp_path)
+    assert shown.returncode == 0 and shown.stdout.splitlines() == compare.status(c)
+    assert not (tmp_path / "work" / "data-bin").exists()  # nothing prepared or run

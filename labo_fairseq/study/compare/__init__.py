@@ -19,11 +19,11 @@ from labo_fairseq.study.compare.report import (
     report_name,
     results_in,
 )
-from labo_fairseq.study.compare.runner import NOT_FINISHED, Compare, curves, plateau_epoch, write_report
+from labo_fairseq.study.compare.runner import NOT_FINISHED, Compare, curves, plateau_epoch, status, write_report
 
 __all__ = [
     "DATA", "DATASET", "METHODS", "NOT_FINISHED", "Compare", "CompareOptions", "ReportError", "S", "ablations",
     "build_report", "curves",
     "default_tau", "label", "main", "markdown", "max_epoch", "pairs", "plateau_epoch", "protocol_key", "report_name",
-    "results_in", "write_report",
+    "results_in", "status", "write_report",
 ]

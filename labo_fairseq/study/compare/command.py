@@ -24,7 +24,9 @@ exists:
      calibration, penultimate layer, inference calibration) into ``ROOT/analysis/compare/DATASET/`` (named
      as the report); skipped, saying so, where those checkpoints are not under ROOT.
 
-``--report`` only builds the report from the results present (of any number of calls or machines).
+``--report`` only builds the report from the results present (of any number of calls or machines);
+``--status`` prints where each run stands (result, or the epoch, best so far and the validations
+since it against the patience, read off its log).
 ``--budget-minutes`` bounds one call: training stops (losing at most the updates since its last
 save) and later steps wait when time runs out; the next call resumes. Exit status 0 means the
 comparison is complete, 3 that it is not yet (call again). ``--tiny`` runs the same code path with a
@@ -51,7 +53,7 @@ from labo_fairseq.study.compare.report import (
     default_tau,
     markdown,
 )
-from labo_fairseq.study.compare.runner import NOT_FINISHED, Compare, curves, write_report
+from labo_fairseq.study.compare.runner import NOT_FINISHED, Compare, curves, status, write_report
 from labo_fairseq.study.protocol import (
     absolute,
     check_methods,
@@ -78,6 +80,7 @@ class CompareOptions:
     results_from: Tuple[Path, ...] = ()
     max_epoch: Optional[int] = None
     curves: bool = False
+    status: bool = False
     no_analysis: bool = False
     tiny: bool = False
     cpu: bool = False
@@ -117,6 +120,9 @@ def _parser(prog: str) -> ArgumentParser:
     ap.add_argument("--curves", action="store_true",
                     help="print the runs' validation curves (BLEU, NLL per epoch) and the pilot's epoch rule, "
                          "into RESULTS/compare/DATASET_curves.json")
+    ap.add_argument("--status", action="store_true",
+                    help="print where each run stands (result, training: epoch and best so far against the "
+                         "patience, or not started), run nothing")
     ap.add_argument("--no-analysis", action="store_true", help="stop after the report")
     ap.add_argument("--tiny", action="store_true", help="a tiny model and a few updates: the code path on CPU in minutes")
     ap.add_argument("--cpu", action="store_true", help="train and decode on CPU even with a GPU")
@@ -170,6 +176,9 @@ def main(argv=None, prog="labo-fairseq compare") -> int:
         c.say("SIGTERM: stopping the runs (each resumes from its last checkpoint next time)")
 
     signal.signal(signal.SIGTERM, on_sigterm)
+    if o.status:
+        print("\n".join(status(c)))
+        return 0
     if o.curves:
         return _curves(c)
     if o.report:

@@ -22,10 +22,12 @@ from labo_fairseq.study.compare.report import (
     results_in,
 )
 from labo_fairseq.study.protocol import (
+    Plateau,
     Roots,
     absolute,
     is_labo,
     labo_warmup_updates,
+    plateau,
     result_candidates,
     result_path,
     run_dir,
@@ -290,6 +292,34 @@ def curves(c: "Compare") -> Dict:
             "rule": "first epoch E where, for every run, best valid BLEU up to E is < 0.2 above the best up to "
                     "E - 10; rounded up to a multiple of 5"}
 
+
+
+def status(c: "Compare") -> List[str]:
+    """Where each run of the call stands, a line each: its result (kept or here) with where the rule
+    stopped it, trained but not evaluated, training (last epoch, best so far, validations since it
+    against the patience), or not started."""
+    from labo_fairseq.study.fairseq_tools import validation_curve
+
+    def where(rule: Plateau) -> str:
+        if rule.best is None:
+            return "no validation yet"
+        cap = ", converged" if rule.converged else ", at its cap: not converged" if rule.cap_reached else ""
+        return (f"epoch {rule.last_epoch}, best {rule.best:g} at epoch {rule.best_epoch}, "
+                f"{rule.since_best}/{rule.patience or '-'} validations since{cap}")
+
+    lines = []
+    for m, s, t in c.runs():
+        rd, res = run_dir(c.roots.runs, c.dataset, m, s, t), c.result(m, s, t)
+        if res.is_file():
+            stop = read_json(res).get("train", {}).get("stopping")
+            state = f"done: {portable(res)}" + (f" ({where(Plateau.from_dict(stop))})" if stop else "")
+        elif (rd / "run.json").is_file():
+            rule = plateau(validation_curve(rd / "train.log"), read_json(rd / "run.json").get("command") or [])
+            state = ("trained, not evaluated: " if training_completed(rd) else "training: ") + where(rule)
+        else:
+            state = "not started"
+        lines.append(f"{label(m)} seed {s}: {state}")
+    return lines
 
 
 def write_report(c: Compare, rep: Dict) -> Path:
