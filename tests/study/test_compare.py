@@ -375,8 +375,9 @@ def test_a_lost_work_directory_resumes_from_the_kept_results(tmp_path, monkeypat
     for m, s in (("ls", 1), ("labo", 1)):
         tag = "labo-tau1.15" if m == "labo" else m
         fake_result(tmp_path, m, s, 39.0, path=kept / ds / tag / f"seed{s}.json")
-    o = command.parse(["--dataset", ds, "--methods", "ls", "labo", "--seeds", "1", "2", "--root", str(tmp_path / "work"),
-                       "--cpu", "--results-from", str(kept), "--bootstrap-samples", "50"], "compare")
+    o_args = ["compare", "--dataset", ds, "--methods", "ls", "labo", "--seeds", "1", "2", "--root", str(tmp_path / "work"),
+              "--cpu", "--results-from", str(kept), "--bootstrap-samples", "50"]
+    o = command.parse(o_args[1:], "compare")
     c = compare.Compare(o)
     assert [(m, s) for m, s, _ in c.runs() if not c.finished(m, s, c.tau(m))] == [("ls", 2), ("labo", 2)]
     assert c.result("labo", 1, 1.15) == kept / ds / "labo-tau1.15" / "seed1.json"
@@ -400,11 +401,14 @@ def test_a_lost_work_directory_resumes_from_the_kept_results(tmp_path, monkeypat
     assert rep["results"]["ls seed 1"] == f"checkout/results/{ds}/ls/seed1.json"  # named as on any machine
     err = capsys.readouterr().err
     assert "analysis skipped: no checkpoint of ls seed 1, labo seed 1" in err
+    assert c.report_is_current()  # the report names its results as found, from the working directory
+    shown = cli(*o_args, "--dry-run", cwd=tmp_path)
+    assert shown.returncode == 0 and "train multi30k_de_en_small" not in shown.stderr  # all four are kept or done
 
 
 def test_status_says_where_each_run_stands(tmp_path, monkeypatch):
-    """A kept result with where its rule stopped it, a run training (its epoch, best so far and the
-    validations since against the patience, read off its log), a run not started."""
+    """A finished run's result with where its rule stopped it, a run training (its epoch, best so far
+    and the validations since against the patience, read off its log), a run not started."""
     from labo_fairseq.study.compare import command
 
     monkeypatch.chdir(tmp_path)
@@ -436,3 +440,14 @@ def test_status_says_where_each_run_stands(tmp_path, monkeypatch):
                 "--root", "work", "--status", cwd=tmp_path)
     assert shown.returncode == 0 and shown.stdout.splitlines() == compare.status(c)
     assert not (tmp_path / "work" / "data-bin").exists()  # nothing prepared or run
+
+
+@pytest.mark.parametrize("args,error", [
+    (["--status", "--report"], "--report and --status: one at a time"),
+    (["--tiny", "--results-from", "."], "--results-from with --tiny: the kept results were trained under"),
+    (["--max-epoch", "3", "--results-from", "."], "--results-from with --max-epoch"),
+])
+def test_calls_that_would_mix_modes_or_protocols_are_refused_at_startup(args, error, tmp_path):
+    done = cli("compare", *args, "--root", "work", cwd=tmp_path)
+    assert done.returncode == 2 and error in done.stderr, done.stderr
+    assert not (tmp_path / "work").exists()

@@ -147,9 +147,15 @@ def parse(argv, prog: str) -> CompareOptions:
         ap.error("--parallel and --threads must be >= 1")
     if a.max_epoch is not None and a.max_epoch < 1:
         ap.error("--max-epoch must be >= 1")
+    modes = [f"--{m.replace('_', '-')}" for m in ("report", "curves", "status", "dry_run") if getattr(a, m)]
+    if len(modes) > 1:
+        ap.error(f"{' and '.join(modes)}: one at a time")
     for d in a.results_from or ():
         if not absolute(d).is_dir():
             ap.error(f"--results-from {d}: no such directory")
+    if a.results_from and not a.report and (a.tiny or a.max_epoch):
+        ap.error(f"--results-from with {'--tiny' if a.tiny else '--max-epoch'}: the kept results were trained under "
+                 "the dataset config's protocol, not this call's; continue a study under its own protocol")
     try:
         if dataset_config(a.dataset).get("data") != DATA:
             ap.error(f"--dataset {a.dataset}: compare runs on {DATA} (its config's data is "
@@ -209,11 +215,14 @@ def _report(c: Compare) -> int:
 
 
 def _dry_run(c: Compare) -> int:
+    """The commands of the steps still to do (finished or kept runs are left out)."""
     c.prepare()
     for r in c.runs():
-        c.say("+ " + shlex.join(c.train_cmd(*r)))
+        if not c.finished(*r):
+            c.say("+ " + shlex.join(c.train_cmd(*r)))
     for r in c.runs():
-        c.say("+ " + shlex.join(c.evaluate_cmd(*r)))
+        if not c.result(*r).is_file():
+            c.say("+ " + shlex.join(c.evaluate_cmd(*r)))
     return 0
 
 

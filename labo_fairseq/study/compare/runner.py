@@ -55,7 +55,7 @@ class Compare:
         self.dataset, self.methods = o.dataset, tuple(o.methods)
         self.deadline = time.monotonic() + 60 * o.budget_minutes
         self.lf = [sys.executable, "-m", "labo_fairseq"]
-        self.gpu = not o.cpu and cuda_visible(probe_torch=not o.dry_run)
+        self.gpu = not o.cpu and cuda_visible(probe_torch=not (o.dry_run or o.status))
         self.data = self.roots.data_bin / DATA
         self.terminated = False  # set by SIGTERM (a scheduler's preemption): stop like the budget does
 
@@ -97,9 +97,9 @@ class Compare:
         return cmd + (["--", *TINY_DECODE] if self.o.tiny else [])
 
     def finished(self, method: str, seed: int, tau: Optional[float]) -> bool:
-        """Trained here, or its result kept in a ``--results-from`` directory (not trained again)."""
+        """Trained here, or its result present (here or kept in ``--results-from``): not trained again."""
         return (training_completed(run_dir(self.roots.runs, self.dataset, method, seed, tau))
-                or self.kept(method, seed, tau) is not None)
+                or self.result(method, seed, tau).is_file())
 
     def kept(self, method: str, seed: int, tau: Optional[float]) -> Optional[Path]:
         """The run's result in a ``--results-from`` directory of a training call (e.g. the checkout's
