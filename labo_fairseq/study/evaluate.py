@@ -340,6 +340,7 @@ def _result(o: "EvaluateOptions", p: EvalPlan, run: Dict, completed: bool, score
                   "commit": run.get("commit"), "dirty": run.get("dirty"),
                   "hardware": run.get("hardware"), "gpus": run.get("gpus"), "procs": run.get("procs"),
                   "nodes": run.get("nodes"), "sessions": len(run.get("sessions", [])) or 1,
+                  "processes": [{k: s.get(k) for k in ("started", "commit", "dirty")} for s in run.get("sessions", [])],
                   "last_checkpoint": last_state},
         "evaluate": {**git_state(), "hardware": hardware(), "started": started, "wall_s": round(time.time() - t0, 1),
                      "beam": 5, "device": "cpu" if p.cpu else "cuda"},

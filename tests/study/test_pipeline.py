@@ -105,6 +105,7 @@ def test_train_evaluate_tables_over_two_seeds_with_resume_and_no_clobber(roots, 
     ok(cli("evaluate", "iwslt14_de_en", "ls", 1, "--checkpoint", "last", "--force", cwd=roots))
     r = json.loads((results / "iwslt14_de_en" / "ls" / "seed1.json").read_text())
     assert r["checkpoint"]["updates"] == 15 and r["train"]["sessions"] == 2
+    assert [p["started"] for p in r["train"]["processes"]] == [s["started"] for s in run["sessions"]]  # each process
 
 
 def test_two_cpu_ranks_through_the_train_command(roots):
