@@ -177,7 +177,7 @@ class Compare:
         --results-from`` every seed found in those results directories."""
         if self.o.report and self.o.results_from:
             return results_in(self.o.results_from, self.dataset, self.methods, self.o.tau)
-        return {r: self.result(*r) for r in self.runs() if self.result(*r).is_file()}
+        return {r: p for r, p in ((r, self.result(*r)) for r in self.runs()) if p.is_file()}
 
     def report(self) -> Dict:
         """The report of every result present (see :func:`build_report`)."""
