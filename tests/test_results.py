@@ -85,3 +85,26 @@ def test_study_table_says_what_the_records_say():
             f"{stop['best_epoch']} | {stop['last_epoch']} | {converged} | {test} |"
         )
     assert rows == expected, (sorted(expected - rows), sorted(rows - expected))
+
+
+def test_grid_table_says_what_the_records_say():
+    """docs/study.md's table of the tuning grid: a row per point with its record's numbers, the
+    grid's choice in bold."""
+    text = (REPO / "docs" / "study.md").read_text(encoding="utf-8")
+    rows = set(re.findall(r"^\| \**dropout [\d.]+, lr [\de-]+.*\|$", text, flags=re.M))
+    grid = json.loads((RESULTS / "grids" / "multi30k_de_en_converged.json").read_text(encoding="utf-8"))
+    expected = set()
+    for path in sorted((RESULTS / "grids" / "multi30k_de_en_converged").glob("*.json")):
+        record = json.loads(path.read_text(encoding="utf-8"))
+        stop = record["plateau"]
+        cells = [
+            f"dropout {record['args']['--dropout']}, lr {record['args']['--lr']}",
+            f"{stop['best']:.2f}",
+            str(stop["best_epoch"]),
+            str(stop["last_epoch"]),
+            "yes" if stop["converged"] else "no (§)",
+        ]
+        if record["point"] == grid["chosen"]:
+            cells = [f"**{cells[0]} (chosen)**", f"**{cells[1]}**", *cells[2:]]
+        expected.add("| " + " | ".join(cells) + " |")
+    assert rows == expected, (sorted(expected - rows), sorted(rows - expected))
