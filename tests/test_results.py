@@ -1,6 +1,6 @@
 """The committed results/: every record says how it was made (command, commit, hardware, the
 signature of every score), names no absolute path of the machine that ran it, and the converged
-study's table in docs/study.md says what its records say."""
+study's tables in docs/study.md (its runs, its tuning grid) say what its records say."""
 
 import json
 import re
