@@ -21,6 +21,10 @@ class InvalidFile(UsageError):
     """A file that is missing or not what it should be (truncated JSON, a damaged checkpoint), named."""
 
 
+class InUse(LaboError):
+    """What another process is working on (a run it trains), named with that process."""
+
+
 class ToolError(LaboError, RuntimeError):
     """A tool this package started (fairseq, a compiler) failed; the message ends with its output's tail."""
 

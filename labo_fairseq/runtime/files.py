@@ -1,10 +1,11 @@
-"""Files: written atomically, JSON written and read one way, lines, paths relative to a root."""
+"""Files: written atomically, JSON written and read one way, lines, paths relative to a root, locks."""
 
+import os
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterable, Iterator, List, Optional, TextIO
 
-from labo_fairseq.runtime.errors import InvalidFile
+from labo_fairseq.runtime.errors import InUse, InvalidFile
 
 
 @contextmanager
@@ -107,3 +108,23 @@ def overwrite_refusal(path: Path, force: bool) -> Optional[str]:
     if Path(path).exists() and not force:
         return f"{path} exists; --force to replace it (a finished output is kept)"
     return None
+
+
+@contextmanager
+def exclusive(directory: Path, what: str) -> Iterator[int]:
+    """Hold a lock on ``directory`` (made if missing) while the block runs, yielding its descriptor:
+    a child process given it holds the lock on after this one is killed. :class:`InUse` naming
+    ``what`` if another process holds it. The kernel's lock (flock) on the directory itself: no lock
+    file is left behind, and the lock ends with its last holder, even one killed."""
+    import fcntl
+
+    Path(directory).mkdir(parents=True, exist_ok=True)
+    fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise InUse(f"{what} is in use by another process: let it finish, or stop it first") from None
+        yield fd
+    finally:
+        os.close(fd)

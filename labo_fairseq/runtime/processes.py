@@ -34,11 +34,11 @@ class Child:
     failure can be reported with the end of its output."""
 
     def __init__(self, cmd: Sequence, log: Path, cwd: Optional[Path] = None,
-                 env: Optional[Dict[str, str]] = None, echo: Echo = False):
+                 env: Optional[Dict[str, str]] = None, echo: Echo = False, keep_fds: Sequence[int] = ()):
         self.cmd, self.log = [str(c) for c in cmd], Path(log)
         self.log.parent.mkdir(parents=True, exist_ok=True)
         self.proc = subprocess.Popen(self.cmd, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                     text=True, errors="replace")
+                                     text=True, errors="replace", pass_fds=tuple(keep_fds))
         self._thread = threading.Thread(target=_stream, args=(self.proc, self.log, echo), daemon=True)
         self._thread.start()
 
@@ -178,10 +178,11 @@ def _raise_terminated(signum, frame):
 
 
 def run_logged(processes: Sequence[Sequence[str]], logs: Sequence[Path], cwd: Optional[Path] = None,
-               echo: Echo = True, env: Optional[Dict[str, str]] = None) -> int:
+               echo: Echo = True, env: Optional[Dict[str, str]] = None, keep_fds: Sequence[int] = ()) -> int:
     """Start every process (the first echoed to the terminal), each appending to its log; if one
     fails, stop the others. Returns the first non-zero exit status, else 0. Ctrl-C or SIGTERM (a
-    scheduler's preemption) stops the processes too, so none is left running alone."""
+    scheduler's preemption) stops the processes too, so none is left running alone. ``keep_fds``:
+    descriptors the processes inherit (a lock they hold on if this process is killed)."""
     # The handler comes first: a SIGTERM between two starts must stop those already started.
     main_thread = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, _raise_terminated) if main_thread else None
@@ -189,7 +190,7 @@ def run_logged(processes: Sequence[Sequence[str]], logs: Sequence[Path], cwd: Op
     status = 0
     try:
         for i, (cmd, log) in enumerate(zip(processes, logs)):
-            children.append(Child(cmd, log, cwd=cwd, env=env, echo=echo if i == 0 else False))
+            children.append(Child(cmd, log, cwd=cwd, env=env, echo=echo if i == 0 else False, keep_fds=keep_fds))
         while None in [c.poll() for c in children]:  # a list, not any(): every process is polled
             failed = [c.returncode for c in children if c.returncode not in (None, 0)]
             if failed and not status:  # the first failure's, not that of a rank stopped because of it

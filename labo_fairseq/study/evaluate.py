@@ -35,7 +35,14 @@ from labo_fairseq.runtime.errors import ToolError, UsageError, usage_errors
 from labo_fairseq.runtime.files import atomic_open, check_checkpoint, read_json, read_lines, relative, write_json, write_lines
 from labo_fairseq.runtime.processes import cuda_visible
 from labo_fairseq.scoring import bleu as B
-from labo_fairseq.study.fairseq_tools import generate_command, parse_generate, run_generate, split_size, validation_curve
+from labo_fairseq.study.fairseq_tools import (
+    checkpoint_state,
+    generate_command,
+    parse_generate,
+    run_generate,
+    split_size,
+    validation_curve,
+)
 from labo_fairseq.study.protocol import (
     RUN_MARKER,
     Roots,
@@ -72,38 +79,6 @@ def hyper_parameters(argv: List[str]) -> Dict:
             nxt = argv[i + 1] if i + 1 < len(argv) else None
             out[tok.lstrip("-").replace("-", "_")] = True if nxt is None or nxt.startswith("--") else nxt
     return out
-
-
-def saved_in_epoch(iterator: Dict) -> Optional[int]:
-    """The epoch a checkpoint was saved in (1-based). fairseq stores the iterator's state to resume
-    from: after a finished epoch that is the *next* epoch with 0 iterations done, so the end of
-    epoch 45 is stored as ``{"epoch": 46, "iterations_in_epoch": 0}``; mid-epoch, the epoch itself."""
-    epoch = iterator.get("epoch")
-    if epoch is None:
-        return None
-    return epoch - 1 if iterator.get("iterations_in_epoch", 0) == 0 and epoch > 1 else epoch
-
-
-def checkpoint_state(path: Path) -> Dict:
-    """Updates, epoch, training wall time and validation metric stored in a fairseq checkpoint."""
-    import torch
-
-    from labo_fairseq.plugin import register
-
-    register()  # checkpoint allow-list (and criteria)
-
-    state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-    extra = state.get("extra_state") or {}
-    cfg = state.get("cfg") or {}
-    ck_cfg = cfg.get("checkpoint") if hasattr(cfg, "get") else None
-    val = extra.get("val_loss")
-    return {
-        "updates": (state.get("optimizer_history") or [{}])[-1].get("num_updates"),
-        "epoch": saved_in_epoch(extra.get("train_iterator") or {}),
-        "train_wall_s": round(float(extra["previous_training_time"]), 1) if "previous_training_time" in extra else None,
-        "valid_metric": ck_cfg.get("best_checkpoint_metric") if ck_cfg is not None else None,
-        "valid_value": None if val is None else float(val),
-    }
 
 
 def test_sets(ds: Dict, src: str, tgt: str) -> Dict[str, str]:

@@ -19,11 +19,13 @@ USER_DIR = Path(__file__).resolve().parents[1]  # the labo_fairseq package: fair
 
 def fairseq_command(tool: str) -> List[str]:
     """How to start ``fairseq-TOOL`` with this interpreter's fairseq: its console script beside
-    ``sys.executable`` (what a user would type), else ``python -m fairseq_cli.TOOL``."""
+    ``sys.executable`` (what a user would type), else what that script runs. Not ``python -m
+    fairseq_cli.TOOL``: its module would run as ``__main__``, out of reach of the plugin's fixes to
+    ``fairseq_cli.TOOL`` (the patience carried across a resume)."""
     exe = Path(sys.executable).parent / f"fairseq-{tool}"
     if exe.is_file():
         return [str(exe)]
-    return [sys.executable, "-m", f"fairseq_cli.{tool}"]
+    return [sys.executable, "-c", f"import sys; from fairseq_cli.{tool} import cli_main; sys.exit(cli_main())"]
 
 
 def generate_command(data: Path, checkpoint: Path, subset: str = "test", beam: int = 5,
@@ -153,6 +155,38 @@ def split_size(data: Path, split: str, src: str, tgt: str) -> int:
     raise FileNotFoundError(f"{data}: no binarized {split} split for {src}-{tgt} ({split}.{src}-{tgt}.{src}.bin)")
 
 
+def saved_in_epoch(iterator: Dict) -> Optional[int]:
+    """The epoch a checkpoint was saved in (1-based). fairseq stores the iterator's state to resume
+    from: after a finished epoch that is the *next* epoch with 0 iterations done, so the end of
+    epoch 45 is stored as ``{"epoch": 46, "iterations_in_epoch": 0}``; mid-epoch, the epoch itself."""
+    epoch = iterator.get("epoch")
+    if epoch is None:
+        return None
+    return epoch - 1 if iterator.get("iterations_in_epoch", 0) == 0 and epoch > 1 else epoch
+
+
+def checkpoint_state(path: Path) -> Dict:
+    """Updates, epoch, training wall time and validation metric stored in a fairseq checkpoint."""
+    import torch
+
+    from labo_fairseq.plugin import register
+
+    register()  # checkpoint allow-list (and criteria)
+
+    state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    extra = state.get("extra_state") or {}
+    cfg = state.get("cfg") or {}
+    ck_cfg = cfg.get("checkpoint") if hasattr(cfg, "get") else None
+    val = extra.get("val_loss")
+    return {
+        "updates": (state.get("optimizer_history") or [{}])[-1].get("num_updates"),
+        "epoch": saved_in_epoch(extra.get("train_iterator") or {}),
+        "train_wall_s": round(float(extra["previous_training_time"]), 1) if "previous_training_time" in extra else None,
+        "valid_metric": ck_cfg.get("best_checkpoint_metric") if ck_cfg is not None else None,
+        "valid_value": None if val is None else float(val),
+    }
+
+
 # fairseq's --log-format json record: "... | INFO | KIND | {...}" (fairseq's logging format) or
 # "INFO:KIND:{...}" (Python's default one, when fairseq runs in a process that set up logging first)
 _LOG_RECORD = re.compile(r"(?:^|[|:])\s*(train_inner|train|valid)\s*[|:]\s*(\{.*\})")
@@ -175,7 +209,9 @@ def log_record(line: str) -> Optional[Tuple[str, Dict]]:
 
 def validation_curve(train_log: Path) -> List[Dict]:
     """fairseq-train's validations (``--log-format json``), in order: epoch, updates and every
-    ``valid_*`` value (``valid_`` dropped; ``nll_loss`` in bits, as fairseq logs it)."""
+    ``valid_*`` value (``valid_`` dropped; ``nll_loss`` in bits, as fairseq logs it). The run as it
+    stands: a resumed process goes back to its checkpoint and validates again, and its validation
+    replaces those logged at as many updates or more before the stop (whose state was not saved)."""
     out: List[Dict] = []
     if not Path(train_log).is_file():
         return out
@@ -193,5 +229,8 @@ def validation_curve(train_log: Path) -> List[Dict]:
                     row[k[len("valid_"):]] = v
         if "num_updates" in row:
             row["updates"] = int(row.pop("num_updates"))
+        key = "updates" if "updates" in row else "epoch"
+        while out and row.get(key) is not None and out[-1].get(key) is not None and out[-1][key] >= row[key]:
+            out.pop()
         out.append(row)
     return out

@@ -22,10 +22,10 @@ from typing import List, Optional, Tuple
 from labo_fairseq.losses.hparams import HP, check_flags
 from labo_fairseq.plugin.fixes import SINCE_BEST_ENV
 from labo_fairseq.runtime.commandline import ArgumentParser, split_extra
-from labo_fairseq.runtime.errors import UsageError, usage_errors
-from labo_fairseq.runtime.files import read_json, read_json_if_exists, write_json
+from labo_fairseq.runtime.errors import InvalidFile, UsageError, usage_errors
+from labo_fairseq.runtime.files import check_checkpoint, exclusive, read_json, read_json_if_exists, write_json
 from labo_fairseq.runtime.processes import run_logged
-from labo_fairseq.study.fairseq_tools import USER_DIR, fairseq_command, log_record, validation_curve
+from labo_fairseq.study.fairseq_tools import USER_DIR, checkpoint_state, fairseq_command, log_record, validation_curve
 from labo_fairseq.study.protocol import (
     RUN_MARKER,
     Plateau,
@@ -222,7 +222,11 @@ def cmd_train(o: "TrainOptions") -> int:
         for cmd in launch.processes:
             print(shlex.join(cmd))
         return 0
-    return _train(o, roots, launch, student, logs, exists, lead)
+    if not lead:  # the other nodes' processes leave the run directory to node 0's
+        return _train(o, roots, launch, student, logs, exists, lead, None)
+    # one process per run: a second one (a stray command left running) would write the same checkpoints
+    with exclusive(out, f"run {out}") as lock:
+        return _train(o, roots, launch, student, logs, exists, lead, lock)
 
 
 def _plan(o: "TrainOptions", roots: Roots):
@@ -264,11 +268,16 @@ def _finished(out: Path, launch: Launch) -> bool:
 
 
 def _train(o: "TrainOptions", roots: Roots, launch: Launch, student, logs: List[Path], exists: bool,
-           lead: bool) -> int:
-    """Start (or resume) the run, record it in run.json, and mark it completed when fairseq finishes."""
+           lead: bool, lock: Optional[int]) -> int:
+    """Start (or resume) the run, record it in run.json, and mark it completed when fairseq finishes;
+    fairseq inherits the run's ``lock``."""
     out = launch.run_dir
-    if exists and o.force and lead:
-        shutil.rmtree(out)
+    resumed = exists and not o.force
+    save_dir = Path(roots.root) / flag_value(launch.train_argv, "--save-dir")
+    restored = resume_point(save_dir, launch.train_argv, repair=lead) if resumed else None  # checked first
+    if exists and o.force and lead:  # emptied, not removed: the lock is on the directory
+        for p in out.iterdir():
+            shutil.rmtree(p) if p.is_dir() and not p.is_symlink() else p.unlink()
     elif exists:
         print(f"{out} exists: resuming (fairseq continues from checkpoint_last.pt); --force to start over",
               file=sys.stderr)
@@ -279,7 +288,7 @@ def _train(o: "TrainOptions", roots: Roots, launch: Launch, student, logs: List[
         if student is not None:
             record["distillation"] = student.record
         write_json(marker, record)
-    status, rule = _run(o, roots, launch, logs, resumed=exists and not o.force)
+    status, rule = _run(o, roots, launch, logs, resumed, restored, lock)
     if status and lead:
         tail = "".join(logs[0].read_text(encoding="utf-8", errors="replace").splitlines(True)[-15:])
         print(f"train: fairseq-train failed (exit {status}); the end of {logs[0]}:\n{tail}", file=sys.stderr)
@@ -288,7 +297,8 @@ def _train(o: "TrainOptions", roots: Roots, launch: Launch, student, logs: List[
     return status
 
 
-def _run(o: "TrainOptions", roots: Roots, launch: Launch, logs: List[Path], resumed: bool):
+def _run(o: "TrainOptions", roots: Roots, launch: Launch, logs: List[Path], resumed: bool, restored: Optional[int],
+         lock: Optional[int]):
     """Run fairseq until its stopping rule or its cap ends the run: ``(exit status, the rule)``.
 
     A resumed run gets its count of validations since the best in ``LABO_VALIDATIONS_SINCE_BEST``,
@@ -296,15 +306,51 @@ def _run(o: "TrainOptions", roots: Roots, launch: Launch, logs: List[Path], resu
     process). The count is read from the lead's log on every node (other nodes log no validations),
     so all ranks stop together."""
     log = launch.run_dir / "train.log"
-    rule = plateau(validation_curve(log), launch.train_argv) if resumed else None
+    rule = None
+    if resumed:  # validations logged after the state fairseq resumes from (``restored``) are done again
+        rule = plateau([r for r in validation_curve(log) if restored is None or r.get("updates", 0) <= restored],
+                       launch.train_argv)
     env = None
     if rule is not None and rule.patience:
         if rule.stopped:  # stopped after its last validation, before fairseq could say so
             return 0, rule
         env = {**os.environ, SINCE_BEST_ENV: str(rule.since_best)}
     status = run_logged(launch.processes, logs, cwd=roots.root, echo=Progress(launch.train_argv) if o.quiet else True,
-                        env=env)
+                        env=env, keep_fds=() if lock is None else (lock,))
     return status, plateau(validation_curve(log), launch.train_argv)
+
+
+def checkpoint_updates(path: Path) -> Optional[int]:
+    """The updates a fairseq checkpoint holds; None where it is missing or cut short."""
+    if not path.is_file():
+        return None
+    try:
+        check_checkpoint(path)
+    except InvalidFile:
+        return None
+    return checkpoint_state(path)["updates"]
+
+
+def resume_point(save_dir: Path, argv: List[str], repair: bool) -> Optional[int]:
+    """The updates a resumed fairseq-train starts from: its checkpoint_last.pt's (0: none, a fresh
+    start; None: the command restores another file). fairseq saves checkpoint_best.pt first and then
+    copies it to checkpoint_last.pt, so a stop between the two leaves the newer state in the best
+    alone, and a checkpoint_last.pt missing or cut short: ``repair`` (the lead node) puts it back."""
+    if flag_value(argv, "--restore-file") or "--no-last-checkpoints" in argv:
+        return None
+    last, best = save_dir / "checkpoint_last.pt", save_dir / "checkpoint_best.pt"
+    at_last, at_best = checkpoint_updates(last), checkpoint_updates(best)
+    if at_best is not None and (at_last is None or at_best > at_last):
+        if repair:
+            how = "was older" if at_last is not None else "was cut short" if last.exists() else "was missing"
+            shutil.copyfile(best, last.with_name(last.name + ".part"))
+            os.replace(last.with_name(last.name + ".part"), last)
+            print(f"train: {last} {how}: put back from checkpoint_best.pt ({at_best} updates), saved just before it",
+                  file=sys.stderr)
+        return at_best
+    if at_last is None and last.exists():
+        check_checkpoint(last)  # cut short, and nothing newer to put back: says so
+    return at_last or 0
 
 
 def _mark_completed(out: Path, rule: Plateau) -> None:

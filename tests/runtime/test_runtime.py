@@ -12,10 +12,17 @@ from pathlib import Path
 
 import pytest
 
-from labo_fairseq.runtime.errors import InvalidFile, ToolError
-from labo_fairseq.runtime.files import atomic_open, read_json, read_json_if_exists, read_lines, write_json, write_lines
+from labo_fairseq.runtime.errors import InUse, InvalidFile, ToolError
+from labo_fairseq.runtime.files import atomic_open, exclusive, read_json, read_json_if_exists, read_lines, write_json, write_lines
 from labo_fairseq.runtime.processes import Child, output_of, run_logged, run_tool, stop
-from labo_fairseq.study.fairseq_tools import generate_command, log_record, parse_generate, run_generate
+from labo_fairseq.study.fairseq_tools import (
+    fairseq_command,
+    generate_command,
+    log_record,
+    parse_generate,
+    run_generate,
+    validation_curve,
+)
 from tests.helpers import REPO
 
 
@@ -47,6 +54,25 @@ def test_read_json_names_a_missing_or_invalid_file(tmp_path):
         read_json_if_exists(tmp_path / "cut.json", {})
 
 
+def test_a_lock_is_held_by_its_holder_and_the_children_given_it_and_ends_with_them(tmp_path):
+    run = tmp_path / "runs" / "seed1"
+    with exclusive(run, "run seed1") as fd:
+        with pytest.raises(InUse, match="run seed1 is in use by another process: let it finish, or stop it first"):
+            with exclusive(run, "run seed1"):
+                pass
+        child = Child(["sleep", "60"], tmp_path / "sleep.log", keep_fds=(fd,))
+    try:
+        with pytest.raises(InUse):  # the holder is gone, its child holds on
+            with exclusive(run, "run seed1"):
+                pass
+    finally:
+        child.proc.kill()
+        child.wait()
+    with exclusive(run, "run seed1"):  # the last holder gone, killed or not: free, and no file left
+        pass
+    assert list(run.iterdir()) == []
+
+
 def test_log_record_reads_fairseqs_json_records_only():
     assert log_record('2026-01-01 | INFO | valid | {"epoch": 2, "valid_bleu": "30.1"}') == \
         ("valid", {"epoch": 2, "valid_bleu": "30.1"})
@@ -55,6 +81,38 @@ def test_log_record_reads_fairseqs_json_records_only():
     for other in ('x | INFO | fairseq_cli.train | begin validation on "valid" subset',
                   'x | INFO | valid | {"epoch": 2, "valid_', 'INFO:fairseq.trainer:{"a": 1}'):
         assert log_record(other) is None
+
+
+def test_validation_curve_is_the_run_as_it_stands_after_resumes(tmp_path):
+    """A process stopped after logging a validation whose state it did not save: the resumed one
+    validates those updates again, and its row replaces the earlier; validations within an epoch
+    (``--validate-interval-updates``) all stay."""
+    def valid(epoch, updates, bleu):
+        return f'x | INFO | valid | {{"epoch": {epoch}, "valid_bleu": "{bleu}", "valid_num_updates": "{updates}"}}'
+
+    log = tmp_path / "train.log"
+    write_lines(log, [valid(1, 50, 10), valid(1, 100, 12), valid(2, 200, 15), valid(3, 300, 14),  # stopped here
+                      "x | INFO | fairseq.trainer | loaded checkpoint checkpoint_last.pt (epoch 2 @ 200 updates)",
+                      valid(3, 300, 16), valid(4, 400, 17)])
+    assert [(r["epoch"], r["updates"], r["bleu"]) for r in validation_curve(log)] == \
+        [(1, 50, 10.0), (1, 100, 12.0), (2, 200, 15.0), (3, 300, 16.0), (4, 400, 17.0)]
+
+
+def test_fairseq_without_its_console_script_runs_as_its_module_by_name(tmp_path, monkeypatch):
+    """Where ``fairseq-train`` is not beside the interpreter, the command still imports
+    ``fairseq_cli.train`` by its name (``python -m`` would run it as ``__main__``, which the plugin's
+    fixes to that module do not reach)."""
+    cli = tmp_path / "site" / "fairseq_cli"
+    cli.mkdir(parents=True)
+    (cli / "__init__.py").write_text("")
+    (cli / "train.py").write_text("def cli_main():\n    print(__name__)\n    return 0\n")
+    python = sys.executable
+    monkeypatch.setattr(sys, "executable", str(tmp_path / "bin" / "python"))  # no fairseq-train beside it
+    cmd = fairseq_command("train")
+    assert cmd[0] == sys.executable and "-m" not in cmd
+    done = subprocess.run([python, *cmd[1:]], env={**os.environ, "PYTHONPATH": str(cli.parent)}, text=True,
+                          capture_output=True, check=True)
+    assert done.stdout == "fairseq_cli.train\n"
 
 
 def test_parse_generate_reads_every_kind_of_line():

@@ -128,6 +128,6 @@ def test_result_path_is_under_the_results_root():
     ({}, None),
 ])
 def test_the_epoch_a_checkpoint_was_saved_in(iterator, epoch):
-    from labo_fairseq.study.evaluate import saved_in_epoch
+    from labo_fairseq.study.fairseq_tools import saved_in_epoch
 
     assert saved_in_epoch(iterator) == epoch

@@ -52,6 +52,29 @@ def finished_result(root: Path) -> None:
     path.write_text("{}")
 
 
+def interrupted_run(root: Path) -> Path:
+    data_bin(root)
+    rd = root / "runs" / "multi30k_de_en" / "ls" / "seed1"
+    (rd / "checkpoints").mkdir(parents=True)
+    (rd / RUN_MARKER).write_text(json.dumps({"command": ["fairseq-train", "x"]}))
+    return rd
+
+
+def truncated_last_checkpoint(root: Path) -> None:
+    (interrupted_run(root) / "checkpoints" / "checkpoint_last.pt").write_bytes(b"PK\x03\x04" + b"\0" * 64)
+
+
+HELD = []  # the run directories this process locks: runs "another process" trains
+
+
+def run_in_training(root: Path) -> None:
+    import fcntl
+
+    fd = os.open(interrupted_run(root), os.O_RDONLY)
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    HELD.append(fd)
+
+
 @dataclass
 class Case:
     mistake: str                      # what the user does, in the docs' words
@@ -92,6 +115,10 @@ CASES = [
          "ROOT/results/multi30k_de_en_small/ls/seed1.json is not valid JSON", setup=truncated_result),
     Case("evaluate a checkpoint cut short", ("evaluate", "multi30k_de_en", "ls", "1", "--root", "ROOT"),
          "checkpoint_best.pt is truncated or damaged", 2, truncated_checkpoint),
+    Case("resume a run whose checkpoint_last.pt was cut short", ("train", "multi30k_de_en", "ls", "1", "--root", "ROOT"),
+         "checkpoint_last.pt is truncated or damaged", 2, truncated_last_checkpoint),
+    Case("train a run that another process is training", ("train", "multi30k_de_en", "ls", "1", "--root", "ROOT"),
+         "is in use by another process", 1, run_in_training),
     Case("name the dataset with prepare's spelling in train",
          ("train", "iwslt17.de_fr-en", "ls", "1", "--root", "ROOT"),
          "iwslt17.de_fr-en is the data of iwslt17_multi: name one of those"),
@@ -122,6 +149,8 @@ def test_a_mistake_gets_one_line_and_changes_nothing(case, tmp_path):
         assert len(lines) <= 3 and _sub(case.answer, root) in lines[-1], proc.stderr  # argparse: usage, then the line
     if case.creates_nothing:
         assert sorted(p.relative_to(root) for p in root.rglob("*")) == before
+    while HELD:
+        os.close(HELD.pop())
 
 
 def table() -> str:

@@ -208,13 +208,15 @@ def _fake_train(tmp_path, monkeypatch, curve_lines):
 
     calls = []
 
-    def fake_run_logged(processes, logs, cwd=None, echo=True, env=None):
+    def fake_run_logged(processes, logs, cwd=None, echo=True, env=None, keep_fds=()):
         calls.append((processes, env))
         with open(logs[0], "a") as f:
             f.writelines(curve_lines.pop(0) if curve_lines else [])
         return 0
 
     monkeypatch.setattr(T, "run_logged", fake_run_logged)
+    # a stand-in checkpoint holds its update count as text (no torch archive: check_checkpoint passes it)
+    monkeypatch.setattr(T, "checkpoint_state", lambda path: {"updates": int(path.read_text())})
     data = tmp_path / "data-bin" / "multi30k.de-en"
     data.mkdir(parents=True)
     return calls, lambda: T.main(["multi30k_de_en_converged", "ls", "1", "--root", str(tmp_path)])
@@ -224,11 +226,17 @@ def _valid(epoch, bleu):
     return f'x | INFO | valid | {{"epoch": {epoch}, "valid_bleu": "{bleu}", "valid_num_updates": "{epoch * 133}"}}\n'
 
 
-def _interrupted_run(tmp_path, lines):
+def _interrupted_run(tmp_path, lines, last_epoch=None, best_epoch=None):
+    """A run stopped after ``lines``, its checkpoints saved at the end of the epochs given (default:
+    checkpoint_last.pt at the last validation logged)."""
     rd = tmp_path / "runs" / "multi30k_de_en_converged" / "ls" / "seed1"
-    rd.mkdir(parents=True)
+    (rd / "checkpoints").mkdir(parents=True)
     (rd / RUN_MARKER).write_text(json.dumps({"command": []}))  # an interrupted run: no 'completed'
     (rd / "train.log").write_text("".join(lines))
+    last_epoch = len(lines) if last_epoch is None else last_epoch
+    for name, epoch in (("checkpoint_last.pt", last_epoch), ("checkpoint_best.pt", best_epoch)):
+        if epoch:
+            (rd / "checkpoints" / name).write_text(str(epoch * 133))
     return rd
 
 
@@ -268,10 +276,8 @@ def test_a_run_at_its_cap_is_finished_and_one_stopped_early_is_trained_on(tmp_pa
 def test_a_run_whose_rule_was_met_before_it_was_stopped_is_marked_converged_without_training(tmp_path, monkeypatch):
     done = [_valid(1, 30)] + [_valid(e, 20) for e in range(2, 12)]
     calls, train = _fake_train(tmp_path, monkeypatch, [])
-    rd = tmp_path / "runs" / "multi30k_de_en_converged" / "ls" / "seed1"
-    rd.mkdir(parents=True)
+    rd = _interrupted_run(tmp_path, done)
     (rd / RUN_MARKER).write_text(json.dumps({"command": [], "started": "then"}))
-    (rd / "train.log").write_text("".join(done))
     assert train() == 0 and calls == []
     record = json.loads((rd / RUN_MARKER).read_text())
     assert record["stopping"]["converged"] and record["stopping"]["last_epoch"] == 11 and record["started"] == "then"
@@ -297,3 +303,66 @@ def test_a_finished_run_trains_on_only_when_a_cap_is_raised():
     assert _longer_caps(before, [*before, "--max-update", "1000"]) == "--max-update 1000 (was 800)"
     assert _longer_caps(before, [*before, "--max-update", "500"]) == ""
     assert _longer_caps(["x", "--max-epoch", "45"], ["x"]) == "--max-epoch unbounded (was 45)"
+
+
+def test_a_validation_whose_state_was_not_saved_is_not_counted_on_resume(tmp_path, monkeypatch):
+    """Stopped after epoch 5's validation was logged but before its checkpoint was saved: fairseq
+    resumes from epoch 4 and validates epoch 5 again, so the count it is seeded with stops at epoch 4."""
+    from labo_fairseq.plugin.fixes import SINCE_BEST_ENV
+    from labo_fairseq.study.fairseq_tools import validation_curve
+
+    first = [_valid(1, 10), _valid(2, 20), _valid(3, 19), _valid(4, 18), _valid(5, 18)]
+    calls, train = _fake_train(tmp_path, monkeypatch, [[_valid(e, 19) for e in range(5, 13)]])
+    rd = _interrupted_run(tmp_path, first, last_epoch=4, best_epoch=2)
+    assert train() == 0
+    (_, env), = calls
+    assert env[SINCE_BEST_ENV] == "2"  # epochs 3 and 4; counting the unsaved epoch 5 would stop a validation early
+    stopping = json.loads((rd / RUN_MARKER).read_text())["stopping"]
+    assert (stopping["best_epoch"], stopping["last_epoch"], stopping["converged"]) == (2, 12, True)
+    assert [r["epoch"] for r in validation_curve(rd / "train.log")] == list(range(1, 13))  # epoch 5 once
+
+
+@pytest.mark.parametrize("last", ["older", "cut short", "missing"])
+def test_a_checkpoint_last_left_behind_its_best_is_put_back_before_resuming(tmp_path, monkeypatch, capsys, last):
+    """A stop while fairseq copied a new checkpoint_best.pt to checkpoint_last.pt: the run resumes
+    from the best, the newer state, and not from an older one (or fails on a file cut short)."""
+    from labo_fairseq.plugin.fixes import SINCE_BEST_ENV
+
+    first = [_valid(1, 10), _valid(2, 20), _valid(3, 19), _valid(4, 18), _valid(5, 21)]  # epoch 5: a new best
+    calls, train = _fake_train(tmp_path, monkeypatch, [[_valid(e, 19) for e in range(6, 16)]])
+    rd = _interrupted_run(tmp_path, first, last_epoch=4, best_epoch=5)
+    ckpt = rd / "checkpoints" / "checkpoint_last.pt"
+    if last == "cut short":
+        ckpt.write_bytes(b"PK\x03\x04" + b"\0" * 40)  # a torch archive's start, no end
+    elif last == "missing":
+        ckpt.unlink()
+    assert train() == 0
+    said = f"checkpoint_last.pt was {'missing' if last == 'missing' else last}: put back from checkpoint_best.pt (665 updates)"
+    assert ckpt.read_text() == str(5 * 133) and said in capsys.readouterr().err
+    (_, env), = calls
+    assert env[SINCE_BEST_ENV] == "0"
+    assert json.loads((rd / RUN_MARKER).read_text())["stopping"]["best_epoch"] == 5
+
+
+def test_a_checkpoint_last_cut_short_with_nothing_newer_is_refused_before_fairseq(tmp_path, monkeypatch):
+    from labo_fairseq.runtime.errors import InvalidFile
+
+    calls, train = _fake_train(tmp_path, monkeypatch, [])
+    rd = _interrupted_run(tmp_path, [_valid(1, 10), _valid(2, 20)])
+    (rd / "checkpoints" / "checkpoint_last.pt").write_bytes(b"PK\x03\x04" + b"\0" * 40)
+    with pytest.raises(InvalidFile, match="checkpoint_last.pt is truncated or damaged"):
+        train()
+    assert calls == []
+
+
+def test_a_run_another_process_trains_is_refused_before_anything_is_written(tmp_path, monkeypatch):
+    from labo_fairseq.runtime.errors import InUse
+    from labo_fairseq.runtime.files import exclusive
+
+    calls, train = _fake_train(tmp_path, monkeypatch, [])
+    rd = _interrupted_run(tmp_path, [_valid(1, 10)])
+    before = (rd / RUN_MARKER).read_text()
+    with exclusive(rd, "run"):  # a stray train of the same run
+        with pytest.raises(InUse, match=f"run {rd} is in use by another process"):
+            train()
+    assert calls == [] and (rd / RUN_MARKER).read_text() == before
