@@ -67,6 +67,8 @@ def test_converged_run_was_stopped_by_its_rule(path):
     assert stop["last_epoch"] - stop["best_epoch"] >= stop["validations_since_best"]
     # the checkpoint evaluated is the one the rule kept
     assert (record["validation"]["epoch"], record["validation"]["bleu"]) == (stop["best_epoch"], stop["best"])
+    epochs = [r["epoch"] for r in record["validation_curve"]]
+    assert epochs == list(range(1, stop["last_epoch"] + 1))  # one validation an epoch, none repeated by a resume
 
 
 def test_study_table_says_what_the_records_say():
