@@ -11,6 +11,10 @@ evaluate command stores beside each result, so a test needs no references and no
   systems (the seeds translate the same sentences); the statistic is
   ``mean_seeds score(B) − mean_seeds score(A)``. It reports that difference, its 95% percentile
   interval, and a two-sided p-value for "no difference" (the bootstrap distribution shifted to mean 0).
+  The trained models stay fixed: it measures the test set's sampling, not one training run's
+  difference from another.
+- :func:`seed_permutation`: the per-seed corpus scores of A against those of B, an exact permutation
+  test over the training seeds (the variation between training runs).
 - :func:`holm`: p-values of one comparison made on several test sets, adjusted for the number made.
 """
 
@@ -174,3 +178,24 @@ def seed_bootstrap(m, base_seeds: Sequence, system_seeds: Sequence, samples: int
             "p": format_p(p, samples), "samples": samples, "seed": seed, "sentences": n,
             "seeds": [k, len(system_seeds)], "base_scores": [round(x, 4) for x in full[:k]],
             "system_scores": [round(x, 4) for x in full[k:]]}
+
+
+def seed_permutation(base: Sequence[float], system: Sequence[float]) -> Dict:
+    """Exact permutation test over training seeds: B's per-seed corpus scores (``system``) against
+    A's (``base``), statistic ``mean(B) − mean(A)``, two-sided p = the share of all splits of the
+    pooled scores into groups of those sizes with ``|Δ| ≥ |observed|`` (the observed split included:
+    5 + 5 seeds, 252 splits, p ≥ 2/252; 3 + 3 seeds, 20 splits, p ≥ 0.1)."""
+    from itertools import combinations
+
+    k, pooled = len(base), [float(x) for x in (*base, *system)]
+    if not k or k == len(pooled):
+        raise ValueError("each system needs at least one seed")
+    if math.comb(len(pooled), k) > 1_000_000:
+        raise ValueError(f"{math.comb(len(pooled), k)} splits of {len(pooled)} seeds: too many to enumerate")
+    total, rest = sum(pooled), len(pooled) - k
+    observed = (total - sum(pooled[:k])) / rest - sum(pooled[:k]) / k
+    deltas = [(total - s) / rest - s / k for s in (sum(pooled[i] for i in c) for c in combinations(range(len(pooled)), k))]
+    p = sum(abs(d) >= abs(observed) - 1e-9 for d in deltas) / len(deltas)
+    return {"test": "exact permutation test over training seeds (difference of the mean per-seed corpus score)",
+            "delta": round(observed, 4), "p_value": p, "p": f"{p:.3f}", "splits": len(deltas),
+            "min_p": round(2 / len(deltas) if k == rest else 1 / len(deltas), 4), "seeds": [k, rest]}

@@ -105,3 +105,22 @@ def test_holm_adjusts_step_down_in_the_inputs_order():
     assert S.holm([0.01, 0.04, 0.03, 0.005]) == pytest.approx([0.03, 0.06, 0.06, 0.02])
     assert S.holm([0.027, 0.845, 0.859]) == pytest.approx([0.081, 1.0, 1.0])  # clipped at 1
     assert S.holm([0.2]) == [0.2] and S.holm([]) == []
+
+
+def test_the_permutation_test_over_seeds_is_exact_and_bounded_by_the_seeds():
+    assert S.seed_permutation([1, 2, 3, 4, 5], [6, 7, 8, 9, 10])["p_value"] == pytest.approx(2 / 252)  # the two extreme splits
+    same = S.seed_permutation([39.5, 39.7, 39.9], [39.5, 39.7, 39.9])
+    assert same["p_value"] == 1 and same["delta"] == 0 and same["splits"] == 20 and same["min_p"] == 0.1
+    with pytest.raises(ValueError, match="at least one seed"):
+        S.seed_permutation([], [1.0])
+
+
+def test_the_permutation_test_over_seeds_equals_scipys_exact_one():
+    stats = pytest.importorskip("scipy.stats")
+    import numpy as np
+
+    ls, labo = [39.81, 40.48, 40.12, 39.60, 40.05], [41.03, 39.93, 40.70, 40.31, 40.44]
+    ours = S.seed_permutation(ls, labo)
+    ref = stats.permutation_test((labo, ls), lambda x, y: np.mean(x) - np.mean(y), permutation_type="independent",
+                                 n_resamples=np.inf, alternative="two-sided")
+    assert ours["delta"] == pytest.approx(ref.statistic, abs=1e-4) and ours["p_value"] == pytest.approx(ref.pvalue)

@@ -159,10 +159,14 @@ def test_report_counts_seeds_marks_small_cells_and_tests_the_pairs(tmp_path):
     assert comp["ls_minus_ce"]["seeds"] == [1, 2, 3] and comp["labo_minus_ls"]["seeds"] == [1, 2]
     assert comp["ls_minus_ce"]["seed_aware"]["delta"] > 0 and comp["ls_minus_ce"]["seed_aware"]["p_value"] < 0.01
     assert set(comp["labo_minus_ls"]["per_seed"][1]) == {"bootstrap", "approximate_randomization"}
+    over = comp["ls_minus_ce"]["over_seeds"]  # over the training seeds: 3 + 3 seeds, 20 splits
+    assert over["splits"] == 20 and over["p_value"] >= over["min_p"] == 0.1
+    assert over["delta"] == pytest.approx(comp["ls_minus_ce"]["seed_aware"]["delta"], abs=1e-3)
     sa = comp["labo_minus_ls"]["seed_aware"]
     assert sa["holm_family"] == 1 and sa["p_holm"] == sa["p_value"]  # one test set: nothing to adjust
     md = compare.markdown(rep)
     assert "| test_2016_flickr | BLEU (tokenized) | 38.20 ± 0.10 (n=3) | 39.20 ± 0.10 (n=3) | 40.15 ± 0.07 (n=2) * |" in md
+    assert f"| {over['p']} ({over['p_holm']:.3f}; ≥ 0.100 with these seeds) |" in md
     assert "| test_2016_flickr | LS − CE |" in md and "| LS | 1 | 20 (2660) | – | – | BLEU 40.00 | 2.500 | 4000 | 60 min |" in md
 
 
@@ -171,7 +175,8 @@ def test_a_difference_tested_on_several_test_sets_gets_holms_adjustment(tmp_path
     found = {(m, s, 1.15 if m == "labo" else None): fake_result(tmp_path, m, s, 39.0, keys=keys)
              for m in ("ls", "labo") for s in (1, 2)}
     p_values = iter([0.01, 0.04, 0.03])  # the seed-aware test's p of each test set, in the report's order
-    monkeypatch.setattr(compare.S, "seed_bootstrap", lambda *a, **k: {"p_value": next(p_values), "samples": 100})
+    monkeypatch.setattr(compare.S, "seed_bootstrap", lambda *a, **k: {"p_value": next(p_values), "samples": 100,
+                                                                      "base_scores": [1, 2], "system_scores": [3, 4]})
     rep = compare.build_report("multi30k_de_en_small", found, 1.15, samples=100)
     tests = [rep["test_sets"][k]["comparisons"]["labo_minus_ls"]["seed_aware"] for k in keys]
     assert [t["holm_family"] for t in tests] == [3, 3, 3]

@@ -15,9 +15,10 @@ exists:
      as finished;
   3. the report, from every result present: mean ± std per method and test set (n per cell, cells
      under 3 seeds marked), LS − CE, LABO − LS and each ablation of LABO − LABO with the seed-aware
-     paired bootstrap (Holm's adjustment over the test sets) and, per seed pair, sacrebleu's paired
-     bootstrap and approximate randomization (:mod:`labo_fairseq.scoring.stats`), validation NLL and training
-     time per method, into ``RESULTS/compare/DATASET.{json,md}`` (``DATASET_tauT`` for another τ,
+     paired bootstrap and an exact permutation test over the training seeds (each with Holm's
+     adjustment over the test sets) and, per seed pair, sacrebleu's paired bootstrap and approximate
+     randomization (:mod:`labo_fairseq.scoring.stats`), validation NLL and training time per method,
+     into ``RESULTS/compare/DATASET.{json,md}`` (``DATASET_tauT`` for another τ,
      ``DATASET_ablations`` with ablations; rebuilt when results appear that it lacks; a rebuilt
      report may add results, not leave any out);
   4. the analyses on the checkpoints of the first seed given (frequency splits, beam probabilities,

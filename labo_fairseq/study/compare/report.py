@@ -195,9 +195,11 @@ def _comparisons(results: Dict, per: Dict, methods: List[str], key: str, tau: fl
             continue
         st = {m: {s: result_sentence_stats(results[(m, s, tau if m == "labo" else None)], key) for s in common}
               for m in (a, b)}
+        seed_aware = S.seed_bootstrap(m_, [st[a][s] for s in common], [st[b][s] for s in common], samples)
         comparisons[f"{b}_minus_{a}"] = {
             "seeds": common,
-            "seed_aware": S.seed_bootstrap(m_, [st[a][s] for s in common], [st[b][s] for s in common], samples),
+            "seed_aware": seed_aware,
+            "over_seeds": S.seed_permutation(seed_aware["base_scores"], seed_aware["system_scores"]),
             "per_seed": {s: {"bootstrap": S.paired_bootstrap(m_, st[a][s], st[b][s], samples),
                              "approximate_randomization": S.paired_ar(m_, st[a][s], st[b][s], 10 * samples)}
                          for s in common},
@@ -206,11 +208,13 @@ def _comparisons(results: Dict, per: Dict, methods: List[str], key: str, tau: fl
 
 
 def _adjust_holm(table: Dict) -> None:
-    """Holm's adjustment of each pair's seed-aware p-values: one family per pair, its test sets."""
+    """Holm's adjustment of each pair's p-values (seed-aware bootstrap; permutation over seeds): one
+    family per pair and test, its test sets."""
     for name in {n for t in table.values() for n in t["comparisons"]}:
-        tests = [t["comparisons"][name]["seed_aware"] for t in table.values() if name in t["comparisons"]]
-        for sa, p in zip(tests, S.holm([sa["p_value"] for sa in tests])):
-            sa["p_holm"], sa["holm_family"] = p, len(tests)
+        for test in ("seed_aware", "over_seeds"):
+            tests = [t["comparisons"][name][test] for t in table.values() if name in t["comparisons"]]
+            for sa, p in zip(tests, S.holm([sa["p_value"] for sa in tests])):
+                sa["p_holm"], sa["holm_family"] = p, len(tests)
 
 
 def _runs(results: Dict, method: str) -> List[Dict]:
@@ -279,7 +283,8 @@ def markdown(rep: Dict) -> str:
             lines.append(f"| {test_set_name(ds, key)} | {title} | "
                          + " | ".join(cell(t["methods"][m], metric) for m in methods) + " |")
     lines += ["", "| test set | difference (BLEU) | Δ | 95% CI | p (seed-aware bootstrap) | p, Holm over the test sets "
-                  "| p per seed: bootstrap / AR |", "|---|---|---|---|---|---|---|"]
+                  "| p over training seeds (permutation; Holm) | p per seed: bootstrap / AR |",
+              "|---|---|---|---|---|---|---|---|"]
     for key, t in rep["test_sets"].items():
         for name, c in t["comparisons"].items():
             b, a = name.split("_minus_")
@@ -287,8 +292,10 @@ def markdown(rep: Dict) -> str:
             holm = "–" if sa.get("p_holm") is None else S.format_p(sa["p_holm"], sa["samples"])  # older reports lack it
             per = ", ".join(f"{s}: {v['bootstrap']['p']} / {v['approximate_randomization']['p']}"
                             for s, v in c["per_seed"].items())
+            ps = c.get("over_seeds")  # older reports lack it
+            seeds = "–" if ps is None else f"{ps['p']} ({ps['p_holm']:.3f}; ≥ {ps['min_p']:.3f} with these seeds)"
             lines.append(f"| {test_set_name(ds, key)} | {label(b)} − {label(a)} | {sa['delta']:+.2f} | "
-                         f"[{sa['ci95'][0]:+.2f}, {sa['ci95'][1]:+.2f}] | {sa['p']} | {holm} | {per} |")
+                         f"[{sa['ci95'][0]:+.2f}, {sa['ci95'][1]:+.2f}] | {sa['p']} | {holm} | {seeds} | {per} |")
     lines += ["", "| method | seed | chosen epoch (updates) | stopped at epoch | converged | valid metric of the chosen "
                   "checkpoint | valid NLL (bits) | updates | training time |", "|---|---|---|---|---|---|---|---|---|"]
     for m, rs in rep["runs"].items():
@@ -300,7 +307,10 @@ def markdown(rep: Dict) -> str:
              f"Differences: seed-aware paired bootstrap ({rep['samples']} samples: one set of sentence indices per "
              "sample for every seed of both methods; Δ of the seed-averaged corpus BLEU), and per seed pair "
              f"sacrebleu's paired bootstrap ({rep['samples']}) and approximate randomization ({10 * rep['samples']}). "
-             "Holm: the seed-aware p-values of one difference over the test sets, adjusted for testing it on each.",
+             "The seed-aware bootstrap holds the trained models fixed (the test set's sampling); the exact permutation "
+             "test over training seeds asks whether the methods' per-seed corpus BLEU could be one population (the "
+             "variation between training runs; its smallest possible p is shown). "
+             "Holm: the p-values of one difference and test over the test sets, adjusted for testing it on each.",
              "Signatures: " + "; ".join(f"{k} `{v}`" for k, v in sig.items() if v)]
     return "\n".join(lines) + "\n\n" + "\n".join(f"- {n}" for n in notes) + "\n"
 
