@@ -173,7 +173,9 @@ def checkpoint_state(path: Path) -> Dict:
 
     register()  # checkpoint allow-list (and criteria)
 
-    state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    # torch < 2.6 loads in full by default, as fairseq 0.12 loads the same file there; its weights_only
+    # loader cannot build the numpy objects (--eval-bleu's state) a checkpoint holds
+    state = torch.load(path, map_location="cpu", weights_only=torch.__version__ >= "2.6", mmap=True)
     extra = state.get("extra_state") or {}
     cfg = state.get("cfg") or {}
     ck_cfg = cfg.get("checkpoint") if hasattr(cfg, "get") else None

@@ -107,3 +107,15 @@ def test_distributed_broadcast_of_a_real_fairseq_state_loads(tmp_path):
     buf.seek(0)
     loaded = torch.load(buf, weights_only=True)
     assert loaded["cfg"].criterion.labo_tau == 1.15
+
+
+def test_the_study_reads_a_checkpoints_state_on_every_stack(tmp_path):
+    """``checkpoint_state`` (what evaluate records and train resumes from) on this torch: with
+    weights_only where torch loads so by default (>= 2.6), in full below it, as fairseq does there."""
+    from labo_fairseq.study.fairseq_tools import checkpoint_state
+
+    state = fairseq_like_state()
+    state["extra_state"]["train_iterator"] = {"epoch": 4, "iterations_in_epoch": 0}
+    path = tmp_path / "checkpoint_last.pt"
+    torch.save(state, path)
+    assert checkpoint_state(path)["updates"] == 10 and checkpoint_state(path)["epoch"] == 3
