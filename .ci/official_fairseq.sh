@@ -74,6 +74,7 @@ cd "$repo"
 run "$venv/bin/python" -m pytest -q -p no:cacheprovider -rs -n "$(nproc)" \
   tests/losses/test_token.py tests/plugin/test_criteria.py tests/plugin/test_fixes.py tests/plugin/test_encoder_fast_path.py \
   tests/plugin/test_checkpoints.py "tests/study/test_end_to_end.py::test_labo_warmup_resume_and_generate" \
+  "tests/study/test_pipeline.py::test_train_evaluate_tables_over_two_seeds_with_resume_and_no_clobber" \
   tests/runtime/test_provenance.py "tests/runtime/test_runtime.py::test_run_generate_in_process_prints_what_the_fairseq_generate_child_prints" \
   "tests/runtime/test_runtime.py::test_run_generate_names_the_failure_with_its_output"
 echo "official fairseq CI: $((SECONDS - start)) s in all"
