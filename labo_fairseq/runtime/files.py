@@ -1,6 +1,7 @@
 """Files: written atomically, JSON written and read one way, lines, paths relative to a root, locks."""
 
 import os
+import warnings
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Iterable, Iterator, List, Optional, TextIO
@@ -125,6 +126,9 @@ def exclusive(directory: Path, what: str) -> Iterator[int]:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             raise InUse(f"{what} is in use by another process: let it finish, or stop it first") from None
+        except OSError as err:  # a filesystem without flock (some cluster mounts): the work goes on unguarded
+            warnings.warn(f"{directory} cannot be locked ({err.strerror}): a second process on it is not refused",
+                          stacklevel=3)
         yield fd
     finally:
         os.close(fd)

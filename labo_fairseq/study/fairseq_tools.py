@@ -213,7 +213,8 @@ def validation_curve(train_log: Path) -> List[Dict]:
     """fairseq-train's validations (``--log-format json``), in order: epoch, updates and every
     ``valid_*`` value (``valid_`` dropped; ``nll_loss`` in bits, as fairseq logs it). The run as it
     stands: a resumed process goes back to its checkpoint and validates again, and its validation
-    replaces those logged at as many updates or more before the stop (whose state was not saved)."""
+    replaces those logged at as many updates or more before the stop (whose state was not saved;
+    fairseq 0.12 logs the updates of every validation)."""
     out: List[Dict] = []
     if not Path(train_log).is_file():
         return out
@@ -231,8 +232,7 @@ def validation_curve(train_log: Path) -> List[Dict]:
                     row[k[len("valid_"):]] = v
         if "num_updates" in row:
             row["updates"] = int(row.pop("num_updates"))
-        key = "updates" if "updates" in row else "epoch"
-        while out and row.get(key) is not None and out[-1].get(key) is not None and out[-1][key] >= row[key]:
+        while out and "updates" in row and out[-1].get("updates", -1) >= row["updates"]:
             out.pop()
         out.append(row)
     return out

@@ -321,35 +321,38 @@ def _run(o: "TrainOptions", roots: Roots, launch: Launch, logs: List[Path], resu
 
 
 def checkpoint_updates(path: Path) -> Optional[int]:
-    """The updates a fairseq checkpoint holds; None where it is missing or cut short."""
-    if not path.is_file():
-        return None
+    """The updates a fairseq checkpoint holds; None where it is missing, empty or cut short."""
     try:
         check_checkpoint(path)
-    except InvalidFile:
+        return checkpoint_state(path)["updates"]
+    except (InvalidFile, OSError, RuntimeError, EOFError):  # torch: RuntimeError on an archive it cannot read
         return None
-    return checkpoint_state(path)["updates"]
 
 
 def resume_point(save_dir: Path, argv: List[str], repair: bool) -> Optional[int]:
     """The updates a resumed fairseq-train starts from: its checkpoint_last.pt's (0: none, a fresh
-    start; None: the command restores another file). fairseq saves checkpoint_best.pt first and then
-    copies it to checkpoint_last.pt, so a stop between the two leaves the newer state in the best
-    alone, and a checkpoint_last.pt missing or cut short: ``repair`` (the lead node) puts it back."""
+    start; None: the command restores another file). fairseq saves one checkpoint (the best, an epoch's
+    or an interval's) and copies it to the others, checkpoint_last.pt last, so a stop during the copies
+    leaves checkpoint_last.pt older, missing or cut short: ``repair`` (the lead node) puts back the
+    newest state saved (of the best and the three checkpoints written last)."""
     if flag_value(argv, "--restore-file") or "--no-last-checkpoints" in argv:
         return None
-    last, best = save_dir / "checkpoint_last.pt", save_dir / "checkpoint_best.pt"
-    at_last, at_best = checkpoint_updates(last), checkpoint_updates(best)
-    if at_best is not None and (at_last is None or at_best > at_last):
+    last = save_dir / "checkpoint_last.pt"
+    others = sorted((p for p in save_dir.glob("checkpoint*.pt") if p != last), key=lambda p: p.stat().st_mtime)
+    newest = max(((checkpoint_updates(p) or -1, p) for p in {save_dir / "checkpoint_best.pt", *others[-3:]}),
+                 key=lambda x: x[0], default=(-1, None))
+    at_last = checkpoint_updates(last)
+    if newest[0] >= 0 and (at_last is None or newest[0] > at_last):
         if repair:
             how = "was older" if at_last is not None else "was cut short" if last.exists() else "was missing"
-            shutil.copyfile(best, last.with_name(last.name + ".part"))
+            shutil.copyfile(newest[1], last.with_name(last.name + ".part"))
             os.replace(last.with_name(last.name + ".part"), last)
-            print(f"train: {last} {how}: put back from checkpoint_best.pt ({at_best} updates), saved just before it",
+            print(f"train: {last} {how}: put back from {newest[1].name} ({newest[0]} updates), the newest state saved",
                   file=sys.stderr)
-        return at_best
+        return newest[0]
     if at_last is None and last.exists():
-        check_checkpoint(last)  # cut short, and nothing newer to put back: says so
+        raise InvalidFile(f"{last} is truncated or damaged (an incomplete checkpoint) and no newer checkpoint is there "
+                          "to put back: --force starts the run over, or restore the file")
     return at_last or 0
 
 

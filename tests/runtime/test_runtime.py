@@ -73,6 +73,18 @@ def test_a_lock_is_held_by_its_holder_and_the_children_given_it_and_ends_with_th
     assert list(run.iterdir()) == []
 
 
+def test_a_filesystem_without_locks_is_worked_on_unguarded_and_said_so(tmp_path, monkeypatch):
+    import fcntl
+
+    def no_flock(fd, op):
+        raise OSError(37, "No locks available")
+
+    monkeypatch.setattr(fcntl, "flock", no_flock)
+    with pytest.warns(UserWarning, match=r"cannot be locked \(No locks available\): a second process on it is not"):
+        with exclusive(tmp_path / "run", "run") as fd:
+            assert fd >= 0
+
+
 def test_log_record_reads_fairseqs_json_records_only():
     assert log_record('2026-01-01 | INFO | valid | {"epoch": 2, "valid_bleu": "30.1"}') == \
         ("valid", {"epoch": 2, "valid_bleu": "30.1"})

@@ -175,13 +175,17 @@ def test_a_difference_tested_on_several_test_sets_gets_holms_adjustment(tmp_path
     found = {(m, s, 1.15 if m == "labo" else None): fake_result(tmp_path, m, s, 39.0, keys=keys)
              for m in ("ls", "labo") for s in (1, 2)}
     p_values = iter([0.01, 0.04, 0.03])  # the seed-aware test's p of each test set, in the report's order
+    seeds_p = iter([0.2, 0.008, 0.05])  # the permutation test's over the seeds: a family of its own
     monkeypatch.setattr(compare.S, "seed_bootstrap", lambda *a, **k: {"p_value": next(p_values), "samples": 100,
                                                                       "base_scores": [1, 2], "system_scores": [3, 4]})
+    monkeypatch.setattr(compare.S, "seed_permutation", lambda *a: {"p_value": next(seeds_p)})
     rep = compare.build_report("multi30k_de_en_small", found, 1.15, samples=100)
     tests = [rep["test_sets"][k]["comparisons"]["labo_minus_ls"]["seed_aware"] for k in keys]
     assert [t["holm_family"] for t in tests] == [3, 3, 3]
     # sorted: 0.01 x 3 = 0.03; 0.03 x 2 = 0.06; 0.04 x 1 = 0.04, kept at 0.06 (step-down is monotone)
     assert [t["p_holm"] for t in tests] == pytest.approx([0.03, 0.06, 0.06])
+    over = [rep["test_sets"][k]["comparisons"]["labo_minus_ls"]["over_seeds"]["p_holm"] for k in keys]
+    assert over == pytest.approx([0.2, 0.024, 0.1])  # 0.008 x 3; 0.05 x 2; 0.2 x 1, kept
 
 
 def test_a_rebuilt_report_may_add_results_but_not_leave_any_out(tmp_path):

@@ -215,8 +215,13 @@ def _fake_train(tmp_path, monkeypatch, curve_lines):
         return 0
 
     monkeypatch.setattr(T, "run_logged", fake_run_logged)
-    # a stand-in checkpoint holds its update count as text (no torch archive: check_checkpoint passes it)
-    monkeypatch.setattr(T, "checkpoint_state", lambda path: {"updates": int(path.read_text())})
+    def fake_state(path):  # a stand-in checkpoint holds its update count as text (check_checkpoint passes it)
+        text = path.read_text()
+        if not text.isdigit():
+            raise RuntimeError("PytorchStreamReader failed reading zip archive")  # what torch says
+        return {"updates": int(text)}
+
+    monkeypatch.setattr(T, "checkpoint_state", fake_state)
     data = tmp_path / "data-bin" / "multi30k.de-en"
     data.mkdir(parents=True)
     return calls, lambda: T.main(["multi30k_de_en_converged", "ls", "1", "--root", str(tmp_path)])
@@ -366,3 +371,15 @@ def test_a_run_another_process_trains_is_refused_before_anything_is_written(tmp_
         with pytest.raises(InUse, match=f"run {rd} is in use by another process"):
             train()
     assert calls == [] and (rd / RUN_MARKER).read_text() == before
+
+
+def test_an_empty_checkpoint_last_is_put_back_from_the_interval_checkpoint_saved_last(tmp_path, monkeypatch, capsys):
+    """Saves every N updates: fairseq writes checkpoint_E_U.pt and copies it to checkpoint_last.pt, so
+    the newest state may be neither the last nor the best."""
+    calls, train = _fake_train(tmp_path, monkeypatch, [[_valid(e, 19) for e in range(4, 14)]])
+    rd = _interrupted_run(tmp_path, [_valid(1, 10), _valid(2, 20), _valid(3, 18)], best_epoch=2)
+    (rd / "checkpoints" / "checkpoint_3_400.pt").write_text("400")
+    (rd / "checkpoints" / "checkpoint_last.pt").write_bytes(b"")  # the copy had just begun
+    assert train() == 0
+    assert (rd / "checkpoints" / "checkpoint_last.pt").read_text() == "400"
+    assert "checkpoint_last.pt was cut short: put back from checkpoint_3_400.pt (400 updates)" in capsys.readouterr().err
