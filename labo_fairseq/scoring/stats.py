@@ -190,11 +190,16 @@ def seed_permutation(base: Sequence[float], system: Sequence[float]) -> Dict:
     k, pooled = len(base), [float(x) for x in (*base, *system)]
     if not k or k == len(pooled):
         raise ValueError("each system needs at least one seed")
-    if math.comb(len(pooled), k) > 1_000_000:
-        raise ValueError(f"{math.comb(len(pooled), k)} splits of {len(pooled)} seeds: too many to enumerate")
+    splits = math.comb(len(pooled), k)
+    if splits > 1_000_000:
+        raise ValueError(f"{splits} splits of {len(pooled)} seeds: too many to enumerate")
     total, rest = sum(pooled), len(pooled) - k
-    observed = (total - sum(pooled[:k])) / rest - sum(pooled[:k]) / k
-    deltas = [(total - s) / rest - s / k for s in (sum(pooled[i] for i in c) for c in combinations(range(len(pooled)), k))]
+
+    def delta(base_sum: float) -> float:  # mean(B) − mean(A), A the group summing to base_sum
+        return (total - base_sum) / rest - base_sum / k
+
+    observed = delta(sum(pooled[:k]))
+    deltas = [delta(sum(pooled[i] for i in c)) for c in combinations(range(len(pooled)), k)]
     p = sum(abs(d) >= abs(observed) - 1e-9 for d in deltas) / len(deltas)
     return {"test": "exact permutation test over training seeds (difference of the mean per-seed corpus score)",
             "delta": round(observed, 4), "p_value": p, "p": f"{p:.3f}", "splits": len(deltas),

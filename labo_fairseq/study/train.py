@@ -345,8 +345,9 @@ def resume_point(save_dir: Path, argv: List[str], repair: bool) -> Optional[int]
     if newest[0] >= 0 and (at_last is None or newest[0] > at_last):
         if repair:
             how = "was older" if at_last is not None else "was cut short" if last.exists() else "was missing"
-            shutil.copyfile(newest[1], last.with_name(last.name + ".part"))
-            os.replace(last.with_name(last.name + ".part"), last)
+            part = last.with_name(last.name + ".part")
+            shutil.copyfile(newest[1], part)
+            os.replace(part, last)
             print(f"train: {last} {how}: put back from {newest[1].name} ({newest[0]} updates), the newest state saved",
                   file=sys.stderr)
         return newest[0]
