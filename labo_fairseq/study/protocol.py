@@ -293,6 +293,17 @@ class Plateau:
         which fairseq enforces)."""
         return not self.patience or self.converged or self.cap_reached
 
+    @property
+    def verdict(self) -> str:
+        """Whether the run converged, as every table says it: ``yes``; ``no: reached the cap`` before its
+        patience ran out; ``no: stopped before its rule`` (another of fairseq's stops, e.g.
+        ``--stop-time-hours``); ``no rule`` (bounded by the cap alone)."""
+        if not self.patience:
+            return "no rule"
+        if self.converged:
+            return "yes"
+        return "no: reached the cap" if self.cap_reached else "no: stopped before its rule"
+
     def as_dict(self) -> Dict:
         return {"patience": self.patience, "best_epoch": self.best_epoch, "last_epoch": self.last_epoch,
                 "validations_since_best": self.since_best, "best": self.best, "converged": self.converged,

@@ -6,9 +6,11 @@ Each cell is the mean ± sample standard deviation (n − 1) over the seeds foun
 seeds, the paper's number and our difference to it. A cell without results says "missing"; it is
 never filled in; a metric a result lacks (older results have no chrF; no sacreBLEU without the
 original references) shows "–". The metric's sacrebleu signatures are printed under each table.
-Results of runs whose training had not completed are marked ‡. ``--significance`` adds, for the
-tables outside the paper's, LS − CE and LABO − LS with the seed-aware paired bootstrap of
-:mod:`labo_fairseq.scoring.stats` where both methods have the same seeds. LABO gets one row per τ found
+Results of runs whose training had not completed are marked ‡, of runs that stopped before their
+stopping rule said they had converged §; a run found twice (one seed in two files) is refused.
+``--significance`` adds, for the tables outside the paper's, LS − CE and LABO − LS with the
+seed-aware paired bootstrap of :mod:`labo_fairseq.scoring.stats` where both methods have the same
+seeds. LABO gets one row per τ found
 (the paper explores τ ∈ {1.15, 1.25} and reports one
 LABO number per column, shown beside each). Runs trained with extra fairseq flags (``-- ...`` in
 the train or evaluate command, i.e. not the paper's protocol) are marked †, and the flags are listed. Datasets
@@ -22,6 +24,7 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from labo_fairseq.runtime.commandline import ArgumentParser
+from labo_fairseq.runtime.errors import UsageError
 from labo_fairseq.runtime.files import overwrite_refusal, read_json
 from labo_fairseq.scoring import stats as S
 from labo_fairseq.study.protocol import absolute, method_config, result_sentence_stats, test_set_name
@@ -84,13 +87,23 @@ def _row_title(method: str, tau: Optional[float]) -> str:
 
 
 class Cells:
-    """Scores grouped by (row key) x (dataset, direction), with the seeds and † marks."""
+    """Scores grouped by (row key) x (dataset, direction), with the seeds and †, ‡, § marks; a run
+    (dataset, method, τ, seed) found twice is a :class:`UsageError` naming both files (e.g. LABO at
+    its default τ in ``labo/`` and ``labo-tau1.15/``), not a second seed."""
 
     def __init__(self, results: List[Dict], metric: str):
+        seen: Dict = {}
+        for r in results:
+            run = (r["dataset"], _row_key(r), r["seed"])
+            if run in seen:
+                raise UsageError(f"{r.get('_path', 'a result')} and {seen[run]} are the same run ({r['dataset']} "
+                                 f"{_row_title(*_row_key(r))} seed {r['seed']}): keep one")
+            seen[run] = r.get("_path", "another result")
         self.scores: Dict = defaultdict(list)
         self.results: Dict = defaultdict(list)
         self.modified: Dict = defaultdict(set)
         self.incomplete: Dict = defaultdict(bool)
+        self.not_converged: Dict = defaultdict(bool)
         self.signatures: Dict = defaultdict(set)
         for r in results:
             for pair, d in r["directions"].items():
@@ -104,6 +117,8 @@ class Cells:
                     self.signatures[r["dataset"]].add(sig)
                 if r.get("training_completed") is False:
                     self.incomplete[key] = True
+                if ((r.get("train") or {}).get("stopping") or {}).get("converged") is False:
+                    self.not_converged[key] = True
                 if r.get("extra_train_args"):
                     self.modified[key].add("train: " + " ".join(r["extra_train_args"]))
                 if r.get("extra_generate_args"):
@@ -129,6 +144,8 @@ class Cells:
             txt += " †"
         if self.incomplete.get((row, dataset, pair)):
             txt += " ‡"
+        if self.not_converged.get((row, dataset, pair)):
+            txt += " §"
         if paper is not None:
             txt += f"{paper_txt} · Δ {mean - float(paper.split('±')[0]):+.2f}"
         return txt
@@ -151,6 +168,8 @@ def _notes(cells: Cells, datasets: Sequence[str]) -> List[str]:
                      + "; ".join(f"`{m}`" for m in mods) + ".")
     if any(v for k, v in cells.incomplete.items() if k[1] in datasets):
         notes.append("‡ includes results of runs whose training had not completed (a checkpoint named explicitly).")
+    if any(v for k, v in cells.not_converged.items() if k[1] in datasets):
+        notes.append("§ includes runs that stopped before their stopping rule said they had converged.")
     return notes
 
 

@@ -384,7 +384,8 @@ def _finished_how(out: Path) -> str:
     if stopping["converged"]:
         return (f"converged: best epoch {stopping['best_epoch']}, stopped at epoch {stopping['last_epoch']} after "
                 f"{stopping['patience']} validations without improvement")
-    return f"reached its cap at epoch {stopping['last_epoch']} before its patience ran out: not converged"
+    how = "reached its cap" if stopping.get("cap_reached") else "was stopped by another of fairseq's stops"
+    return f"{how} at epoch {stopping['last_epoch']} before its patience ran out: not converged"
 
 
 @dataclass(frozen=True)

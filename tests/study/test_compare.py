@@ -58,7 +58,7 @@ def test_compare_tiny_stops_resumes_and_reports(multi30k_small, tmp_path):
             cell = t["methods"][method]
             assert cell["bleu"]["values"] == scores and cell["bleu"]["mean"] == pytest.approx(statistics.fmean(scores))
             assert cell["chrf"]["values"] == [r["directions"][key]["chrf"] for r in res]
-            assert cell["under_min_seeds"] is True  # 2 seeds < 3
+            assert cell["bleu"]["under_min_seeds"] is True  # 2 seeds < 3
         c = t["comparisons"]["labo_minus_ls"]
         n = {"de-en": MULTI30K_SMALL["test"], "de-en.test_2017_flickr": MULTI30K_SMALL["test1"],
              "de-en.test_2017_mscoco": MULTI30K_SMALL["test2"]}[key]
@@ -153,7 +153,8 @@ def test_report_counts_seeds_marks_small_cells_and_tests_the_pairs(tmp_path):
              for m, b in (("ce", 38.0), ("ls", 39.0), ("labo", 40.0)) for s in ((1, 2, 3) if m != "labo" else (1, 2))}
     rep = compare.build_report("multi30k_de_en_small", found, 1.15, samples=200)
     cells = rep["test_sets"]["de-en"]["methods"]
-    assert cells["ls"]["bleu"]["n"] == 3 and not cells["ls"]["under_min_seeds"] and cells["labo"]["under_min_seeds"]
+    assert cells["ls"]["bleu"]["n"] == 3 and not cells["ls"]["bleu"]["under_min_seeds"]
+    assert cells["labo"]["bleu"]["under_min_seeds"]
     assert cells["ls"]["bleu"]["mean"] == pytest.approx(39.2) and cells["ls"]["chrf"]["mean"] == pytest.approx(59.2)
     comp = rep["test_sets"]["de-en"]["comparisons"]
     assert comp["ls_minus_ce"]["seeds"] == [1, 2, 3] and comp["labo_minus_ls"]["seeds"] == [1, 2]
@@ -167,7 +168,40 @@ def test_report_counts_seeds_marks_small_cells_and_tests_the_pairs(tmp_path):
     md = compare.markdown(rep)
     assert "| test_2016_flickr | BLEU (tokenized) | 38.20 ± 0.10 (n=3) | 39.20 ± 0.10 (n=3) | 40.15 ± 0.07 (n=2) * |" in md
     assert f"| {over['p']} ({over['p_holm']:.3f}; ≥ 0.100 with these seeds) |" in md
-    assert "| test_2016_flickr | LS − CE |" in md and "| LS | 1 | 20 (2660) | – | – | BLEU 40.00 | 2.500 | 4000 | 60 min |" in md
+    assert "| test_2016_flickr | LS − CE | 1, 2, 3 |" in md and "| LABO − LS | 1, 2 |" in md
+    assert "| LS | 1 | 20 (2660) | – | – | BLEU 40.00 | 2.500 | 4000 | 60 min |" in md
+
+
+def test_a_test_set_or_a_metric_some_results_lack_is_reported_with_the_seeds_that_have_it(tmp_path):
+    keys = ("de-en", "de-en.test_2017_flickr")
+    found = {("ls", s, None): fake_result(tmp_path, "ls", s, 39.0, keys=keys[:1] if s == 1 else keys) for s in (1, 2, 3)}
+    r = json.loads(found[("ls", 2, None)].read_text())
+    r["directions"]["de-en"]["sacrebleu"] = None  # e.g. the original references were not there
+    found[("ls", 2, None)].write_text(json.dumps(r))
+    rep = compare.build_report("multi30k_de_en_small", found, 1.15, samples=50)
+    assert list(rep["test_sets"]) == list(keys)  # the first result lacks the second test set: it is still there
+    assert rep["test_sets"]["de-en.test_2017_flickr"]["methods"]["ls"]["seeds"] == [2, 3]
+    cell = rep["test_sets"]["de-en"]["methods"]["ls"]
+    assert cell["bleu"]["n"] == 3 and not cell["bleu"]["under_min_seeds"]
+    assert cell["sacrebleu"]["n"] == 2 and cell["sacrebleu"]["under_min_seeds"]
+    md = compare.markdown(rep)
+    assert "| test_2016_flickr | sacreBLEU | 38.00 ± 0.00 (n=2) * |" in md
+    assert "| test_2016_flickr | BLEU (tokenized) | 39.00 ± 0.00 (n=3) |" in md
+
+
+def test_each_run_says_how_it_stopped():
+    from labo_fairseq.study.compare.report import run_cells
+    from labo_fairseq.study.protocol import Plateau
+
+    base = {"stopping": None, "valid_nll_bits": None, "last_updates": 10, "train_wall_s": None}
+    rule = dict(patience=10, best_epoch=5, last_epoch=15, validations_since_best=10, best=30.0, cap_reached=False)
+    assert run_cells({**base, "stopping": {**rule, "converged": True}})[:2] == ["15", "yes"]
+    capped = {**rule, "validations_since_best": 3, "converged": False, "cap_reached": True}
+    assert run_cells({**base, "stopping": capped})[1] == "no: reached the cap"
+    other = {**capped, "cap_reached": False}  # e.g. --stop-time-hours
+    assert run_cells({**base, "stopping": other})[1] == "no: stopped before its rule"
+    assert Plateau.from_dict({**rule, "patience": 0}).verdict == "no rule"
+    assert run_cells(base)[:2] == ["–", "–"]
 
 
 def test_a_difference_tested_on_several_test_sets_gets_holms_adjustment(tmp_path, monkeypatch):
@@ -227,7 +261,7 @@ def test_an_ablation_is_tested_against_labo_and_reported_apart(tmp_path):
     assert comp["labo_fixed_alpha_minus_labo"]["seeds"] == [1, 2] and comp["labo_no_warmup_minus_labo"]["seeds"] == [1]
     assert comp["labo_fixed_alpha_minus_labo"]["seed_aware"]["delta"] < 0  # it drops one word more than LABO
     md = compare.markdown(rep)
-    assert "| test_2016_flickr | LABO α=0.1 − LABO | -" in md and "| LABO no warm-up | 1 |" in md
+    assert "| test_2016_flickr | LABO α=0.1 − LABO | 1, 2 | -" in md and "| LABO no warm-up | 1 |" in md
     names = {(ms, t, tiny): compare.report_name("multi30k_de_en_small", ms, t, tiny)
              for ms in (("ce", "ls", "labo"), ("labo", "labo_rho1")) for t in (1.15, 1.25) for tiny in (False, True)}
     assert names[("ce", "ls", "labo"), 1.15, False] == "multi30k_de_en_small"
@@ -306,7 +340,8 @@ def test_the_report_finds_labo_wherever_train_put_it_and_names_each_runs_metric_
             (res / tag / f.name).write_bytes(f.read_bytes())
     r = json.loads((res / "labo" / "seed1.json").read_text())
     r["checkpoint"].update(valid_metric="nll_loss", valid_value=2.9)
-    r["train"]["stopping"] = {"converged": False, "last_epoch": 150}
+    r["train"]["stopping"] = {"patience": 10, "best_epoch": 148, "last_epoch": 150, "validations_since_best": 2,
+                              "best": 2.9, "converged": False, "cap_reached": True}
     (res / "labo" / "seed1.json").write_text(json.dumps(r))
     found = compare.results_in([tmp_path / "results"], "multi30k_de_en_small", ["ls", "labo"], 1.15)
     assert sorted(found) == [("labo", 1, 1.15), ("ls", 1, None)]

@@ -7,6 +7,9 @@ import statistics
 import subprocess
 import sys
 
+import pytest
+
+from labo_fairseq.runtime.errors import UsageError
 from labo_fairseq.study import tables as T
 from tests.helpers import REPO
 
@@ -91,6 +94,22 @@ def test_results_of_unfinished_training_are_marked():
     text = T.build([m30k("ls", 1, 40.0, completed=False), m30k("ce", 1, 38.0)], only="multi30k_de_en")
     assert row(text, "LS")[0] == "40.00 (n=1) ‡" and row(text, "Transformer (CE)")[0] == "38.00 (n=1)"
     assert "‡ includes results of runs whose training had not completed" in text
+
+
+def test_runs_stopped_before_their_rule_are_marked_and_a_run_found_twice_is_refused():
+    capped = m30k("ls", 2, 41.0)
+    capped["train"] = {"stopping": {"converged": False, "cap_reached": True}}
+    converged = m30k("ls", 1, 40.0)
+    converged["train"] = {"stopping": {"converged": True}}
+    text = T.build([converged, capped, m30k("ce", 1, 38.0)], only="multi30k_de_en")
+    assert row(text, "LS")[0] == "40.50 ± 0.71 (n=2) §" and row(text, "Transformer (CE)")[0] == "38.00 (n=1)"
+    assert "§ includes runs that stopped before their stopping rule said they had converged" in text
+    # LABO at its default τ, written by train without --tau (tau None) and by compare (tau 1.15): one run
+    twice = [dict(m30k("labo", 1, 40.0), _path="labo/seed1.json"),
+             dict(m30k("labo", 1, 40.0, tau=1.15), _path="labo-tau1.15/seed1.json")]
+    with pytest.raises(UsageError, match=r"labo-tau1.15/seed1.json and labo/seed1.json are the same run "
+                                         r"\(multi30k_de_en LABO τ=1.15 seed 1\)"):
+        T.build(twice)
 
 
 def test_significance_lines_compare_methods_with_the_same_seeds(tmp_path):

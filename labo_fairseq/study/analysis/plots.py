@@ -93,32 +93,41 @@ def histograms(data: Dict[str, Dict[str, Sequence[float]]], path: Path, title: s
     return save(fig, path)
 
 
+def seed_band(seeds: Dict[str, List[List[float]]]) -> Dict[str, list]:
+    """Over a method's seeds (seed -> [[epoch, value], ...]): ``epochs`` every seed reached, with the
+    ``mean``, ``low`` and ``high`` of their values there; a seed's last value in an epoch stands for
+    it (the end-of-epoch validation, after any ``--save-interval-updates`` one)."""
+    per_seed = [{epoch: value for epoch, value in rows} for rows in seeds.values()]
+    epochs = sorted(set.intersection(*(set(v) for v in per_seed))) if per_seed else []
+    at = [[v[e] for v in per_seed] for e in epochs]
+    return {"epochs": epochs, "mean": [sum(vs) / len(vs) for vs in at], "low": [min(vs) for vs in at],
+            "high": [max(vs) for vs in at]}
+
+
 def validation_curves(curves: Dict[str, Dict[str, List[List[float]]]], path: Path, metric: str = "BLEU") -> Path:
     """Validation ``metric`` (higher is better) per epoch of each method: the mean over its seeds
     (line) and their range (band) at the epochs every seed reached, and each seed's own curve (thin)
     to the epoch it stopped at, so that every run's plateau shows; ``curves``: method -> seed ->
-    [[epoch, value], ...]."""
+    [[epoch, value], ...] (see :func:`seed_band`)."""
     fig, ax = pyplot().subplots(figsize=SIZE)
     bests = [max(v for rows in seeds.values() for _, v in rows) for seeds in curves.values() if any(seeds.values())]
     for method, seeds in curves.items():
-        by_epoch: Dict[float, List[float]] = {}
-        for rows in seeds.values():
-            for epoch, value in rows:
-                by_epoch.setdefault(epoch, []).append(value)
-        epochs = sorted(e for e, vs in by_epoch.items() if len(vs) == len(seeds))
-        if not epochs:
+        band = seed_band(seeds)
+        if not band["epochs"]:
             continue
-        mean = [sum(by_epoch[e]) / len(by_epoch[e]) for e in epochs]
-        line, = ax.plot(epochs, mean, label=f"{method} (mean of {len(seeds)})")
-        ax.fill_between(epochs, [min(by_epoch[e]) for e in epochs], [max(by_epoch[e]) for e in epochs],
-                        color=line.get_color(), alpha=0.2)
+        line, = ax.plot(band["epochs"], band["mean"],
+                        label=f"{method} (mean of {len(seeds)}, to epoch {band['epochs'][-1]:g})")
+        ax.fill_between(band["epochs"], band["low"], band["high"], color=line.get_color(), alpha=0.2)
         for rows in seeds.values():
-            ax.plot([e for e, _ in rows], [v for _, v in rows], color=line.get_color(), lw=0.6, alpha=0.45)
+            by_epoch = dict(rows)  # a seed's last value in an epoch, as in the band
+            ax.plot(sorted(by_epoch), [by_epoch[e] for e in sorted(by_epoch)], color=line.get_color(), lw=0.6,
+                    alpha=0.45)
     if bests:  # the first epochs' climb from 0 would flatten the plateaus the figure is for
         ax.set_ylim(bottom=max(0.0, min(bests) - 12.0))
     ax.set_xlabel("epoch")
     ax.set_ylabel(f"validation {metric}")
-    ax.set_title("validation per epoch: mean over seeds, band = range, thin = each seed", fontsize=10)
+    ax.set_title("validation per epoch: line = mean and band = range of a method's seeds, to the epoch its\n"
+                 "first seed stopped at; thin = each seed to its own stop", fontsize=9)
     ax.legend(loc="lower right", fontsize=8)
     ax.grid(alpha=0.3)
     fig.tight_layout()

@@ -9,6 +9,7 @@ from labo_fairseq.runtime.files import read_json
 from labo_fairseq.runtime.provenance import portable
 from labo_fairseq.scoring import stats as S
 from labo_fairseq.study.protocol import (
+    Plateau,
     absolute,
     dataset_config,
     flag_value,
@@ -130,7 +131,8 @@ def build_report(dataset: str, found: Dict[Tuple[str, int, Optional[float]], Pat
     results = _load_comparable(dataset, found)
     first = next(iter(results.values()))
     methods = [m for m in METHODS if any(r[0] == m for r in results)] + sorted({r[0] for r in results} - set(METHODS))
-    keys = [k for k in first["directions"]]
+    keys = list(dict.fromkeys(k for res in results.values() for k in res["directions"]))  # a set one run lacks too
+    holder = {k: next(res["directions"][k] for res in results.values() if k in res["directions"]) for k in keys}
     table: Dict = {}
     for key in keys:
         per = {method: _cell(results, method, key) for method in methods}
@@ -140,8 +142,8 @@ def build_report(dataset: str, found: Dict[Tuple[str, int, Optional[float]], Pat
     return {"dataset": dataset, "tau": tau, "tiny": tiny, "bleu": first.get("bleu_convention"),
             "max_epoch": max_epoch(first["train"]["command"]),
             "config_max_epoch": int(config_epochs) if config_epochs is not None else None,
-            "signatures": {k: {"bleu": first["directions"][k]["paper_metric"]["signature"],
-                               **{m: first["directions"][k].get(f"{m}_signature") for m in ("sacrebleu", "chrf")}}
+            "signatures": {k: {"bleu": holder[k]["paper_metric"]["signature"],
+                               **{m: holder[k].get(f"{m}_signature") for m in ("sacrebleu", "chrf")}}
                            for k in keys},
             "test_sets": table, "runs": {m: _runs(results, m) for m in methods}, "samples": samples,
             "curves": validation_curves(results),
@@ -176,8 +178,8 @@ def _cell(results: Dict, method: str, key: str) -> Dict:
         values = [res["directions"][key].get(metric) for _, res in rs]
         values = [v for v in values if v is not None]
         mean, std = S.mean_std(values) if values else (None, None)
-        cell[metric] = {"values": values, "mean": mean, "std": std, "n": len(values)}
-    cell["under_min_seeds"] = len(rs) < MIN_SEEDS
+        cell[metric] = {"values": values, "mean": mean, "std": std, "n": len(values),
+                        "under_min_seeds": len(values) < MIN_SEEDS}
     cell["incomplete_training"] = [s for s, res in rs if res.get("training_completed") is False]
     cell["not_converged"] = [s for s, res in rs if (res["train"].get("stopping") or {}).get("converged") is False]
     return cell
@@ -254,7 +256,7 @@ def run_cells(r: Dict) -> List[str]:
     value = r.get("valid_value", r.get("valid_bleu"))  # reports written before the metric was named: BLEU
     metric = METRIC_NAMES.get(r.get("valid_metric") or "bleu", r.get("valid_metric"))
     stop = r.get("stopping") or {}
-    converged = "–" if not stop else "yes" if stop["converged"] else "no: reached the cap"
+    converged = Plateau.from_dict(stop).verdict if stop else "–"
     return [str(stop.get("last_epoch", "–")), converged, "–" if value is None else f"{metric} {value:.2f}",
             "–" if r["valid_nll_bits"] is None else f"{r['valid_nll_bits']:.3f}", str(r["last_updates"]),
             "–" if r["train_wall_s"] is None else f"{r['train_wall_s'] / 60:.0f} min"]
@@ -268,7 +270,7 @@ def markdown(rep: Dict) -> str:
     def cell(d, metric):
         if not d[metric]["n"]:
             return "–"
-        return (S.mean_std_text(d[metric]["values"]) + (" *" if d["under_min_seeds"] else "")
+        return (S.mean_std_text(d[metric]["values"]) + (" *" if d[metric]["under_min_seeds"] else "")
                 + (" ‡" if d["incomplete_training"] else "") + (" §" if d.get("not_converged") else ""))
 
     head = (f"### {ds}: " + ", ".join(label(m) for m in methods) + f" (LABO τ={rep['tau']:g}), beam 5"
@@ -282,9 +284,9 @@ def markdown(rep: Dict) -> str:
         for metric, title in (("bleu", f"BLEU ({rep['bleu']})"), ("sacrebleu", "sacreBLEU"), ("chrf", "chrF")):
             lines.append(f"| {test_set_name(ds, key)} | {title} | "
                          + " | ".join(cell(t["methods"][m], metric) for m in methods) + " |")
-    lines += ["", "| test set | difference (BLEU) | Δ | 95% CI | p (seed-aware bootstrap) | p, Holm over the test sets "
+    lines += ["", "| test set | difference (BLEU) | seeds | Δ | 95% CI | p (seed-aware bootstrap) | p, Holm over the test sets "
                   "| p over training seeds (permutation; Holm) | p per seed: bootstrap / AR |",
-              "|---|---|---|---|---|---|---|---|"]
+              "|---|---|---|---|---|---|---|---|---|"]
     for key, t in rep["test_sets"].items():
         for name, c in t["comparisons"].items():
             b, a = name.split("_minus_")
@@ -294,7 +296,8 @@ def markdown(rep: Dict) -> str:
                             for s, v in c["per_seed"].items())
             ps = c.get("over_seeds")  # older reports lack it
             seeds = "–" if ps is None else f"{ps['p']} ({ps['p_holm']:.3f}; ≥ {ps['min_p']:.3f} with these seeds)"
-            lines.append(f"| {test_set_name(ds, key)} | {label(b)} − {label(a)} | {sa['delta']:+.2f} | "
+            lines.append(f"| {test_set_name(ds, key)} | {label(b)} − {label(a)} | "
+                         f"{', '.join(map(str, c['seeds']))} | {sa['delta']:+.2f} | "
                          f"[{sa['ci95'][0]:+.2f}, {sa['ci95'][1]:+.2f}] | {sa['p']} | {holm} | {seeds} | {per} |")
     lines += ["", "| method | seed | chosen epoch (updates) | stopped at epoch | converged | valid metric of the chosen "
                   "checkpoint | valid NLL (bits) | updates | training time |", "|---|---|---|---|---|---|---|---|---|"]
@@ -302,8 +305,9 @@ def markdown(rep: Dict) -> str:
         for r in rs:
             lines.append(f"| {label(m)} | {r['seed']} | {r['epoch']} ({r['updates']}) | " + " | ".join(run_cells(r)) + " |")
     sig = next(iter(rep["signatures"].values()))
-    notes = ["Cells: mean ± sample std over n seeds; * fewer than 3 seeds; ‡ includes a run whose training had not "
-             "completed; § includes a run that reached its epoch cap before its stopping rule said it had converged.",
+    notes = [f"Cells: mean ± sample std over n seeds; * fewer than {MIN_SEEDS} seeds; ‡ includes a run whose training "
+             "had not completed; § includes a run that stopped (at its epoch cap, or by another of fairseq's stops) "
+             "before its stopping rule said it had converged. Differences: over the seeds both methods have.",
              f"Differences: seed-aware paired bootstrap ({rep['samples']} samples: one set of sentence indices per "
              "sample for every seed of both methods; Δ of the seed-averaged corpus BLEU), and per seed pair "
              f"sacrebleu's paired bootstrap ({rep['samples']}) and approximate randomization ({10 * rep['samples']}). "
