@@ -307,9 +307,10 @@ def markdown(rep: Dict) -> str:
     sig = next(iter(rep["signatures"].values()))
     notes = [f"Cells: mean ± sample std over n seeds; * fewer than {MIN_SEEDS} seeds; ‡ includes a run whose training "
              "had not completed; § includes a run that stopped (at its epoch cap, or by another of fairseq's stops) "
-             "before its stopping rule said it had converged. Differences: over the seeds both methods have.",
-             f"Differences: seed-aware paired bootstrap ({rep['samples']} samples: one set of sentence indices per "
-             "sample for every seed of both methods; Δ of the seed-averaged corpus BLEU), and per seed pair "
+             "before its stopping rule said it had converged.",
+             f"Differences: over the seeds both methods have; seed-aware paired bootstrap ({rep['samples']} samples: "
+             "one set of sentence indices per sample for every seed of both methods; Δ of the seed-averaged corpus "
+             "BLEU), and per seed pair "
              f"sacrebleu's paired bootstrap ({rep['samples']}) and approximate randomization ({10 * rep['samples']}). "
              "The seed-aware bootstrap holds the trained models fixed (the test set's sampling); the exact permutation "
              "test over training seeds asks whether the methods' per-seed corpus BLEU could be one population (the "
