@@ -178,6 +178,12 @@ def result_sentence_stats(result: Dict, key: str) -> List[List[int]]:
     return read_json(Path(result["_path"]).with_name(result["sentence_stats"]))["directions"][key]
 
 
+def not_converged(result: Dict) -> bool:
+    """A loaded result whose run stopped before its stopping rule said it had converged (§ in every
+    report and table); a run without a rule (no ``train.stopping``) is not one."""
+    return ((result.get("train") or {}).get("stopping") or {}).get("converged") is False
+
+
 def run_tag(method: str, tau: Optional[float]) -> str:
     return method if tau is None else f"{method}-tau{tau:g}"
 

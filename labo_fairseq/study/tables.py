@@ -27,7 +27,7 @@ from labo_fairseq.runtime.commandline import ArgumentParser
 from labo_fairseq.runtime.errors import UsageError
 from labo_fairseq.runtime.files import overwrite_refusal, read_json
 from labo_fairseq.scoring import stats as S
-from labo_fairseq.study.protocol import absolute, method_config, result_sentence_stats, test_set_name
+from labo_fairseq.study.protocol import absolute, method_config, not_converged, result_sentence_stats, test_set_name
 
 # The paper's numbers (Lu et al., Table 1 and Table 2), the only copy in the package:
 # BLEU, beam 5, mean ± std over seeds (Table 2 gives means only).
@@ -92,6 +92,12 @@ class Cells:
     its default τ in ``labo/`` and ``labo-tau1.15/``), not a second seed."""
 
     def __init__(self, results: List[Dict], metric: str):
+        self.scores: Dict = defaultdict(list)
+        self.results: Dict = defaultdict(list)
+        self.modified: Dict = defaultdict(set)
+        self.incomplete: Dict = defaultdict(bool)
+        self.not_converged: Dict = defaultdict(bool)
+        self.signatures: Dict = defaultdict(set)
         seen: Dict = {}
         for r in results:
             run = (r["dataset"], _row_key(r), r["seed"])
@@ -99,13 +105,6 @@ class Cells:
                 raise UsageError(f"{r.get('_path', 'a result')} and {seen[run]} are the same run ({r['dataset']} "
                                  f"{_row_title(*_row_key(r))} seed {r['seed']}): keep one")
             seen[run] = r.get("_path", "another result")
-        self.scores: Dict = defaultdict(list)
-        self.results: Dict = defaultdict(list)
-        self.modified: Dict = defaultdict(set)
-        self.incomplete: Dict = defaultdict(bool)
-        self.not_converged: Dict = defaultdict(bool)
-        self.signatures: Dict = defaultdict(set)
-        for r in results:
             for pair, d in r["directions"].items():
                 key = (_row_key(r), r["dataset"], pair)
                 self.results[key].append(r)
@@ -117,7 +116,7 @@ class Cells:
                     self.signatures[r["dataset"]].add(sig)
                 if r.get("training_completed") is False:
                     self.incomplete[key] = True
-                if ((r.get("train") or {}).get("stopping") or {}).get("converged") is False:
+                if not_converged(r):
                     self.not_converged[key] = True
                 if r.get("extra_train_args"):
                     self.modified[key].add("train: " + " ".join(r["extra_train_args"]))

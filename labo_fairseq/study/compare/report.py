@@ -16,6 +16,7 @@ from labo_fairseq.study.protocol import (
     is_labo,
     method_config,
     names,
+    not_converged,
     result_candidates,
     result_sentence_stats,
     test_set_name,
@@ -181,7 +182,7 @@ def _cell(results: Dict, method: str, key: str) -> Dict:
         cell[metric] = {"values": values, "mean": mean, "std": std, "n": len(values),
                         "under_min_seeds": len(values) < MIN_SEEDS}
     cell["incomplete_training"] = [s for s, res in rs if res.get("training_completed") is False]
-    cell["not_converged"] = [s for s, res in rs if (res["train"].get("stopping") or {}).get("converged") is False]
+    cell["not_converged"] = [s for s, res in rs if not_converged(res)]
     return cell
 
 
