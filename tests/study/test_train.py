@@ -74,7 +74,7 @@ def test_config_parses_with_fairseq_and_builds_its_criterion(dataset, method, ta
     assert args.save_dir == str(run / "checkpoints")
     if method == "labo":
         assert criterion.tau == (tau or 1.15)
-        expected = {"multi30k_de_en": 200, "multi30k_de_en_iwslt": 120, "multi30k_de_en_small": 570,
+        expected = {"multi30k_de_en": 200, "multi30k_de_en_iwslt": 160, "multi30k_de_en_small": 570,
                     "multi30k_de_en_converged": 570}
         assert criterion.warmup_updates == expected.get(dataset, 10000 if dataset.startswith("wmt") else 5000)
     # the validation BLEU that chooses the checkpoint is the test BLEU: on the prepared tokens
