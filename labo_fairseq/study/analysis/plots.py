@@ -126,7 +126,7 @@ def validation_curves(curves: Dict[str, Dict[str, List[List[float]]]], path: Pat
         ax.set_ylim(bottom=max(0.0, min(bests) - 12.0))
     ax.set_xlabel("epoch")
     ax.set_ylabel(f"validation {metric}")
-    ax.set_title("line: mean, band: range of a method's seeds, up to its first seed's stop;\n"
+    ax.set_title("line: mean, band: range of a method's seeds, up to where its shortest run stopped;\n"
                  "thin: each seed, up to its own stop", fontsize=9)
     ax.legend(loc="lower right", fontsize=8)
     ax.grid(alpha=0.3)
